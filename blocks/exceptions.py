@@ -1,0 +1,187 @@
+"""The one error hierarchy of notebook-jobs.
+
+Every error we raise on purpose is a ``NotebookJobError``; callers can catch the
+base class, or the branch they care about::
+
+    NotebookJobError
+    ├── NotebookInputError            bad input, refused before any kernel starts
+    │   ├── NotebookFormatError       not JSON, not a notebook, invalid nbformat
+    │   ├── NotebookNotFoundError     missing file, unreachable URL or object
+    │   ├── UnknownKernelError        kernel not installed (lists installed ones)
+    │   ├── UnknownParameterError     parameter not declared (lists declared ones)
+    │   ├── ParameterValueError       value cannot be carried as JSON
+    │   └── CellSelectionError        ``cells`` names no cell, or a cell out of range
+    ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
+    │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
+    │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
+    │   └── KernelDiedError           the kernel process died (retryable)
+    ├── ArtefactStoreError            the store is unreachable or refused a write
+    └── SlurmError                    (the Slurm issue fills this branch)
+
+Errors carry their facts as attributes, not only in the message, and are
+translated at the boundary with the cause kept (``raise X(...) from e``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NotebookJobError(Exception):
+    """Base class of every error notebook-jobs raises on purpose."""
+
+
+# --- bad input ------------------------------------------------------------------
+
+
+class NotebookInputError(NotebookJobError, ValueError):
+    """The request cannot run as given; nothing was executed."""
+
+
+class NotebookFormatError(NotebookInputError):
+    """The notebook is not valid JSON, or not a Jupyter notebook."""
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class NotebookNotFoundError(NotebookInputError):
+    """The notebook (or an input file) could not be read from where it was said to be."""
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class UnknownKernelError(NotebookInputError):
+    """The requested kernel is not installed where the notebook would run."""
+
+    def __init__(self, kernel: str, installed: list[str]) -> None:
+        listed = ", ".join(sorted(installed)) or "none"
+        super().__init__(
+            f"kernel {kernel!r} is not installed; installed kernels: {listed}. "
+            "Pass kernel=<one of them>, or install the kernel "
+            "(python -m ipykernel install --user --name NAME)."
+        )
+        self.kernel = kernel
+        self.installed = sorted(installed)
+
+
+class UnknownParameterError(NotebookInputError):
+    """A parameter was given that the notebook's ``parameters`` cell does not declare."""
+
+    def __init__(self, unknown: list[str], declared: list[str]) -> None:
+        names = ", ".join(repr(n) for n in unknown)
+        if declared:
+            hint = "declared parameters: " + ", ".join(declared)
+        else:
+            hint = "the notebook declares no parameters (it has no cell tagged 'parameters')"
+        super().__init__(f"unknown parameter(s) {names}; {hint}.")
+        self.unknown = unknown
+        self.declared = declared
+
+
+class ParameterValueError(NotebookInputError):
+    """A parameter value cannot be carried as JSON to the kernel."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"parameter {name!r}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+class CellSelectionError(NotebookInputError):
+    """The ``cells`` selection is malformed or selects cells that do not exist."""
+
+
+# --- a kernel ran ----------------------------------------------------------------
+
+
+class NotebookRunError(NotebookJobError):
+    """A kernel ran the notebook and the run did not succeed.
+
+    ``result`` is the run's result document (``NotebookResult`` as a dict) once the
+    artefacts are stored, so a caller always finds the partial notebook from it.
+    """
+
+    status = "failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cell_index: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cell_index = cell_index
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep attributes across pickling (Prefect persists exceptions as results).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class NotebookExecutionError(NotebookRunError):
+    """A cell of the notebook raised an exception."""
+
+    def __init__(
+        self,
+        ename: str,
+        evalue: str,
+        *,
+        cell_index: int | None,
+        traceback: list[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        where = f" in cell {cell_index}" if cell_index is not None else ""
+        super().__init__(f"{ename}: {evalue}{where}", cell_index=cell_index, result=result)
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback or []
+
+
+class NotebookTimeoutError(NotebookRunError, TimeoutError):
+    """A cell, or the whole run, exceeded its time limit."""
+
+    status = "timed_out"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout_seconds: float,
+        cell_index: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, cell_index=cell_index, result=result)
+        self.timeout_seconds = timeout_seconds
+
+
+class KernelDiedError(NotebookRunError):
+    """The kernel process died while running a cell; a retry may succeed."""
+
+    status = "kernel_died"
+
+
+# --- infrastructure -------------------------------------------------------------
+
+
+class ArtefactStoreError(NotebookJobError):
+    """The artefact store could not be reached or refused an operation."""
+
+    def __init__(self, message: str, *, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store
+
+
+class SlurmError(NotebookJobError):
+    """Base class of Slurm submission and job errors."""

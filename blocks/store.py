@@ -1,0 +1,270 @@
+"""Where artefacts go: a local folder or S3-compatible storage, behind one small seam.
+
+We write no S3 client of our own: S3 goes through prefect-aws's ``S3Bucket`` and
+local folders through Prefect's ``LocalFileSystem``. ``ArtefactStore`` only adds
+what a run needs on top: safe keys, stable URIs and browser links.
+
+A store is named by a *spec*, the ``store`` parameter of a run:
+
+- ``None`` or ``""``: the embedded default, ``$NBJOBS_STORE`` or ``~/.nbjobs/artefacts``;
+- ``s3://bucket/prefix``: S3, honouring boto3's ``AWS_ENDPOINT_URL_S3`` /
+  ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto...) and its usual credential chain;
+- a path (``/data/runs``, ``./runs``, ``~/runs``, ``file:///data/runs``): a local folder;
+- ``s3-bucket/NAME`` or ``local-file-system/NAME`` or a bare ``NAME``: a saved block.
+
+Example:
+    >>> store = open_store("./artefacts")
+    >>> store.put_bytes("run-notebook/1234/result.json", b"{}")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from prefect.filesystems import LocalFileSystem
+from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws.client_parameters import AwsClientParameters
+
+from blocks.exceptions import ArtefactStoreError
+
+DEFAULT_STORE_ENV = "NBJOBS_STORE"
+PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
+_BLOCK_SPEC = re.compile(r"^(s3-bucket|local-file-system)/([a-z0-9][a-z0-9-]*)$")
+_BARE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")
+
+
+def default_store_path() -> Path:
+    """The embedded default artefact folder (``$NBJOBS_STORE`` or ``~/.nbjobs/artefacts``)."""
+    configured = os.environ.get(DEFAULT_STORE_ENV)
+    if configured and "://" not in configured:
+        return Path(configured).expanduser().resolve()
+    return Path("~/.nbjobs/artefacts").expanduser().resolve()
+
+
+def safe_key(*parts: str) -> str:
+    """Join key parts into a relative POSIX key that cannot escape its prefix.
+
+    Each part may itself contain ``/``. Empty, ``.`` and ``..`` segments are
+    dropped, absolute paths lose their root, and characters outside a small safe
+    set become ``_`` (unicode is NFKC-normalised first), so a notebook name or a
+    file a notebook wrote can never address anything above the run's prefix.
+
+    Args:
+        *parts: Key fragments, e.g. a run prefix and a relative file path.
+
+    Returns:
+        The joined key, never empty, never starting with ``/``.
+
+    Example:
+        >>> safe_key("run/1", "../../etc/passwd")
+        'run/1/etc/passwd'
+    """
+    segments: list[str] = []
+    for part in parts:
+        for raw in str(part).replace("\\", "/").split("/"):
+            segment = unicodedata.normalize("NFKC", raw).strip()
+            segment = _UNSAFE_CHARS.sub("_", segment)
+            if segment in ("", ".", "..") or set(segment) == {"."}:
+                continue
+            segments.append(segment[:200])
+    if not segments:
+        raise ArtefactStoreError("artefact key is empty after sanitising")
+    return "/".join(segments)
+
+
+class ArtefactStore:
+    """A place artefacts are written to, read from and linked to.
+
+    A plain class on purpose: Prefect walks dataclasses passed to tasks, and the
+    block inside holds credentials that need not be copied around.
+
+    Attributes:
+        spec: What the user asked for (a URI, path or block name); never a secret.
+        filesystem: The Prefect filesystem block doing the I/O.
+    """
+
+    def __init__(self, spec: str, filesystem: LocalFileSystem | S3Bucket) -> None:
+        self.spec = spec
+        self.filesystem = filesystem
+
+    def __repr__(self) -> str:
+        return f"ArtefactStore({self.root!r})"
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local folder."""
+        return isinstance(self.filesystem, LocalFileSystem)
+
+    @property
+    def root(self) -> str:
+        """The store's base URI: an absolute folder or ``s3://bucket/prefix``."""
+        fs = self.filesystem
+        if isinstance(fs, LocalFileSystem):
+            return str(Path(fs.basepath or ".").expanduser().resolve())
+        folder = str(fs.bucket_folder or "").strip("/")
+        return f"s3://{fs.bucket_name}/{folder}".rstrip("/")
+
+    def uri(self, key: str) -> str:
+        """The stable URI of ``key`` (a file path for local stores, ``s3://`` for S3)."""
+        return f"{self.root}/{safe_key(key)}"
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key``; return its URI."""
+        key = safe_key(key)
+        try:
+            self.filesystem.write_path(key, data, _sync=True)  # type: ignore[call-arg]
+        except Exception as error:
+            raise ArtefactStoreError(
+                f"could not write {key} to {self.root}: {type(error).__name__}: {error}",
+                store=self.spec,
+            ) from error
+        return self.uri(key)
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Upload the local file ``path`` at ``key``; return its URI."""
+        key = safe_key(key)
+        fs = self.filesystem
+        try:
+            if isinstance(fs, S3Bucket):
+                fs.upload_from_path(str(path), key, _sync=True)  # type: ignore[call-arg]
+            else:
+                fs.write_path(key, path.read_bytes(), _sync=True)  # type: ignore[call-arg]
+        except Exception as error:
+            raise ArtefactStoreError(
+                f"could not upload {key} to {self.root}: {type(error).__name__}: {error}",
+                store=self.spec,
+            ) from error
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read the object at ``key``."""
+        key = safe_key(key)
+        try:
+            data: bytes = self.filesystem.read_path(key, _sync=True)  # type: ignore[call-arg]
+        except Exception as error:
+            raise ArtefactStoreError(
+                f"could not read {key} from {self.root}: {type(error).__name__}: {error}",
+                store=self.spec,
+            ) from error
+        return data
+
+    def link(self, key: str) -> str:
+        """A link a browser can open: presigned HTTPS for S3, ``file://`` for folders.
+
+        Falls back to the ``s3://`` URI when the credentials cannot presign.
+        """
+        key = safe_key(key)
+        fs = self.filesystem
+        if isinstance(fs, LocalFileSystem):
+            return Path(self.uri(key)).as_uri()
+        object_key = "/".join(p for p in (str(fs.bucket_folder or "").strip("/"), key) if p)
+        try:
+            client = fs.credentials.get_s3_client()
+            url: str = client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": fs.bucket_name, "Key": object_key},
+                ExpiresIn=PRESIGNED_LINK_EXPIRY_SECONDS,
+            )
+        except Exception:
+            return self.uri(key)
+        return url
+
+
+def _s3_bucket(bucket: str, folder: str) -> S3Bucket:
+    # endpoint_url=None lets boto3 apply AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    params = AwsClientParameters(endpoint_url=endpoint) if endpoint else AwsClientParameters()
+    credentials = AwsCredentials(aws_client_parameters=params)
+    return S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=credentials)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/key`` into ``("bucket", "some/key")``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ArtefactStoreError(f"not an s3:// URI: {uri!r}", store=uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _load_block(spec: str) -> LocalFileSystem | S3Bucket:
+    match = _BLOCK_SPEC.match(spec)
+    candidates: list[tuple[type[Any], str]]
+    if match:
+        kind, name = match.groups()
+        cls: type[Any] = S3Bucket if kind == "s3-bucket" else LocalFileSystem
+        candidates = [(cls, name)]
+    else:
+        candidates = [(S3Bucket, spec), (LocalFileSystem, spec)]
+    for cls, name in candidates:
+        try:
+            block = cls.load(name, _sync=True)
+        except ValueError:
+            continue
+        except Exception as error:
+            raise ArtefactStoreError(
+                f"could not load block {spec!r}: {type(error).__name__}: {error}", store=spec
+            ) from error
+        return block  # type: ignore[no-any-return]
+    raise ArtefactStoreError(
+        f"no S3Bucket or LocalFileSystem block named {spec!r}; "
+        f"write a local folder as ./{spec}, or S3 as s3://bucket/prefix",
+        store=spec,
+    )
+
+
+def open_store(spec: str | None = None) -> ArtefactStore:
+    """Resolve a store spec (URI, path or block name) into an ``ArtefactStore``.
+
+    Args:
+        spec: See the module docstring; ``None`` means the embedded default.
+
+    Returns:
+        The store; nothing is contacted yet.
+
+    Raises:
+        ArtefactStoreError: The spec names no block, or an unsupported scheme.
+    """
+    spec = (spec or os.environ.get(DEFAULT_STORE_ENV) or "").strip()
+    if not spec:
+        path = default_store_path()
+        return ArtefactStore(str(path), LocalFileSystem(basepath=str(path)))
+    if spec.startswith("s3://"):
+        bucket, folder = parse_s3_uri(spec)
+        return ArtefactStore(spec, _s3_bucket(bucket, folder.strip("/")))
+    if spec.startswith("file://"):
+        path = Path(urlparse(spec).path)
+        return ArtefactStore(spec, LocalFileSystem(basepath=str(path.resolve())))
+    if "://" in spec:
+        raise ArtefactStoreError(
+            f"unsupported store {spec!r}: use s3://bucket/prefix, a local path or a block name",
+            store=spec,
+        )
+    if _BLOCK_SPEC.match(spec) or _BARE_NAME.match(spec):
+        return ArtefactStore(spec, _load_block(spec))
+    path = Path(spec).expanduser().resolve()
+    return ArtefactStore(spec, LocalFileSystem(basepath=str(path)))
+
+
+def read_s3_object(uri: str) -> bytes:
+    """Read one object named by an ``s3://bucket/key`` URI (used to fetch notebooks)."""
+    bucket, key = parse_s3_uri(uri)
+    fs = _s3_bucket(bucket, "")
+    data: bytes = fs.read_path(key, _sync=True)  # type: ignore[call-arg]
+    return data
+
+
+__all__ = [
+    "DEFAULT_STORE_ENV",
+    "ArtefactStore",
+    "default_store_path",
+    "open_store",
+    "parse_s3_uri",
+    "read_s3_object",
+    "safe_key",
+]

@@ -1,0 +1,204 @@
+"""``nbjobs``: the flows, exposed to a terminal as deployments expose them to HTTP.
+
+    nbjobs run NOTEBOOK [-p NAME VALUE]... [-r NAME VALUE]... [--store S] [--kernel K]
+                        [--cells SEL] [--timeout S] [--cell-timeout S] [--json]
+    nbjobs inspect NOTEBOOK [--json]
+
+Exit codes: 0 the notebook ran to the end; 1 it raised, timed out or killed its
+kernel (its partial notebook is stored); 2 the request was refused before any
+kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+EXIT_OK = 0
+EXIT_NOTEBOOK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STORE_FAILED = 3
+
+
+def parse_value(text: str) -> Any:
+    """Read a ``-p`` value as papermill does: JSON (number, bool, null, list, object)
+    where it parses as one, Python's True/False/None too, else the string itself."""
+    python_words = {"True": True, "False": False, "None": None}
+    if text in python_words:
+        return python_words[text]
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(name)  # NaN and Infinity are not JSON: keep them as strings
+
+    try:
+        return json.loads(text, parse_constant=refuse_constant)
+    except ValueError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nbjobs`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="nbjobs", description="Run Jupyter notebooks as Prefect flows."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a notebook as a run-notebook flow run")
+    run.add_argument("notebook", help="path, s3:// URI, http(s):// URL, or '-' for JSON on stdin")
+    run.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="a parameter; the value is read as JSON where it parses, else kept as a string",
+    )
+    run.add_argument(
+        "-r", "--raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="a parameter whose value is always kept as a string",
+    )
+    run.add_argument("--store", help="artefact store: s3://bucket/prefix, a folder, or a block")
+    run.add_argument("--kernel", help="kernel name (default: the notebook's own)")
+    run.add_argument("--cells", help="cells to run: indices, ranges (2-5) and tags, comma-separated")
+    run.add_argument("--timeout", type=float, help="limit for the whole run, in seconds")
+    run.add_argument("--cell-timeout", type=float, help="limit for any one cell, in seconds")
+    run.add_argument("--json", action="store_true", help="print result.json on stdout, nothing else")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+
+    inspect = commands.add_parser("inspect", help="list a notebook's parameters")
+    inspect.add_argument("notebook")
+    inspect.add_argument("--json", action="store_true", help="print the parameters as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nbjobs`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "inspect":
+        return _inspect(args)
+    if args.command == "run":
+        # Before Prefect is imported. The console handler only: the run's logs still
+        # reach the Prefect server (and the UI) in full.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        if not args.verbose:
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        return asyncio.run(_run(args))
+    return EXIT_BAD_INPUT
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from blocks.exceptions import NotebookInputError
+    from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
+
+    try:
+        nb = parse_notebook(fetch_notebook_source(args.notebook))
+        parameters = declared_parameters(nb)
+    except NotebookInputError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(parameters, indent=2))
+        return EXIT_OK
+    if not parameters:
+        print("no parameters (the notebook has no cell tagged 'parameters')")
+        return EXIT_OK
+    width = max(len(p["name"]) for p in parameters)
+    for p in parameters:
+        kind = p["type"] or "?"
+        comment = f"  # {p['help']}" if p["help"] else ""
+        print(f"{p['name']:<{width}}  {kind:<8} = {p['default']}{comment}")
+    return EXIT_OK
+
+
+def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    parameters: dict[str, Any] = {name: parse_value(value) for name, value in args.parameter}
+    parameters.update({name: value for name, value in args.raw})
+    return parameters
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from blocks.exceptions import ArtefactStoreError, NotebookInputError, NotebookRunError
+    from deployments.progress import CellProgressBar
+    from flows.run_notebook import run_notebook
+    from tasks.notebook import add_progress_listener, remove_progress_listener
+
+    notebook: str | dict[str, Any] = args.notebook
+    if args.notebook == "-":
+        notebook = sys.stdin.read()
+    bar = CellProgressBar(enabled=not args.json and sys.stderr.isatty())
+    add_progress_listener(bar.update)
+    try:
+        state = await run_notebook(
+            notebook=notebook,
+            parameters=_request_parameters(args),
+            kernel=args.kernel,
+            cells=args.cells,
+            cell_timeout_seconds=args.cell_timeout,
+            timeout_seconds=args.timeout,
+            store=args.store,
+            return_state=True,
+        )
+        outcome = await state.aresult(raise_on_failure=False)
+    finally:
+        remove_progress_listener(bar.update)
+        bar.close()
+
+    document: dict[str, Any] | None = None
+    if isinstance(outcome, NotebookRunError):
+        document = outcome.result
+    elif isinstance(outcome, BaseException):
+        document = None
+    else:
+        document = outcome.model_dump(mode="json")
+
+    if document is not None:
+        if args.json:
+            print(json.dumps(document, indent=2))
+        else:
+            print(_summary(document))
+        return EXIT_OK if document.get("success") else EXIT_NOTEBOOK_FAILED
+
+    assert isinstance(outcome, BaseException)
+    message = f"{type(outcome).__name__}: {outcome}"
+    if args.json:
+        print(json.dumps({"success": False, "status": "refused", "error": {
+            "name": type(outcome).__name__, "message": str(outcome)}}, indent=2))
+    else:
+        print(f"nbjobs: {message}", file=sys.stderr)
+    if isinstance(outcome, NotebookInputError):
+        return EXIT_BAD_INPUT
+    if isinstance(outcome, ArtefactStoreError):
+        return EXIT_STORE_FAILED
+    return EXIT_NOTEBOOK_FAILED
+
+
+def _summary(document: dict[str, Any]) -> str:
+    """A readable summary of a result document."""
+    artefacts = document.get("artefacts", {})
+    timings = document.get("timings", {})
+    lines = [
+        f"{document['notebook']}: {document['status']} "
+        f"in {timings.get('total_seconds', 0):.2f} s (kernel {document.get('kernel')})"
+    ]
+    error = document.get("error")
+    if error:
+        where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""
+        lines.append(f"  error{where}: {error['name']}: {error['message']}")
+    cells = document.get("cells", [])
+    ran = sum(1 for c in cells if c["status"] == "ok")
+    lines.append(f"  cells: {ran} of {len(cells)} ran ok")
+    for name, value in document.get("outputs", {}).items():
+        lines.append(f"  output {name} = {json.dumps(value)[:200]}")
+    lines.append(f"  artefacts: {artefacts.get('prefix')}")
+    for key in ("notebook", "html", "result"):
+        if artefacts.get(key):
+            lines.append(f"    {key:<8} {artefacts[key]}")
+    for name, uri in artefacts.get("files", {}).items():
+        lines.append(f"    file     {uri}")
+    for note in document.get("notes", []):
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

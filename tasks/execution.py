@@ -1,0 +1,478 @@
+"""The execute step: run a parameterised notebook in a fresh kernel, cell by cell.
+
+This module imports nothing of Prefect's, so the same code runs inside a flow on
+this machine and as a Slurm job on a compute node. It drives nbclient cell by cell
+(papermill has already injected the parameters) to report progress per cell, honour
+a cell selection, a per-cell and a whole-run timeout, and to keep the partial
+notebook whatever happens: the notebook object is filled in place as outputs arrive.
+
+Kernels come from nbclient by default; a caller may hand in an already-started
+``AsyncKernelManager`` (a pre-started kernel), which is shut down after the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from blocks.exceptions import UnknownKernelError
+from tasks.models import CellReport, ErrorInfo, ExecutionReport, Resources, RunStatus
+from tasks.outputs import read_scraps
+
+KERNEL_STARTUP_TIMEOUT_SECONDS = 60
+MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
+MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
+LOG_STREAM_CHARS = 2000
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class CellEvent:
+    """Progress of a run, sent before and after each executed cell."""
+
+    phase: str  # "start" or "end"
+    index: int  # position in the input notebook
+    done: int  # cells finished so far
+    total: int  # cells that will run
+    report: CellReport | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+EventCallback = Callable[[CellEvent], Awaitable[None] | None]
+
+
+def strip_ansi(text: str) -> str:
+    """Remove terminal colour codes (IPython tracebacks are coloured)."""
+    return _ANSI.sub("", text)
+
+
+def installed_kernels() -> dict[str, str]:
+    """Installed kernels as ``{name: resource_dir}``."""
+    return dict(KernelSpecManager().find_kernel_specs())
+
+
+def ensure_kernel_installed(kernel: str) -> None:
+    """Raise ``UnknownKernelError`` (listing installed kernels) unless ``kernel`` exists."""
+    kernels = installed_kernels()
+    if kernel not in kernels:
+        raise UnknownKernelError(kernel, list(kernels))
+
+
+class _CappedClient(NotebookClient):
+    """nbclient with a cap on the output one cell may keep in memory and in the notebook."""
+
+    max_output_bytes: int = MAX_CELL_OUTPUT_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._output_bytes: dict[int, int] = {}
+        self._truncated: set[int] = set()
+
+    def output(
+        self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int
+    ) -> NotebookNode | None:
+        size = len(str(msg.get("content", "")))
+        used = self._output_bytes.get(cell_index, 0) + size
+        self._output_bytes[cell_index] = used
+        if used <= self.max_output_bytes or msg.get("msg_type") == "error":
+            return super().output(outs, msg, display_id, cell_index)  # type: ignore[no-any-return]
+        if cell_index not in self._truncated:
+            self._truncated.add(cell_index)
+            note = (
+                f"[nbjobs] output truncated: this cell produced more than "
+                f"{self.max_output_bytes // (1024 * 1024)} MiB of output; the rest was dropped.\n"
+            )
+            outs.append(NotebookNode(output_type="stream", name="stderr", text=note))
+        return None
+
+
+@dataclass
+class _Progress:
+    status: RunStatus = "completed"
+    error: ErrorInfo | None = None
+    reports: dict[int, CellReport] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    kernel_start_seconds: float | None = None
+    resources: Resources = field(default_factory=Resources)
+    peak_tree_rss: int = 0
+
+
+def _stream_text(cell: NotebookNode, name: str) -> str:
+    text = "".join(
+        o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == name
+    )
+    return text if len(text) <= LOG_STREAM_CHARS else text[:LOG_STREAM_CHARS] + "... [truncated]"
+
+
+def _cell_traceback(cell: NotebookNode) -> str:
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return strip_ansi("\n".join(output.get("traceback", [])))
+    return ""
+
+
+def _files_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    snapshot: dict[str, tuple[int, int]] = {}
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            stat = path.stat()
+            snapshot[path.relative_to(folder).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+    return snapshot
+
+
+def _read_peak_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _measure(pid: int, progress: _Progress) -> None:
+    try:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        cpu = times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        return
+    peak = max(_read_peak_rss(pid), progress.peak_tree_rss)
+    progress.resources = Resources(peak_memory_bytes=peak or None, cpu_seconds=round(cpu, 3))
+
+
+async def _sample_memory(pid: int, progress: _Progress) -> None:
+    # VmHWM gives the kernel's own peak; sampling adds the processes it spawns.
+    while True:
+        try:
+            root = psutil.Process(pid)
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            progress.peak_tree_rss = max(progress.peak_tree_rss, rss)
+        except psutil.Error:
+            return
+        await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_SECONDS)
+
+
+async def _emit(callback: EventCallback | None, event: CellEvent) -> None:
+    if callback is None:
+        return
+    try:
+        outcome = callback(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception:  # progress reporting must never break a run
+        pass
+
+
+async def _shutdown(client: NotebookClient, km: AsyncKernelManager) -> None:
+    """Kill the kernel and close its channels, whatever state it is in."""
+    try:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)  # also removes the connection file
+    except Exception:
+        try:
+            outcome = km.cleanup_resources()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            pass
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+            client.kc = None
+
+
+def _kernel_pid(client: NotebookClient) -> int | None:
+    provisioner = getattr(client.km, "provisioner", None)
+    pid = getattr(provisioner, "pid", None)
+    return int(pid) if pid else None
+
+
+async def execute_notebook_async(
+    nb: NotebookNode,
+    origin: list[int | None],
+    *,
+    kernel: str,
+    workdir: Path,
+    selected: set[int] | None = None,
+    cell_timeout_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+    on_event: EventCallback | None = None,
+    kernel_manager: AsyncKernelManager | None = None,
+    max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+) -> ExecutionReport:
+    """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
+
+    Args:
+        nb: The parameterised notebook; outputs are written into it as they arrive.
+        origin: For each cell of ``nb``, its index in the input notebook (``None``
+            for the injected parameters cell), as returned by ``inject_parameters``.
+        kernel: Kernel name; must be installed unless ``kernel_manager`` is given.
+        workdir: The notebook's working folder; files it writes there are reported.
+        selected: Input-notebook indices to run, or ``None`` for all.
+        cell_timeout_seconds: Limit per cell, or ``None``.
+        timeout_seconds: Limit for the whole execution, kernel start included, or ``None``.
+        on_event: Called before and after each cell (may be async).
+        kernel_manager: An already-started kernel to use (shut down afterwards).
+        max_output_bytes: Output one cell may keep; the rest is dropped with a note.
+
+    Returns:
+        The report; ``nb`` holds the executed (possibly partial) notebook.
+
+    Raises:
+        UnknownKernelError: ``kernel`` is not installed (checked before starting).
+    """
+    if kernel_manager is None:
+        ensure_kernel_installed(kernel)
+    workdir.mkdir(parents=True, exist_ok=True)
+    before = _files_snapshot(workdir)
+    started_at = datetime.now(timezone.utc)
+    t_start = time.perf_counter()
+    progress = _Progress()
+
+    plan: list[tuple[int, int | None]] = []
+    for position, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        source_index = origin[position]
+        if source_index is None or selected is None or source_index in selected:
+            plan.append((position, source_index))
+        elif source_index is not None:
+            progress.reports[source_index] = CellReport(
+                index=source_index, status="skipped", tags=list(cell.metadata.get("tags", []))
+            )
+    runnable = plan
+    total = sum(1 for _, i in runnable if i is not None)
+
+    ipc_dir = Path(tempfile.mkdtemp(prefix="nbjobs-k-"))
+    owned = kernel_manager is None
+    # IPC sockets in a private folder: no TCP port on the host, no "unencrypted TCP" warning.
+    km = kernel_manager or AsyncKernelManager(
+        kernel_name=kernel, transport="ipc", ip=str(ipc_dir / "k")
+    )
+    client = _CappedClient(
+        nb,
+        km=km,
+        kernel_name=kernel,
+        timeout=cell_timeout_seconds,
+        startup_timeout=KERNEL_STARTUP_TIMEOUT_SECONDS,
+        resources={"metadata": {"path": str(workdir)}},
+        allow_errors=False,
+        record_timing=True,
+        shutdown_kernel="immediate",
+    )
+    client.max_output_bytes = max_output_bytes
+    current: dict[str, int | None] = {"index": None}
+
+    async def run_cells() -> None:
+        # Not nbclient's async_setup_kernel: it installs SIGINT/SIGTERM handlers on the
+        # loop, which would take cancellation signals away from Prefect and the CLI.
+        t_kernel = time.perf_counter()
+        try:
+            if owned or not km.has_kernel:
+                await client.async_start_new_kernel()
+            await client.async_start_new_kernel_client()
+            progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
+            pid = _kernel_pid(client)
+            sampler = asyncio.create_task(_sample_memory(pid, progress)) if pid else None
+            try:
+                await _run_plan(client, runnable, total, progress, on_event, current)
+            finally:
+                if pid:
+                    _measure(pid, progress)
+                if sampler:
+                    sampler.cancel()
+        finally:
+            await _shutdown(client, km)
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+
+    # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
+    # nbclient raise DeadKernelError, which wait_for would report instead of the timeout.
+    loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(run_cells())
+    deadline_hit: list[int | None] = []
+
+    def on_deadline() -> None:
+        deadline_hit.append(current["index"])
+        running.cancel()
+
+    timer = loop.call_later(timeout_seconds, on_deadline) if timeout_seconds else None
+    try:
+        await running
+    except asyncio.CancelledError:
+        if not deadline_hit:
+            raise  # cancelled from outside: the caller decides what that means
+    except DeadKernelError as error:
+        progress.status = "kernel_died"
+        progress.error = ErrorInfo(name="KernelDiedError", message=f"the kernel died: {error}")
+    except RuntimeError as error:  # nbclient raises RuntimeError when a kernel fails to start
+        progress.status = "kernel_died"
+        progress.error = ErrorInfo(
+            name="KernelDiedError", message=f"the kernel {kernel!r} failed to start: {error}"
+        )
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if deadline_hit:
+        index = deadline_hit[0]
+        progress.status = "timed_out"
+        progress.error = ErrorInfo(
+            name="NotebookTimeoutError",
+            message=f"the run exceeded its timeout of {timeout_seconds:g} s"
+            + (f" while running cell {index}" if index is not None else " while starting the kernel"),
+            cell_index=index,
+        )
+        if index is not None:
+            progress.reports[index] = CellReport(index=index, status="timed_out")
+
+    for position, source_index in runnable:
+        if source_index is not None and source_index not in progress.reports:
+            progress.reports[source_index] = CellReport(
+                index=source_index,
+                status="not_run",
+                tags=list(nb.cells[position].metadata.get("tags", [])),
+            )
+    for position, source_index in enumerate(origin):
+        report = progress.reports.get(source_index) if source_index is not None else None
+        meta: dict[str, Any] = {"index": source_index}
+        if report is not None:
+            meta.update(status=report.status, duration_seconds=report.duration_seconds)
+        nb.cells[position].metadata["nbjobs"] = meta
+
+    after = _files_snapshot(workdir)
+    written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
+    outputs, scrap_notes = read_scraps(nb)
+    progress.notes.extend(scrap_notes)
+    if client._truncated:
+        progress.notes.append(
+            "output truncated in cell(s) "
+            + ", ".join(str(origin[p]) for p in sorted(client._truncated) if p < len(origin))
+        )
+    nb.metadata["nbjobs"] = {
+        "status": progress.status,
+        "kernel": kernel,
+        "error": progress.error.model_dump() if progress.error else None,
+    }
+    return ExecutionReport(
+        status=progress.status,
+        error=progress.error,
+        kernel=kernel,
+        cells=sorted(progress.reports.values(), key=lambda r: r.index),
+        outputs=outputs,
+        resources=progress.resources,
+        files=written,
+        notes=progress.notes,
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc),
+        kernel_start_seconds=progress.kernel_start_seconds,
+        execute_seconds=round(time.perf_counter() - t_start, 4),
+    )
+
+
+async def _run_plan(
+    client: NotebookClient,
+    plan: list[tuple[int, int | None]],
+    total: int,
+    progress: _Progress,
+    on_event: EventCallback | None,
+    current: dict[str, int | None],
+) -> None:
+    done = 0
+    for position, source_index in plan:
+        cell = client.nb.cells[position]
+        current["index"] = source_index
+        if source_index is not None:
+            await _emit(on_event, CellEvent("start", source_index, done, total))
+        t_cell = time.perf_counter()
+        status: str = "ok"
+        try:
+            await client.async_execute_cell(cell, position)
+        except CellExecutionError as error:
+            if error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
+                progress.notes.append(
+                    f"the notebook stopped itself with sys.exit(0) in cell {source_index}; "
+                    "later cells were not run"
+                )
+                status = "ok"
+                _finish(progress, cell, source_index, status, t_cell)
+                break
+            status = "error"
+            progress.status = "failed"
+            where = "" if source_index is not None else " (in the injected parameters cell)"
+            progress.error = ErrorInfo(
+                name=error.ename,
+                message=error.evalue + where,
+                cell_index=source_index,
+                traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
+            )
+        except CellTimeoutError as error:
+            status = "timed_out"
+            progress.status = "timed_out"
+            progress.error = ErrorInfo(
+                name="NotebookTimeoutError",
+                message=f"cell {source_index} exceeded the per-cell timeout of "
+                f"{client.timeout:g} s",
+                cell_index=source_index,
+                traceback=str(error),
+            )
+        except DeadKernelError as error:
+            status = "error"
+            progress.status = "kernel_died"
+            progress.error = ErrorInfo(
+                name="KernelDiedError",
+                message=f"the kernel died while running cell {source_index}: {error}",
+                cell_index=source_index,
+            )
+        report = _finish(progress, cell, source_index, status, t_cell)
+        if source_index is not None:
+            done += 1
+            await _emit(
+                on_event,
+                CellEvent(
+                    "end",
+                    source_index,
+                    done,
+                    total,
+                    report,
+                    stdout=_stream_text(cell, "stdout"),
+                    stderr=_stream_text(cell, "stderr"),
+                ),
+            )
+        if status != "ok":
+            break
+    current["index"] = None
+
+
+def _finish(
+    progress: _Progress, cell: NotebookNode, source_index: int | None, status: str, t_cell: float
+) -> CellReport | None:
+    if source_index is None:
+        return None
+    report = CellReport(
+        index=source_index,
+        status=status,  # type: ignore[arg-type]
+        duration_seconds=round(time.perf_counter() - t_cell, 4),
+        execution_count=cell.get("execution_count"),
+        tags=list(cell.metadata.get("tags", [])),
+    )
+    progress.reports[source_index] = report
+    return report
+

@@ -1,0 +1,182 @@
+"""The contract every layer speaks: what a run is asked to do and what it reports.
+
+``NotebookRequest`` is what callers send (the flow's parameters, one per field);
+``ExecutionReport`` is what the execute step produces wherever it ran (a local
+kernel, or a Slurm job running the same code); ``NotebookResult`` is what the run
+returns and stores as ``result.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocks.exceptions import (
+    KernelDiedError,
+    NotebookExecutionError,
+    NotebookRunError,
+    NotebookTimeoutError,
+)
+
+RunStatus = Literal["completed", "failed", "timed_out", "kernel_died", "cancelled"]
+CellStatus = Literal["ok", "error", "timed_out", "skipped", "not_run", "cancelled"]
+
+
+class NotebookRequest(BaseModel):
+    """One notebook run, as a caller asks for it.
+
+    Example:
+        >>> NotebookRequest(notebook="examples/report.ipynb", parameters={"n": 5})
+        NotebookRequest(notebook='examples/report.ipynb', ...)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    notebook: str | dict[str, Any] = Field(
+        description=(
+            "A local path, an s3:// URI, an http(s):// URL, or the notebook's JSON itself."
+        )
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Values injected into the cell tagged 'parameters' (JSON values only).",
+    )
+    kernel: str | None = Field(
+        default=None, description="Kernel name; defaults to the notebook's own kernelspec."
+    )
+    cells: str | list[int | str] | None = Field(
+        default=None,
+        description=(
+            "Cells to run: indices, inclusive ranges ('2-5') and tags, as a list or a "
+            "comma-separated string. The parameters cell always runs. Default: all."
+        ),
+    )
+    cell_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Limit for any one cell; none by default."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Limit for the whole execution; none by default."
+    )
+    store: str | None = Field(
+        default=None,
+        description="Artefact store: s3://bucket/prefix, a local path, or a block name.",
+    )
+
+
+class CellReport(BaseModel):
+    """How one code cell went. ``index`` is the cell's position in the input notebook."""
+
+    index: int
+    status: CellStatus
+    duration_seconds: float | None = None
+    execution_count: int | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class ErrorInfo(BaseModel):
+    """Why a run did not succeed."""
+
+    name: str
+    message: str
+    cell_index: int | None = None
+    traceback: str = ""
+
+
+class Resources(BaseModel):
+    """What the kernel process used."""
+
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+
+
+class ExecutionReport(BaseModel):
+    """What the execute step reports, wherever it ran (written as ``execution.json``)."""
+
+    status: RunStatus
+    error: ErrorInfo | None = None
+    kernel: str
+    cells: list[CellReport] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    files: list[str] = Field(
+        default_factory=list, description="Files the notebook wrote, relative to its folder."
+    )
+    notes: list[str] = Field(default_factory=list)
+    started_at: datetime
+    finished_at: datetime
+    kernel_start_seconds: float | None = None
+    execute_seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        """True when every selected cell ran without error."""
+        return self.status == "completed"
+
+
+class Artefacts(BaseModel):
+    """Where a run's artefacts are (store URIs) and browser links to the main ones."""
+
+    prefix: str
+    input: str | None = None
+    notebook: str | None = None
+    html: str | None = None
+    result: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class Timings(BaseModel):
+    """Where the time of a run went, in seconds."""
+
+    started_at: datetime
+    finished_at: datetime
+    total_seconds: float
+    stage_seconds: float = 0.0
+    kernel_start_seconds: float | None = None
+    execute_seconds: float = 0.0
+    store_seconds: float = 0.0
+
+
+class NotebookResult(BaseModel):
+    """The result of a run; ``result.json`` in the store is this document."""
+
+    success: bool
+    status: RunStatus
+    notebook: str = Field(description="The notebook's name.")
+    flow_run_id: str | None = None
+    flow_name: str = "run-notebook"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    kernel: str
+    error: ErrorInfo | None = None
+    cells: list[CellReport] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    artefacts: Artefacts
+    timings: Timings
+    resources: Resources = Field(default_factory=Resources)
+    notes: list[str] = Field(default_factory=list)
+
+
+def error_for_result(result: NotebookResult) -> NotebookRunError:
+    """The typed error a run that did not succeed ends with; it carries the result."""
+    document = result.model_dump(mode="json")
+    error = result.error or ErrorInfo(name=result.status, message=f"the run ended {result.status}")
+    if result.status == "timed_out":
+        return NotebookTimeoutError(
+            f"{error.name}: {error.message}",
+            timeout_seconds=0.0,
+            cell_index=error.cell_index,
+            result=document,
+        )
+    if result.status == "kernel_died":
+        return KernelDiedError(
+            f"{error.name}: {error.message}", cell_index=error.cell_index, result=document
+        )
+    return NotebookExecutionError(
+        error.name,
+        error.message,
+        cell_index=error.cell_index,
+        traceback=error.traceback.splitlines(),
+        result=document,
+    )

@@ -1,0 +1,265 @@
+"""Prefect tasks that stage, execute and render a notebook.
+
+The work itself is in ``tasks.staging`` (pure checks and papermill's parameter
+injection) and ``tasks.execution`` (the nbclient loop, free of Prefect so a Slurm
+job can run it); these tasks add what Prefect users see: a progress artifact
+updated after each cell, one log line per cell, and retries of dead kernels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+
+from blocks.exceptions import KernelDiedError
+from tasks.execution import CellEvent, ensure_kernel_installed, execute_notebook_async
+from tasks.models import ExecutionReport, NotebookRequest
+from tasks.staging import (
+    check_parameters,
+    fetch_notebook_source,
+    inject_parameters,
+    kernel_name_of,
+    parse_notebook,
+    select_cells,
+)
+
+KERNEL_RETRIES_ENV = "NBJOBS_KERNEL_RETRIES"
+DEFAULT_KERNEL_RETRIES = 1
+KERNEL_RETRY_DELAY_SECONDS = 2
+INPUT_NAME = "input.ipynb"
+EXECUTED_NAME = "notebook.ipynb"
+HTML_NAME = "notebook.html"
+WORK_FOLDER = "work"
+
+ProgressListener = Callable[[CellEvent], None]
+_listeners: list[ProgressListener] = []
+
+
+def add_progress_listener(listener: ProgressListener) -> None:
+    """Also send cell events to ``listener`` (the CLI's progress bar uses this)."""
+    _listeners.append(listener)
+
+
+def remove_progress_listener(listener: ProgressListener) -> None:
+    """Stop sending cell events to ``listener``."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
+def artifact_key(name: str, kind: str) -> str:
+    """A stable artifact key per notebook, so the UI keeps a history ('report-summary')."""
+    stem = re.sub(r"\.ipynb$", "", name, flags=re.IGNORECASE).lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "notebook"
+    return f"{slug[:60]}-{kind}"
+
+
+class StagedNotebook:
+    """A checked, parameterised notebook ready to execute, and its run folder.
+
+    A plain class on purpose: Prefect walks dataclasses and models passed between
+    tasks, which would copy the whole notebook on every call.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        origin: str,
+        kernel: str,
+        notebook: NotebookNode,
+        cell_origin: list[int | None],
+        selected: set[int] | None,
+        run_dir: Path,
+    ) -> None:
+        self.name = name
+        self.origin = origin
+        self.kernel = kernel
+        self.notebook = notebook
+        self.cell_origin = cell_origin
+        self.selected = selected
+        self.run_dir = run_dir
+
+    def __repr__(self) -> str:
+        return f"StagedNotebook(name={self.name!r}, kernel={self.kernel!r}, run_dir={self.run_dir})"
+
+    @property
+    def workdir(self) -> Path:
+        """The notebook's working folder: files written there are artefacts."""
+        return self.run_dir / WORK_FOLDER
+
+
+def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True) -> StagedNotebook:
+    """Fetch, check and parameterise a notebook; write ``input.ipynb`` to ``run_dir``.
+
+    Raises:
+        NotebookInputError: Anything about the request that must be fixed first.
+    """
+    source = fetch_notebook_source(request.notebook)
+    nb = parse_notebook(source)
+    kernel = kernel_name_of(nb, request.kernel)
+    if check_kernel:
+        ensure_kernel_installed(kernel)
+    check_parameters(nb, request.parameters, kernel)
+    selected = select_cells(nb, request.cells)
+    parameterised, cell_origin = inject_parameters(nb, request.parameters, kernel)
+    (run_dir / WORK_FOLDER).mkdir(parents=True, exist_ok=True)
+    (run_dir / INPUT_NAME).write_bytes(source.data)
+    return StagedNotebook(
+        name=source.name,
+        origin=source.origin,
+        kernel=kernel,
+        notebook=parameterised,
+        cell_origin=cell_origin,
+        selected=selected,
+        run_dir=run_dir,
+    )
+
+
+@task(name="stage-notebook", cache_policy=NO_CACHE)
+def stage_notebook(request: NotebookRequest, run_dir: Path) -> StagedNotebook:
+    """Fetch, validate and parameterise the notebook, before any kernel starts.
+
+    Example:
+        >>> stage_notebook.fn(NotebookRequest(notebook="examples/report.ipynb"), Path("/tmp/r"))
+        StagedNotebook(name='report.ipynb', ...)
+    """
+    staged = stage(request, run_dir)
+    get_run_logger().info(
+        "staged %s (kernel %s, %d cells, parameters: %s)",
+        staged.name,
+        staged.kernel,
+        len(staged.notebook.cells),
+        ", ".join(sorted(request.parameters)) or "none",
+    )
+    return staged
+
+
+def retry_if_retryable(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only failures a second attempt can fix: a dead kernel, not a notebook's error."""
+    outcome = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
+    return isinstance(outcome, KernelDiedError)
+
+
+def kernel_retries() -> int:
+    """How often a dead kernel is retried (``$NBJOBS_KERNEL_RETRIES``, default 1)."""
+    return int(os.environ.get(KERNEL_RETRIES_ENV, DEFAULT_KERNEL_RETRIES))
+
+
+@task(
+    name="execute-notebook",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_if_retryable,
+    retry_delay_seconds=KERNEL_RETRY_DELAY_SECONDS,
+)
+async def execute_notebook(
+    staged: StagedNotebook,
+    cell_timeout_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+) -> ExecutionReport:
+    """Execute a staged notebook in a fresh kernel; write ``notebook.ipynb`` in any case.
+
+    Publishes a progress artifact updated after every cell and logs one line per cell
+    with its stdout and stderr. A dead kernel raises ``KernelDiedError`` (retried);
+    every other outcome, a notebook's own exception included, is returned as a report.
+
+    Example:
+        >>> report = await execute_notebook(staged, timeout_seconds=600)
+        >>> report.status
+        'completed'
+    """
+    logger = get_run_logger()
+    key = artifact_key(staged.name, "progress")
+    progress_id = await acreate_progress_artifact(
+        0.0, key=key, description=f"{staged.name}: starting kernel {staged.kernel}"
+    )
+
+    async def on_event(event: CellEvent) -> None:
+        for listener in list(_listeners):
+            listener(event)
+        if event.phase == "start":
+            description = f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
+            await aupdate_progress_artifact(
+                progress_id, 100.0 * event.done / max(event.total, 1), description=description
+            )
+            return
+        report = event.report
+        if report is None:
+            return
+        logger.info(
+            "cell %d (%d/%d) %s in %.3f s",
+            event.index,
+            event.done,
+            event.total,
+            report.status,
+            report.duration_seconds or 0.0,
+        )
+        if event.stdout.strip():
+            logger.info("cell %d stdout:\n%s", event.index, event.stdout.rstrip())
+        if event.stderr.strip():
+            logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
+
+    notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
+    report = await execute_notebook_async(
+        notebook,
+        staged.cell_origin,
+        kernel=staged.kernel,
+        workdir=staged.workdir,
+        selected=staged.selected,
+        cell_timeout_seconds=cell_timeout_seconds,
+        timeout_seconds=timeout_seconds,
+        on_event=on_event,
+    )
+    nbformat.write(notebook, staged.run_dir / EXECUTED_NAME)
+    done = sum(1 for c in report.cells if c.status == "ok")
+    ran = sum(1 for c in report.cells if c.status != "skipped")
+    await aupdate_progress_artifact(
+        progress_id,
+        100.0 if report.success else 100.0 * done / max(ran, 1),
+        description=f"{staged.name}: {report.status}",
+    )
+    if report.status == "kernel_died":
+        error = report.error
+        raise KernelDiedError(
+            error.message if error else "the kernel died",
+            cell_index=error.cell_index if error else None,
+            result={"execution": report.model_dump(mode="json")},
+        )
+    return report
+
+
+def render_html(run_dir: Path) -> Path | None:
+    """Render ``notebook.ipynb`` in ``run_dir`` to ``notebook.html`` with nbconvert."""
+    from nbconvert import HTMLExporter  # imported late: it costs ~0.3 s
+
+    source = run_dir / EXECUTED_NAME
+    if not source.exists():
+        return None
+    with warnings.catch_warnings():
+        # glued scraps have no HTML representation; nbconvert warns about each
+        warnings.simplefilter("ignore", UserWarning)
+        body, _ = HTMLExporter().from_filename(str(source))
+    target = run_dir / HTML_NAME
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+@task(name="render-html", cache_policy=NO_CACHE)
+async def render_notebook_html(run_dir: Path) -> Path | None:
+    """Render the executed notebook as HTML (nbconvert); a rendering error is logged, not fatal."""
+    try:
+        return await asyncio.to_thread(render_html, run_dir)
+    except Exception as error:  # a broken rendering must not lose the run
+        get_run_logger().warning("could not render HTML: %s: %s", type(error).__name__, error)
+        return None

@@ -1,0 +1,328 @@
+"""Read, check and parameterise a notebook before any kernel starts.
+
+Pure functions over notebook documents, plus ``fetch_notebook_source`` which is the
+one place that reads a notebook from a path, URL or S3. Everything here raises a
+``NotebookInputError`` subclass with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+from nbformat import NotebookNode
+from papermill.inspection import _infer_parameters
+from papermill.translators import translate_parameters
+
+from blocks.exceptions import (
+    CellSelectionError,
+    NotebookFormatError,
+    NotebookNotFoundError,
+    ParameterValueError,
+    UnknownParameterError,
+)
+from blocks.store import read_s3_object
+
+HTTP_FETCH_TIMEOUT_SECONDS = 30.0
+MAX_PARAMETER_DEPTH = 64
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+@dataclass
+class NotebookSource:
+    """A notebook's raw bytes and where they came from."""
+
+    name: str
+    data: bytes
+    origin: str = field(default="inline")
+
+
+def notebook_name(origin: str) -> str:
+    """A short display name for a notebook, from its path or URL ('report.ipynb')."""
+    tail = origin.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    return tail or "notebook.ipynb"
+
+
+def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
+    """Read the notebook named by ``notebook``: JSON itself, a path, a URL or an S3 URI.
+
+    Args:
+        notebook: The ``notebook`` field of a request.
+
+    Returns:
+        The notebook's bytes and a display name.
+
+    Raises:
+        NotebookNotFoundError: The file, URL or object cannot be read.
+        NotebookFormatError: ``notebook`` is neither a notebook nor a location.
+    """
+    if isinstance(notebook, dict):
+        return NotebookSource("notebook.ipynb", json.dumps(notebook).encode(), "inline")
+    text = notebook.strip()
+    if text.startswith("{"):
+        return NotebookSource("notebook.ipynb", text.encode(), "inline")
+    if text.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(text, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise NotebookNotFoundError(
+                f"could not fetch notebook {text}: {type(error).__name__}: {error}", source=text
+            ) from error
+        return NotebookSource(notebook_name(text), response.content, text)
+    if text.startswith("s3://"):
+        try:
+            data = read_s3_object(text)
+        except Exception as error:
+            raise NotebookNotFoundError(
+                f"could not read notebook {text}: {type(error).__name__}: {error}", source=text
+            ) from error
+        return NotebookSource(notebook_name(text), data, text)
+    if "://" in text:
+        raise NotebookNotFoundError(
+            f"unsupported notebook location {text!r}: give a path, an http(s):// URL, "
+            "an s3:// URI or the notebook JSON",
+            source=text,
+        )
+    path = Path(text).expanduser()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise NotebookNotFoundError(
+            f"notebook not found: {path} (working folder {Path.cwd()})", source=text
+        ) from error
+    except OSError as error:
+        raise NotebookNotFoundError(
+            f"could not read notebook {path}: {error.strerror}", source=text
+        ) from error
+    return NotebookSource(path.name, data, str(path.resolve()))
+
+
+def parse_notebook(source: NotebookSource) -> NotebookNode:
+    """Parse and validate notebook bytes, upgrading older nbformat versions to v4.
+
+    Raises:
+        NotebookFormatError: Not UTF-8 JSON, not a notebook, or an invalid notebook.
+    """
+    try:
+        document = json.loads(source.data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise NotebookFormatError(
+            f"{source.name} is not UTF-8 text (byte {error.start}); is it a notebook?",
+            source=source.origin,
+        ) from error
+    except json.JSONDecodeError as error:
+        raise NotebookFormatError(
+            f"{source.name} is not valid JSON: {error.msg} at line {error.lineno} "
+            f"column {error.colno}; the file may be truncated or not a notebook",
+            source=source.origin,
+        ) from error
+    if not isinstance(document, dict) or "cells" not in document and "worksheets" not in document:
+        raise NotebookFormatError(
+            f"{source.name} is JSON but not a Jupyter notebook (no 'cells'); "
+            "send the .ipynb document itself",
+            source=source.origin,
+        )
+    try:
+        nb = nbformat.reads(json.dumps(document), as_version=4)
+        nbformat.validate(nb)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise NotebookFormatError(
+            f"{source.name} is not a valid notebook: {type(error).__name__}: {first_line}",
+            source=source.origin,
+        ) from error
+    for cell in nb.cells:
+        # papermill's helpers expect every cell to carry a tags list
+        cell.metadata.setdefault("tags", [])
+    return nb
+
+
+def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
+    """The kernel to run: the requested one, else the notebook's, else ``python3``."""
+    if requested:
+        return requested
+    name = nb.metadata.get("kernelspec", {}).get("name")
+    return str(name) if name else "python3"
+
+
+def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dict[str, Any]]:
+    """The parameters the notebook's ``parameters`` cell declares, as papermill infers them.
+
+    Returns:
+        One dict per parameter: ``name``, ``type`` (inferred type name or ``None``),
+        ``default`` (the source text of the default) and ``help`` (the comment).
+    """
+    found = _infer_parameters(nb, name=kernel)
+    return [
+        {
+            "name": p.name,
+            "type": (
+                p.inferred_type_name
+                if p.inferred_type_name not in (None, "None")
+                else _literal_type(p.default)
+            ),
+            "default": p.default,
+            "help": p.help,
+        }
+        for p in found
+    ]
+
+
+def _literal_type(source: str) -> str | None:
+    """The Python type name of a literal default (``"3"`` -> ``int``), or ``None``."""
+    try:
+        value = ast.literal_eval(source)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return "None" if value is None else type(value).__name__
+
+
+def has_parameters_cell(nb: NotebookNode) -> bool:
+    """True when a cell is tagged ``parameters``."""
+    return any(PARAMETERS_TAG in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def check_json_value(name: str, value: Any, depth: int = 0) -> None:
+    """Refuse values that cannot travel as JSON (to the kernel, over HTTP, into result.json).
+
+    Raises:
+        ParameterValueError: Names the offending parameter and what to send instead.
+    """
+    if depth > MAX_PARAMETER_DEPTH:
+        raise ParameterValueError(name, f"nested deeper than {MAX_PARAMETER_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ParameterValueError(
+                name, f"{value!r} is not a JSON number; send null or a string instead"
+            )
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_json_value(name, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ParameterValueError(
+                    name, f"has a key {key!r} of type {type(key).__name__}; JSON keys are strings"
+                )
+            check_json_value(name, item, depth + 1)
+        return
+    raise ParameterValueError(
+        name,
+        f"a value of type {type(value).__name__} cannot be carried as JSON; send a string, "
+        "number, boolean, null, list or object (a date as an ISO 8601 string, say)",
+    )
+
+
+def check_parameters(nb: NotebookNode, parameters: dict[str, Any], kernel: str) -> None:
+    """Refuse parameters the notebook does not declare, or values that are not JSON.
+
+    Raises:
+        UnknownParameterError: A name is not declared by the ``parameters`` cell.
+        ParameterValueError: A value cannot be carried as JSON.
+    """
+    for name, value in parameters.items():
+        if not name.isidentifier():
+            raise ParameterValueError(name, "is not a valid parameter name")
+        check_json_value(name, value)
+    if not parameters:
+        return
+    declared = [p["name"] for p in declared_parameters(nb, kernel)]
+    unknown = [name for name in parameters if name not in declared]
+    if unknown:
+        raise UnknownParameterError(unknown, declared)
+
+
+def select_cells(nb: NotebookNode, cells: str | list[int | str] | None) -> set[int] | None:
+    """Turn a ``cells`` selection into the set of input-notebook indices to run.
+
+    Items are indices (``3``), inclusive ranges (``"2-5"``) or tags (``"plots"``),
+    as a list or one comma-separated string. The parameters cell is always included.
+
+    Returns:
+        The selected indices, or ``None`` for all cells.
+
+    Raises:
+        CellSelectionError: An index is out of range, or a tag matches no cell.
+    """
+    if cells is None or cells == "" or cells == []:
+        return None
+    items: list[int | str] = (
+        [part.strip() for part in cells.split(",") if part.strip()]
+        if isinstance(cells, str)
+        else list(cells)
+    )
+    count = len(nb.cells)
+    chosen: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise CellSelectionError(f"cells: {item!r} is neither an index, a range nor a tag")
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            index = int(item)
+            if not 0 <= index < count:
+                raise CellSelectionError(
+                    f"cells: index {index} is out of range; the notebook has {count} cells (0-{count - 1})"
+                )
+            chosen.add(index)
+            continue
+        match = _RANGE.match(item)
+        if match:
+            start, end = int(match.group(1)), int(match.group(2))
+            if start > end or end >= count:
+                raise CellSelectionError(
+                    f"cells: range {item!r} is not within 0-{count - 1} (inclusive, start <= end)"
+                )
+            chosen.update(range(start, end + 1))
+            continue
+        tagged = {i for i, c in enumerate(nb.cells) if item in c.metadata.get("tags", [])}
+        if not tagged:
+            raise CellSelectionError(f"cells: no cell is tagged {item!r}")
+        chosen |= tagged
+    chosen |= {i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])}
+    return chosen
+
+
+def inject_parameters(
+    nb: NotebookNode, parameters: dict[str, Any], kernel: str
+) -> tuple[NotebookNode, list[int | None]]:
+    """Inject ``parameters`` after the ``parameters`` cell, as papermill does.
+
+    Returns:
+        The parameterised notebook (a copy) and, for each of its cells, the index of
+        the input-notebook cell it came from (``None`` for the injected cell).
+    """
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    origin: list[int | None] = list(range(len(nb.cells)))
+    nb.metadata.setdefault("papermill", {})["parameters"] = parameters
+    if not parameters:
+        return nb, origin
+    language = nb.metadata.get("kernelspec", {}).get("language") or nb.metadata.get(
+        "language_info", {}
+    ).get("name", "python")
+    source = translate_parameters(kernel, language, parameters, "Parameters")
+    cell = nbformat.v4.new_code_cell(source=source)
+    cell.metadata["tags"] = [INJECTED_TAG]
+    existing = [i for i, c in enumerate(nb.cells) if INJECTED_TAG in c.metadata.get("tags", [])]
+    if existing:
+        nb.cells[existing[0]] = cell
+        origin[existing[0]] = None
+        return nb, origin
+    anchor = next(
+        (i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])), -1
+    )
+    nb.cells.insert(anchor + 1, cell)
+    origin.insert(anchor + 1, None)
+    return nb, origin

@@ -1,0 +1,154 @@
+"""Store a run's artefacts and publish what the Prefect UI shows of it.
+
+Uploads happen on every outcome, failures included: the partial notebook is the
+first thing a user looks at when a nightly run broke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_table_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from blocks.store import ArtefactStore, safe_key
+from tasks.models import Artefacts, NotebookResult
+
+UPLOAD_THREADS = 8
+RESULT_NAME = "result.json"
+FILES_FOLDER = "files"
+_MAIN_ARTEFACTS = {
+    "input": "input.ipynb",
+    "notebook": "notebook.ipynb",
+    "html": "notebook.html",
+}
+
+
+def run_prefix(flow_name: str, flow_run_id: str) -> str:
+    """The key prefix of one run in the store: ``<flow-name>/<flow-run-id>``."""
+    return safe_key(flow_name, flow_run_id)
+
+
+def upload_run_folder(
+    store: ArtefactStore, run_dir: Path, prefix: str, files: list[str], workdir: Path
+) -> Artefacts:
+    """Upload the run folder's notebooks and the files the notebook wrote.
+
+    Returns:
+        Their URIs, plus links (presigned for S3) to the notebook, HTML and result.
+    """
+    jobs: list[tuple[str, str, Path]] = []
+    for field, name in _MAIN_ARTEFACTS.items():
+        if (run_dir / name).exists():
+            jobs.append((field, safe_key(prefix, name), run_dir / name))
+    for relative in files:
+        source = workdir / relative
+        if source.is_file():
+            jobs.append((f"files:{relative}", safe_key(prefix, FILES_FOLDER, relative), source))
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
+    artefacts = Artefacts(prefix=store.uri(prefix), result=store.uri(safe_key(prefix, RESULT_NAME)))
+    for (field, key, _), uri in zip(jobs, uris):
+        if field.startswith("files:"):
+            artefacts.files[field.removeprefix("files:")] = uri
+        else:
+            setattr(artefacts, field, uri)
+            artefacts.links[field] = store.link(key)
+    artefacts.links["result"] = store.link(safe_key(prefix, RESULT_NAME))
+    return artefacts
+
+
+@task(name="upload-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+async def upload_artefacts(
+    store: ArtefactStore, run_dir: Path, prefix: str, files: list[str], workdir: Path
+) -> Artefacts:
+    """Upload the input, the executed notebook, its HTML and the notebook's files.
+
+    Example:
+        >>> artefacts = await upload_artefacts(open_store("s3://runs"), run_dir, prefix, [], work)
+        >>> artefacts.notebook
+        's3://runs/run-notebook/0b6f.../notebook.ipynb'
+    """
+    artefacts = await asyncio.to_thread(upload_run_folder, store, run_dir, prefix, files, workdir)
+    get_run_logger().info("stored artefacts under %s", artefacts.prefix)
+    return artefacts
+
+
+@task(name="write-result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+async def write_result(store: ArtefactStore, prefix: str, result: NotebookResult) -> str:
+    """Write ``result.json`` (the result model) next to the run's artefacts."""
+    body = json.dumps(result.model_dump(mode="json"), indent=2).encode()
+    return await asyncio.to_thread(store.put_bytes, safe_key(prefix, RESULT_NAME), body)
+
+
+def summary_markdown(result: NotebookResult) -> str:
+    """The run summary shown in the Prefect UI: status, error, cells, outputs, links."""
+    lines = [f"# {result.notebook}: {result.status}", ""]
+    if result.error:
+        where = f" in cell {result.error.cell_index}" if result.error.cell_index is not None else ""
+        lines += [f"**{result.error.name}**{where}: {result.error.message}", ""]
+        if result.error.traceback:
+            lines += ["```", result.error.traceback[-3000:], "```", ""]
+    timings = result.timings
+    lines += [
+        f"Kernel `{result.kernel}`, {timings.total_seconds:.2f} s in all "
+        f"({timings.execute_seconds:.2f} s executing).",
+        "",
+    ]
+    if result.parameters:
+        lines += ["| parameter | value |", "|---|---|"]
+        lines += [f"| {k} | `{json.dumps(v)[:200]}` |" for k, v in result.parameters.items()]
+        lines.append("")
+    lines += ["| cell | status | seconds |", "|---:|---|---:|"]
+    for cell in result.cells:
+        seconds = f"{cell.duration_seconds:.3f}" if cell.duration_seconds is not None else ""
+        lines.append(f"| {cell.index} | {cell.status} | {seconds} |")
+    lines.append("")
+    for name, link in result.artefacts.links.items():
+        lines.append(f"- [{name}]({link})")
+    for note in result.notes:
+        lines.append(f"- note: {note}")
+    return "\n".join(lines)
+
+
+def outputs_table(outputs: dict[str, Any]) -> list[dict[str, str]]:
+    """The notebook's reported values as table rows (values as JSON text)."""
+    return [{"name": k, "value": json.dumps(v)[:1000]} for k, v in outputs.items()]
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+async def publish_artifacts(result: NotebookResult, key_of: dict[str, str]) -> None:
+    """Publish the summary, links to the stored notebook, HTML and result, and outputs.
+
+    Args:
+        result: The run's result.
+        key_of: Artifact keys by kind (``summary``, ``notebook``, ``html``, ``result``,
+            ``outputs``), stable per notebook so the UI keeps each notebook's history.
+    """
+    await acreate_markdown_artifact(
+        summary_markdown(result), key=key_of["summary"], description=f"{result.notebook} run summary"
+    )
+    for kind in ("notebook", "html", "result"):
+        link = result.artefacts.links.get(kind)
+        if link:
+            await acreate_link_artifact(
+                link,
+                link_text=f"{result.notebook}: {kind}",
+                key=key_of[kind],
+                description=f"The run's {kind} in the artefact store",
+            )
+    if result.outputs:
+        await acreate_table_artifact(
+            outputs_table(result.outputs),
+            key=key_of["outputs"],
+            description=f"Values {result.notebook} reported",
+        )

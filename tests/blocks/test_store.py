@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import httpx
+import pytest
+
+from blocks.exceptions import ArtefactStoreError, NotebookExecutionError
+from blocks.store import default_store_path, open_store, safe_key
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (("run/1", "out.csv"), "run/1/out.csv"),
+        (("run/1", "../../etc/passwd"), "run/1/etc/passwd"),
+        (("run/1", "/abs/path.txt"), "run/1/abs/path.txt"),
+        (("run/1", "a/./b/../c"), "run/1/a/b/c"),
+        (("run/1", "we ird$name?.png"), "run/1/we_ird_name_.png"),
+        (("run/1", "..\\..\\win.txt"), "run/1/win.txt"),
+    ],
+)
+def test_safe_key_never_leaves_its_prefix(parts: tuple[str, ...], expected: str) -> None:
+    assert safe_key(*parts) == expected
+
+
+def test_safe_key_refuses_an_empty_key() -> None:
+    with pytest.raises(ArtefactStoreError):
+        safe_key("..", "/")
+
+
+def test_a_path_spec_is_a_local_folder(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "arts"))
+    uri = store.put_bytes("run-notebook/1/result.json", b"{}")
+    assert uri == str(tmp_path / "arts" / "run-notebook/1/result.json")
+    assert store.get_bytes("run-notebook/1/result.json") == b"{}"
+    assert store.link("run-notebook/1/result.json").startswith("file://")
+
+
+def test_the_default_store_is_a_local_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NBJOBS_STORE", raising=False)
+    store = open_store(None)
+    assert store.is_local and store.root == str(default_store_path())
+
+
+def test_an_unknown_scheme_is_refused() -> None:
+    with pytest.raises(ArtefactStoreError, match="unsupported store"):
+        open_store("ftp://host/x")
+
+
+def test_s3_store_over_http(bucket: str, s3: object) -> None:
+    store = open_store(f"s3://{bucket}/team/a")
+    uri = store.put_bytes("run-notebook/1/result.json", b'{"ok": true}')
+    assert uri == f"s3://{bucket}/team/a/run-notebook/1/result.json"
+    assert store.get_bytes("run-notebook/1/result.json") == b'{"ok": true}'
+    link = store.link("run-notebook/1/result.json")
+    assert link.startswith("http://127.0.0.1:") and "Signature" in link
+    assert httpx.get(link).json() == {"ok": True}
+
+
+def test_an_unreachable_s3_store_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = open_store("s3://nowhere/x")
+    with pytest.raises(ArtefactStoreError, match="could not write"):
+        store.put_bytes("a.txt", b"a")
+
+
+def test_run_errors_keep_their_facts_through_pickling() -> None:
+    error = NotebookExecutionError(
+        "ValueError", "bad", cell_index=3, traceback=["t"], result={"status": "failed"}
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.ename, copy.evalue, copy.cell_index, copy.result) == (
+        "ValueError", "bad", 3, {"status": "failed"},
+    )
+    assert str(copy) == "ValueError: bad in cell 3"

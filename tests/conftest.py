@@ -1,0 +1,108 @@
+"""Session-wide real parts: one Prefect test server, one S3 endpoint over HTTP.
+
+Both bind to 127.0.0.1. The S3 endpoint is moto's ``ThreadedMotoServer`` (a real
+HTTP server, not an in-process mock) so that other processes, the kernel and the
+``nbjobs`` subprocesses among them, reach it as they would reach MinIO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# Fake credentials for moto; set before boto3 or Prefect are imported anywhere.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing-access-key",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+)
+os.environ.pop("NBJOBS_STORE", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nbjobs_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run folders and the default store live in a temporary home, not in ~."""
+    home = tmp_path_factory.mktemp("nbjobs-home")
+    os.environ["NBJOBS_HOME"] = str(home)
+    yield home
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One Prefect server (SQLite, a subprocess on 127.0.0.1) for the whole session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 over real HTTP on 127.0.0.1; boto3 finds it via AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    yield endpoint
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the S3 endpoint."""
+    import boto3
+
+    name = f"nbjobs-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Any:
+    """A boto3 S3 client on the test endpoint, to look at what runs stored."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def http_notebooks() -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving tests/data (for http:// notebooks)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(DATA))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def run_flow(**parameters: Any) -> Any:
+    """Run the run-notebook flow in this process and return its final state."""
+    from flows.run_notebook import run_notebook
+
+    return asyncio.run(run_notebook(**parameters, return_state=True))
+
+
+def state_outcome(state: Any) -> Any:
+    """The flow's return value, or the exception it ended with."""
+    return state.result(raise_on_failure=False, _sync=True)

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from blocks.exceptions import (
+    CellSelectionError,
+    NotebookFormatError,
+    NotebookNotFoundError,
+    ParameterValueError,
+    UnknownParameterError,
+)
+from tasks.staging import (
+    NotebookSource,
+    check_parameters,
+    declared_parameters,
+    fetch_notebook_source,
+    inject_parameters,
+    parse_notebook,
+    select_cells,
+)
+from tests.conftest import DATA
+
+
+def load(name: str) -> nbformat.NotebookNode:
+    return parse_notebook(fetch_notebook_source(str(DATA / name)))
+
+
+def test_truncated_json_is_refused_with_its_position() -> None:
+    data = (DATA / "params.ipynb").read_bytes()[:200]
+    with pytest.raises(NotebookFormatError, match=r"not valid JSON: .* line \d+ column \d+"):
+        parse_notebook(NotebookSource("cut.ipynb", data))
+
+
+def test_json_that_is_not_a_notebook_is_refused() -> None:
+    with pytest.raises(NotebookFormatError, match="not a Jupyter notebook"):
+        parse_notebook(NotebookSource("x.ipynb", b'{"hello": 1}'))
+
+
+def test_binary_is_refused() -> None:
+    with pytest.raises(NotebookFormatError, match="not UTF-8"):
+        parse_notebook(NotebookSource("x.ipynb", b"\xff\xfe\x00"))
+
+
+def test_invalid_notebook_structure_is_refused() -> None:
+    broken = {"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    with pytest.raises(NotebookFormatError, match="not a valid notebook"):
+        parse_notebook(NotebookSource("x.ipynb", json.dumps(broken).encode()))
+
+
+def test_nbformat_v3_is_upgraded() -> None:
+    v3 = nbformat.v3.new_notebook(
+        worksheets=[nbformat.v3.new_worksheet(cells=[nbformat.v3.new_code_cell(input="1 + 1")])]
+    )
+    nb = parse_notebook(NotebookSource("old.ipynb", nbformat.writes(v3, version=3).encode()))
+    assert nb.nbformat == 4 and nb.cells[0].source == "1 + 1"
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(NotebookNotFoundError, match="notebook not found: .*nope.ipynb"):
+        fetch_notebook_source(str(tmp_path / "nope.ipynb"))
+
+
+def test_notebook_from_http(http_notebooks: str) -> None:
+    source = fetch_notebook_source(f"{http_notebooks}/params.ipynb")
+    assert source.name == "params.ipynb" and parse_notebook(source).cells
+
+
+def test_missing_http_notebook(http_notebooks: str) -> None:
+    with pytest.raises(NotebookNotFoundError, match="404"):
+        fetch_notebook_source(f"{http_notebooks}/missing.ipynb")
+
+
+def test_notebook_from_s3(bucket: str, s3: Any) -> None:
+    s3.put_object(Bucket=bucket, Key="nb/params.ipynb", Body=(DATA / "params.ipynb").read_bytes())
+    assert fetch_notebook_source(f"s3://{bucket}/nb/params.ipynb").name == "params.ipynb"
+    with pytest.raises(NotebookNotFoundError, match="could not read notebook"):
+        fetch_notebook_source(f"s3://{bucket}/nb/absent.ipynb")
+
+
+def test_notebook_json_itself_is_accepted() -> None:
+    document = json.loads((DATA / "params.ipynb").read_text())
+    assert parse_notebook(fetch_notebook_source(document)).cells
+    assert parse_notebook(fetch_notebook_source(json.dumps(document))).cells
+
+
+def test_declared_parameters_with_types_defaults_and_help() -> None:
+    found = {p["name"]: p for p in declared_parameters(load("params.ipynb"))}
+    assert found["x"] == {"name": "x", "type": "int", "default": "1", "help": "a number"}
+    assert found["config"]["type"] == "dict" and found["nothing"]["type"] == "None"
+
+
+def test_unknown_parameter_lists_the_declared_ones() -> None:
+    with pytest.raises(UnknownParameterError) as caught:
+        check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3")
+    assert caught.value.unknown == ["y"]
+    assert "declared parameters: x, name, ratio, flag, items, config, nothing" in str(caught.value)
+
+
+def test_parameters_for_a_notebook_without_a_parameters_cell_are_refused() -> None:
+    with pytest.raises(UnknownParameterError, match="declares no parameters"):
+        check_parameters(load("no_params.ipynb"), {"x": 1}, "python3")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (datetime(2026, 1, 1), "type datetime cannot be carried as JSON"),
+        (math.nan, "not a JSON number"),
+        ({1: "a"}, "JSON keys are strings"),
+        ({"a": {1, 2}}, "type set cannot be carried as JSON"),
+    ],
+)
+def test_values_that_are_not_json_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(ParameterValueError, match=message):
+        check_parameters(load("params.ipynb"), {"x": value}, "python3")
+
+
+def test_cell_selection_by_index_range_and_tag() -> None:
+    nb = load("params.ipynb")
+    assert select_cells(nb, None) is None
+    assert select_cells(nb, "2") == {0, 2}  # the parameters cell always runs
+    assert select_cells(nb, [1, "3-4"]) == {0, 1, 3, 4}
+    assert select_cells(nb, "extra") == {0, 3}
+
+
+@pytest.mark.parametrize(("cells", "message"), [("9", "out of range"), ("3-1", "range"), ("nope", "no cell is tagged")])
+def test_bad_cell_selection(cells: str, message: str) -> None:
+    with pytest.raises(CellSelectionError, match=message):
+        select_cells(load("params.ipynb"), cells)
+
+
+def test_injection_follows_the_parameters_cell_and_maps_origins() -> None:
+    nb, origin = inject_parameters(load("params.ipynb"), {"x": 5}, "python3")
+    assert nb.cells[1].metadata["tags"] == ["injected-parameters"]
+    assert "x = 5" in nb.cells[1].source
+    assert origin == [0, None, 1, 2, 3, 4]
