@@ -6,7 +6,8 @@ what a run needs on top: safe keys, stable URIs and browser links.
 
 A store is named by a *spec*, the ``store`` parameter of a run:
 
-- ``None`` or ``""``: the embedded default, ``$NBJOBS_STORE`` or ``~/.nbjobs/artefacts``;
+- ``None`` or ``""``: ``$NBJOBS_STORE`` if set, else the embedded default, the local
+  folder ``$NBJOBS_HOME/artefacts`` (``~/.nbjobs/artefacts``);
 - ``s3://bucket/prefix``: S3, honouring boto3's ``AWS_ENDPOINT_URL_S3`` /
   ``AWS_ENDPOINT_URL`` (MinIO, Ceph, moto...) and its usual credential chain;
 - a path (``/data/runs``, ``./runs``, ``~/runs``, ``file:///data/runs``): a local folder;
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,6 +34,7 @@ from prefect_aws.client_parameters import AwsClientParameters
 from blocks.exceptions import ArtefactStoreError
 
 DEFAULT_STORE_ENV = "NBJOBS_STORE"
+HOME_ENV = "NBJOBS_HOME"
 PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
 _BLOCK_SPEC = re.compile(r"^(s3-bucket|local-file-system)/([a-z0-9][a-z0-9-]*)$")
 _BARE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -40,11 +42,9 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")
 
 
 def default_store_path() -> Path:
-    """The embedded default artefact folder (``$NBJOBS_STORE`` or ``~/.nbjobs/artefacts``)."""
-    configured = os.environ.get(DEFAULT_STORE_ENV)
-    if configured and "://" not in configured:
-        return Path(configured).expanduser().resolve()
-    return Path("~/.nbjobs/artefacts").expanduser().resolve()
+    """The embedded default artefact folder: ``$NBJOBS_HOME/artefacts`` (``~/.nbjobs``)."""
+    home = os.environ.get(HOME_ENV) or "~/.nbjobs"
+    return (Path(home).expanduser() / "artefacts").resolve()
 
 
 def safe_key(*parts: str) -> str:
@@ -76,6 +76,13 @@ def safe_key(*parts: str) -> str:
     if not segments:
         raise ArtefactStoreError("artefact key is empty after sanitising")
     return "/".join(segments)
+
+
+def _io(filesystem: LocalFileSystem | S3Bucket) -> Any:
+    # Prefect's async_dispatch picks async when called inside an async flow or task;
+    # we run these calls in worker threads and ask for the sync versions explicitly
+    # with ``_sync=True``, a keyword the type stubs do not declare.
+    return filesystem
 
 
 class ArtefactStore:
@@ -118,7 +125,7 @@ class ArtefactStore:
         """Write ``data`` at ``key``; return its URI."""
         key = safe_key(key)
         try:
-            self.filesystem.write_path(key, data, _sync=True)  # type: ignore[call-arg]
+            _io(self.filesystem).write_path(key, data, _sync=True)
         except Exception as error:
             raise ArtefactStoreError(
                 f"could not write {key} to {self.root}: {type(error).__name__}: {error}",
@@ -132,9 +139,9 @@ class ArtefactStore:
         fs = self.filesystem
         try:
             if isinstance(fs, S3Bucket):
-                fs.upload_from_path(str(path), key, _sync=True)  # type: ignore[call-arg]
+                _io(fs).upload_from_path(str(path), key, _sync=True)
             else:
-                fs.write_path(key, path.read_bytes(), _sync=True)  # type: ignore[call-arg]
+                _io(fs).write_path(key, path.read_bytes(), _sync=True)
         except Exception as error:
             raise ArtefactStoreError(
                 f"could not upload {key} to {self.root}: {type(error).__name__}: {error}",
@@ -146,7 +153,7 @@ class ArtefactStore:
         """Read the object at ``key``."""
         key = safe_key(key)
         try:
-            data: bytes = self.filesystem.read_path(key, _sync=True)  # type: ignore[call-arg]
+            data: bytes = _io(self.filesystem).read_path(key, _sync=True)
         except Exception as error:
             raise ArtefactStoreError(
                 f"could not read {key} from {self.root}: {type(error).__name__}: {error}",
@@ -255,7 +262,7 @@ def read_s3_object(uri: str) -> bytes:
     """Read one object named by an ``s3://bucket/key`` URI (used to fetch notebooks)."""
     bucket, key = parse_s3_uri(uri)
     fs = _s3_bucket(bucket, "")
-    data: bytes = fs.read_path(key, _sync=True)  # type: ignore[call-arg]
+    data: bytes = _io(fs).read_path(key, _sync=True)
     return data
 
 

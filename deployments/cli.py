@@ -50,19 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a notebook as a run-notebook flow run")
     run.add_argument("notebook", help="path, s3:// URI, http(s):// URL, or '-' for JSON on stdin")
     run.add_argument(
-        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
         help="a parameter; the value is read as JSON where it parses, else kept as a string",
     )
     run.add_argument(
-        "-r", "--raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        "-r",
+        "--raw",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
         help="a parameter whose value is always kept as a string",
     )
     run.add_argument("--store", help="artefact store: s3://bucket/prefix, a folder, or a block")
     run.add_argument("--kernel", help="kernel name (default: the notebook's own)")
-    run.add_argument("--cells", help="cells to run: indices, ranges (2-5) and tags, comma-separated")
+    run.add_argument(
+        "--cells", help="cells to run: indices, ranges (2-5) and tags, comma-separated"
+    )
     run.add_argument("--timeout", type=float, help="limit for the whole run, in seconds")
     run.add_argument("--cell-timeout", type=float, help="limit for any one cell, in seconds")
-    run.add_argument("--json", action="store_true", help="print result.json on stdout, nothing else")
+    run.add_argument(
+        "--json", action="store_true", help="print result.json on stdout, nothing else"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
     inspect = commands.add_parser("inspect", help="list a notebook's parameters")
@@ -161,8 +175,16 @@ async def _run(args: argparse.Namespace) -> int:
     assert isinstance(outcome, BaseException)
     message = f"{type(outcome).__name__}: {outcome}"
     if args.json:
-        print(json.dumps({"success": False, "status": "refused", "error": {
-            "name": type(outcome).__name__, "message": str(outcome)}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "success": False,
+                    "status": "refused",
+                    "error": {"name": type(outcome).__name__, "message": str(outcome)},
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"nbjobs: {message}", file=sys.stderr)
     if isinstance(outcome, NotebookInputError):
@@ -193,7 +215,7 @@ def _summary(document: dict[str, Any]) -> str:
     for key in ("notebook", "html", "result"):
         if artefacts.get(key):
             lines.append(f"    {key:<8} {artefacts[key]}")
-    for name, uri in artefacts.get("files", {}).items():
+    for uri in artefacts.get("files", {}).values():
         lines.append(f"    file     {uri}")
     for note in document.get("notes", []):
         lines.append(f"  note: {note}")

@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from blocks.exceptions import KernelDiedError, NotebookInputError
-from blocks.store import open_store
+from blocks.store import HOME_ENV, open_store
 from tasks.models import (
     ExecutionReport,
     NotebookRequest,
@@ -38,7 +38,6 @@ from tasks.notebook import (
 from tasks.storage import publish_artifacts, run_prefix, upload_artefacts, write_result
 
 FLOW_NAME = "run-notebook"
-HOME_ENV = "NBJOBS_HOME"
 KEEP_RUN_DIRS_ENV = "NBJOBS_KEEP_RUN_DIRS"
 
 
@@ -68,7 +67,7 @@ async def run_notebook(
         cell_timeout_seconds: Limit for any one cell.
         timeout_seconds: Limit for the whole execution.
         store: Where artefacts go: ``s3://bucket/prefix``, a local folder, or a block
-            name; by default ``$NBJOBS_STORE`` or ``~/.nbjobs/artefacts``.
+            name; by default ``$NBJOBS_STORE``, else ``$NBJOBS_HOME/artefacts``.
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -114,7 +113,9 @@ async def run_notebook(
     t_store = time.perf_counter()
     await render_notebook_html(run_dir)
     prefix = run_prefix(FLOW_NAME, run_id)
-    artefacts = await upload_artefacts(artefact_store, run_dir, prefix, report.files, staged.workdir)
+    artefacts = await upload_artefacts(
+        artefact_store, run_dir, prefix, report.files, staged.workdir
+    )
     result = NotebookResult(
         success=report.success,
         status=report.status,
@@ -146,9 +147,9 @@ async def run_notebook(
         shutil.rmtree(run_dir, ignore_errors=True)
 
     if not result.success:
-        error = error_for_result(result)
-        logger.error("%s: %s; partial notebook at %s", result.status, error, artefacts.notebook)
-        raise error
+        failure = error_for_result(result)
+        logger.error("%s: %s; partial notebook at %s", result.status, failure, artefacts.notebook)
+        raise failure
     logger.info("completed %s; notebook at %s", staged.name, artefacts.notebook)
     return result
 

@@ -32,7 +32,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode
 
 from blocks.exceptions import UnknownKernelError
-from tasks.models import CellReport, ErrorInfo, ExecutionReport, Resources, RunStatus
+from tasks.models import CellReport, CellStatus, ErrorInfo, ExecutionReport, Resources, RunStatus
 from tasks.outputs import read_scraps
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
@@ -92,7 +92,7 @@ class _CappedClient(NotebookClient):
         used = self._output_bytes.get(cell_index, 0) + size
         self._output_bytes[cell_index] = used
         if used <= self.max_output_bytes or msg.get("msg_type") == "error":
-            return super().output(outs, msg, display_id, cell_index)  # type: ignore[no-any-return]
+            return super().output(outs, msg, display_id, cell_index)
         if cell_index not in self._truncated:
             self._truncated.add(cell_index)
             note = (
@@ -116,7 +116,9 @@ class _Progress:
 
 def _stream_text(cell: NotebookNode, name: str) -> str:
     text = "".join(
-        o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == name
+        o.get("text", "")
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == name
     )
     return text if len(text) <= LOG_STREAM_CHARS else text[:LOG_STREAM_CHARS] + "... [truncated]"
 
@@ -337,7 +339,11 @@ async def execute_notebook_async(
         progress.error = ErrorInfo(
             name="NotebookTimeoutError",
             message=f"the run exceeded its timeout of {timeout_seconds:g} s"
-            + (f" while running cell {index}" if index is not None else " while starting the kernel"),
+            + (
+                f" while running cell {index}"
+                if index is not None
+                else " while starting the kernel"
+            ),
             cell_index=index,
         )
         if index is not None:
@@ -402,7 +408,7 @@ async def _run_plan(
         if source_index is not None:
             await _emit(on_event, CellEvent("start", source_index, done, total))
         t_cell = time.perf_counter()
-        status: str = "ok"
+        status: CellStatus = "ok"
         try:
             await client.async_execute_cell(cell, position)
         except CellExecutionError as error:
@@ -462,17 +468,20 @@ async def _run_plan(
 
 
 def _finish(
-    progress: _Progress, cell: NotebookNode, source_index: int | None, status: str, t_cell: float
+    progress: _Progress,
+    cell: NotebookNode,
+    source_index: int | None,
+    status: CellStatus,
+    t_cell: float,
 ) -> CellReport | None:
     if source_index is None:
         return None
     report = CellReport(
         index=source_index,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         duration_seconds=round(time.perf_counter() - t_cell, 4),
         execution_count=cell.get("execution_count"),
         tags=list(cell.metadata.get("tags", [])),
     )
     progress.reports[source_index] = report
     return report
-

@@ -189,7 +189,9 @@ async def execute_notebook(
         for listener in list(_listeners):
             listener(event)
         if event.phase == "start":
-            description = f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
+            description = (
+                f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
+            )
             await aupdate_progress_artifact(
                 progress_id, 100.0 * event.done / max(event.total, 1), description=description
             )

@@ -126,7 +126,7 @@ def parse_notebook(source: NotebookSource) -> NotebookNode:
             f"column {error.colno}; the file may be truncated or not a notebook",
             source=source.origin,
         ) from error
-    if not isinstance(document, dict) or "cells" not in document and "worksheets" not in document:
+    if not isinstance(document, dict) or ("cells" not in document and "worksheets" not in document):
         raise NotebookFormatError(
             f"{source.name} is JSON but not a Jupyter notebook (no 'cells'); "
             "send the .ipynb document itself",
@@ -144,7 +144,8 @@ def parse_notebook(source: NotebookSource) -> NotebookNode:
     for cell in nb.cells:
         # papermill's helpers expect every cell to carry a tags list
         cell.metadata.setdefault("tags", [])
-    return nb
+    notebook: NotebookNode = nb
+    return notebook
 
 
 def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
@@ -274,7 +275,8 @@ def select_cells(nb: NotebookNode, cells: str | list[int | str] | None) -> set[i
             index = int(item)
             if not 0 <= index < count:
                 raise CellSelectionError(
-                    f"cells: index {index} is out of range; the notebook has {count} cells (0-{count - 1})"
+                    f"cells: index {index} is out of range; "
+                    f"the notebook has {count} cells (0-{count - 1})"
                 )
             chosen.add(index)
             continue

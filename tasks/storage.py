@@ -57,7 +57,7 @@ def upload_run_folder(
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
     artefacts = Artefacts(prefix=store.uri(prefix), result=store.uri(safe_key(prefix, RESULT_NAME)))
-    for (field, key, _), uri in zip(jobs, uris):
+    for (field, key, _), uri in zip(jobs, uris, strict=True):
         if field.startswith("files:"):
             artefacts.files[field.removeprefix("files:")] = uri
         else:
@@ -135,7 +135,9 @@ async def publish_artifacts(result: NotebookResult, key_of: dict[str, str]) -> N
             ``outputs``), stable per notebook so the UI keeps each notebook's history.
     """
     await acreate_markdown_artifact(
-        summary_markdown(result), key=key_of["summary"], description=f"{result.notebook} run summary"
+        summary_markdown(result),
+        key=key_of["summary"],
+        description=f"{result.notebook} run summary",
     )
     for kind in ("notebook", "html", "result"):
         link = result.artefacts.links.get(kind)

@@ -73,6 +73,9 @@ def test_run_errors_keep_their_facts_through_pickling() -> None:
     )
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.ename, copy.evalue, copy.cell_index, copy.result) == (
-        "ValueError", "bad", 3, {"status": "failed"},
+        "ValueError",
+        "bad",
+        3,
+        {"status": "failed"},
     )
     assert str(copy) == "ValueError: bad in cell 3"

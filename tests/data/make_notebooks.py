@@ -5,9 +5,12 @@ Run from the repository root after changing a notebook here:
 """
 
 import nbformat as nbf
-from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell
-KS = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-      "language_info": {"name": "python"}}
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+KS = {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+}
 GLUE = '''from IPython.display import display
 
 
@@ -18,52 +21,105 @@ def glue(name, value):
         metadata={"scrapbook": {"name": name, "data": True, "display": False}},
         raw=True,
     )'''
+
+
 def nb(cells, path, **meta):
     n = new_notebook(cells=cells, metadata={**KS, **meta})
     for i, c in enumerate(n.cells):
         c["id"] = f"cell-{i}"
     nbf.write(n, path)
+
+
 def params(src):
-    c = new_code_cell(src); c.metadata["tags"] = ["parameters"]; return c
+    c = new_code_cell(src)
+    c.metadata["tags"] = ["parameters"]
+    return c
+
+
 def tagged(src, *tags):
-    c = new_code_cell(src); c.metadata["tags"] = list(tags); return c
+    c = new_code_cell(src)
+    c.metadata["tags"] = list(tags)
+    return c
 
-nb([new_markdown_cell("# Squares report\nA parameterised example: `n` numbers, squared, summed, saved as CSV."),
-    params('n = 10  # how many numbers to square\nlabel = "squares"  # title printed above the table'),
-    new_code_cell(GLUE),
-    new_code_cell('import csv\n\nrows = [(i, i * i) for i in range(1, n + 1)]\nwith open(f"{label}.csv", "w", newline="") as f:\n    csv.writer(f).writerows([("i", "square"), *rows])\nprint(f"{label}: wrote {len(rows)} rows to {label}.csv")'),
-    new_code_cell('total = sum(square for _, square in rows)\nglue("total", total)\nglue("label", label)\ntotal'),
-   ], "examples/report.ipynb")
 
-nb([params('x = 1  # a number\nname = "world"  # who to greet\nratio = 0.5\nflag = False\nitems = [1, 2]\nconfig = {"a": 1}\nnothing = None'),
-    new_code_cell(GLUE),
-    new_code_cell('glue("echo", {"x": x, "name": name, "ratio": ratio, "flag": flag, "items": items, "config": config, "nothing": nothing})\nprint("hello", name)'),
-    tagged('glue("tagged_ran", True)', "extra"),
-    new_code_cell('import os\nglue("cwd", os.getcwd())'),
-   ], "tests/data/params.ipynb")
+nb(
+    [
+        new_markdown_cell(
+            "# Squares report\nA parameterised example: `n` numbers, squared, summed, saved as CSV."
+        ),
+        params(
+            'n = 10  # how many numbers to square\nlabel = "squares"  # title printed above the table'
+        ),
+        new_code_cell(GLUE),
+        new_code_cell(
+            'import csv\n\nrows = [(i, i * i) for i in range(1, n + 1)]\nwith open(f"{label}.csv", "w", newline="") as f:\n    csv.writer(f).writerows([("i", "square"), *rows])\nprint(f"{label}: wrote {len(rows)} rows to {label}.csv")'
+        ),
+        new_code_cell(
+            'total = sum(square for _, square in rows)\nglue("total", total)\nglue("label", label)\ntotal'
+        ),
+    ],
+    "examples/report.ipynb",
+)
 
-nb([params('fail_at = 3'),
-    new_code_cell('print("cell 1 ran")'),
-    new_code_cell('value = 42\nprint("cell 2 ran")'),
-    new_code_cell('raise ValueError(f"bad value {value}")'),
-    new_code_cell('print("never")'),
-   ], "tests/data/raises.ipynb")
+nb(
+    [
+        params(
+            'x = 1  # a number\nname = "world"  # who to greet\nratio = 0.5\nflag = False\nitems = [1, 2]\nconfig = {"a": 1}\nnothing = None'
+        ),
+        new_code_cell(GLUE),
+        new_code_cell(
+            'glue("echo", {"x": x, "name": name, "ratio": ratio, "flag": flag, "items": items, "config": config, "nothing": nothing})\nprint("hello", name)'
+        ),
+        tagged('glue("tagged_ran", True)', "extra"),
+        new_code_cell('import os\nglue("cwd", os.getcwd())'),
+    ],
+    "tests/data/params.ipynb",
+)
 
-nb([params('seconds = 0.1  # how long the second cell sleeps'),
-    new_code_cell('print("started", flush=True)'),
-    new_code_cell('import time\ntime.sleep(seconds)\nprint("slept")'),
-    new_code_cell('print("after")'),
-   ], "tests/data/sleeps.ipynb")
+nb(
+    [
+        params("fail_at = 3"),
+        new_code_cell('print("cell 1 ran")'),
+        new_code_cell('value = 42\nprint("cell 2 ran")'),
+        new_code_cell('raise ValueError(f"bad value {value}")'),
+        new_code_cell('print("never")'),
+    ],
+    "tests/data/raises.ipynb",
+)
 
-nb([params('code = 0  # the exit code'),
-    new_code_cell('print("before exit")'),
-    new_code_cell('import sys\nsys.exit(code)'),
-    new_code_cell('print("after exit")'),
-   ], "tests/data/exits.ipynb")
+nb(
+    [
+        params("seconds = 0.1  # how long the second cell sleeps"),
+        new_code_cell('print("started", flush=True)'),
+        new_code_cell('import time\ntime.sleep(seconds)\nprint("slept")'),
+        new_code_cell('print("after")'),
+    ],
+    "tests/data/sleeps.ipynb",
+)
 
-nb([new_code_cell('import os\nos.makedirs("plots", exist_ok=True)\nopen("plots/a.txt", "w").write("A")\nopen("summary.txt", "w").write("done")'),
-   ], "tests/data/writes.ipynb")
+nb(
+    [
+        params("code = 0  # the exit code"),
+        new_code_cell('print("before exit")'),
+        new_code_cell("import sys\nsys.exit(code)"),
+        new_code_cell('print("after exit")'),
+    ],
+    "tests/data/exits.ipynb",
+)
 
-nb([new_markdown_cell("No parameters cell here."),
-    new_code_cell('print("hi")'),
-   ], "tests/data/no_params.ipynb")
+nb(
+    [
+        new_code_cell(
+            'import os\nos.makedirs("plots", exist_ok=True)\nopen("plots/a.txt", "w").write("A")\nopen("summary.txt", "w").write("done")'
+        ),
+    ],
+    "tests/data/writes.ipynb",
+)
+
+nb(
+    [
+        new_markdown_cell("No parameters cell here."),
+        new_code_cell('print("hi")'),
+    ],
+    "tests/data/no_params.ipynb",
+)

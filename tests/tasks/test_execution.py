@@ -32,8 +32,13 @@ def execute(
 
 def test_parameters_of_every_json_type_reach_the_kernel(tmp_path: Path) -> None:
     parameters = {
-        "x": 7, "name": "Zoë \"quoted\"\nline", "ratio": 1e-9, "flag": True,
-        "items": [1, None, "two", [3]], "config": {"nested": {"deep": [True, False]}}, "nothing": None,
+        "x": 7,
+        "name": 'Zoë "quoted"\nline',
+        "ratio": 1e-9,
+        "flag": True,
+        "items": [1, None, "two", [3]],
+        "config": {"nested": {"deep": [True, False]}},
+        "nothing": None,
     }
     _, report = execute("params.ipynb", tmp_path, parameters)
     assert report.status == "completed" and report.error is None
@@ -45,7 +50,11 @@ def test_a_raising_notebook_reports_the_input_cell_index(tmp_path: Path) -> None
     nb, report = execute("raises.ipynb", tmp_path, {"fail_at": 3})
     assert report.status == "failed"
     assert report.error is not None
-    assert (report.error.name, report.error.message, report.error.cell_index) == ("ValueError", "bad value 42", 3)
+    assert (report.error.name, report.error.message, report.error.cell_index) == (
+        "ValueError",
+        "bad value 42",
+        3,
+    )
     assert "ValueError" in report.error.traceback and "\x1b[" not in report.error.traceback
     assert [c.status for c in report.cells] == ["ok", "ok", "ok", "error", "not_run"]
     # the partial notebook keeps the outputs of the cells that ran (index 3 is cell 2 after injection)
@@ -56,13 +65,24 @@ def test_a_raising_notebook_reports_the_input_cell_index(tmp_path: Path) -> None
 def test_events_come_before_and_after_each_cell(tmp_path: Path) -> None:
     events: list[CellEvent] = []
     execute("raises.ipynb", tmp_path, on_event=events.append)
-    assert [(e.phase, e.index) for e in events][:4] == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert [(e.phase, e.index) for e in events][:4] == [
+        ("start", 0),
+        ("end", 0),
+        ("start", 1),
+        ("end", 1),
+    ]
     assert events[3].stdout == "cell 1 ran\n" and events[-1].report.status == "error"  # type: ignore[union-attr]
 
 
 def test_only_selected_cells_run(tmp_path: Path) -> None:
     _, report = execute("params.ipynb", tmp_path, cells="1,2")
-    assert {c.index: c.status for c in report.cells} == {0: "ok", 1: "ok", 2: "ok", 3: "skipped", 4: "skipped"}
+    assert {c.index: c.status for c in report.cells} == {
+        0: "ok",
+        1: "ok",
+        2: "ok",
+        3: "skipped",
+        4: "skipped",
+    }
     assert "tagged_ran" not in report.outputs and "echo" in report.outputs
 
 
@@ -89,7 +109,10 @@ def test_per_cell_timeout_keeps_earlier_output(tmp_path: Path) -> None:
 def test_whole_run_timeout(tmp_path: Path) -> None:
     _, report = execute("sleeps.ipynb", tmp_path, {"seconds": 60}, timeout_seconds=4)
     assert report.status == "timed_out" and report.error is not None
-    assert report.error.cell_index == 2 and "timeout of 4 s while running cell 2" in report.error.message
+    assert (
+        report.error.cell_index == 2
+        and "timeout of 4 s while running cell 2" in report.error.message
+    )
     assert {c.index: c.status for c in report.cells}[3] == "not_run"
 
 
@@ -106,6 +129,8 @@ def test_resources_are_measured(tmp_path: Path) -> None:
 
 
 def test_unknown_kernel_is_refused_before_starting(tmp_path: Path) -> None:
-    with pytest.raises(UnknownKernelError, match="'nokernel' is not installed; installed kernels: .*python3"):
+    with pytest.raises(
+        UnknownKernelError, match="'nokernel' is not installed; installed kernels: .*python3"
+    ):
         execute("params.ipynb", tmp_path, kernel="nokernel")
     assert not (tmp_path / "work").exists()

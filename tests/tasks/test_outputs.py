@@ -12,7 +12,10 @@ def scrap_output(name: str, data: object, encoder: str = "json") -> nbformat.Not
         "display_data",
         data={
             f"application/scrapbook.scrap.{encoder}+json": {
-                "name": name, "data": data, "encoder": encoder, "version": 1,
+                "name": name,
+                "data": data,
+                "encoder": encoder,
+                "version": 1,
             }
         },
         metadata={"scrapbook": {"name": name, "data": True, "display": False}},

@@ -130,7 +130,9 @@ def test_cell_selection_by_index_range_and_tag() -> None:
     assert select_cells(nb, "extra") == {0, 3}
 
 
-@pytest.mark.parametrize(("cells", "message"), [("9", "out of range"), ("3-1", "range"), ("nope", "no cell is tagged")])
+@pytest.mark.parametrize(
+    ("cells", "message"), [("9", "out of range"), ("3-1", "range"), ("nope", "no cell is tagged")]
+)
 def test_bad_cell_selection(cells: str, message: str) -> None:
     with pytest.raises(CellSelectionError, match=message):
         select_cells(load("params.ipynb"), cells)

@@ -1,0 +1,144 @@
+"""``nbjobs`` as a user runs it: a subprocess, its output and its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deployments.cli import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK, parse_value
+from tests.conftest import DATA, EXAMPLES
+
+NBJOBS = str(Path(sys.executable).parent / "nbjobs")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("5", 5),
+        ("2.5", 2.5),
+        ("true", True),
+        ("True", True),
+        ("null", None),
+        ("None", None),
+        ("hello", "hello"),
+        ('[1, "a"]', [1, "a"]),
+        ('{"k": 1}', {"k": 1}),
+        ("NaN", "NaN"),
+        ("1e3", 1000.0),
+        ('"5"', "5"),
+    ],
+)
+def test_p_values_are_read_as_papermill_reads_them(text: str, value: object) -> None:
+    assert parse_value(text) == value
+
+
+def nbjobs(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [NBJOBS, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
+
+
+@pytest.fixture
+def server_env(prefect_server: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": prefect_server}
+
+
+def test_run_prints_a_summary_and_exits_zero(server_env: dict[str, str], tmp_path: Path) -> None:
+    done = nbjobs(
+        "run",
+        str(EXAMPLES / "report.ipynb"),
+        "-p",
+        "n",
+        "3",
+        "-p",
+        "label",
+        "hello",
+        "--store",
+        str(tmp_path),
+        env=server_env,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "report.ipynb: completed" in done.stdout
+    assert "output total = 14" in done.stdout and 'output label = "hello"' in done.stdout
+    assert f"artefacts: {tmp_path}/run-notebook/" in done.stdout
+
+
+def test_json_prints_exactly_result_json(server_env: dict[str, str], tmp_path: Path) -> None:
+    done = nbjobs(
+        "run",
+        str(DATA / "params.ipynb"),
+        "-r",
+        "name",
+        "5",
+        "-p",
+        "x",
+        "2",
+        "--json",
+        "--store",
+        str(tmp_path),
+        env=server_env,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    document = json.loads(done.stdout)
+    assert document == json.loads(Path(document["artefacts"]["result"]).read_text())
+    assert document["outputs"]["echo"]["name"] == "5" and document["outputs"]["echo"]["x"] == 2
+
+
+def test_a_failing_notebook_exits_one_with_its_error(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = nbjobs("run", str(DATA / "raises.ipynb"), "--store", str(tmp_path), env=server_env)
+    assert done.returncode == EXIT_NOTEBOOK_FAILED
+    assert "raises.ipynb: failed" in done.stdout
+    assert "error in cell 3: ValueError: bad value 42" in done.stdout
+    assert "Traceback" not in done.stderr  # Prefect's console logs are quiet unless -v
+
+
+def test_bad_input_exits_two_and_says_what_to_fix(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = nbjobs(
+        "run",
+        str(DATA / "params.ipynb"),
+        "-p",
+        "typo",
+        "1",
+        "--store",
+        str(tmp_path),
+        env=server_env,
+    )
+    assert done.returncode == EXIT_BAD_INPUT
+    assert "unknown parameter(s) 'typo'; declared parameters: x, name" in done.stderr
+    done = nbjobs("run", str(DATA / "params.ipynb"), "--kernel", "nope", "--json", env=server_env)
+    assert done.returncode == EXIT_BAD_INPUT
+    assert json.loads(done.stdout)["error"]["name"] == "UnknownKernelError"
+
+
+def test_inspect_lists_parameters() -> None:
+    done = nbjobs("inspect", str(DATA / "params.ipynb"))
+    assert done.returncode == EXIT_OK
+    assert done.stdout.splitlines()[0].split() == ["x", "int", "=", "1", "#", "a", "number"]
+    as_json = json.loads(nbjobs("inspect", str(DATA / "params.ipynb"), "--json").stdout)
+    assert as_json[1] == {
+        "name": "name",
+        "type": "str",
+        "default": '"world"',
+        "help": "who to greet",
+    }
+
+
+def test_run_on_the_embedded_default(tmp_path: Path) -> None:
+    """No Prefect server configured and no store: Prefect's temporary server, a local folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "NBJOBS_STORE"))}
+    env["NBJOBS_HOME"] = str(tmp_path)
+    done = nbjobs("run", str(EXAMPLES / "report.ipynb"), "-p", "n", "2", env=env, cwd=tmp_path)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert f"artefacts: {tmp_path}/artefacts/run-notebook/" in done.stdout
+    assert len(list((tmp_path / "artefacts" / "run-notebook").glob("*/notebook.ipynb"))) == 1
