@@ -207,3 +207,33 @@ def test_bad_input_is_refused_before_any_kernel_starts(
     assert re.search(message, str(error)), str(error)
     assert error_type.__name__ in state.message
     assert not list(tmp_path.rglob("notebook.ipynb"))  # nothing executed, nothing stored
+
+
+def test_store_given_as_a_saved_block_with_secret_credentials(
+    bucket: str, s3: Any, s3_endpoint: str
+) -> None:
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    secret = "SECRET-ab12cd34ef56-do-not-leak"
+    S3Bucket(
+        bucket_name=bucket,
+        bucket_folder="team",
+        credentials=AwsCredentials(
+            aws_access_key_id="AKIA-DISTINCTIVE-ID",
+            aws_secret_access_key=secret,
+            aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
+        ),
+    ).save(f"store-{bucket}", overwrite=True)
+    state = run_flow(notebook=str(EXAMPLES / "report.ipynb"), store=f"store-{bucket}")
+    result: NotebookResult = state_outcome(state)
+    assert (
+        result.artefacts.notebook
+        == f"s3://{bucket}/team/run-notebook/{result.flow_run_id}/notebook.ipynb"
+    )
+    prefix = f"team/run-notebook/{result.flow_run_id}/"
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+        body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        assert secret.encode() not in body, item["Key"]
+    for artifact in asyncio.run(artifacts_of(result.flow_run_id)).values():
+        assert secret not in json.dumps(artifact.data)
