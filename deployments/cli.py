@@ -3,6 +3,9 @@
     nbjobs run NOTEBOOK [-p NAME VALUE]... [-r NAME VALUE]... [--store S] [--kernel K]
                         [--cells SEL] [--timeout S] [--cell-timeout S] [--json]
     nbjobs inspect NOTEBOOK [--json]
+    nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
+                           [--store S] [--pool P] [--concurrency-limit N]
+    nbjobs serve [--pool P] [--limit N]
 
 Exit codes: 0 the notebook ran to the end; 1 it raised, timed out or killed its
 kernel (its partial notebook is stored); 2 the request was refused before any
@@ -82,6 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="list a notebook's parameters")
     inspect.add_argument("notebook")
     inspect.add_argument("--json", action="store_true", help="print the parameters as JSON")
+
+    deploy = commands.add_parser(
+        "deploy", help="make a deployment for one notebook, typed by its parameters cell"
+    )
+    deploy.add_argument("notebook", help="path, s3:// URI or http(s):// URL of the notebook")
+    deploy.add_argument("--name", required=True, help="deployment name (run-notebook/NAME)")
+    deploy.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
+    deploy.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    deploy.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a default for a notebook parameter (read as with nbjobs run)",
+    )
+    deploy.add_argument(
+        "-r",
+        "--raw",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a default kept as a string",
+    )
+    deploy.add_argument("--store", help="where the notebook and its runs' artefacts are stored")
+    deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
+    deploy.add_argument("--concurrency-limit", type=int, help="most runs at the same time")
+
+    serve = commands.add_parser(
+        "serve", help="register the deployments and run them on this machine (a process worker)"
+    )
+    serve.add_argument("--pool", default="notebook-jobs", help="process work pool")
+    serve.add_argument("--limit", type=int, help="most flow runs at the same time")
     return parser
 
 
@@ -90,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command in ("deploy", "serve"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        if args.command == "serve":
+            from deployments.commands import apply_runner_settings
+
+            apply_runner_settings()
+            from deployments.commands import serve
+
+            asyncio.run(serve(args.pool, args.limit))
+            return EXIT_OK
+        return asyncio.run(_deploy(args))
     if args.command == "run":
         # Before Prefect is imported. The console handler only: the run's logs still
         # reach the Prefect server (and the UI) in full.
@@ -124,6 +173,38 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _deploy(args: argparse.Namespace) -> int:
+    from blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from deployments.commands import deploy_notebook
+
+    try:
+        deployed = await deploy_notebook(
+            args.notebook,
+            name=args.name,
+            defaults=_request_parameters(args),
+            store=args.store,
+            cron=args.cron,
+            timezone=args.timezone if args.cron else None,
+            pool=args.pool,
+            concurrency_limit=args.concurrency_limit,
+        )
+    except NotebookInputError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ArtefactStoreError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_STORE_FAILED
+    names = ", ".join(p["name"] for p in deployed.parameters) or "none"
+    print(f"deployment {deployed.name} ({deployed.deployment_id})")
+    print(f"  version  {deployed.version}")
+    print(f"  notebook {deployed.notebook_uri}")
+    print(f"  parameters: {names}")
+    if args.cron:
+        print(f"  schedule: {args.cron} ({args.timezone})")
+    print(f"  run it:  prefect deployment run '{deployed.name}' -p parameters='{{...}}'")
+    return EXIT_OK
+
+
 def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
     parameters: dict[str, Any] = {name: parse_value(value) for name, value in args.parameter}
     parameters.update({name: value for name, value in args.raw})
@@ -131,6 +212,8 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from prefect import tags
+
     from blocks.exceptions import ArtefactStoreError, NotebookInputError, NotebookRunError
     from deployments.progress import CellProgressBar
     from flows.run_notebook import run_notebook
@@ -142,16 +225,17 @@ async def _run(args: argparse.Namespace) -> int:
     bar = CellProgressBar(enabled=not args.json and sys.stderr.isatty())
     add_progress_listener(bar.update)
     try:
-        state = await run_notebook(
-            notebook=notebook,
-            parameters=_request_parameters(args),
-            kernel=args.kernel,
-            cells=args.cells,
-            cell_timeout_seconds=args.cell_timeout,
-            timeout_seconds=args.timeout,
-            store=args.store,
-            return_state=True,
-        )
+        with tags("trigger:cli"):
+            state = await run_notebook(
+                notebook=notebook,
+                parameters=_request_parameters(args),
+                kernel=args.kernel,
+                cells=args.cells,
+                cell_timeout_seconds=args.cell_timeout,
+                timeout_seconds=args.timeout,
+                store=args.store,
+                return_state=True,
+            )
         outcome = await state.aresult(raise_on_failure=False)
     finally:
         remove_progress_listener(bar.update)

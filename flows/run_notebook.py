@@ -7,16 +7,20 @@ Its parameters are the public contract of a run, over HTTP as in Python::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import flow, get_client, get_run_logger
+from prefect.runtime import deployment, flow_run
 from pydantic import ValidationError
 
 from blocks.exceptions import KernelDiedError, NotebookInputError
@@ -46,7 +50,68 @@ def runs_root() -> Path:
     return Path(os.environ.get(HOME_ENV, "~/.nbjobs")).expanduser() / "runs"
 
 
-@flow(name=FLOW_NAME, log_prints=True)
+def parameter_digest(parameters: dict[str, Any]) -> str:
+    """A short, stable digest of a run's parameters, for run names (``'p3fa2c1'``)."""
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
+    return "p" + hashlib.sha1(canonical.encode()).hexdigest()[:6]
+
+
+def notebook_label(notebook: Any) -> str:
+    """A notebook's stem for names and tags: ``s3://b/nb/report.ipynb`` gives ``report``."""
+    if isinstance(notebook, dict) or str(notebook).lstrip().startswith("{"):
+        return "inline"
+    tail = str(notebook).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", tail.removesuffix(".ipynb")) or "notebook"
+
+
+def run_name() -> str:
+    """The flow run's name: the notebook and a digest of its parameters (``report-p3fa2c1``)."""
+    given = flow_run.get_parameters()
+    return (
+        f"{notebook_label(given.get('notebook'))}-{parameter_digest(given.get('parameters') or {})}"
+    )
+
+
+def trigger_of(tags: list[str], deployment_id: str | None) -> str:
+    """How a run was started: ``schedule`` (the scheduler), ``http`` (API or UI), or ``cli``."""
+    for tag in tags:
+        if tag.startswith("trigger:"):
+            return tag.removeprefix("trigger:")
+    if "auto-scheduled" in tags:
+        return "schedule"
+    return "http" if deployment_id else "cli"
+
+
+async def label_run(run_id: str, notebook: Any) -> None:
+    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable."""
+    tags = list(flow_run.get_tags())
+    wanted = [
+        f"notebook:{notebook_label(notebook)}",
+        f"trigger:{trigger_of(tags, deployment.get_id())}",
+    ]
+    missing = [tag for tag in wanted if tag not in tags]
+    if not missing:
+        return
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), tags=tags + missing)
+
+
+async def merged_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """A deployment's default notebook parameters, overridden name by name by the run's.
+
+    Prefect merges a run's parameters over the deployment's one level deep only, so a
+    run that sets ``parameters={"n": 3}`` would otherwise drop a deployment's
+    ``parameters={"label": "daily"}``.
+    """
+    deployment_id = deployment.get_id()
+    if not deployment_id:
+        return dict(parameters or {})
+    async with get_client() as client:
+        defaults = (await client.read_deployment(UUID(deployment_id))).parameters or {}
+    return {**(defaults.get("parameters") or {}), **(parameters or {})}
+
+
+@flow(name=FLOW_NAME, flow_run_name=run_name, log_prints=True)
 async def run_notebook(
     notebook: str | dict[str, Any],
     parameters: dict[str, Any] | None = None,
@@ -88,7 +153,7 @@ async def run_notebook(
     try:
         request = NotebookRequest(
             notebook=notebook,
-            parameters=parameters or {},
+            parameters=await merged_parameters(parameters),
             kernel=kernel,
             cells=cells,
             cell_timeout_seconds=cell_timeout_seconds,
@@ -98,6 +163,8 @@ async def run_notebook(
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
+    if flow_run.get_id():
+        await label_run(run_id, notebook)
     artefact_store = open_store(request.store)
     run_dir = runs_root() / run_id
     staged = stage_notebook(request, run_dir)

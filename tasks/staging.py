@@ -11,6 +11,7 @@ import ast
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from blocks.exceptions import (
 from blocks.store import read_s3_object
 
 HTTP_FETCH_TIMEOUT_SECONDS = 30.0
+HTTP_FETCH_ATTEMPTS = 5
+HTTP_BACKOFF_SECONDS = 0.5
 MAX_PARAMETER_DEPTH = 64
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -50,6 +53,17 @@ def notebook_name(origin: str) -> str:
     """A short display name for a notebook, from its path or URL ('report.ipynb')."""
     tail = origin.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     return tail or "notebook.ipynb"
+
+
+def _get_with_retries(url: str) -> httpx.Response:
+    """GET ``url``, retrying 503 and 429 (a busy server) with exponential backoff."""
+    for attempt in range(HTTP_FETCH_ATTEMPTS):
+        response = httpx.get(url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS)
+        if response.status_code not in (429, 503) or attempt == HTTP_FETCH_ATTEMPTS - 1:
+            break
+        time.sleep(HTTP_BACKOFF_SECONDS * 2**attempt)
+    response.raise_for_status()
+    return response
 
 
 def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
@@ -72,8 +86,7 @@ def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
         return NotebookSource("notebook.ipynb", text.encode(), "inline")
     if text.startswith(("http://", "https://")):
         try:
-            response = httpx.get(text, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS)
-            response.raise_for_status()
+            response = _get_with_retries(text)
         except httpx.HTTPError as error:
             raise NotebookNotFoundError(
                 f"could not fetch notebook {text}: {type(error).__name__}: {error}", source=text

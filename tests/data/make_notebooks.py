@@ -123,3 +123,5 @@ nb(
     ],
     "tests/data/no_params.ipynb",
 )
+
+nb([new_code_cell('1 + 1')], "tests/data/trivial.ipynb")

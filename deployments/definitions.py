@@ -1,0 +1,215 @@
+"""The deployments, as code: the general ``run-notebook/adhoc`` and one per notebook.
+
+Every deployment runs the same flow, ``flows.run_notebook.run_notebook``, from a
+work pool of type ``process`` (``notebook-jobs`` by default), so a single machine
+(``nbjobs serve``) and a fleet of workers (``prefect worker start --pool
+notebook-jobs``) run them alike. The entrypoint is a module path: a worker needs
+notebook-jobs installed, not a checkout in a particular folder.
+
+A notebook deployment fixes ``notebook`` to a copy of the notebook stored under its
+content hash and turns the notebook's ``parameters`` cell into the JSON schema of the
+``parameters`` object: the UI shows a typed form, and the server (enforced parameter
+schema) refuses unknown names and wrong types before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.callables import parameter_schema as callable_parameter_schema
+
+from flows.run_notebook import FLOW_NAME, run_notebook
+
+POOL_NAME = "notebook-jobs"
+GENERAL_DEPLOYMENT = "adhoc"
+ENTRYPOINT = "flows.run_notebook.run_notebook"
+NOTEBOOK_TAG = "nbjobs-notebook"
+_JSON_TYPES = {
+    "int": "integer",
+    "float": "number",
+    "str": "string",
+    "bool": "boolean",
+    "list": "array",
+    "tuple": "array",
+    "dict": "object",
+}
+
+
+def content_hash(data: bytes) -> str:
+    """The short content hash a notebook is stored and versioned under."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def parameter_schema(
+    declared: list[dict[str, Any]], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON schema of a notebook's parameters, from its ``parameters`` cell.
+
+    Args:
+        declared: As ``tasks.staging.declared_parameters`` returns them.
+        defaults: Defaults that override the notebook's own (``nbjobs deploy -p``).
+
+    Returns:
+        An object schema: one property per parameter with its inferred type, its
+        default and its comment as description; unknown names are not allowed.
+
+    Example:
+        >>> parameter_schema([{"name": "n", "type": "int", "default": "10", "help": "rows"}])
+        {'type': 'object', 'title': 'parameters', 'properties': {'n': {'title': 'n', ...
+    """
+    defaults = defaults or {}
+    properties: dict[str, Any] = {}
+    for position, item in enumerate(declared):
+        name = item["name"]
+        prop: dict[str, Any] = {"title": name, "position": position}
+        json_type = _JSON_TYPES.get(item.get("type") or "")
+        if json_type == "number":
+            prop["type"] = "number"
+        elif json_type:
+            prop["type"] = json_type
+        if item.get("help"):
+            prop["description"] = item["help"]
+        if name in defaults:
+            prop["default"] = defaults[name]
+        else:
+            # a computed default (say, today()) stays the notebook's business
+            with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError):
+                prop["default"] = ast.literal_eval(item.get("default") or "")
+        if isinstance(prop.get("default"), tuple):
+            prop["default"] = list(prop["default"])
+        properties[name] = prop
+    return {
+        "type": "object",
+        "title": "parameters",
+        "description": "The notebook's parameters; omitted ones keep the notebook's defaults.",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+@dataclass
+class DeploymentSpec:
+    """Everything needed to create or update one deployment of ``run-notebook``."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    version: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    concurrency_limit: int | None = None
+    paused: bool = False
+    work_queue_name: str | None = None
+
+
+def flow_schema() -> dict[str, Any]:
+    """The parameter schema Prefect derives from ``run_notebook``'s signature."""
+    schema: dict[str, Any] = callable_parameter_schema(run_notebook.fn).model_dump(
+        exclude_unset=True
+    )
+    return schema
+
+
+def general_spec() -> DeploymentSpec:
+    """The general deployment: any notebook (path, URI or JSON) and any parameters."""
+    return DeploymentSpec(
+        name=GENERAL_DEPLOYMENT,
+        description="Run any notebook: a path, an s3:// or http(s):// URI, or its JSON.",
+        tags=["nbjobs"],
+    )
+
+
+def notebook_spec(
+    *,
+    name: str,
+    notebook_uri: str,
+    notebook_name: str,
+    digest: str,
+    declared: list[dict[str, Any]],
+    defaults: dict[str, Any] | None = None,
+    store: str | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    concurrency_limit: int | None = None,
+) -> DeploymentSpec:
+    """A deployment for one stored notebook, its parameters cell as a typed schema."""
+    schema = flow_schema()
+    schema["properties"]["notebook"] = {
+        "title": "notebook",
+        "type": "string",
+        "description": f"{notebook_name}, stored under its content hash {digest}.",
+        "default": notebook_uri,
+        "enum": [notebook_uri],
+        "readOnly": True,
+        "position": 0,
+    }
+    schema["properties"]["parameters"] = {
+        **parameter_schema(declared, defaults),
+        "position": 1,
+    }
+    schema["required"] = []
+    parameters: dict[str, Any] = {"notebook": notebook_uri, "parameters": dict(defaults or {})}
+    if store:
+        parameters["store"] = store
+    return DeploymentSpec(
+        name=name,
+        parameters=parameters,
+        schema=schema,
+        description=f"Runs {notebook_name} (version {digest}).",
+        tags=[NOTEBOOK_TAG, f"notebook:{notebook_name.removesuffix('.ipynb')}"],
+        version=digest,
+        cron=cron,
+        timezone=timezone,
+        concurrency_limit=concurrency_limit,
+    )
+
+
+async def ensure_pool(client: PrefectClient, pool: str) -> None:
+    """Create the process work pool ``pool`` unless it exists."""
+    try:
+        await client.read_work_pool(pool)
+    except ObjectNotFound:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+
+async def apply_spec(client: PrefectClient, spec: DeploymentSpec, pool: str = POOL_NAME) -> UUID:
+    """Create or update the deployment ``run-notebook/<spec.name>`` in ``pool``."""
+    await ensure_pool(client, pool)
+    flow_id = await client.create_flow_from_name(FLOW_NAME)
+    schedules = []
+    if spec.cron:
+        schedules = [
+            DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=spec.cron, timezone=spec.timezone or "UTC"),
+                active=True,
+            )
+        ]
+    deployment_id: UUID = await client.create_deployment(
+        flow_id=flow_id,
+        name=spec.name,
+        version=spec.version,
+        schedules=schedules,
+        concurrency_limit=spec.concurrency_limit,
+        parameters=spec.parameters,
+        description=spec.description,
+        tags=spec.tags,
+        entrypoint=ENTRYPOINT,
+        work_pool_name=pool,
+        work_queue_name=spec.work_queue_name,
+        pull_steps=[],
+        parameter_openapi_schema=spec.schema or flow_schema(),
+        enforce_parameter_schema=True,
+        paused=spec.paused,
+    )
+    return deployment_id

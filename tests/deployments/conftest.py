@@ -1,0 +1,170 @@
+"""A real Prefect server over HTTP, on PostgreSQL, with auth, and ``nbjobs serve``.
+
+Session-wide: ``prefect server start`` on 127.0.0.1 backed by Debian's PostgreSQL
+(``tests/services/postgres.sh`` installs and starts it), with
+``PREFECT_SERVER_API_AUTH_STRING`` set; ``nbjobs serve`` as a second process runs the
+deployments, storing artefacts in the S3 endpoint (moto over HTTP).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.api import PrefectHTTP, auth_header
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SERVER_STARTUP_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """An empty PostgreSQL database for the Prefect server (installed and started if needed)."""
+    script = ROOT / "tests" / "services" / "postgres.sh"
+    try:
+        done = subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, timeout=900, check=True
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        if os.environ.get("CI"):
+            pytest.fail(f"tests/services/postgres.sh failed in CI: {detail}")
+        pytest.skip(
+            f"PostgreSQL could not be set up on this machine (needs root and apt): {detail}"
+        )
+    return done.stdout.strip().splitlines()[-1]
+
+
+@dataclass
+class HTTPStack:
+    """The running server and worker, and what a test needs to talk to them."""
+
+    api_url: str
+    auth_string: str
+    env: dict[str, str]  # for nbjobs subprocesses: server, auth, store
+    bucket: str
+    api: PrefectHTTP
+
+    def headers(self) -> dict[str, str]:
+        return auth_header(self.auth_string)
+
+    def nbjobs(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "nbjobs"), *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def http_stack(
+    postgres_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HTTPStack]:
+    import boto3
+
+    home = tmp_path_factory.mktemp("prefect-http")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    auth_string = f"admin:{secrets.token_hex(12)}"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    server_env = {
+        **base_env,
+        "PREFECT_HOME": str(home / "server"),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url,
+        "PREFECT_SERVER_API_AUTH_STRING": auth_string,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the scheduler looks for due schedules every 2 s (default 60 s) in tests
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_UI_ENABLED": "true",
+    }
+    server_log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", headers=auth_header(auth_string)).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            _stop(server)
+            pytest.fail(
+                "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
+            )
+        time.sleep(0.5)
+
+    bucket = f"nbjobs-http-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    env = {
+        **base_env,
+        "PREFECT_HOME": str(home / "client"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_API_AUTH_STRING": auth_string,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "NBJOBS_HOME": str(home / "nbjobs"),
+        "NBJOBS_STORE": f"s3://{bucket}/runs",
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+    }
+    worker_log = open(home / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
+    worker = subprocess.Popen(
+        [str(BIN / "nbjobs"), "serve", "--limit", "4"],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    api = PrefectHTTP(api_url, auth_string=auth_string)
+    stack = HTTPStack(api_url, auth_string, env, bucket, api)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            api.deployment_id("run-notebook", "adhoc")
+            break
+        except httpx.HTTPStatusError:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                _stop(worker)
+                _stop(server)
+                pytest.fail(
+                    "nbjobs serve did not start:\n" + (home / "serve.log").read_text()[-3000:]
+                )
+            time.sleep(0.5)
+    yield stack
+    api.close()
+    _stop(worker)
+    _stop(server)
+    worker_log.close()
+    server_log.close()

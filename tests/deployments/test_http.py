@@ -1,0 +1,126 @@
+"""What a calling system does, with plain HTTP (httpx, no Prefect client).
+
+Against ``prefect server start`` on PostgreSQL with an auth string, and the
+deployments run by ``nbjobs serve``; artefacts go to S3 (moto over HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import nbformat
+
+from deployments.api import link_target
+from tests.conftest import DATA, EXAMPLES
+from tests.deployments.conftest import HTTPStack
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def trigger_and_wait(
+    stack: HTTPStack, deployment: str, parameters: dict[str, Any]
+) -> tuple[str, dict[str, Any], list[str]]:
+    """Look the deployment up, create a run, poll it; return its id, final run and states seen."""
+    headers = stack.headers()
+    api = stack.api_url
+    deployment_id = httpx.get(
+        f"{api}/deployments/name/run-notebook/{deployment}", headers=headers
+    ).json()["id"]
+    created = httpx.post(
+        f"{api}/deployments/{deployment_id}/create_flow_run",
+        json={"parameters": parameters},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    seen: list[str] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", headers=headers).json()
+        state = run["state"]["type"]
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state in FINAL:
+            return run_id, run, seen
+        time.sleep(0.25)
+    raise AssertionError(f"run {run_id} did not finish: {seen}")
+
+
+def artifacts(stack: HTTPStack, run_id: str) -> dict[str, Any]:
+    found = httpx.post(
+        f"{stack.api_url}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
+        headers=stack.headers(),
+    ).json()
+    return {a["key"]: a for a in found}
+
+
+def test_calls_without_the_auth_string_get_401(http_stack: HTTPStack) -> None:
+    url = f"{http_stack.api_url}/deployments/name/run-notebook/adhoc"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, auth=("admin", "wrong")).status_code == 401
+    assert httpx.get(url, headers=http_stack.headers()).status_code == 200
+
+
+def test_trigger_with_parameters_then_fetch_notebook_and_result(http_stack: HTTPStack) -> None:
+    run_id, run, seen = trigger_and_wait(
+        http_stack,
+        "adhoc",
+        {"notebook": str(EXAMPLES / "report.ipynb"), "parameters": {"n": 5, "label": "http"}},
+    )
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert seen[0] in {"SCHEDULED", "PENDING", "RUNNING"} and seen[-1] == "COMPLETED"
+    assert run["name"].startswith("report-p") and "trigger:http" in run["tags"]
+    found = artifacts(http_stack, run_id)
+    result = httpx.get(link_target(found["report-result"]["data"])).json()
+    assert result["success"] and result["outputs"] == {"total": 55, "label": "http"}
+    assert result["artefacts"]["notebook"].startswith(
+        f"s3://{http_stack.bucket}/runs/run-notebook/{run_id}/"
+    )
+    executed = nbformat.reads(
+        httpx.get(link_target(found["report-notebook"]["data"])).text, as_version=4
+    )
+    assert executed.cells[2].metadata["tags"] == ["injected-parameters"]
+    assert "<html" in httpx.get(link_target(found["report-html"]["data"])).text[:300].lower()
+    assert found["report-progress"]["data"] == 100.0
+
+
+def test_the_notebook_itself_sent_as_json(http_stack: HTTPStack) -> None:
+    document = json.loads((DATA / "params.ipynb").read_text())
+    run_id, run, _ = trigger_and_wait(
+        http_stack, "adhoc", {"notebook": document, "parameters": {"x": 41}}
+    )
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    result = http_stack.api.result(run_id)
+    assert result["outputs"]["echo"]["x"] == 41 and result["notebook"] == "notebook.ipynb"
+
+
+def test_a_failing_notebook_ends_failed_and_its_partial_notebook_is_fetchable(
+    http_stack: HTTPStack,
+) -> None:
+    run_id, run, _ = trigger_and_wait(http_stack, "adhoc", {"notebook": str(DATA / "raises.ipynb")})
+    assert run["state"]["type"] == "FAILED"
+    assert "ValueError: bad value 42 in cell 3" in run["state"]["message"]
+    found = artifacts(http_stack, run_id)
+    partial = nbformat.reads(
+        httpx.get(link_target(found["raises-notebook"]["data"])).text, as_version=4
+    )
+    assert partial.cells[2].outputs[0]["text"] == "cell 2 ran\n"
+    result = httpx.get(link_target(found["raises-result"]["data"])).json()
+    assert (result["status"], result["error"]["cell_index"]) == ("failed", 3)
+
+
+def test_bad_input_over_http_fails_before_any_kernel(http_stack: HTTPStack) -> None:
+    run_id, run, _ = trigger_and_wait(
+        http_stack, "adhoc", {"notebook": str(DATA / "params.ipynb"), "parameters": {"typo": 1}}
+    )
+    assert run["state"]["type"] == "FAILED"
+    assert (
+        "UnknownParameterError: unknown parameter(s) 'typo'; declared parameters: x"
+        in run["state"]["message"]
+    )
+    # refused at staging: nothing ran, so none of the run's artifacts exist
+    assert not [key for key in artifacts(http_stack, run_id) if key]
