@@ -21,6 +21,12 @@ import os
 import sys
 from typing import Any
 
+WORKER_SETTINGS = {
+    # Prefect's worker polls every 10 s by default; a notebook job should start at once.
+    # Set before Prefect is imported: it reads its settings at import.
+    "PREFECT_WORKER_QUERY_SECONDS": "0.5",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+}
 EXIT_OK = 0
 EXIT_NOTEBOOK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -120,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--pool", default="notebook-jobs", help="process work pool")
     serve.add_argument("--limit", type=int, help="most flow runs at the same time")
+    serve.add_argument(
+        "--isolation",
+        choices=["in-process", "process"],
+        default="in-process",
+        help="run notebook flow runs inside this process (fast; each notebook still has its "
+        "own kernel) or each in a Python subprocess",
+    )
     return parser
 
 
@@ -131,12 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("deploy", "serve"):
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         if args.command == "serve":
-            from deployments.commands import apply_runner_settings
-
-            apply_runner_settings()
+            for key, value in WORKER_SETTINGS.items():
+                os.environ.setdefault(key, value)
             from deployments.commands import serve
 
-            asyncio.run(serve(args.pool, args.limit))
+            asyncio.run(serve(args.pool, args.limit, args.isolation))
             return EXIT_OK
         return asyncio.run(_deploy(args))
     if args.command == "run":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +23,6 @@ from tasks.staging import (
     fetch_notebook_source,
     parse_notebook,
 )
-
-WORKER_POLL_SECONDS = 1
-RUNNER_SETTINGS = {
-    # Prefect polls every 10-15 s by default; a notebook job should start at once.
-    "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS),
-    "PREFECT_RUNNER_POLL_FREQUENCY": str(WORKER_POLL_SECONDS),
-    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-}
 
 
 @dataclass
@@ -93,21 +84,23 @@ async def deploy_notebook(
     return Deployed(str(deployment_id), f"run-notebook/{name}", digest, uri, declared)
 
 
-async def serve(pool: str = POOL_NAME, limit: int | None = None) -> None:
-    """Register the general deployment and run a process worker for ``pool`` until stopped.
+async def serve(
+    pool: str = POOL_NAME, limit: int | None = None, isolation: str = "in-process"
+) -> None:
+    """Register the general deployment and run a worker for ``pool`` until stopped.
 
     Notebook deployments made by ``nbjobs deploy`` live in the same pool, so this one
-    process runs all of them on a single machine.
+    process runs all of them on a single machine. ``isolation="in-process"`` runs
+    notebook flow runs as tasks of the worker (each notebook still gets its own
+    kernel process); ``"process"`` gives every flow run a Python subprocess, as
+    ``prefect worker start`` does.
     """
     from prefect.workers.process import ProcessWorker
 
+    from deployments.worker import InProcessWorker
+
     async with get_client() as client:
         await apply_spec(client, general_spec(), pool)
-    async with ProcessWorker(work_pool_name=pool, limit=limit) as worker:
+    worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
+    async with worker_class(work_pool_name=pool, limit=limit) as worker:
         await worker.start()
-
-
-def apply_runner_settings() -> None:
-    """Fast polling defaults for ``nbjobs serve``; set before Prefect reads its settings."""
-    for key, value in RUNNER_SETTINGS.items():
-        os.environ.setdefault(key, value)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import boto3
 import httpx
-from datetime import datetime
 
 from deployments.definitions import content_hash, parameter_schema
 from tests.conftest import DATA
@@ -24,13 +24,24 @@ def test_parameter_schema_from_a_parameters_cell() -> None:
     ]
     schema = parameter_schema(declared, {"n": 3})
     assert schema["additionalProperties"] is False
-    assert schema["properties"]["n"] == {"title": "n", "position": 0, "type": "integer", "description": "how many", "default": 3}
-    assert schema["properties"]["when"] == {"title": "when", "position": 1}  # computed default: not guessed
+    assert schema["properties"]["n"] == {
+        "title": "n",
+        "position": 0,
+        "type": "integer",
+        "description": "how many",
+        "default": 3,
+    }
+    assert schema["properties"]["when"] == {
+        "title": "when",
+        "position": 1,
+    }  # computed default: not guessed
     assert schema["properties"]["pair"]["default"] == [1, 2]
 
 
 def deployment(stack: HTTPStack, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{stack.api_url}/deployments/name/run-notebook/{name}", headers=stack.headers())
+    response = httpx.get(
+        f"{stack.api_url}/deployments/name/run-notebook/{name}", headers=stack.headers()
+    )
     response.raise_for_status()
     return dict(response.json())
 
@@ -39,49 +50,90 @@ def runs_of(stack: HTTPStack, deployment_id: str, state: str | None = None) -> l
     body: dict[str, Any] = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 200}
     if state:
         body["flow_runs"]["state"] = {"type": {"any_": [state]}}
-    return list(httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, headers=stack.headers()).json())
+    return list(
+        httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, headers=stack.headers()).json()
+    )
 
 
 def test_a_notebook_deployment_is_typed_and_the_server_enforces_it(http_stack: HTTPStack) -> None:
-    done = http_stack.nbjobs("deploy", str(DATA / "params.ipynb"), "--name", "typed", "-p", "name", "deployed", "--concurrency-limit", "2")
+    done = http_stack.nbjobs(
+        "deploy",
+        str(DATA / "params.ipynb"),
+        "--name",
+        "typed",
+        "-p",
+        "name",
+        "deployed",
+        "--concurrency-limit",
+        "2",
+    )
     assert done.returncode == 0, done.stderr
     found = deployment(http_stack, "typed")
     digest = content_hash((DATA / "params.ipynb").read_bytes())
     assert found["version"] == digest and found["enforce_parameter_schema"] is True
     assert found["global_concurrency_limit"]["limit"] == 2
     properties = found["parameter_openapi_schema"]["properties"]["parameters"]["properties"]
-    assert properties["x"] == {"title": "x", "position": 0, "type": "integer", "description": "a number", "default": 1}
+    assert properties["x"] == {
+        "title": "x",
+        "position": 0,
+        "type": "integer",
+        "description": "a number",
+        "default": 1,
+    }
     assert properties["name"]["default"] == "deployed" and properties["config"]["type"] == "object"
     # the notebook is stored under its content hash, where any worker can fetch it
     notebook_uri = found["parameters"]["notebook"]
     assert notebook_uri == f"s3://{http_stack.bucket}/runs/notebooks/{digest}/params.ipynb"
     s3 = boto3.client("s3", endpoint_url=http_stack.env["AWS_ENDPOINT_URL_S3"])
-    stored = s3.get_object(Bucket=http_stack.bucket, Key=f"runs/notebooks/{digest}/params.ipynb")["Body"].read()
+    stored = s3.get_object(Bucket=http_stack.bucket, Key=f"runs/notebooks/{digest}/params.ipynb")[
+        "Body"
+    ].read()
     assert stored == (DATA / "params.ipynb").read_bytes()
 
     url = f"{http_stack.api_url}/deployments/{found['id']}/create_flow_run"
     before = len(runs_of(http_stack, found["id"]))
-    unknown = httpx.post(url, json={"parameters": {"parameters": {"nope": 1}}}, headers=http_stack.headers())
+    unknown = httpx.post(
+        url, json={"parameters": {"parameters": {"nope": 1}}}, headers=http_stack.headers()
+    )
     assert unknown.status_code == 409 and "'nope' was unexpected" in unknown.text
-    wrong = httpx.post(url, json={"parameters": {"parameters": {"x": "seven"}}}, headers=http_stack.headers())
+    wrong = httpx.post(
+        url, json={"parameters": {"parameters": {"x": "seven"}}}, headers=http_stack.headers()
+    )
     assert wrong.status_code == 409 and "'seven' is not of type 'integer'" in wrong.text
-    swapped = httpx.post(url, json={"parameters": {"notebook": "/etc/passwd"}}, headers=http_stack.headers())
+    swapped = httpx.post(
+        url, json={"parameters": {"notebook": "/etc/passwd"}}, headers=http_stack.headers()
+    )
     assert swapped.status_code == 409
     assert len(runs_of(http_stack, found["id"])) == before  # refused before any run existed
 
     run_id, run, _ = trigger_and_wait(http_stack, "typed", {"parameters": {"x": 4}})
     assert run["state"]["type"] == "COMPLETED", run["state"]
     echo = http_stack.api.result(run_id)["outputs"]["echo"]
-    assert (echo["x"], echo["name"]) == (4, "deployed")  # run values over deployment defaults, per name
+    assert (echo["x"], echo["name"]) == (
+        4,
+        "deployed",
+    )  # run values over deployment defaults, per name
     assert {"notebook:params", "trigger:http", "nbjobs-notebook"} <= set(run["tags"])
 
 
 def test_cron_schedule_with_a_timezone_pause_and_resume(http_stack: HTTPStack) -> None:
-    done = http_stack.nbjobs("deploy", str(DATA / "trivial.ipynb"), "--name", "nightly", "--cron", "30 3 * * *", "--timezone", "Europe/Berlin")
+    done = http_stack.nbjobs(
+        "deploy",
+        str(DATA / "trivial.ipynb"),
+        "--name",
+        "nightly",
+        "--cron",
+        "30 3 * * *",
+        "--timezone",
+        "Europe/Berlin",
+    )
     assert done.returncode == 0, done.stderr
     found = deployment(http_stack, "nightly")
     (schedule,) = found["schedules"]
-    assert schedule["schedule"]["cron"] == "30 3 * * *" and schedule["schedule"]["timezone"] == "Europe/Berlin"
+    assert (
+        schedule["schedule"]["cron"] == "30 3 * * *"
+        and schedule["schedule"]["timezone"] == "Europe/Berlin"
+    )
 
     def scheduled() -> list[dict[str, Any]]:
         return runs_of(http_stack, found["id"], "SCHEDULED")
@@ -92,16 +144,24 @@ def test_cron_schedule_with_a_timezone_pause_and_resume(http_stack: HTTPStack) -
     upcoming = scheduled()
     assert upcoming, "the server created no scheduled runs"
     for run in upcoming:
-        local = datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin"))
+        local = datetime.fromisoformat(run["expected_start_time"]).astimezone(
+            ZoneInfo("Europe/Berlin")
+        )
         assert (local.hour, local.minute) == (3, 30) and "auto-scheduled" in run["tags"]
 
     schedule_url = f"{http_stack.api_url}/deployments/{found['id']}/schedules/{schedule['id']}"
-    assert httpx.patch(schedule_url, json={"active": False}, headers=http_stack.headers()).status_code == 204
+    assert (
+        httpx.patch(schedule_url, json={"active": False}, headers=http_stack.headers()).status_code
+        == 204
+    )
     deadline = time.monotonic() + 30
     while scheduled() and time.monotonic() < deadline:
         time.sleep(1)
     assert not scheduled(), "pausing the schedule left its scheduled runs"
-    assert httpx.patch(schedule_url, json={"active": True}, headers=http_stack.headers()).status_code == 204
+    assert (
+        httpx.patch(schedule_url, json={"active": True}, headers=http_stack.headers()).status_code
+        == 204
+    )
     deadline = time.monotonic() + 60
     while not scheduled() and time.monotonic() < deadline:
         time.sleep(1)
@@ -125,7 +185,12 @@ def test_scheduled_runs_are_executed_by_nbjobs_serve(http_stack: HTTPStack) -> N
             completed = runs_of(http_stack, found["id"], "COMPLETED")
             time.sleep(1)
         assert completed, "no scheduled run completed"
-        assert {"auto-scheduled", "trigger:schedule", "notebook:trivial"} <= set(completed[0]["tags"])
+        assert {"auto-scheduled", "trigger:schedule", "notebook:trivial"} <= set(
+            completed[0]["tags"]
+        )
     finally:
-        paused = httpx.post(f"{http_stack.api_url}/deployments/{found['id']}/pause_deployment", headers=http_stack.headers())
+        paused = httpx.post(
+            f"{http_stack.api_url}/deployments/{found['id']}/pause_deployment",
+            headers=http_stack.headers(),
+        )
         assert paused.status_code in (200, 204), paused.text
