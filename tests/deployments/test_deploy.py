@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 
 from deployments.definitions import content_hash, parameter_schema
 from tests.conftest import DATA
-from tests.deployments.conftest import HTTPStack
+from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.deployments.test_http import trigger_and_wait
 
 
@@ -194,3 +195,35 @@ def test_scheduled_runs_are_executed_by_nbjobs_serve(http_stack: HTTPStack) -> N
             headers=http_stack.headers(),
         )
         assert paused.status_code in (200, 204), paused.text
+
+
+def test_prefect_yaml_deploys_and_a_worker_gets_the_notebook_from_git(
+    http_stack: HTTPStack,
+) -> None:
+    """`prefect deploy --all` from the repository root; the git deployment clones this repo."""
+    env = {**http_stack.env, "NBJOBS_GIT_REPOSITORY": str(ROOT)}
+    done = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    from_git = deployment(http_stack, "report-from-git")
+    assert from_git["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == str(
+        ROOT
+    )
+    assert from_git["schedules"][0]["schedule"] == {
+        "cron": "0 6 * * 1-5",
+        "timezone": "Europe/Berlin",
+        "day_or": True,
+    }
+    from_store = deployment(http_stack, "report-from-store")
+    assert from_store["parameters"]["notebook"].startswith("s3://")
+
+    run_id, run, _ = trigger_and_wait(http_stack, "report-from-git", {})
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    result = http_stack.api.result(run_id)
+    assert result["outputs"] == {"total": 2870, "label": "weekday-report"}
