@@ -27,7 +27,6 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -71,12 +70,20 @@ def papermill_baseline(runs: int, workdir: Path) -> tuple[list[float], list[floa
     in_process, cli = [], []
     for i in range(runs):
         t = time.perf_counter()
-        papermill.execute_notebook(str(NOTEBOOK), str(workdir / f"pm-{i}.ipynb"), progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOK), str(workdir / f"pm-{i}.ipynb"), progress_bar=False
+        )
         in_process.append(time.perf_counter() - t)
         t = time.perf_counter()
         subprocess.run(
-            [str(BIN / "papermill"), "--no-progress-bar", str(NOTEBOOK), str(workdir / f"pmcli-{i}.ipynb")],
-            check=True, capture_output=True,
+            [
+                str(BIN / "papermill"),
+                "--no-progress-bar",
+                str(NOTEBOOK),
+                str(workdir / f"pmcli-{i}.ipynb"),
+            ],
+            check=True,
+            capture_output=True,
         )
         cli.append(time.perf_counter() - t)
     return in_process, cli
@@ -116,11 +123,17 @@ def main() -> None:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               NBJOBS_HOME=str(home / "nbjobs"))
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        NBJOBS_HOME=str(home / "nbjobs"),
+    )
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -137,7 +150,9 @@ def main() -> None:
         import papermill
         import prefect
 
-        print(f"prefect {prefect.__version__}, papermill {papermill.__version__}; {args.runs} runs each")
+        print(
+            f"prefect {prefect.__version__}, papermill {papermill.__version__}; {args.runs} runs each"
+        )
         pm_in, pm_cli = papermill_baseline(args.runs, home)
         print(f"{'papermill.execute_notebook':28} {spread(pm_in)}")
         print(f"{'papermill CLI':28} {spread(pm_cli)}")
@@ -150,7 +165,9 @@ def main() -> None:
                 serve_env["PREFECT_WORKER_PREFETCH_SECONDS"] = "10"
             worker = subprocess.Popen(
                 [str(BIN / "nbjobs"), "serve", "--isolation", isolation],
-                env=serve_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=serve_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
             try:
@@ -164,8 +181,10 @@ def main() -> None:
                 latencies, phases = measure(api, args.runs)
             finally:
                 stop(worker)
-            print(f"{'served, ' + config:28} {spread(latencies)}  "
-                  f"x{statistics.median(latencies) / statistics.median(pm_cli):.2f} papermill CLI")
+            print(
+                f"{'served, ' + config:28} {spread(latencies)}  "
+                f"x{statistics.median(latencies) / statistics.median(pm_cli):.2f} papermill CLI"
+            )
             for phase in ("PENDING", "RUNNING", "COMPLETED"):
                 values = [p[phase] for p in phases if phase in p]
                 if values:

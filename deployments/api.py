@@ -75,6 +75,7 @@ class PrefectHTTP:
         *,
         idempotency_key: str | None = None,
         tags: list[str] | None = None,
+        work_queue_name: str | None = None,
     ) -> str:
         """``POST /deployments/{id}/create_flow_run``; returns the new flow run's id.
 
@@ -85,6 +86,8 @@ class PrefectHTTP:
             body["idempotency_key"] = idempotency_key
         if tags:
             body["tags"] = tags
+        if work_queue_name:
+            body["work_queue_name"] = work_queue_name  # e.g. a higher-priority queue
         deployment_id = self.deployment_id(flow, deployment)
         run = self.request("POST", f"/deployments/{deployment_id}/create_flow_run", json=body)
         return str(run.json()["id"])

@@ -7,6 +7,7 @@ deployments run by ``nbjobs serve``; artefacts go to S3 (moto over HTTP).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import nbformat
 
 from deployments.api import link_target
 from tests.conftest import DATA, EXAMPLES
-from tests.deployments.conftest import HTTPStack
+from tests.deployments.conftest import BIN, HTTPStack
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
@@ -124,3 +125,35 @@ def test_bad_input_over_http_fails_before_any_kernel(http_stack: HTTPStack) -> N
     )
     # refused at staging: nothing ran, so none of the run's artifacts exist
     assert not [key for key in artifacts(http_stack, run_id) if key]
+
+
+def test_an_urgent_run_goes_to_a_higher_priority_work_queue(http_stack: HTTPStack) -> None:
+    done = subprocess.run(
+        [
+            str(BIN / "prefect"),
+            "work-queue",
+            "create",
+            "urgent",
+            "--pool",
+            "notebook-jobs",
+            "--priority",
+            "1",
+        ],
+        env=http_stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 or "already exists" in done.stdout + done.stderr, (
+        done.stdout + done.stderr
+    )
+    run_id = http_stack.api.trigger(
+        "run-notebook", "adhoc", {"notebook": str(DATA / "trivial.ipynb")}, work_queue_name="urgent"
+    )
+    run = http_stack.api.wait(run_id)
+    assert run["state"]["type"] == "COMPLETED" and run["work_queue_name"] == "urgent"
+    queues = httpx.post(
+        f"{http_stack.api_url}/work_pools/notebook-jobs/queues/filter", headers=http_stack.headers()
+    ).json()
+    priority = {q["name"]: q["priority"] for q in queues}
+    assert priority["urgent"] < priority["default"]
