@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Renders docs/flow-run.png: a run of examples/report.ipynb in the Prefect UI, with
+# its artifacts. Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
+# triggers one run over HTTP, and screenshots the run page with headless Chromium
+# (Debian's `chromium` package: apt-get install chromium).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=4391
+home="$(mktemp -d)"
+export PREFECT_HOME="$home/prefect" NBJOBS_HOME="$home/nbjobs" PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_UI_API_URL="http://127.0.0.1:$port/api"
+setsid .venv/bin/prefect server start --host 127.0.0.1 --port "$port" >"$home/server.log" 2>&1 &
+server=$!
+trap 'kill -- -$server 2>/dev/null; kill -- -$worker 2>/dev/null; rm -rf "$home"' EXIT
+until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.5; done
+export PREFECT_API_URL="http://127.0.0.1:$port/api"
+.venv/bin/nbjobs deploy examples/report.ipynb --name report -p label weekly >/dev/null
+setsid .venv/bin/nbjobs serve >"$home/serve.log" 2>&1 &
+worker=$!
+run_id="$(.venv/bin/python - <<'PY'
+import os
+from deployments.api import PrefectHTTP
+api = PrefectHTTP(os.environ["PREFECT_API_URL"])
+for n in (5, 12):
+    run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}})
+    api.wait(run_id)
+print(run_id)
+PY
+)"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
+  --virtual-time-budget=20000 --screenshot=docs/flow-run.png \
+  "http://127.0.0.1:$port/runs/flow-run/$run_id?tab=Artifacts" 2>/dev/null
+echo "docs/flow-run.png: run $run_id"
