@@ -16,7 +16,10 @@ base class, or the branch they care about::
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
     │   └── KernelDiedError           the kernel process died (retryable)
     ├── ArtefactStoreError            the store is unreachable or refused a write
-    └── SlurmError                    (the Slurm issue fills this branch)
+    └── SlurmError
+        ├── SlurmSubmissionError      sbatch/sacct unreachable or refused the job
+        └── SlurmJobError             the job ended FAILED, TIMEOUT, OUT_OF_MEMORY, CANCELLED...
+            └── SlurmNodeFailureError NODE_FAIL, PREEMPTED, BOOT_FAIL (resubmitted)
 
 Errors carry their facts as attributes, not only in the message, and are
 translated at the boundary with the cause kept (``raise X(...) from e``).
@@ -185,3 +188,45 @@ class ArtefactStoreError(NotebookJobError):
 
 class SlurmError(NotebookJobError):
     """Base class of Slurm submission and job errors."""
+
+
+class SlurmSubmissionError(SlurmError):
+    """The job could not be submitted or followed: no sbatch, no controller, refused."""
+
+
+class SlurmJobError(SlurmError):
+    """A Slurm job ended without running the notebook to its end.
+
+    Attributes:
+        job_id: The Slurm job id.
+        state: Slurm's final state (``TIMEOUT``, ``OUT_OF_MEMORY``...).
+        exit_code: The job's exit code, if Slurm reported one.
+        stderr_tail: The last lines the job wrote to stderr.
+        result: The run's result document, once the artefacts are stored.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        state: str,
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+        cell_index: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        self.cell_index = cell_index
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class SlurmNodeFailureError(SlurmJobError):
+    """The node failed or the job was preempted; a resubmission may succeed."""

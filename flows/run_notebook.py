@@ -24,6 +24,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import ValidationError
 
 from blocks.exceptions import KernelDiedError, NotebookInputError
+from blocks.slurm import SlurmCluster
 from blocks.store import HOME_ENV, open_store
 from tasks.models import (
     ExecutionReport,
@@ -39,6 +40,7 @@ from tasks.notebook import (
     render_notebook_html,
     stage_notebook,
 )
+from tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
 from tasks.storage import publish_artifacts, run_prefix, upload_artefacts, write_result
 
 FLOW_NAME = "run-notebook"
@@ -120,6 +122,8 @@ async def run_notebook(
     cell_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
     store: str | None = None,
+    cluster: str | None = None,
+    input_files: list[str] | None = None,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
@@ -133,6 +137,9 @@ async def run_notebook(
         timeout_seconds: Limit for the whole execution.
         store: Where artefacts go: ``s3://bucket/prefix``, a local folder, or a block
             name; by default ``$NBJOBS_STORE``, else ``$NBJOBS_HOME/artefacts``.
+        cluster: A ``SlurmCluster`` block name: the execute step runs as a Slurm job.
+        input_files: Files copied into the notebook's working folder first (paths,
+            ``s3://`` or ``http(s)://`` URLs).
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -159,6 +166,8 @@ async def run_notebook(
             cell_timeout_seconds=cell_timeout_seconds,
             timeout_seconds=timeout_seconds,
             store=store,
+            cluster=cluster,
+            input_files=input_files or [],
         )
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
@@ -166,22 +175,35 @@ async def run_notebook(
     if flow_run.get_id():
         await label_run(run_id, notebook)
     artefact_store = open_store(request.store)
-    run_dir = runs_root() / run_id
-    staged = stage_notebook(request, run_dir)
+    slurm_cluster = await SlurmCluster.aload(request.cluster) if request.cluster else None
+    # A Slurm job's folder must be on the filesystem the nodes share.
+    run_dir = (
+        Path(slurm_cluster.work_dir) / "runs" / run_id if slurm_cluster else runs_root() / run_id
+    )
+    # the kernel is checked where it runs: here, or on the node by the job
+    staged = stage_notebook(request, run_dir, check_kernel=slurm_cluster is None)
     stage_seconds = time.perf_counter() - t_start
 
-    try:
-        report = await execute_notebook.with_options(retries=kernel_retries())(
-            staged, request.cell_timeout_seconds, request.timeout_seconds
+    slurm: SlurmOutcome | None = None
+    if slurm_cluster is not None:
+        slurm = await execute_notebook_on_slurm(
+            staged, slurm_cluster, request.cell_timeout_seconds, request.timeout_seconds
         )
-    except KernelDiedError as error:
-        report = ExecutionReport.model_validate((error.result or {})["execution"])
+        report = slurm.report
+    else:
+        try:
+            report = await execute_notebook.with_options(retries=kernel_retries())(
+                staged, request.cell_timeout_seconds, request.timeout_seconds
+            )
+        except KernelDiedError as error:
+            report = ExecutionReport.model_validate((error.result or {})["execution"])
 
     t_store = time.perf_counter()
     await render_notebook_html(run_dir)
     prefix = run_prefix(FLOW_NAME, run_id)
+    logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
     artefacts = await upload_artefacts(
-        artefact_store, run_dir, prefix, report.files, staged.workdir
+        artefact_store, run_dir, prefix, report.files, staged.workdir, logs
     )
     result = NotebookResult(
         success=report.success,
@@ -205,6 +227,7 @@ async def run_notebook(
             store_seconds=round(time.perf_counter() - t_store, 4),
         ),
         resources=report.resources,
+        slurm=slurm.info if slurm else None,
         notes=report.notes,
     )
     await write_result(artefact_store, prefix, result)
@@ -212,6 +235,8 @@ async def run_notebook(
     await publish_artifacts(result, keys)
     if not os.environ.get(KEEP_RUN_DIRS_ENV):
         shutil.rmtree(run_dir, ignore_errors=True)
+        for path in logs.values():
+            path.unlink(missing_ok=True)  # the job's zip lies beside its folder
 
     if not result.success:
         failure = error_for_result(result)

@@ -58,6 +58,19 @@ class CellEvent:
 EventCallback = Callable[[CellEvent], Awaitable[None] | None]
 
 
+class ExecutionCancelled(asyncio.CancelledError):
+    """The execution was cancelled from outside; ``report`` says what ran before.
+
+    A ``CancelledError``, so asyncio's cancellation still propagates; callers that
+    keep partial results catch it and read the report (the notebook holds the
+    partial outputs).
+    """
+
+    def __init__(self, report: ExecutionReport) -> None:
+        super().__init__(report.error.message if report.error else "cancelled")
+        self.report = report
+
+
 def strip_ansi(text: str) -> str:
     """Remove terminal colour codes (IPython tracebacks are coloured)."""
     return _ANSI.sub("", text)
@@ -317,11 +330,13 @@ async def execute_notebook_async(
         running.cancel()
 
     timer = loop.call_later(timeout_seconds, on_deadline) if timeout_seconds else None
+    cancelled_from_outside = False
     try:
         await running
     except asyncio.CancelledError:
-        if not deadline_hit:
-            raise  # cancelled from outside: the caller decides what that means
+        # Cancelled from outside (a cancelled flow run, SIGTERM in a Slurm job): the
+        # kernel is already shut down; report what ran, then re-raise as cancellation.
+        cancelled_from_outside = not deadline_hit
     except DeadKernelError as error:
         progress.status = "kernel_died"
         progress.error = ErrorInfo(name="KernelDiedError", message=f"the kernel died: {error}")
@@ -333,6 +348,17 @@ async def execute_notebook_async(
     finally:
         if timer is not None:
             timer.cancel()
+    if cancelled_from_outside:
+        index = current["index"]
+        progress.status = "cancelled"
+        progress.error = ErrorInfo(
+            name="Cancelled",
+            message="the run was cancelled"
+            + (f" while running cell {index}" if index is not None else ""),
+            cell_index=index,
+        )
+        if index is not None:
+            progress.reports[index] = CellReport(index=index, status="cancelled")
     if deadline_hit:
         index = deadline_hit[0]
         progress.status = "timed_out"
@@ -377,7 +403,7 @@ async def execute_notebook_async(
         "kernel": kernel,
         "error": progress.error.model_dump() if progress.error else None,
     }
-    return ExecutionReport(
+    outcome = ExecutionReport(
         status=progress.status,
         error=progress.error,
         kernel=kernel,
@@ -391,6 +417,9 @@ async def execute_notebook_async(
         kernel_start_seconds=progress.kernel_start_seconds,
         execute_seconds=round(time.perf_counter() - t_start, 4),
     )
+    if cancelled_from_outside:
+        raise ExecutionCancelled(outcome)
+    return outcome
 
 
 async def _run_plan(

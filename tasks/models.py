@@ -18,6 +18,8 @@ from blocks.exceptions import (
     NotebookExecutionError,
     NotebookRunError,
     NotebookTimeoutError,
+    SlurmJobError,
+    SlurmNodeFailureError,
 )
 
 RunStatus = Literal["completed", "failed", "timed_out", "kernel_died", "cancelled"]
@@ -62,6 +64,13 @@ class NotebookRequest(BaseModel):
     store: str | None = Field(
         default=None,
         description="Artefact store: s3://bucket/prefix, a local path, or a block name.",
+    )
+    cluster: str | None = Field(
+        default=None, description="A SlurmCluster block name: run the notebook as a Slurm job."
+    )
+    input_files: list[str] = Field(
+        default_factory=list,
+        description="Files copied into the notebook's working folder: paths, s3:// or URLs.",
     )
 
 
@@ -124,7 +133,22 @@ class Artefacts(BaseModel):
     html: str | None = None
     result: str | None = None
     files: dict[str, str] = Field(default_factory=dict)
+    logs: dict[str, str] = Field(
+        default_factory=dict, description="Slurm job stdout, stderr and the job folder as a zip."
+    )
     links: dict[str, str] = Field(default_factory=dict)
+
+
+class SlurmInfo(BaseModel):
+    """What Slurm says about the job that ran the notebook."""
+
+    job_id: str
+    state: str
+    exit_code: int | None = None
+    node: str | None = None
+    attempts: int = 1
+    stdout: str = ""
+    stderr_tail: str = ""
 
 
 class Timings(BaseModel):
@@ -155,13 +179,27 @@ class NotebookResult(BaseModel):
     artefacts: Artefacts
     timings: Timings
     resources: Resources = Field(default_factory=Resources)
+    slurm: SlurmInfo | None = None
     notes: list[str] = Field(default_factory=list)
 
 
-def error_for_result(result: NotebookResult) -> NotebookRunError:
+def error_for_result(result: NotebookResult) -> NotebookRunError | SlurmJobError:
     """The typed error a run that did not succeed ends with; it carries the result."""
     document = result.model_dump(mode="json")
     error = result.error or ErrorInfo(name=result.status, message=f"the run ended {result.status}")
+    if result.slurm is not None and error.name == "SlurmJobError":
+        slurm_error = SlurmJobError
+        if result.slurm.state in ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL"):
+            slurm_error = SlurmNodeFailureError
+        return slurm_error(
+            f"{error.name}: {error.message}",
+            job_id=result.slurm.job_id,
+            state=result.slurm.state,
+            exit_code=result.slurm.exit_code,
+            stderr_tail=result.slurm.stderr_tail,
+            cell_index=error.cell_index,
+            result=document,
+        )
     if result.status == "timed_out":
         return NotebookTimeoutError(
             f"{error.name}: {error.message}",

@@ -33,6 +33,7 @@ from tasks.staging import (
     kernel_name_of,
     parse_notebook,
     select_cells,
+    stage_input_files,
 )
 
 KERNEL_RETRIES_ENV = "NBJOBS_KERNEL_RETRIES"
@@ -115,6 +116,7 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
     selected = select_cells(nb, request.cells)
     parameterised, cell_origin = inject_parameters(nb, request.parameters, kernel)
     (run_dir / WORK_FOLDER).mkdir(parents=True, exist_ok=True)
+    stage_input_files(request.input_files, run_dir / WORK_FOLDER)
     (run_dir / INPUT_NAME).write_bytes(source.data)
     return StagedNotebook(
         name=source.name,
@@ -128,14 +130,16 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
 
 
 @task(name="stage-notebook", cache_policy=NO_CACHE)
-def stage_notebook(request: NotebookRequest, run_dir: Path) -> StagedNotebook:
+def stage_notebook(
+    request: NotebookRequest, run_dir: Path, check_kernel: bool = True
+) -> StagedNotebook:
     """Fetch, validate and parameterise the notebook, before any kernel starts.
 
     Example:
         >>> stage_notebook.fn(NotebookRequest(notebook="examples/report.ipynb"), Path("/tmp/r"))
         StagedNotebook(name='report.ipynb', ...)
     """
-    staged = stage(request, run_dir)
+    staged = stage(request, run_dir, check_kernel=check_kernel)
     get_run_logger().info(
         "staged %s (kernel %s, %d cells, parameters: %s)",
         staged.name,

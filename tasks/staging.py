@@ -11,6 +11,7 @@ import ast
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,3 +342,50 @@ def inject_parameters(
     nb.cells.insert(anchor + 1, cell)
     origin.insert(anchor + 1, None)
     return nb, origin
+
+
+def stage_input_files(items: list[str], workdir: Path) -> list[str]:
+    """Copy input files into the notebook's working folder, by their base names.
+
+    Args:
+        items: Local files or folders, ``s3://`` URIs or ``http(s)://`` URLs.
+        workdir: The notebook's working folder.
+
+    Returns:
+        The names they have in ``workdir``.
+
+    Raises:
+        NotebookNotFoundError: An input cannot be read.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for item in items:
+        name = notebook_name(item)
+        if not name or name in (".", ".."):
+            raise NotebookNotFoundError(f"input file {item!r} has no usable name", source=item)
+        target = workdir / name
+        if item.startswith(("http://", "https://")):
+            try:
+                target.write_bytes(_get_with_retries(item).content)
+            except httpx.HTTPError as error:
+                raise NotebookNotFoundError(
+                    f"could not fetch input file {item}: {error}", source=item
+                ) from error
+        elif item.startswith("s3://"):
+            try:
+                target.write_bytes(read_s3_object(item))
+            except Exception as error:
+                raise NotebookNotFoundError(
+                    f"could not read input file {item}: {type(error).__name__}: {error}",
+                    source=item,
+                ) from error
+        else:
+            source = Path(item).expanduser()
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            elif source.is_file():
+                shutil.copy2(source, target)
+            else:
+                raise NotebookNotFoundError(f"input file not found: {source}", source=item)
+        names.append(name)
+    return names

@@ -39,9 +39,16 @@ def run_prefix(flow_name: str, flow_run_id: str) -> str:
 
 
 def upload_run_folder(
-    store: ArtefactStore, run_dir: Path, prefix: str, files: list[str], workdir: Path
+    store: ArtefactStore,
+    run_dir: Path,
+    prefix: str,
+    files: list[str],
+    workdir: Path,
+    logs: dict[str, Path] | None = None,
 ) -> Artefacts:
-    """Upload the run folder's notebooks and the files the notebook wrote.
+    """Upload the run folder's notebooks, the files the notebook wrote, and job logs.
+
+    ``logs`` maps artefact names (``slurm/slurm-12.out``) to local files.
 
     Returns:
         Their URIs, plus links (presigned for S3) to the notebook, HTML and result.
@@ -54,12 +61,17 @@ def upload_run_folder(
         source = workdir / relative
         if source.is_file():
             jobs.append((f"files:{relative}", safe_key(prefix, FILES_FOLDER, relative), source))
+    for name, source in (logs or {}).items():
+        if source.is_file():
+            jobs.append((f"logs:{name}", safe_key(prefix, name), source))
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
     artefacts = Artefacts(prefix=store.uri(prefix), result=store.uri(safe_key(prefix, RESULT_NAME)))
     for (field, key, _), uri in zip(jobs, uris, strict=True):
         if field.startswith("files:"):
             artefacts.files[field.removeprefix("files:")] = uri
+        elif field.startswith("logs:"):
+            artefacts.logs[field.removeprefix("logs:")] = uri
         else:
             setattr(artefacts, field, uri)
             artefacts.links[field] = store.link(key)
@@ -69,7 +81,12 @@ def upload_run_folder(
 
 @task(name="upload-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
 async def upload_artefacts(
-    store: ArtefactStore, run_dir: Path, prefix: str, files: list[str], workdir: Path
+    store: ArtefactStore,
+    run_dir: Path,
+    prefix: str,
+    files: list[str],
+    workdir: Path,
+    logs: dict[str, Path] | None = None,
 ) -> Artefacts:
     """Upload the input, the executed notebook, its HTML and the notebook's files.
 
@@ -78,7 +95,9 @@ async def upload_artefacts(
         >>> artefacts.notebook
         's3://runs/run-notebook/0b6f.../notebook.ipynb'
     """
-    artefacts = await asyncio.to_thread(upload_run_folder, store, run_dir, prefix, files, workdir)
+    artefacts = await asyncio.to_thread(
+        upload_run_folder, store, run_dir, prefix, files, workdir, logs
+    )
     get_run_logger().info("stored artefacts under %s", artefacts.prefix)
     return artefacts
 

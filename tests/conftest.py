@@ -106,3 +106,47 @@ def run_flow(**parameters: Any) -> Any:
 def state_outcome(state: Any) -> Any:
     """The flow's return value, or the exception it ended with."""
     return state.result(raise_on_failure=False, _sync=True)
+
+
+def service(script: str, what: str) -> str:
+    """Run a tests/services script; its last line of output is what it set up.
+
+    Skipped with its reason where the machine cannot provide it (not root, no apt);
+    in CI (``CI`` set) that is a failure instead, never a skip.
+    """
+    import subprocess
+
+    path = Path(__file__).parent / "services" / script
+    try:
+        done = subprocess.run(
+            ["bash", str(path)], capture_output=True, text=True, timeout=900, check=True
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        if os.environ.get("CI"):
+            pytest.fail(f"tests/services/{script} failed in CI: {detail}")
+        pytest.skip(f"{what} could not be set up on this machine (needs root and apt): {detail}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def slurm_partition() -> str:
+    """A real single-node Slurm cluster (tests/services/slurm.sh); its partition."""
+    return service("slurm.sh", "Slurm")
+
+
+@pytest.fixture
+def slurm_cluster(
+    slurm_partition: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A saved SlurmCluster block on the real cluster; yields its name."""
+    from blocks.slurm import SlurmCluster
+
+    name = f"test-cluster-{uuid.uuid4().hex[:8]}"
+    SlurmCluster(
+        work_dir=str(tmp_path_factory.mktemp("slurm-shared")),
+        partition=slurm_partition,
+        poll_interval_seconds=0.3,
+        max_poll_interval_seconds=2,
+    ).save(name)
+    yield name

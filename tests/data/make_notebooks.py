@@ -125,3 +125,8 @@ nb(
 )
 
 nb([new_code_cell('1 + 1')], "tests/data/trivial.ipynb")
+
+nb([params('path = "data.csv"  # an input file staged into the working folder'),
+    new_code_cell(GLUE),
+    new_code_cell('import os, socket\nwith open(path) as f:\n    glue("content", f.read())\nglue("job_id", os.environ.get("SLURM_JOB_ID"))\nglue("host", socket.gethostname())'),
+   ], "tests/data/reads_input.ipynb")

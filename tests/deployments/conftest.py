@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from deployments.api import PrefectHTTP, auth_header
+from tests.conftest import service
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,19 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """An empty PostgreSQL database for the Prefect server (installed and started if needed)."""
-    script = ROOT / "tests" / "services" / "postgres.sh"
-    try:
-        done = subprocess.run(
-            ["bash", str(script)], capture_output=True, text=True, timeout=900, check=True
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        if os.environ.get("CI"):
-            pytest.fail(f"tests/services/postgres.sh failed in CI: {detail}")
-        pytest.skip(
-            f"PostgreSQL could not be set up on this machine (needs root and apt): {detail}"
-        )
-    return done.stdout.strip().splitlines()[-1]
+    return service("postgres.sh", "PostgreSQL")
 
 
 @dataclass

@@ -1,0 +1,301 @@
+"""run-notebook with ``cluster=``: real jobs on a real single-node Slurm cluster.
+
+The cluster is Debian's Slurm started by tests/services/slurm.sh; artefacts go to
+S3 over HTTP (moto). Everything after the execute step is the local run's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+
+from blocks.exceptions import NotebookExecutionError, SlurmJobError
+from blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
+from tasks.models import ExecutionReport, NotebookResult
+from tasks.slurm import outcome_report
+from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def stored(s3: Any, bucket: str, key: str) -> bytes:
+    return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_outcome_mapping_is_pure() -> None:
+    now = "2026-11-21T00:00:00Z"
+    failed = ExecutionReport.model_validate(
+        {
+            "status": "failed",
+            "kernel": "python3",
+            "started_at": now,
+            "finished_at": now,
+            "error": {"name": "ValueError", "message": "x", "cell_index": 3},
+        }
+    )
+    assert (
+        outcome_report(JobStatus("7", "FAILED", 1), failed, kernel="python3", stderr_tail="")
+        is failed
+    )
+    timeout = outcome_report(JobStatus("7", "TIMEOUT", 0), None, kernel="python3", stderr_tail="")
+    assert timeout.status == "timed_out" and timeout.error is not None
+    assert timeout.error.message == "Slurm job 7 ended TIMEOUT (exit code 0)"
+    died = outcome_report(
+        JobStatus("7", "FAILED", 1),
+        None,
+        kernel="python3",
+        stderr_tail="ModuleNotFoundError: tasks",
+    )
+    assert died.error is not None and died.error.message.endswith(": ModuleNotFoundError: tasks")
+
+
+def test_a_parameterised_notebook_runs_as_a_job_with_input_files(
+    slurm_cluster: str, bucket: str, s3: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    state = run_flow(
+        notebook=str(DATA / "reads_input.ipynb"),
+        parameters={"path": "data.csv"},
+        input_files=[str(data)],
+        cluster=slurm_cluster,
+        store=f"s3://{bucket}/runs",
+    )
+    assert state.is_completed(), state.message
+    result: NotebookResult = state_outcome(state)
+    assert result.slurm is not None
+    assert (result.slurm.state, result.slurm.exit_code) == ("COMPLETED", 0)
+    assert result.outputs["content"] == "a,b\n1,2\n"  # the input file reached the job
+    assert result.outputs["job_id"] == result.slurm.job_id  # it really ran as that Slurm job
+    prefix = f"runs/run-notebook/{result.flow_run_id}"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    job = result.slurm.job_id
+    assert {
+        f"{prefix}/{n}"
+        for n in (
+            "input.ipynb",
+            "notebook.ipynb",
+            "notebook.html",
+            "result.json",
+            f"slurm/slurm-{job}.out",
+            f"slurm/slurm-{job}.err",
+            "slurm/job.zip",
+        )
+    } <= keys
+    assert f"nbjobs: job {job} on" in stored(s3, bucket, f"{prefix}/slurm/slurm-{job}.err").decode()
+    assert json.loads(stored(s3, bucket, f"{prefix}/result.json"))["slurm"]["job_id"] == job
+
+
+def test_a_raising_notebook_fails_with_its_partial_notebook_and_slurm_state(
+    slurm_cluster: str, bucket: str, s3: Any
+) -> None:
+    state = run_flow(
+        notebook=str(DATA / "raises.ipynb"), cluster=slurm_cluster, store=f"s3://{bucket}/runs"
+    )
+    assert state.is_failed() and "ValueError: bad value 42 in cell 3" in state.message
+    error = state_outcome(state)
+    assert isinstance(error, NotebookExecutionError)  # the notebook's own error, not the cluster's
+    result = NotebookResult.model_validate(error.result)
+    assert result.slurm is not None and (result.slurm.state, result.slurm.exit_code) == (
+        "FAILED",
+        1,
+    )
+    partial = nbformat.reads(
+        stored(s3, bucket, f"runs/run-notebook/{result.flow_run_id}/notebook.ipynb").decode(),
+        as_version=4,
+    )
+    assert partial.cells[2].outputs[0]["text"] == "cell 2 ran\n"
+
+
+@pytest.mark.timeout(400)
+def test_a_job_past_its_time_limit_ends_timeout(
+    slurm_partition: str, prefect_server: str, tmp_path: Path
+) -> None:
+    name = "test-cluster-one-minute"
+    SlurmCluster(
+        work_dir=str(tmp_path / "shared"),
+        partition=slurm_partition,
+        time_limit="1",
+        poll_interval_seconds=0.5,
+        max_poll_interval_seconds=3,
+    ).save(name, overwrite=True)
+    state = run_flow(
+        notebook=str(DATA / "sleeps.ipynb"),
+        parameters={"seconds": 600},
+        cluster=name,
+        store=str(tmp_path / "store"),
+    )
+    assert state.is_failed()
+    error = state_outcome(state)
+    assert isinstance(error, SlurmJobError)
+    assert (error.state, error.job_id) == ("TIMEOUT", error.result["slurm"]["job_id"])  # type: ignore[index]
+    assert "ended TIMEOUT" in state.message and "while running cell 2" in state.message
+    result = NotebookResult.model_validate(error.result)
+    assert result.status == "timed_out"
+    partial = nbformat.read(Path(result.artefacts.notebook or ""), as_version=4)
+    assert partial.cells[2].outputs[0]["text"] == "started\n"  # written by the job on SIGTERM
+
+
+def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: Path) -> None:
+    from flows.run_notebook import run_notebook
+
+    commands = SlurmCommands()
+
+    async def run_and_cancel() -> str:
+        flow = asyncio.ensure_future(
+            run_notebook(
+                notebook=str(DATA / "sleeps.ipynb"),
+                parameters={"seconds": 600},
+                cluster=slurm_cluster,
+                store=str(tmp_path),
+                return_state=True,
+            )
+        )
+        deadline = time.monotonic() + 60
+        job_id = ""
+        while time.monotonic() < deadline and not job_id:
+            await asyncio.sleep(0.5)
+            queued = subprocess.run(
+                ["squeue", "-h", "-o", "%i|%T|%j"], capture_output=True, text=True
+            ).stdout
+            running = [
+                line.split("|")[0]
+                for line in queued.splitlines()
+                if "|RUNNING|nbjobs-sleeps" in line
+            ]
+            job_id = running[0] if running else ""
+        assert job_id, "the job never started"
+        flow.cancel()
+        try:
+            await flow
+        except asyncio.CancelledError:
+            pass
+        return job_id
+
+    job_id = asyncio.run(run_and_cancel())
+    deadline = time.monotonic() + 30
+    status = commands.status(job_id)
+    while time.monotonic() < deadline and (status is None or not status.finished):
+        time.sleep(0.5)
+        status = commands.status(job_id)
+    assert status is not None and status.state == "CANCELLED"
+    assert (
+        job_id
+        not in subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+        ).stdout.split()
+    )
+
+
+def test_an_unknown_kernel_on_the_node_is_reported(slurm_cluster: str, tmp_path: Path) -> None:
+    state = run_flow(
+        notebook=str(EXAMPLES / "report.ipynb"),
+        kernel="no-such-kernel",
+        cluster=slurm_cluster,
+        store=str(tmp_path),
+    )
+    assert state.is_failed()
+    assert "UnknownKernelError: kernel 'no-such-kernel' is not installed" in state.message
+
+
+def test_an_unreachable_cluster_is_a_clear_error(
+    prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SlurmCluster(work_dir=str(tmp_path / "shared")).save("test-cluster-nowhere", overwrite=True)
+    monkeypatch.setenv(
+        "PATH", "/nonexistent"
+    )  # no sbatch here: as on a machine that is no submit host
+    state = run_flow(
+        notebook=str(EXAMPLES / "report.ipynb"), cluster="test-cluster-nowhere", store=str(tmp_path)
+    )
+    assert state.is_failed() and "SlurmSubmissionError: sbatch not found" in state.message
+
+
+def test_progress_shows_the_job(slurm_cluster: str, tmp_path: Path) -> None:
+    state = run_flow(
+        notebook=str(EXAMPLES / "report.ipynb"), cluster=slurm_cluster, store=str(tmp_path)
+    )
+    result: NotebookResult = state_outcome(state)
+
+    async def progress() -> Any:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[result.flow_run_id])
+                )
+            )
+        return {a.key: a for a in found}["report-progress"]
+
+    artifact = asyncio.run(progress())
+    assert artifact.data == 100.0
+    assert artifact.description == f"report.ipynb: Slurm job {result.slurm.job_id} COMPLETED"  # type: ignore[union-attr]
+    assert httpx is not None
+
+
+class NodeFailsOnce(SlurmCommands):
+    """A seam: the first job 'fails its node'; the resubmission runs the real job script."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, script_path: str) -> str:
+        self.submitted.append(script_path)
+        if len(self.submitted) == 1:
+            return "101"
+        subprocess.run(
+            ["bash", script_path],
+            cwd=Path(script_path).parent,
+            check=False,
+            env={**__import__("os").environ, "SLURM_JOB_ID": "102"},
+        )
+        return "102"
+
+    def status(self, job_id: str) -> JobStatus | None:
+        return JobStatus(job_id, "NODE_FAIL" if job_id == "101" else "COMPLETED", 0, None, "vm")
+
+    def cancel(self, job_id: str) -> None:
+        raise AssertionError("nothing to cancel")
+
+
+def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    from prefect import flow
+
+    from tasks.models import NotebookRequest
+    from tasks.notebook import stage
+    from tasks.slurm import execute_notebook_on_slurm
+
+    cluster = SlurmCluster(work_dir=str(tmp_path), poll_interval_seconds=0.1)
+
+    @flow
+    async def one_job(notebook: str, commands: Any) -> Any:
+        staged = stage(NotebookRequest(notebook=notebook), tmp_path / "job", check_kernel=False)
+        return await execute_notebook_on_slurm(staged, cluster, commands=commands)
+
+    commands = NodeFailsOnce()
+    outcome = asyncio.run(one_job(str(EXAMPLES / "report.ipynb"), commands))
+    assert len(commands.submitted) == 2
+    assert (outcome.info.state, outcome.info.attempts, outcome.info.job_id) == (
+        "COMPLETED",
+        2,
+        "102",
+    )
+    assert outcome.report.success and outcome.report.outputs["total"] == 385
+
+    commands = NodeFailsOnce()
+    commands.submit("/dev/null")  # spend the node failure: the next submission runs the notebook
+    outcome = asyncio.run(one_job(str(DATA / "raises.ipynb"), commands))
+    assert len(commands.submitted) == 2  # the notebook's own error was not resubmitted
+    assert outcome.report.status == "failed" and outcome.info.attempts == 1
