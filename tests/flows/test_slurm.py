@@ -7,6 +7,7 @@ S3 over HTTP (moto). Everything after the execute step is the local run's code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -174,10 +175,8 @@ def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: P
             job_id = running[0] if running else ""
         assert job_id, "the job never started"
         flow.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await flow
-        except asyncio.CancelledError:
-            pass
         return job_id
 
     job_id = asyncio.run(run_and_cancel())
