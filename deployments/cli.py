@@ -1,7 +1,8 @@
 """``nbjobs``: the flows, exposed to a terminal as deployments expose them to HTTP.
 
     nbjobs run NOTEBOOK [-p NAME VALUE]... [-r NAME VALUE]... [--store S] [--kernel K]
-                        [--cells SEL] [--timeout S] [--cell-timeout S] [--json]
+                        [--cells SEL] [--timeout S] [--cell-timeout S] [--cluster BLOCK]
+                        [--input-file PATH]... [--json]
     nbjobs inspect NOTEBOOK [--json]
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
                            [--store S] [--pool P] [--concurrency-limit N]
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", help="kernel name (default: the notebook's own)")
     run.add_argument(
         "--cells", help="cells to run: indices, ranges (2-5) and tags, comma-separated"
+    )
+    run.add_argument("--cluster", help="a SlurmCluster block: run the notebook as a Slurm job")
+    run.add_argument(
+        "--input-file",
+        action="append",
+        default=[],
+        dest="input_files",
+        metavar="PATH_OR_URL",
+        help="copy a file into the notebook's working folder first (repeatable)",
     )
     run.add_argument("--timeout", type=float, help="limit for the whole run, in seconds")
     run.add_argument("--cell-timeout", type=float, help="limit for any one cell, in seconds")
@@ -246,6 +256,8 @@ async def _run(args: argparse.Namespace) -> int:
                 cell_timeout_seconds=args.cell_timeout,
                 timeout_seconds=args.timeout,
                 store=args.store,
+                cluster=args.cluster,
+                input_files=args.input_files,
                 return_state=True,
             )
         outcome = await state.aresult(raise_on_failure=False)
@@ -313,6 +325,12 @@ def _summary(document: dict[str, Any]) -> str:
             lines.append(f"    {key:<8} {artefacts[key]}")
     for uri in artefacts.get("files", {}).values():
         lines.append(f"    file     {uri}")
+    slurm = document.get("slurm")
+    if slurm:
+        lines.append(
+            f"  slurm: job {slurm['job_id']} {slurm['state']} on {slurm.get('node')} "
+            f"(exit code {slurm.get('exit_code')})"
+        )
     for note in document.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -298,3 +298,37 @@ def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(
     outcome = asyncio.run(one_job(str(DATA / "raises.ipynb"), commands))
     assert len(commands.submitted) == 2  # the notebook's own error was not resubmitted
     assert outcome.report.status == "failed" and outcome.info.attempts == 1
+
+
+def test_the_command_line_runs_on_the_cluster(
+    slurm_cluster: str, prefect_server: str, tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    data = tmp_path / "data.csv"
+    data.write_text("from the CLI\n")
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nbjobs"),
+            "run",
+            str(DATA / "reads_input.ipynb"),
+            "--cluster",
+            slurm_cluster,
+            "--input-file",
+            str(data),
+            "--store",
+            str(tmp_path / "store"),
+            "--json",
+        ],
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert (
+        document["slurm"]["state"] == "COMPLETED"
+        and document["outputs"]["content"] == "from the CLI\n"
+    )
