@@ -21,11 +21,13 @@ from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled
 from pydantic import ValidationError
 
 from blocks.exceptions import KernelDiedError, NotebookInputError
 from blocks.slurm import SlurmCluster
 from blocks.store import HOME_ENV, open_store
+from tasks.execution import ExecutionCancelled
 from tasks.models import (
     ExecutionReport,
     NotebookRequest,
@@ -197,6 +199,10 @@ async def run_notebook(
             )
         except KernelDiedError as error:
             report = ExecutionReport.model_validate((error.result or {})["execution"])
+        except ExecutionCancelled as stop:
+            # The flow run was cancelled: the kernel is already shut down. Store what
+            # ran, then end Cancelled (below) rather than vanish mid-notebook.
+            report = stop.report
 
     t_store = time.perf_counter()
     await render_notebook_html(run_dir)
@@ -238,6 +244,10 @@ async def run_notebook(
         for path in logs.values():
             path.unlink(missing_ok=True)  # the job's zip lies beside its folder
 
+    if result.status == "cancelled":
+        message = f"{result.error.message if result.error else 'cancelled'}; partial notebook at "
+        logger.warning("%s%s", message, artefacts.notebook)
+        return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
     if not result.success:
         failure = error_for_result(result)
         logger.error("%s: %s; partial notebook at %s", result.status, failure, artefacts.notebook)

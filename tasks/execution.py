@@ -16,6 +16,7 @@ import asyncio
 import inspect
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -101,11 +102,22 @@ class _CappedClient(NotebookClient):
     def output(
         self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int
     ) -> NotebookNode | None:
-        size = len(str(msg.get("content", "")))
-        used = self._output_bytes.get(cell_index, 0) + size
-        self._output_bytes[cell_index] = used
-        if used <= self.max_output_bytes or msg.get("msg_type") == "error":
+        if msg.get("msg_type") == "error":
             return super().output(outs, msg, display_id, cell_index)
+        content = msg.get("content", {})
+        used = self._output_bytes.get(cell_index, 0)
+        if cell_index in self._truncated:
+            return None
+        text = content.get("text") if msg.get("msg_type") == "stream" else None
+        size = len(text) if isinstance(text, str) else len(str(content))
+        if used + size <= self.max_output_bytes:
+            self._output_bytes[cell_index] = used + size
+            return super().output(outs, msg, display_id, cell_index)
+        if isinstance(text, str) and used < self.max_output_bytes:
+            # keep the head of the stream up to the cap
+            head = {**msg, "content": {**content, "text": text[: self.max_output_bytes - used]}}
+            super().output(outs, head, display_id, cell_index)
+        self._output_bytes[cell_index] = self.max_output_bytes
         if cell_index not in self._truncated:
             self._truncated.add(cell_index)
             note = (
@@ -211,8 +223,40 @@ async def _shutdown(client: NotebookClient, km: AsyncKernelManager) -> None:
             pass
     finally:
         if client.kc is not None:
+            # leave client.kc set: nbclient's own watcher task may still look at it
             client.kc.stop_channels()
-            client.kc = None
+
+
+async def _cancelled_not_dead(client: NotebookClient) -> bool:
+    """True when nbclient's DeadKernelError was really this task being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "cancelling") and task.cancelling():
+        return True
+    try:
+        if client.km is None:
+            return False
+        alive = client.km.is_alive()
+        return bool(await alive if inspect.isawaitable(alive) else alive)
+    except Exception:
+        return False
+
+
+async def _death_cause(client: NotebookClient) -> str:
+    """`` (killed by SIGSEGV)`` or `` (exit code 1)`` for a dead kernel, if known."""
+    process = getattr(getattr(client.km, "provisioner", None), "process", None)
+    if process is None:
+        return ""
+    for _ in range(20):  # the process may take a moment to be reaped
+        code = process.poll()
+        if code is not None:
+            if code < 0:
+                try:
+                    return f" (killed by {signal.Signals(-code).name})"
+                except ValueError:
+                    return f" (killed by signal {-code})"
+            return f" (exit code {code})"
+        await asyncio.sleep(0.05)
+    return ""
 
 
 def _kernel_pid(client: NotebookClient) -> int | None:
@@ -468,12 +512,16 @@ async def _run_plan(
                 cell_index=source_index,
                 traceback=str(error),
             )
-        except DeadKernelError as error:
+        except DeadKernelError:
+            if await _cancelled_not_dead(client):
+                # nbclient reports a cancelled wait as a dead kernel; it is a cancellation
+                raise asyncio.CancelledError() from None
             status = "error"
             progress.status = "kernel_died"
             progress.error = ErrorInfo(
                 name="KernelDiedError",
-                message=f"the kernel died while running cell {source_index}: {error}",
+                message=f"the kernel died while running cell {source_index}"
+                f"{await _death_cause(client)}; its state is lost",
                 cell_index=source_index,
             )
         report = _finish(progress, cell, source_index, status, t_cell)

@@ -24,7 +24,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from blocks.exceptions import KernelDiedError
-from tasks.execution import CellEvent, ensure_kernel_installed, execute_notebook_async
+from tasks.execution import (
+    CellEvent,
+    ExecutionCancelled,
+    ensure_kernel_installed,
+)
+from tasks.execution import execute_notebook_async as _execute
 from tasks.models import ExecutionReport, NotebookRequest
 from tasks.staging import (
     check_parameters,
@@ -217,16 +222,22 @@ async def execute_notebook(
             logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
 
     notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
-    report = await execute_notebook_async(
-        notebook,
-        staged.cell_origin,
-        kernel=staged.kernel,
-        workdir=staged.workdir,
-        selected=staged.selected,
-        cell_timeout_seconds=cell_timeout_seconds,
-        timeout_seconds=timeout_seconds,
-        on_event=on_event,
-    )
+    try:
+        report = await _execute(
+            notebook,
+            staged.cell_origin,
+            kernel=staged.kernel,
+            workdir=staged.workdir,
+            selected=staged.selected,
+            cell_timeout_seconds=cell_timeout_seconds,
+            timeout_seconds=timeout_seconds,
+            on_event=on_event,
+        )
+    except ExecutionCancelled as stop:
+        # The flow run is being cancelled: the kernel is down; hand back what ran so
+        # the flow stores the partial notebook and ends Cancelled.
+        logger.warning("cancelled: %s", stop)
+        report = stop.report
     nbformat.write(notebook, staged.run_dir / EXECUTED_NAME)
     done = sum(1 for c in report.cells if c.status == "ok")
     ran = sum(1 for c in report.cells if c.status != "skipped")

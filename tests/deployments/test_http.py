@@ -157,3 +157,42 @@ def test_an_urgent_run_goes_to_a_higher_priority_work_queue(http_stack: HTTPStac
     ).json()
     priority = {q["name"]: q["priority"] for q in queues}
     assert priority["urgent"] < priority["default"]
+
+
+def test_cancelling_a_run_through_the_api_stops_its_kernel_and_keeps_the_partial_notebook(
+    http_stack: HTTPStack,
+) -> None:
+    api = http_stack.api
+    run_id = api.trigger(
+        "run-notebook",
+        "adhoc",
+        {"notebook": str(DATA / "sleeps.ipynb"), "parameters": {"seconds": 600}},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the long cell is running
+        progress = artifacts(http_stack, run_id).get("sleeps-progress")
+        if progress and "running cell 2" in (progress.get("description") or ""):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the run never reached its long cell")
+    cancel = httpx.post(
+        f"{http_stack.api_url}/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLING", "message": "stop it"}, "force": True},
+        headers=http_stack.headers(),
+    )
+    assert cancel.status_code in (200, 201), cancel.text
+    asked = time.monotonic()
+    run = api.wait(run_id, timeout=60)
+    assert run["state"]["type"] == "CANCELLED", run["state"]
+    assert (
+        time.monotonic() - asked < 10
+    )  # the worker polls the state each second; the kernel stops at once
+    assert "cancelled while running cell 2" in run["state"]["message"]
+    found = artifacts(http_stack, run_id)
+    partial = nbformat.reads(
+        httpx.get(link_target(found["sleeps-notebook"]["data"])).text, as_version=4
+    )
+    assert partial.cells[2].outputs[0]["text"] == "started\n"
+    result = httpx.get(link_target(found["sleeps-result"]["data"])).json()
+    assert result["status"] == "cancelled" and result["cells"][2]["status"] == "cancelled"
