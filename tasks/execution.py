@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
 import shutil
 import signal
@@ -75,6 +76,15 @@ class ExecutionCancelled(asyncio.CancelledError):
 def strip_ansi(text: str) -> str:
     """Remove terminal colour codes (IPython tracebacks are coloured)."""
     return _ANSI.sub("", text)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The kernel's environment: ours, less what would change how the kernel behaves.
+
+    ``PYTEST_CURRENT_TEST`` makes ipykernel stop forwarding output written to file
+    descriptor 1 (C extensions, ``os.write``), which a notebook job must keep.
+    """
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
 def installed_kernels() -> dict[str, str]:
@@ -347,7 +357,7 @@ async def execute_notebook_async(
         t_kernel = time.perf_counter()
         try:
             if owned or not km.has_kernel:
-                await client.async_start_new_kernel()
+                await client.async_start_new_kernel(env=kernel_environment())
             await client.async_start_new_kernel_client()
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
             pid = _kernel_pid(client)

@@ -130,3 +130,29 @@ nb([params('path = "data.csv"  # an input file staged into the working folder'),
     new_code_cell(GLUE),
     new_code_cell('import os, socket\nwith open(path) as f:\n    glue("content", f.read())\nglue("job_id", os.environ.get("SLURM_JOB_ID"))\nglue("host", socket.gethostname())'),
    ], "tests/data/reads_input.ipynb")
+
+# --- the hostile corpus (tests/flows/test_hostile.py) ---
+import os as _os
+_os.makedirs("tests/data/hostile", exist_ok=True)
+H = "tests/data/hostile/"
+nb([new_code_cell('print("warming up")'), new_code_cell('while True:\n    pass')], H + "loops_forever.ipynb")
+nb([new_code_cell('print("about to die")'), new_code_cell('import os\nos._exit(1)'), new_code_cell('print("never")')], H + "os_exit.ipynb")
+nb([new_code_cell('print("about to crash")'), new_code_cell('import ctypes\nctypes.string_at(0)'), new_code_cell('print("never")')], H + "segfault.ipynb")
+nb([new_code_cell('for _ in range(200):\n    print("x" * 1_000_000)'), new_code_cell('print("after the flood")')], H + "huge_output.ipynb")
+nb([new_code_cell('import os, sys, time\nos.write(1, b"bytes: \\xff\\xfe\\xfd end\\n")\nsys.stdout.buffer.write(b"buffer: \\xff\\xfe end\\n") if hasattr(sys.stdout, "buffer") else None\ntime.sleep(0.5)  # fd output is forwarded by a watcher thread'), new_code_cell('print("still fine")')], H + "non_utf8.ipynb")
+nb([], H + "no_cells.ipynb")
+nb([params('marker = "attempts.txt"  # a file that counts attempts'),
+    new_code_cell('import os\nfirst = not os.path.exists(marker)\nwith open(marker, "a") as f:\n    f.write("attempt\\n")\nif first:\n    os._exit(1)  # the kernel dies on the first attempt only'),
+    new_code_cell('print(open(marker).read().count("attempt"), "attempts")')], H + "dies_once.ipynb")
+nb([params('marker = "runs.txt"  # a file that counts runs'),
+    new_code_cell('with open(marker, "a") as f:\n    f.write("run\\n")\nraise RuntimeError("always")')], H + "raises_and_counts.ipynb")
+nb([params('code = "nothing"  # a string parameter'), new_code_cell(GLUE), new_code_cell('glue("code", code)')], H + "echo_string.ipynb")
+nb([new_code_cell('import os\nos.makedirs("sub", exist_ok=True)\nfor name in ["..evil.txt", "sub/we ird$name?.txt", "-rf", "ünï cødé.txt"]:\n    open(name, "w").write(name)')], H + "odd_file_names.ipynb")
+v3 = nbf.v3.new_notebook(worksheets=[nbf.v3.new_worksheet(cells=[nbf.v3.new_code_cell(input='print("from nbformat 3")')])])
+v3.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+with open(H + "nbformat_v3.ipynb", "w") as f:
+    f.write(nbf.writes(v3, version=3))
+with open("tests/data/params.ipynb") as f:
+    text = f.read()
+with open(H + "truncated.ipynb", "w") as f:
+    f.write(text[: len(text) // 2])
