@@ -181,9 +181,15 @@ class KernelDiedError(NotebookRunError):
 class ArtefactStoreError(NotebookJobError):
     """The artefact store could not be reached or refused an operation."""
 
-    def __init__(self, message: str, *, store: str = "") -> None:
+    def __init__(
+        self, message: str, *, store: str = "", result: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.store = store
+        self.result = result  # the run's result, when a run could not store its artefacts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class SlurmError(NotebookJobError):

@@ -6,7 +6,8 @@
     nbjobs inspect NOTEBOOK [--json]
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
                            [--store S] [--pool P] [--concurrency-limit N]
-    nbjobs serve [--pool P] [--limit N]
+    nbjobs serve [--pool P] [--limit N] [--isolation in-process|process]
+    nbjobs retry-uploads
 
 Exit codes: 0 the notebook ran to the end; 1 it raised, timed out or killed its
 kernel (its partial notebook is stored); 2 the request was refused before any
@@ -131,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
     deploy.add_argument("--concurrency-limit", type=int, help="most runs at the same time")
 
+    commands.add_parser(
+        "retry-uploads",
+        help="upload the artefacts of runs whose store was unreachable ($NBJOBS_HOME/spill)",
+    )
+
     serve = commands.add_parser(
         "serve", help="register the deployments and run them on this machine (a process worker)"
     )
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "retry-uploads":
+        return _retry_uploads()
     if args.command in ("deploy", "serve"):
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         if args.command == "serve":
@@ -169,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         return asyncio.run(_run(args))
     return EXIT_BAD_INPUT
+
+
+def _retry_uploads() -> int:
+    from tasks.storage import retry_spilled_uploads
+
+    outcomes = retry_spilled_uploads()
+    if not outcomes:
+        print("nothing to upload")
+    for folder, error in outcomes:
+        print(f"{folder.name}: {'uploaded' if error is None else 'still spilled: ' + error}")
+    return EXIT_STORE_FAILED if any(error for _, error in outcomes) else EXIT_OK
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -236,7 +255,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from blocks.exceptions import ArtefactStoreError, NotebookInputError, NotebookRunError
+    from blocks.exceptions import ArtefactStoreError, NotebookInputError
     from deployments.progress import CellProgressBar
     from flows.run_notebook import run_notebook
     from tasks.notebook import add_progress_listener, remove_progress_listener
@@ -266,10 +285,9 @@ async def _run(args: argparse.Namespace) -> int:
         bar.close()
 
     document: dict[str, Any] | None = None
-    if isinstance(outcome, NotebookRunError):
-        document = outcome.result
-    elif isinstance(outcome, BaseException):
-        document = None
+    if isinstance(outcome, BaseException):
+        # run errors, Slurm job errors and an unreachable store carry the stored result
+        document = getattr(outcome, "result", None)
     else:
         document = outcome.model_dump(mode="json")
 
@@ -278,6 +296,9 @@ async def _run(args: argparse.Namespace) -> int:
             print(json.dumps(document, indent=2))
         else:
             print(_summary(document))
+        if isinstance(outcome, ArtefactStoreError):
+            print(f"nbjobs: {outcome}", file=sys.stderr)
+            return EXIT_STORE_FAILED
         return EXIT_OK if document.get("success") else EXIT_NOTEBOOK_FAILED
 
     assert isinstance(outcome, BaseException)

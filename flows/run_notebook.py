@@ -24,7 +24,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
-from blocks.exceptions import KernelDiedError, NotebookInputError
+from blocks.exceptions import ArtefactStoreError, KernelDiedError, NotebookInputError
 from blocks.slurm import SlurmCluster
 from blocks.store import HOME_ENV, open_store
 from tasks.execution import ExecutionCancelled
@@ -43,7 +43,13 @@ from tasks.notebook import (
     stage_notebook,
 )
 from tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
-from tasks.storage import publish_artifacts, run_prefix, upload_artefacts, write_result
+from tasks.storage import (
+    publish_artifacts,
+    run_prefix,
+    spill_run,
+    upload_artefacts,
+    write_result,
+)
 
 FLOW_NAME = "run-notebook"
 KEEP_RUN_DIRS_ENV = "NBJOBS_KEEP_RUN_DIRS"
@@ -208,9 +214,28 @@ async def run_notebook(
     await render_notebook_html(run_dir)
     prefix = run_prefix(FLOW_NAME, run_id)
     logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
-    artefacts = await upload_artefacts(
-        artefact_store, run_dir, prefix, report.files, staged.workdir, logs
-    )
+    spilled: Path | None = None
+    notes = list(report.notes)
+    try:
+        artefacts = await upload_artefacts(
+            artefact_store, run_dir, prefix, report.files, staged.workdir, logs
+        )
+    except ArtefactStoreError as error:
+        # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
+        spilled, artefacts = spill_run(
+            run_dir,
+            store_spec=artefact_store.spec,
+            prefix=prefix,
+            files=report.files,
+            workdir_name=staged.workdir.name,
+            logs=logs,
+            reason=str(error),
+        )
+        notes.append(
+            f"the artefact store {artefact_store.root} could not be reached ({error}); the "
+            f"artefacts are kept in the spill folder {spilled}; run `nbjobs retry-uploads`"
+        )
+        logger.error("%s", notes[-1])
     result = NotebookResult(
         success=report.success,
         status=report.status,
@@ -234,11 +259,18 @@ async def run_notebook(
         ),
         resources=report.resources,
         slurm=slurm.info if slurm else None,
-        notes=report.notes,
+        notes=notes,
     )
-    await write_result(artefact_store, prefix, result)
+    if spilled is None:
+        await write_result(artefact_store, prefix, result)
+    else:
+        (spilled / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
     await publish_artifacts(result, keys)
+    if spilled is not None:
+        raise ArtefactStoreError(
+            notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
+        )
     if not os.environ.get(KEEP_RUN_DIRS_ENV):
         shutil.rmtree(run_dir, ignore_errors=True)
         for path in logs.values():

@@ -41,6 +41,16 @@ KERNEL_STARTUP_TIMEOUT_SECONDS = 60
 MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
 MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
 LOG_STREAM_CHARS = 2000
+KERNEL_ENV_DROPPED = frozenset(
+    {
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "PYTEST_CURRENT_TEST",
+    }
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -81,10 +91,12 @@ def strip_ansi(text: str) -> str:
 def kernel_environment() -> dict[str, str]:
     """The kernel's environment: ours, less what would change how the kernel behaves.
 
-    ``PYTEST_CURRENT_TEST`` makes ipykernel stop forwarding output written to file
-    descriptor 1 (C extensions, ``os.write``), which a notebook job must keep.
+    Prefect's own credentials are not the notebook's business and would end up in a
+    stored notebook that prints its environment. ``PYTEST_CURRENT_TEST`` makes
+    ipykernel stop forwarding output written to file descriptor 1 (C extensions,
+    ``os.write``), which a notebook job must keep.
     """
-    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    return {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
 
 
 def installed_kernels() -> dict[str, str]:

@@ -173,3 +173,105 @@ async def publish_artifacts(result: NotebookResult, key_of: dict[str, str]) -> N
             key=key_of["outputs"],
             description=f"Values {result.notebook} reported",
         )
+
+
+SPILL_MANIFEST = "spill.json"
+
+
+def spill_root() -> Path:
+    """Where runs whose store was unreachable keep their artefacts (``$NBJOBS_HOME/spill``)."""
+    import os
+
+    return Path(os.environ.get("NBJOBS_HOME", "~/.nbjobs")).expanduser() / "spill"
+
+
+def spill_run(
+    run_dir: Path,
+    *,
+    store_spec: str,
+    prefix: str,
+    files: list[str],
+    workdir_name: str,
+    logs: dict[str, Path],
+    reason: str,
+) -> tuple[Path, Artefacts]:
+    """Keep a run's artefacts in the local spill folder until ``nbjobs retry-uploads``.
+
+    Returns:
+        The spill folder and the artefacts' local locations (for the result).
+    """
+    import shutil
+
+    target = spill_root() / prefix.replace("/", "__")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if run_dir.resolve() != target.resolve():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(run_dir), str(target))
+    kept_logs: dict[str, str] = {}
+    for name, path in logs.items():
+        if path.is_file():
+            copy = target / "logs" / name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+            kept_logs[name] = str(copy)
+    manifest = {
+        "store": store_spec,
+        "prefix": prefix,
+        "files": files,
+        "workdir": workdir_name,
+        "logs": kept_logs,
+        "reason": reason,
+    }
+    (target / SPILL_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    artefacts = Artefacts(prefix=str(target), result=str(target / RESULT_NAME))
+    for field, name in _MAIN_ARTEFACTS.items():
+        if (target / name).exists():
+            setattr(artefacts, field, str(target / name))
+            artefacts.links[field] = (target / name).as_uri()
+    artefacts.files = {f: str(target / workdir_name / f) for f in files}
+    artefacts.logs = kept_logs
+    artefacts.links["result"] = (target / RESULT_NAME).as_uri()
+    return target, artefacts
+
+
+def retry_spilled_uploads() -> list[tuple[Path, str | None]]:
+    """Upload every spilled run to its store; return each folder and its error (or None).
+
+    A run that uploads is removed from the spill folder, and its ``result.json`` in the
+    store names the store's locations.
+    """
+    import shutil
+
+    from blocks.store import open_store
+
+    outcomes: list[tuple[Path, str | None]] = []
+    root = spill_root()
+    for folder in sorted(root.glob("*")) if root.exists() else []:
+        manifest_path = folder / SPILL_MANIFEST
+        if not manifest_path.exists():
+            continue
+        manifest = json.loads(manifest_path.read_text())
+        try:
+            store = open_store(manifest["store"])
+            logs = {name: Path(path) for name, path in manifest["logs"].items()}
+            artefacts = upload_run_folder(
+                store,
+                folder,
+                manifest["prefix"],
+                manifest["files"],
+                folder / manifest["workdir"],
+                logs,
+            )
+            document = json.loads((folder / RESULT_NAME).read_text())
+            document["artefacts"] = artefacts.model_dump(mode="json")
+            document["notes"] = [n for n in document.get("notes", []) if "spill" not in n]
+            document["notes"].append("artefacts uploaded later by nbjobs retry-uploads")
+            store.put_bytes(
+                safe_key(manifest["prefix"], RESULT_NAME), json.dumps(document, indent=2).encode()
+            )
+        except Exception as error:  # keep it spilled; report and go on with the others
+            outcomes.append((folder, f"{type(error).__name__}: {error}"))
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        outcomes.append((folder, None))
+    return outcomes

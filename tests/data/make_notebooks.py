@@ -156,3 +156,4 @@ with open("tests/data/params.ipynb") as f:
     text = f.read()
 with open(H + "truncated.ipynb", "w") as f:
     f.write(text[: len(text) // 2])
+nb([new_code_cell('import os\nfor key, value in sorted(os.environ.items()):\n    print(key, "=", value)')], H + "dumps_env.ipynb")
