@@ -28,6 +28,8 @@ WORKER_SETTINGS = {
     # Set before Prefect is imported: it reads its settings at import.
     "PREFECT_WORKER_QUERY_SECONDS": "0.5",
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    # heartbeats let the server mark runs of a killed worker Crashed (see commands.py)
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 EXIT_OK = 0
 EXIT_NOTEBOOK_FAILED = 1

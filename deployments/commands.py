@@ -84,6 +84,59 @@ async def deploy_notebook(
     return Deployed(str(deployment_id), f"run-notebook/{name}", digest, uri, declared)
 
 
+ZOMBIE_AUTOMATION = "nbjobs: crash unresponsive flow runs"
+ZOMBIE_SECONDS_ENV = "NBJOBS_ZOMBIE_SECONDS"
+DEFAULT_ZOMBIE_SECONDS = 90
+
+
+async def ensure_zombie_automation(client: Any) -> None:
+    """Create Prefect's documented "zombie flow runs" automation unless it exists.
+
+    Flow runs emit heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, set by ``nbjobs
+    serve``); a run whose heartbeats stop for ``$NBJOBS_ZOMBIE_SECONDS`` (90) without
+    reaching a final state (its worker was killed, its machine died) is marked Crashed.
+    """
+    import os
+    from datetime import timedelta
+
+    from prefect.automations import AutomationCore
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    if await client.read_automations_by_name(ZOMBIE_AUTOMATION):
+        return
+    within = float(os.environ.get(ZOMBIE_SECONDS_ENV, DEFAULT_ZOMBIE_SECONDS))
+    await client.create_automation(
+        AutomationCore(
+            name=ZOMBIE_AUTOMATION,
+            description="Marks flow runs Crashed when their heartbeats stop.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                },
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=within),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {within:g} s: its worker or machine went away",
+                )
+            ],
+        )
+    )
+
+
 async def serve(
     pool: str = POOL_NAME, limit: int | None = None, isolation: str = "in-process"
 ) -> None:
@@ -100,7 +153,8 @@ async def serve(
     from deployments.worker import InProcessWorker
 
     async with get_client() as client:
-        await apply_spec(client, general_spec(), pool)
+        await apply_spec(client, general_spec(pool), pool)
+        await ensure_zombie_automation(client)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
     async with worker_class(work_pool_name=pool, limit=limit) as worker:
         await worker.start()

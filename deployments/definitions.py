@@ -121,10 +121,14 @@ def flow_schema() -> dict[str, Any]:
     return schema
 
 
-def general_spec() -> DeploymentSpec:
-    """The general deployment: any notebook (path, URI or JSON) and any parameters."""
+def general_spec(pool: str = POOL_NAME) -> DeploymentSpec:
+    """The general deployment: any notebook (path, URI or JSON) and any parameters.
+
+    Named ``adhoc`` in the default pool and ``adhoc-<pool>`` in any other, so several
+    pools each have their own.
+    """
     return DeploymentSpec(
-        name=GENERAL_DEPLOYMENT,
+        name=GENERAL_DEPLOYMENT if pool == POOL_NAME else f"{GENERAL_DEPLOYMENT}-{pool}",
         description="Run any notebook: a path, an s3:// or http(s):// URI, or its JSON.",
         tags=["nbjobs"],
     )

@@ -185,8 +185,12 @@ async def run_notebook(
     artefact_store = open_store(request.store)
     slurm_cluster = await SlurmCluster.aload(request.cluster) if request.cluster else None
     # A Slurm job's folder must be on the filesystem the nodes share.
+    # A run started again (Prefect's retry, or after a crash) is a new attempt: its own
+    # folder and its own keys, so the first attempt's artefacts are never overwritten.
+    attempt = max(flow_run.get_run_count(), 1)
+    run_key = run_id if attempt == 1 else f"{run_id}/attempt-{attempt}"
     run_dir = (
-        Path(slurm_cluster.work_dir) / "runs" / run_id if slurm_cluster else runs_root() / run_id
+        Path(slurm_cluster.work_dir) / "runs" / run_key if slurm_cluster else runs_root() / run_key
     )
     # the kernel is checked where it runs: here, or on the node by the job
     staged = stage_notebook(request, run_dir, check_kernel=slurm_cluster is None)
@@ -212,7 +216,7 @@ async def run_notebook(
 
     t_store = time.perf_counter()
     await render_notebook_html(run_dir)
-    prefix = run_prefix(FLOW_NAME, run_id)
+    prefix = run_prefix(FLOW_NAME, run_key)
     logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
     spilled: Path | None = None
     notes = list(report.notes)

@@ -126,6 +126,8 @@ def http_stack(
         "NBJOBS_HOME": str(home / "nbjobs"),
         "NBJOBS_STORE": f"s3://{bucket}/runs",
         "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        # runs whose heartbeats (every 30 s) stop for 45 s are marked Crashed
+        "NBJOBS_ZOMBIE_SECONDS": "45",
     }
     worker_log = open(home / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
     worker = subprocess.Popen(
