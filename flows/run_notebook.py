@@ -55,6 +55,11 @@ FLOW_NAME = "run-notebook"
 KEEP_RUN_DIRS_ENV = "NBJOBS_KEEP_RUN_DIRS"
 
 
+def store_retries() -> int:
+    """Retries of a failed upload before spilling (``$NBJOBS_STORE_RETRIES``, default 2)."""
+    return int(os.environ.get("NBJOBS_STORE_RETRIES", "2"))
+
+
 def runs_root() -> Path:
     """Where run folders live until their artefacts are stored (``$NBJOBS_HOME/runs``)."""
     return Path(os.environ.get(HOME_ENV, "~/.nbjobs")).expanduser() / "runs"
@@ -221,7 +226,7 @@ async def run_notebook(
     spilled: Path | None = None
     notes = list(report.notes)
     try:
-        artefacts = await upload_artefacts(
+        artefacts = await upload_artefacts.with_options(retries=store_retries())(
             artefact_store, run_dir, prefix, report.files, staged.workdir, logs
         )
     except ArtefactStoreError as error:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,31 +24,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
-from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
-from blocks.exceptions import UnknownKernelError
+from tasks.kernel import (
+    KERNEL_STARTUP_TIMEOUT_SECONDS,
+    MAX_CELL_OUTPUT_BYTES,
+    CappedClient,
+    MemoryPeak,
+    cancelled_not_dead,
+    death_cause,
+    ensure_kernel_installed,
+    kernel_environment,
+    kernel_pid,
+    measure_resources,
+    sample_memory,
+    shutdown_kernel,
+)
 from tasks.models import CellReport, CellStatus, ErrorInfo, ExecutionReport, Resources, RunStatus
 from tasks.outputs import read_scraps
 
-KERNEL_STARTUP_TIMEOUT_SECONDS = 60
-MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
-MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
 LOG_STREAM_CHARS = 2000
-KERNEL_ENV_DROPPED = frozenset(
-    {
-        "PREFECT_API_KEY",
-        "PREFECT_API_AUTH_STRING",
-        "PREFECT_SERVER_API_AUTH_STRING",
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
-        "PREFECT_API_DATABASE_CONNECTION_URL",
-        "PYTEST_CURRENT_TEST",
-    }
-)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -88,68 +84,6 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def kernel_environment() -> dict[str, str]:
-    """The kernel's environment: ours, less what would change how the kernel behaves.
-
-    Prefect's own credentials are not the notebook's business and would end up in a
-    stored notebook that prints its environment. ``PYTEST_CURRENT_TEST`` makes
-    ipykernel stop forwarding output written to file descriptor 1 (C extensions,
-    ``os.write``), which a notebook job must keep.
-    """
-    return {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
-
-
-def installed_kernels() -> dict[str, str]:
-    """Installed kernels as ``{name: resource_dir}``."""
-    return dict(KernelSpecManager().find_kernel_specs())
-
-
-def ensure_kernel_installed(kernel: str) -> None:
-    """Raise ``UnknownKernelError`` (listing installed kernels) unless ``kernel`` exists."""
-    kernels = installed_kernels()
-    if kernel not in kernels:
-        raise UnknownKernelError(kernel, list(kernels))
-
-
-class _CappedClient(NotebookClient):
-    """nbclient with a cap on the output one cell may keep in memory and in the notebook."""
-
-    max_output_bytes: int = MAX_CELL_OUTPUT_BYTES
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._output_bytes: dict[int, int] = {}
-        self._truncated: set[int] = set()
-
-    def output(
-        self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int
-    ) -> NotebookNode | None:
-        if msg.get("msg_type") == "error":
-            return super().output(outs, msg, display_id, cell_index)
-        content = msg.get("content", {})
-        used = self._output_bytes.get(cell_index, 0)
-        if cell_index in self._truncated:
-            return None
-        text = content.get("text") if msg.get("msg_type") == "stream" else None
-        size = len(text) if isinstance(text, str) else len(str(content))
-        if used + size <= self.max_output_bytes:
-            self._output_bytes[cell_index] = used + size
-            return super().output(outs, msg, display_id, cell_index)
-        if isinstance(text, str) and used < self.max_output_bytes:
-            # keep the head of the stream up to the cap
-            head = {**msg, "content": {**content, "text": text[: self.max_output_bytes - used]}}
-            super().output(outs, head, display_id, cell_index)
-        self._output_bytes[cell_index] = self.max_output_bytes
-        if cell_index not in self._truncated:
-            self._truncated.add(cell_index)
-            note = (
-                f"[nbjobs] output truncated: this cell produced more than "
-                f"{self.max_output_bytes // (1024 * 1024)} MiB of output; the rest was dropped.\n"
-            )
-            outs.append(NotebookNode(output_type="stream", name="stderr", text=note))
-        return None
-
-
 @dataclass
 class _Progress:
     status: RunStatus = "completed"
@@ -158,7 +92,7 @@ class _Progress:
     notes: list[str] = field(default_factory=list)
     kernel_start_seconds: float | None = None
     resources: Resources = field(default_factory=Resources)
-    peak_tree_rss: int = 0
+    memory: MemoryPeak = field(default_factory=MemoryPeak)
 
 
 def _stream_text(cell: NotebookNode, name: str) -> str:
@@ -186,40 +120,6 @@ def _files_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return snapshot
 
 
-def _read_peak_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _measure(pid: int, progress: _Progress) -> None:
-    try:
-        process = psutil.Process(pid)
-        times = process.cpu_times()
-        cpu = times.user + times.system + times.children_user + times.children_system
-    except psutil.Error:
-        return
-    peak = max(_read_peak_rss(pid), progress.peak_tree_rss)
-    progress.resources = Resources(peak_memory_bytes=peak or None, cpu_seconds=round(cpu, 3))
-
-
-async def _sample_memory(pid: int, progress: _Progress) -> None:
-    # VmHWM gives the kernel's own peak; sampling adds the processes it spawns.
-    while True:
-        try:
-            root = psutil.Process(pid)
-            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            progress.peak_tree_rss = max(progress.peak_tree_rss, rss)
-        except psutil.Error:
-            return
-        await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_SECONDS)
-
-
 async def _emit(callback: EventCallback | None, event: CellEvent) -> None:
     if callback is None:
         return
@@ -229,62 +129,6 @@ async def _emit(callback: EventCallback | None, event: CellEvent) -> None:
             await outcome
     except Exception:  # progress reporting must never break a run
         pass
-
-
-async def _shutdown(client: NotebookClient, km: AsyncKernelManager) -> None:
-    """Kill the kernel and close its channels, whatever state it is in."""
-    try:
-        if km.has_kernel:
-            await km.shutdown_kernel(now=True)  # also removes the connection file
-    except Exception:
-        try:
-            outcome = km.cleanup_resources()
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:
-            pass
-    finally:
-        if client.kc is not None:
-            # leave client.kc set: nbclient's own watcher task may still look at it
-            client.kc.stop_channels()
-
-
-async def _cancelled_not_dead(client: NotebookClient) -> bool:
-    """True when nbclient's DeadKernelError was really this task being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "cancelling") and task.cancelling():
-        return True
-    try:
-        if client.km is None:
-            return False
-        alive = client.km.is_alive()
-        return bool(await alive if inspect.isawaitable(alive) else alive)
-    except Exception:
-        return False
-
-
-async def _death_cause(client: NotebookClient) -> str:
-    """`` (killed by SIGSEGV)`` or `` (exit code 1)`` for a dead kernel, if known."""
-    process = getattr(getattr(client.km, "provisioner", None), "process", None)
-    if process is None:
-        return ""
-    for _ in range(20):  # the process may take a moment to be reaped
-        code = process.poll()
-        if code is not None:
-            if code < 0:
-                try:
-                    return f" (killed by {signal.Signals(-code).name})"
-                except ValueError:
-                    return f" (killed by signal {-code})"
-            return f" (exit code {code})"
-        await asyncio.sleep(0.05)
-    return ""
-
-
-def _kernel_pid(client: NotebookClient) -> int | None:
-    provisioner = getattr(client.km, "provisioner", None)
-    pid = getattr(provisioner, "pid", None)
-    return int(pid) if pid else None
 
 
 async def execute_notebook_async(
@@ -349,7 +193,7 @@ async def execute_notebook_async(
     km = kernel_manager or AsyncKernelManager(
         kernel_name=kernel, transport="ipc", ip=str(ipc_dir / "k")
     )
-    client = _CappedClient(
+    client = CappedClient(
         nb,
         km=km,
         kernel_name=kernel,
@@ -372,17 +216,18 @@ async def execute_notebook_async(
                 await client.async_start_new_kernel(env=kernel_environment())
             await client.async_start_new_kernel_client()
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
-            pid = _kernel_pid(client)
-            sampler = asyncio.create_task(_sample_memory(pid, progress)) if pid else None
+            pid = kernel_pid(client)
+            sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
             try:
                 await _run_plan(client, runnable, total, progress, on_event, current)
             finally:
-                if pid:
-                    _measure(pid, progress)
+                measured = measure_resources(pid, progress.memory) if pid else None
+                if measured is not None:
+                    progress.resources = measured
                 if sampler:
                     sampler.cancel()
         finally:
-            await _shutdown(client, km)
+            await shutdown_kernel(client, km)
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
     # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
@@ -535,7 +380,7 @@ async def _run_plan(
                 traceback=str(error),
             )
         except DeadKernelError:
-            if await _cancelled_not_dead(client):
+            if await cancelled_not_dead(client):
                 # nbclient reports a cancelled wait as a dead kernel; it is a cancellation
                 raise asyncio.CancelledError() from None
             status = "error"
@@ -543,7 +388,7 @@ async def _run_plan(
             progress.error = ErrorInfo(
                 name="KernelDiedError",
                 message=f"the kernel died while running cell {source_index}"
-                f"{await _death_cause(client)}; its state is lost",
+                f"{await death_cause(client)}; its state is lost",
                 cell_index=source_index,
             )
         report = _finish(progress, cell, source_index, status, t_cell)

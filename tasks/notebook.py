@@ -24,12 +24,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from blocks.exceptions import KernelDiedError
-from tasks.execution import (
-    CellEvent,
-    ExecutionCancelled,
-    ensure_kernel_installed,
-)
+from tasks.execution import CellEvent, ExecutionCancelled
 from tasks.execution import execute_notebook_async as _execute
+from tasks.kernel import ensure_kernel_installed
 from tasks.models import ExecutionReport, NotebookRequest
 from tasks.staging import (
     check_parameters,

@@ -1,0 +1,196 @@
+"""The kernel side of the execute step: environment, output cap, resources, shutdown.
+
+Free of Prefect, like ``tasks.execution`` which uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+from typing import Any
+
+import psutil
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbformat import NotebookNode
+
+from blocks.exceptions import UnknownKernelError
+from tasks.models import Resources
+
+KERNEL_STARTUP_TIMEOUT_SECONDS = 60
+MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
+MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
+KERNEL_ENV_DROPPED = frozenset(
+    {
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "PYTEST_CURRENT_TEST",
+    }
+)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The kernel's environment: ours, less what would change how the kernel behaves.
+
+    Prefect's own credentials are not the notebook's business and would end up in a
+    stored notebook that prints its environment. ``PYTEST_CURRENT_TEST`` makes
+    ipykernel stop forwarding output written to file descriptor 1 (C extensions,
+    ``os.write``), which a notebook job must keep.
+    """
+    return {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
+
+
+def installed_kernels() -> dict[str, str]:
+    """Installed kernels as ``{name: resource_dir}``."""
+    return dict(KernelSpecManager().find_kernel_specs())
+
+
+def ensure_kernel_installed(kernel: str) -> None:
+    """Raise ``UnknownKernelError`` (listing installed kernels) unless ``kernel`` exists."""
+    kernels = installed_kernels()
+    if kernel not in kernels:
+        raise UnknownKernelError(kernel, list(kernels))
+
+
+class CappedClient(NotebookClient):
+    """nbclient with a cap on the output one cell may keep in memory and in the notebook."""
+
+    max_output_bytes: int = MAX_CELL_OUTPUT_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._output_bytes: dict[int, int] = {}
+        self._truncated: set[int] = set()
+
+    def output(
+        self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int
+    ) -> NotebookNode | None:
+        if msg.get("msg_type") == "error":
+            return super().output(outs, msg, display_id, cell_index)
+        content = msg.get("content", {})
+        used = self._output_bytes.get(cell_index, 0)
+        if cell_index in self._truncated:
+            return None
+        text = content.get("text") if msg.get("msg_type") == "stream" else None
+        size = len(text) if isinstance(text, str) else len(str(content))
+        if used + size <= self.max_output_bytes:
+            self._output_bytes[cell_index] = used + size
+            return super().output(outs, msg, display_id, cell_index)
+        if isinstance(text, str) and used < self.max_output_bytes:
+            # keep the head of the stream up to the cap
+            head = {**msg, "content": {**content, "text": text[: self.max_output_bytes - used]}}
+            super().output(outs, head, display_id, cell_index)
+        self._output_bytes[cell_index] = self.max_output_bytes
+        if cell_index not in self._truncated:
+            self._truncated.add(cell_index)
+            note = (
+                f"[nbjobs] output truncated: this cell produced more than "
+                f"{self.max_output_bytes // (1024 * 1024)} MiB of output; the rest was dropped.\n"
+            )
+            outs.append(NotebookNode(output_type="stream", name="stderr", text=note))
+        return None
+
+
+def _read_peak_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class MemoryPeak:
+    """The highest resident memory seen of a kernel and the processes it started."""
+
+    def __init__(self) -> None:
+        self.rss = 0
+
+
+def measure_resources(pid: int, peak: MemoryPeak) -> Resources | None:
+    """CPU time and peak memory of the kernel ``pid``, read before it is shut down."""
+    try:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        cpu = times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        return None
+    highest = max(_read_peak_rss(pid), peak.rss)
+    return Resources(peak_memory_bytes=highest or None, cpu_seconds=round(cpu, 3))
+
+
+async def sample_memory(pid: int, peak: MemoryPeak) -> None:
+    """Track the memory of the kernel's process tree until the kernel is gone."""
+    # VmHWM gives the kernel's own peak; sampling adds the processes it spawns.
+    while True:
+        try:
+            root = psutil.Process(pid)
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak.rss = max(peak.rss, rss)
+        except psutil.Error:
+            return
+        await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_SECONDS)
+
+
+async def shutdown_kernel(client: NotebookClient, km: AsyncKernelManager) -> None:
+    """Kill the kernel and close its channels, whatever state it is in."""
+    try:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)  # also removes the connection file
+    except Exception:
+        try:
+            outcome = km.cleanup_resources()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            pass
+    finally:
+        if client.kc is not None:
+            # leave client.kc set: nbclient's own watcher task may still look at it
+            client.kc.stop_channels()
+
+
+async def cancelled_not_dead(client: NotebookClient) -> bool:
+    """True when nbclient's DeadKernelError was really this task being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "cancelling") and task.cancelling():
+        return True
+    try:
+        if client.km is None:
+            return False
+        alive = client.km.is_alive()
+        return bool(await alive if inspect.isawaitable(alive) else alive)
+    except Exception:
+        return False
+
+
+async def death_cause(client: NotebookClient) -> str:
+    """`` (killed by SIGSEGV)`` or `` (exit code 1)`` for a dead kernel, if known."""
+    process = getattr(getattr(client.km, "provisioner", None), "process", None)
+    if process is None:
+        return ""
+    for _ in range(20):  # the process may take a moment to be reaped
+        code = process.poll()
+        if code is not None:
+            if code < 0:
+                try:
+                    return f" (killed by {signal.Signals(-code).name})"
+                except ValueError:
+                    return f" (killed by signal {-code})"
+            return f" (exit code {code})"
+        await asyncio.sleep(0.05)
+    return ""
+
+
+def kernel_pid(client: NotebookClient) -> int | None:
+    provisioner = getattr(client.km, "provisioner", None)
+    pid = getattr(provisioner, "pid", None)
+    return int(pid) if pid else None
