@@ -40,6 +40,7 @@ from tasks.kernel import (
     kernel_environment,
     kernel_pid,
     measure_resources,
+    move_kernel_to,
     sample_memory,
     shutdown_kernel,
 )
@@ -215,6 +216,9 @@ async def execute_notebook_async(
             if owned or not km.has_kernel:
                 await client.async_start_new_kernel(env=kernel_environment())
             await client.async_start_new_kernel_client()
+            if not owned:
+                # a pre-started kernel began elsewhere: move it to this run's folder
+                await move_kernel_to(client, workdir)
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
             pid = kernel_pid(client)
             sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
@@ -227,7 +231,11 @@ async def execute_notebook_async(
                 if sampler:
                     sampler.cancel()
         finally:
-            await shutdown_kernel(client, km)
+            if owned or progress.status != "completed":
+                await shutdown_kernel(client, km)
+            else:
+                # a pooled kernel that finished cleanly: stop it off the critical path
+                _background(shutdown_kernel(client, km))
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
     # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
@@ -331,6 +339,15 @@ async def execute_notebook_async(
     if cancelled_from_outside:
         raise ExecutionCancelled(outcome)
     return outcome
+
+
+_background_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Any) -> None:
+    task = asyncio.ensure_future(work)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
 
 
 async def _run_plan(

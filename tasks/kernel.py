@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -194,3 +195,19 @@ def kernel_pid(client: NotebookClient) -> int | None:
     provisioner = getattr(client.km, "provisioner", None)
     pid = getattr(provisioner, "pid", None)
     return int(pid) if pid else None
+
+
+async def move_kernel_to(client: NotebookClient, workdir: Path) -> None:
+    """Make ``workdir`` the working folder of a kernel that was started elsewhere.
+
+    Runs silently: no execution count, no history, no output in the notebook.
+    """
+    assert client.kc is not None
+    code = f"import os as _nbjobs_os; _nbjobs_os.chdir({str(workdir)!r}); del _nbjobs_os"
+    # nbclient's kernel client is asynchronous; its stubs type it as the sync one
+    kc: Any = client.kc
+    reply = await kc.execute_interactive(
+        code, silent=True, store_history=False, timeout=KERNEL_STARTUP_TIMEOUT_SECONDS
+    )
+    if reply["content"].get("status") != "ok":
+        raise RuntimeError(f"could not move the kernel to {workdir}: {reply['content']}")

@@ -27,6 +27,7 @@ from blocks.exceptions import KernelDiedError
 from tasks.execution import CellEvent, ExecutionCancelled
 from tasks.execution import execute_notebook_async as _execute
 from tasks.kernel import ensure_kernel_installed
+from tasks.kernel_pool import shared_pool
 from tasks.models import ExecutionReport, NotebookRequest
 from tasks.staging import (
     check_parameters,
@@ -219,7 +220,9 @@ async def execute_notebook(
             logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
 
     notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
+    pool = shared_pool(staged.kernel)
     try:
+        kernel_manager = await pool.acquire() if pool else None
         report = await _execute(
             notebook,
             staged.cell_origin,
@@ -229,6 +232,7 @@ async def execute_notebook(
             cell_timeout_seconds=cell_timeout_seconds,
             timeout_seconds=timeout_seconds,
             on_event=on_event,
+            kernel_manager=kernel_manager,
         )
     except ExecutionCancelled as stop:
         # The flow run is being cancelled: the kernel is down; hand back what ran so

@@ -1,0 +1,149 @@
+"""Pre-started kernels: a run never waits for a kernel to start, and never shares one.
+
+Starting an ipykernel costs about half a second of wall time and as much CPU. A
+``KernelPool`` keeps ``size`` fresh kernels started ahead of demand; ``acquire`` hands
+one to exactly one run (the execute step shuts it down afterwards, so no state leaks
+between runs) and starts a replacement in the background. ``close`` shuts every idle
+kernel down; it also runs at interpreter exit.
+
+The pool is off unless asked for: ``nbjobs serve --kernel-pool N``, ``run-notebooks``
+(sized to its concurrency), or ``NBJOBS_KERNEL_POOL=N`` for any process that runs flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+
+from tasks.kernel import KERNEL_STARTUP_TIMEOUT_SECONDS, ensure_kernel_installed, kernel_environment
+
+POOL_SIZE_ENV = "NBJOBS_KERNEL_POOL"
+
+
+class KernelPool:
+    """Fresh, already started kernels of one kernel spec, each used by a single run.
+
+    Example:
+        >>> pool = KernelPool("python3", size=2)
+        >>> km = await pool.acquire()       # started, never used before
+        >>> await execute_notebook_async(nb, origin, kernel="python3", workdir=w, kernel_manager=km)
+        >>> await pool.close()
+    """
+
+    def __init__(self, kernel: str = "python3", size: int = 2) -> None:
+        ensure_kernel_installed(kernel)
+        self.kernel = kernel
+        self.size = max(size, 0)
+        self._ready: asyncio.Queue[AsyncKernelManager] = asyncio.Queue()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._all: set[AsyncKernelManager] = set()
+        self._dir = Path(tempfile.mkdtemp(prefix="nbjobs-pool-"))
+        self._count = 0
+        self._closed = False
+        self.started = 0  # kernels started in all, for tests and benchmarks
+
+    def fill(self) -> None:
+        """Start kernels in the background until ``size`` are ready or starting."""
+        while not self._closed and self._ready.qsize() + len(self._starting) < self.size:
+            task = asyncio.ensure_future(self._start_one())
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start_one(self) -> None:
+        self._count += 1
+        km = AsyncKernelManager(
+            kernel_name=self.kernel, transport="ipc", ip=str(self._dir / f"k{self._count}")
+        )
+        self._all.add(km)
+        try:
+            # cwd is the pool's folder; the execute step moves the kernel to the run's
+            await asyncio.wait_for(
+                km.start_kernel(cwd=str(self._dir), env=kernel_environment()),
+                KERNEL_STARTUP_TIMEOUT_SECONDS,
+            )
+        except Exception:
+            self._all.discard(km)
+            return
+        self.started += 1
+        if self._closed:
+            await _stop(km)
+            return
+        await self._ready.put(km)
+
+    async def acquire(self) -> AsyncKernelManager:
+        """A started kernel no run has used; starts its replacement in the background."""
+        if self._closed:
+            raise RuntimeError("the kernel pool is closed")
+        self.fill()
+        while True:
+            km = await self._ready.get()
+            self._all.discard(km)  # from here on, the run owns it and shuts it down
+            self.fill()
+            if await km.is_alive():
+                return km
+            await _stop(km)
+
+    async def close(self) -> None:
+        """Shut every kernel the pool still holds down, and stop starting new ones."""
+        self._closed = True
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        await asyncio.gather(*(_stop(km) for km in list(self._all)), return_exceptions=True)
+        self._all.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit: kill whatever is left."""
+        for km in list(self._all):
+            provisioner = getattr(km, "provisioner", None)
+            process = getattr(provisioner, "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+async def _stop(km: AsyncKernelManager) -> None:
+    try:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    except Exception:
+        pass
+
+
+_pools: dict[tuple[int, str], KernelPool] = {}
+
+
+def pool_size() -> int:
+    """The configured pool size (``$NBJOBS_KERNEL_POOL``); 0 means no pool."""
+    try:
+        return max(int(os.environ.get(POOL_SIZE_ENV, "0")), 0)
+    except ValueError:
+        return 0
+
+
+def shared_pool(kernel: str) -> KernelPool | None:
+    """This event loop's pool for ``kernel``, created on first use; None when off."""
+    size = pool_size()
+    if size == 0:
+        return None
+    key = (id(asyncio.get_running_loop()), kernel)
+    pool = _pools.get(key)
+    if pool is None or pool._closed:
+        pool = KernelPool(kernel, size)
+        _pools[key] = pool
+        atexit.register(pool.kill_now)
+    return pool
+
+
+async def close_shared_pools() -> None:
+    """Close the pools of the running loop (``nbjobs serve`` calls this on exit)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _pools if k[0] == loop_id]:
+        await _pools.pop(key).close()
