@@ -157,3 +157,6 @@ with open("tests/data/params.ipynb") as f:
 with open(H + "truncated.ipynb", "w") as f:
     f.write(text[: len(text) // 2])
 nb([new_code_cell('import os\nfor key, value in sorted(os.environ.items()):\n    print(key, "=", value)')], H + "dumps_env.ipynb")
+nb([params('leak = False  # set True to leave state behind'),
+    new_code_cell(GLUE),
+    new_code_cell('import os\nglue("pid", os.getpid())\nglue("saw_leftover", "LEFTOVER" in globals())\nglue("cwd", os.getcwd())\nif leak:\n    LEFTOVER = 1')], H + "kernel_identity.ipynb")

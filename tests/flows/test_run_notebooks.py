@@ -1,0 +1,87 @@
+"""run-notebooks: a parameter grid fanned out into runs, locally and on a Dask LocalCluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from blocks.exceptions import NotebookRunError
+from flows.run_notebooks import expand_grid, run_notebooks
+from tasks.models import NotebookRequest
+from tests.conftest import DATA, state_outcome
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_expand_grid() -> None:
+    assert expand_grid({"n": [1, 2], "s": ["a", "b"]}) == [
+        {"n": 1, "s": "a"},
+        {"n": 1, "s": "b"},
+        {"n": 2, "s": "a"},
+        {"n": 2, "s": "b"},
+    ]
+    assert expand_grid({}) == [{}]
+
+
+def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
+    batch = asyncio.run(
+        run_notebooks(
+            notebook=str(DATA / "params.ipynb"),
+            grid={"x": [1, 2, 3], "name": ["a", "b"]},
+            store=str(tmp_path),
+            max_concurrency=2,
+        )
+    )
+    assert (batch.total, batch.succeeded, batch.failed) == (6, 6, 0)
+    echoed = sorted(
+        (i.result["outputs"]["echo"]["x"], i.result["outputs"]["echo"]["name"])
+        for i in batch.items
+        if i.result
+    )
+    assert echoed == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, "a"), (3, "b")]
+    assert len({i.flow_run_id for i in batch.items}) == 6
+    for item in batch.items:  # each with its own artefacts and result
+        stored = json.loads(
+            (tmp_path / "run-notebook" / str(item.flow_run_id) / "result.json").read_text()
+        )
+        assert stored["parameters"] == item.parameters
+
+
+def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:
+    requests = [
+        NotebookRequest(notebook=str(DATA / "raises.ipynb")),
+        NotebookRequest(notebook=str(DATA / "params.ipynb"), parameters={"x": 5}),
+    ]
+    state = asyncio.run(run_notebooks(requests=requests, store=str(tmp_path), return_state=True))
+    assert state.is_failed() and "1 of 2 notebooks failed" in state.message
+    error = state_outcome(state)
+    assert isinstance(error, NotebookRunError)
+    items = error.result["items"]  # type: ignore[index]
+    assert [i["success"] for i in items] == [False, True]
+    assert "bad value 42" in items[0]["error"] and items[1]["result"]["outputs"]["echo"]["x"] == 5
+
+
+@pytest.mark.timeout(600)
+def test_the_batch_spreads_over_a_dask_local_cluster(
+    tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)  # Dask's worker processes find the server
+    batch = asyncio.run(
+        run_notebooks(
+            notebook=str(DATA / "params.ipynb"),
+            grid={"x": [10, 20, 30, 40]},
+            store=str(tmp_path),
+            max_concurrency=2,
+            executor="dask",
+        )
+    )
+    assert (batch.total, batch.succeeded) == (4, 4)
+    assert sorted(i.result["outputs"]["echo"]["x"] for i in batch.items if i.result) == [
+        10,
+        20,
+        30,
+        40,
+    ]

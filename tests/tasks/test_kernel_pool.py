@@ -1,0 +1,104 @@
+"""The kernel pool: a fresh kernel for every run, none leaked, clean on cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psutil
+import pytest
+
+from blocks.exceptions import UnknownKernelError
+from tasks.execution import ExecutionCancelled, execute_notebook_async
+from tasks.kernel_pool import KernelPool
+from tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
+from tests.conftest import DATA
+
+IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
+
+
+def kernel_processes() -> set[int]:
+    """ipykernel processes started by this test process."""
+    me = psutil.Process()
+    return {
+        p.pid
+        for p in me.children(recursive=True)
+        if p.is_running() and "ipykernel" in " ".join(p.cmdline())
+    }
+
+
+async def run_on(
+    pool: KernelPool, workdir: Path, parameters: dict[str, object]
+) -> dict[str, object]:
+    nb = parse_notebook(fetch_notebook_source(str(IDENTITY)))
+    nb, origin = inject_parameters(nb, parameters, "python3")
+    km = await pool.acquire()
+    report = await execute_notebook_async(
+        nb, origin, kernel="python3", workdir=workdir, kernel_manager=km
+    )
+    assert report.status == "completed", report.error
+    return report.outputs
+
+
+def test_every_run_gets_a_fresh_kernel_in_its_own_folder(tmp_path: Path) -> None:
+    async def scenario() -> list[dict[str, object]]:
+        pool = KernelPool("python3", size=2)
+        try:
+            return [await run_on(pool, tmp_path / f"run{i}", {"leak": True}) for i in range(4)]
+        finally:
+            await pool.close()
+
+    outputs = asyncio.run(scenario())
+    assert len({o["pid"] for o in outputs}) == 4  # four runs, four kernels
+    assert not any(o["saw_leftover"] for o in outputs)  # no state from an earlier run
+    assert [o["cwd"] for o in outputs] == [str(tmp_path / f"run{i}") for i in range(4)]
+
+
+def test_no_kernel_is_left_behind_after_concurrent_runs(tmp_path: Path) -> None:
+    before = kernel_processes()
+
+    async def scenario() -> None:
+        pool = KernelPool("python3", size=2)
+        try:
+            await asyncio.gather(*(run_on(pool, tmp_path / f"r{i}", {}) for i in range(6)))
+        finally:
+            await pool.close()
+        await asyncio.sleep(0.5)  # kernels of finished runs are stopped in the background
+
+    asyncio.run(scenario())
+    assert kernel_processes() - before == set()
+
+
+def test_cancelling_a_run_on_a_pooled_kernel_stops_it_and_closing_the_pool_stops_the_rest(
+    tmp_path: Path,
+) -> None:
+    before = kernel_processes()
+
+    async def scenario() -> ExecutionCancelled:
+        pool = KernelPool("python3", size=2)
+        nb = parse_notebook(fetch_notebook_source(str(DATA / "sleeps.ipynb")))
+        nb, origin = inject_parameters(nb, {"seconds": 600}, "python3")
+        km = await pool.acquire()
+        run = asyncio.ensure_future(
+            execute_notebook_async(
+                nb, origin, kernel="python3", workdir=tmp_path, kernel_manager=km
+            )
+        )
+        await asyncio.sleep(2)
+        run.cancel()
+        try:
+            await run
+        except ExecutionCancelled as stop:
+            await pool.close()
+            return stop
+        raise AssertionError("the run was not cancelled")
+
+    stop = asyncio.run(scenario())
+    assert stop.report.status == "cancelled" and stop.report.error is not None
+    assert stop.report.error.cell_index == 2
+    assert kernel_processes() - before == set()
+
+
+def test_a_pool_for_a_kernel_that_is_not_installed_is_refused() -> None:
+    with pytest.raises(UnknownKernelError):
+        KernelPool("no-such-kernel", 1)
