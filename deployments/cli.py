@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pool", default="notebook-jobs", help="process work pool")
     serve.add_argument("--limit", type=int, help="most flow runs at the same time")
     serve.add_argument(
+        "--kernel-pool",
+        type=int,
+        default=2,
+        metavar="N",
+        help="kernels kept started ahead of demand, one per run (0: off; in-process only)",
+    )
+    serve.add_argument(
         "--isolation",
         choices=["in-process", "process"],
         default="in-process",
@@ -166,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             for key, value in WORKER_SETTINGS.items():
                 os.environ.setdefault(key, value)
+            if args.isolation == "in-process" and args.kernel_pool > 0:
+                os.environ["NBJOBS_KERNEL_POOL"] = str(args.kernel_pool)
+            else:  # a subprocess per run would start a pool per run
+                os.environ.pop("NBJOBS_KERNEL_POOL", None)
             from deployments.commands import serve
 
             asyncio.run(serve(args.pool, args.limit, args.isolation))

@@ -17,6 +17,7 @@ from deployments.definitions import (
     general_spec,
     notebook_spec,
 )
+from tasks.kernel_pool import close_shared_pools
 from tasks.staging import (
     check_json_value,
     declared_parameters,
@@ -156,5 +157,8 @@ async def serve(
         await apply_spec(client, general_spec(pool), pool)
         await ensure_zombie_automation(client)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
-    async with worker_class(work_pool_name=pool, limit=limit) as worker:
-        await worker.start()
+    try:
+        async with worker_class(work_pool_name=pool, limit=limit) as worker:
+            await worker.start()
+    finally:
+        await close_shared_pools()  # no pre-started kernel outlives the worker

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,7 @@ from tasks.staging import (
 KERNEL_RETRIES_ENV = "NBJOBS_KERNEL_RETRIES"
 DEFAULT_KERNEL_RETRIES = 1
 KERNEL_RETRY_DELAY_SECONDS = 2
+PROGRESS_INTERVAL_SECONDS = 0.5
 INPUT_NAME = "input.ipynb"
 EXECUTED_NAME = "notebook.ipynb"
 HTML_NAME = "notebook.html"
@@ -192,10 +195,18 @@ async def execute_notebook(
         0.0, key=key, description=f"{staged.name}: starting kernel {staged.kernel}"
     )
 
+    last_update = [time.monotonic()]
+
     async def on_event(event: CellEvent) -> None:
         for listener in list(_listeners):
             listener(event)
         if event.phase == "start":
+            # one API call per cell start would cost more than a fast cell: update when
+            # the last update is older than PROGRESS_INTERVAL_SECONDS, or a cell is slow
+            now = time.monotonic()
+            if now - last_update[0] < PROGRESS_INTERVAL_SECONDS and event.done:
+                return
+            last_update[0] = now
             description = (
                 f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
             )
@@ -257,9 +268,22 @@ async def execute_notebook(
     return report
 
 
+_exporters = threading.local()
+
+
+def _html_exporter() -> Any:
+    """One HTMLExporter per thread: building one loads its templates (~0.2 s), and
+    concurrent runs render in different threads."""
+    exporter = getattr(_exporters, "html", None)
+    if exporter is None:
+        from nbconvert import HTMLExporter  # imported late: the import costs ~0.3 s
+
+        exporter = _exporters.html = HTMLExporter()
+    return exporter
+
+
 def render_html(run_dir: Path) -> Path | None:
     """Render ``notebook.ipynb`` in ``run_dir`` to ``notebook.html`` with nbconvert."""
-    from nbconvert import HTMLExporter  # imported late: it costs ~0.3 s
 
     source = run_dir / EXECUTED_NAME
     if not source.exists():
@@ -267,7 +291,7 @@ def render_html(run_dir: Path) -> Path | None:
     with warnings.catch_warnings():
         # glued scraps have no HTML representation; nbconvert warns about each
         warnings.simplefilter("ignore", UserWarning)
-        body, _ = HTMLExporter().from_filename(str(source))
+        body, _ = _html_exporter().from_filename(str(source))
     target = run_dir / HTML_NAME
     target.write_text(body, encoding="utf-8")
     return target
