@@ -53,6 +53,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _add_parameter_options(parser: argparse.ArgumentParser, p_help: str, r_help: str) -> None:
+    """``-p NAME VALUE`` (read as JSON where it parses) and ``-r NAME VALUE`` (raw)."""
+    for short, long, text in (("-p", "--parameter", p_help), ("-r", "--raw", r_help)):
+        parser.add_argument(
+            short, long, nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=text
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nbjobs`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -62,23 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a notebook as a run-notebook flow run")
     run.add_argument("notebook", help="path, s3:// URI, http(s):// URL, or '-' for JSON on stdin")
-    run.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter; the value is read as JSON where it parses, else kept as a string",
-    )
-    run.add_argument(
-        "-r",
-        "--raw",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter whose value is always kept as a string",
+    _add_parameter_options(
+        run,
+        "a parameter; the value is read as JSON where it parses, else kept as a string",
+        "a parameter whose value is always kept as a string",
     )
     run.add_argument("--store", help="artefact store: s3://bucket/prefix, a folder, or a block")
     run.add_argument("--kernel", help="kernel name (default: the notebook's own)")
@@ -112,23 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--name", required=True, help="deployment name (run-notebook/NAME)")
     deploy.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
     deploy.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
-    deploy.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a default for a notebook parameter (read as with nbjobs run)",
-    )
-    deploy.add_argument(
-        "-r",
-        "--raw",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a default kept as a string",
+    _add_parameter_options(
+        deploy,
+        "a default for a notebook parameter (read as with nbjobs run)",
+        "a default kept as a string",
     )
     deploy.add_argument("--store", help="where the notebook and its runs' artefacts are stored")
     deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
