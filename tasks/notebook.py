@@ -196,24 +196,40 @@ async def execute_notebook(
     )
 
     last_update = [time.monotonic()]
+    running: list[CellEvent | None] = [None]
+    delayed: set[asyncio.Task[None]] = set()
+
+    async def show_running(event: CellEvent) -> None:
+        last_update[0] = time.monotonic()
+        description = f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
+        await aupdate_progress_artifact(
+            progress_id, 100.0 * event.done / max(event.total, 1), description=description
+        )
+
+    async def show_if_still_running(event: CellEvent, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if running[0] is event:
+            await show_running(event)
 
     async def on_event(event: CellEvent) -> None:
         for listener in list(_listeners):
             listener(event)
         if event.phase == "start":
-            # one API call per cell start would cost more than a fast cell: update when
-            # the last update is older than PROGRESS_INTERVAL_SECONDS, or a cell is slow
-            now = time.monotonic()
-            if now - last_update[0] < PROGRESS_INTERVAL_SECONDS and event.done:
-                return
-            last_update[0] = now
-            description = (
-                f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})"
-            )
-            await aupdate_progress_artifact(
-                progress_id, 100.0 * event.done / max(event.total, 1), description=description
-            )
+            # One API call per cell would cost more than a fast cell takes: a cell is
+            # shown at once if the last update is older than PROGRESS_INTERVAL_SECONDS,
+            # else as soon as it has been running that long.
+            running[0] = event
+            waited = time.monotonic() - last_update[0]
+            if waited >= PROGRESS_INTERVAL_SECONDS or not event.done:
+                await show_running(event)
+            else:
+                later = asyncio.ensure_future(
+                    show_if_still_running(event, PROGRESS_INTERVAL_SECONDS - waited)
+                )
+                delayed.add(later)
+                later.add_done_callback(delayed.discard)
             return
+        running[0] = None
         report = event.report
         if report is None:
             return
@@ -250,6 +266,8 @@ async def execute_notebook(
         # the flow stores the partial notebook and ends Cancelled.
         logger.warning("cancelled: %s", stop)
         report = stop.report
+    for pending in list(delayed):
+        pending.cancel()
     nbformat.write(notebook, staged.run_dir / EXECUTED_NAME)
     done = sum(1 for c in report.cells if c.status == "ok")
     ran = sum(1 for c in report.cells if c.status != "skipped")

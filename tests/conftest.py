@@ -108,7 +108,7 @@ def state_outcome(state: Any) -> Any:
     return state.result(raise_on_failure=False, _sync=True)
 
 
-def service(script: str, what: str) -> str:
+def service(script: str, what: str, *args: str) -> str:
     """Run a tests/services script; its last line of output is what it set up.
 
     Skipped with its reason where the machine cannot provide it (not root, no apt);
@@ -119,7 +119,7 @@ def service(script: str, what: str) -> str:
     path = Path(__file__).parent / "services" / script
     try:
         done = subprocess.run(
-            ["bash", str(path)], capture_output=True, text=True, timeout=900, check=True
+            ["bash", str(path), *args], capture_output=True, text=True, timeout=900, check=True
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
         detail = getattr(error, "stderr", "") or str(error)

@@ -40,7 +40,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """An empty PostgreSQL database for the Prefect server (installed and started if needed)."""
-    return service("postgres.sh", "PostgreSQL")
+    # a database of this session's own: two test sessions on one machine never share one
+    return service("postgres.sh", "PostgreSQL", f"nbjobs_test_{os.getpid()}")
 
 
 @dataclass
