@@ -19,12 +19,16 @@ IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
 
 def kernel_processes() -> set[int]:
     """ipykernel processes started by this test process."""
-    me = psutil.Process()
-    return {
-        p.pid
-        for p in me.children(recursive=True)
-        if p.is_running() and "ipykernel" in " ".join(p.cmdline())
-    }
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(
+                process.cmdline()
+            ):
+                found.add(process.pid)
+        except psutil.Error:  # gone, or a zombie: not a running kernel
+            pass
+    return found
 
 
 async def run_on(
