@@ -350,6 +350,13 @@ def _background(work: Any) -> None:
     task.add_done_callback(_background_tasks.discard)
 
 
+async def drain_background() -> None:
+    """Wait for kernels being stopped in the background (before a loop ends)."""
+    loop = asyncio.get_running_loop()
+    mine = [t for t in _background_tasks if t.get_loop() is loop]
+    await asyncio.gather(*mine, return_exceptions=True)
+
+
 async def _run_plan(
     client: NotebookClient,
     plan: list[tuple[int, int | None]],

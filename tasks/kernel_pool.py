@@ -97,6 +97,10 @@ class KernelPool:
         await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(_stop(km) for km in list(self._all)), return_exceptions=True)
         self._all.clear()
+        # kernels handed to runs are stopped in the background by the execute step
+        from tasks.execution import drain_background
+
+        await drain_background()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def kill_now(self) -> None:
