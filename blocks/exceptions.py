@@ -33,6 +33,11 @@ from typing import Any
 class NotebookJobError(Exception):
     """Base class of every error notebook-jobs raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword-only attributes across pickling (Prefect persists exceptions
+        # as results); the default reduce would call __init__ with args alone.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 # --- bad input ------------------------------------------------------------------
 
@@ -121,10 +126,6 @@ class NotebookRunError(NotebookJobError):
         self.cell_index = cell_index
         self.result = result
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep attributes across pickling (Prefect persists exceptions as results).
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
     error = Exception.__new__(cls)
@@ -188,9 +189,6 @@ class ArtefactStoreError(NotebookJobError):
         self.store = store
         self.result = result  # the run's result, when a run could not store its artefacts
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
 
 class SlurmError(NotebookJobError):
     """Base class of Slurm submission and job errors."""
@@ -229,9 +227,6 @@ class SlurmJobError(SlurmError):
         self.stderr_tail = stderr_tail
         self.cell_index = cell_index
         self.result = result
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class SlurmNodeFailureError(SlurmJobError):

@@ -41,10 +41,14 @@ _BARE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")
 
 
+def nbjobs_home() -> Path:
+    """notebook-jobs' own folder: ``$NBJOBS_HOME``, else ``~/.nbjobs`` (runs, spill, artefacts)."""
+    return Path(os.environ.get(HOME_ENV) or "~/.nbjobs").expanduser()
+
+
 def default_store_path() -> Path:
     """The embedded default artefact folder: ``$NBJOBS_HOME/artefacts`` (``~/.nbjobs``)."""
-    home = os.environ.get(HOME_ENV) or "~/.nbjobs"
-    return (Path(home).expanduser() / "artefacts").resolve()
+    return (nbjobs_home() / "artefacts").resolve()
 
 
 def safe_key(*parts: str) -> str:
@@ -270,6 +274,7 @@ __all__ = [
     "DEFAULT_STORE_ENV",
     "ArtefactStore",
     "default_store_path",
+    "nbjobs_home",
     "open_store",
     "parse_s3_uri",
     "read_s3_object",

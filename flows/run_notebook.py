@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from blocks.exceptions import ArtefactStoreError, KernelDiedError, NotebookInputError
 from blocks.slurm import SlurmCluster
-from blocks.store import HOME_ENV, open_store
+from blocks.store import nbjobs_home, open_store
 from tasks.execution import ExecutionCancelled
 from tasks.models import (
     ExecutionReport,
@@ -43,6 +43,7 @@ from tasks.notebook import (
     stage_notebook,
 )
 from tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
+from tasks.staging import notebook_name
 from tasks.storage import (
     publish_artifacts,
     run_prefix,
@@ -62,7 +63,7 @@ def store_retries() -> int:
 
 def runs_root() -> Path:
     """Where run folders live until their artefacts are stored (``$NBJOBS_HOME/runs``)."""
-    return Path(os.environ.get(HOME_ENV, "~/.nbjobs")).expanduser() / "runs"
+    return nbjobs_home() / "runs"
 
 
 def parameter_digest(parameters: dict[str, Any]) -> str:
@@ -75,8 +76,8 @@ def notebook_label(notebook: Any) -> str:
     """A notebook's stem for names and tags: ``s3://b/nb/report.ipynb`` gives ``report``."""
     if isinstance(notebook, dict) or str(notebook).lstrip().startswith("{"):
         return "inline"
-    tail = str(notebook).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", tail.removesuffix(".ipynb")) or "notebook"
+    stem = notebook_name(str(notebook)).removesuffix(".ipynb")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "notebook"
 
 
 def run_name() -> str:

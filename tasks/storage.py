@@ -20,7 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from blocks.store import ArtefactStore, safe_key
+from blocks.store import ArtefactStore, nbjobs_home, safe_key
 from tasks.models import Artefacts, NotebookResult
 
 UPLOAD_THREADS = 8
@@ -180,9 +180,7 @@ SPILL_MANIFEST = "spill.json"
 
 def spill_root() -> Path:
     """Where runs whose store was unreachable keep their artefacts (``$NBJOBS_HOME/spill``)."""
-    import os
-
-    return Path(os.environ.get("NBJOBS_HOME", "~/.nbjobs")).expanduser() / "spill"
+    return nbjobs_home() / "spill"
 
 
 def spill_run(
