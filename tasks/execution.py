@@ -6,8 +6,8 @@ this machine and as a Slurm job on a compute node. It drives nbclient cell by ce
 a cell selection, a per-cell and a whole-run timeout, and to keep the partial
 notebook whatever happens: the notebook object is filled in place as outputs arrive.
 
-Kernels come from nbclient by default; a caller may hand in an already-started
-``AsyncKernelManager`` (a pre-started kernel), which is shut down after the run.
+A fresh kernel is started for the run unless the caller hands in a ``StartedKernel``
+(from a ``KernelPool``); either way it is shut down after the run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
@@ -34,15 +33,17 @@ from tasks.kernel import (
     MAX_CELL_OUTPUT_BYTES,
     CappedClient,
     MemoryPeak,
+    StartedKernel,
     cancelled_not_dead,
     death_cause,
     ensure_kernel_installed,
-    kernel_environment,
     kernel_pid,
     measure_resources,
     move_kernel_to,
+    new_kernel_manager,
     sample_memory,
     shutdown_kernel,
+    start_kernel,
 )
 from tasks.models import CellReport, CellStatus, ErrorInfo, ExecutionReport, Resources, RunStatus
 from tasks.outputs import read_scraps
@@ -142,7 +143,7 @@ async def execute_notebook_async(
     cell_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
     on_event: EventCallback | None = None,
-    kernel_manager: AsyncKernelManager | None = None,
+    started: StartedKernel | None = None,
     max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
@@ -151,13 +152,13 @@ async def execute_notebook_async(
         nb: The parameterised notebook; outputs are written into it as they arrive.
         origin: For each cell of ``nb``, its index in the input notebook (``None``
             for the injected parameters cell), as returned by ``inject_parameters``.
-        kernel: Kernel name; must be installed unless ``kernel_manager`` is given.
+        kernel: Kernel name; must be installed unless ``started`` is given.
         workdir: The notebook's working folder; files it writes there are reported.
         selected: Input-notebook indices to run, or ``None`` for all.
         cell_timeout_seconds: Limit per cell, or ``None``.
         timeout_seconds: Limit for the whole execution, kernel start included, or ``None``.
         on_event: Called before and after each cell (may be async).
-        kernel_manager: An already-started kernel to use (shut down afterwards).
+        started: An already-started kernel to use (shut down afterwards).
         max_output_bytes: Output one cell may keep; the rest is dropped with a note.
 
     Returns:
@@ -166,7 +167,7 @@ async def execute_notebook_async(
     Raises:
         UnknownKernelError: ``kernel`` is not installed (checked before starting).
     """
-    if kernel_manager is None:
+    if started is None:
         ensure_kernel_installed(kernel)
     workdir.mkdir(parents=True, exist_ok=True)
     before = _files_snapshot(workdir)
@@ -189,11 +190,8 @@ async def execute_notebook_async(
     total = sum(1 for _, i in runnable if i is not None)
 
     ipc_dir = Path(tempfile.mkdtemp(prefix="nbjobs-k-"))
-    owned = kernel_manager is None
-    # IPC sockets in a private folder: no TCP port on the host, no "unencrypted TCP" warning.
-    km = kernel_manager or AsyncKernelManager(
-        kernel_name=kernel, transport="ipc", ip=str(ipc_dir / "k")
-    )
+    owned = started is None
+    km = started.km if started else new_kernel_manager(kernel, ipc_dir / "k")
     client = CappedClient(
         nb,
         km=km,
@@ -213,10 +211,10 @@ async def execute_notebook_async(
         # loop, which would take cancellation signals away from Prefect and the CLI.
         t_kernel = time.perf_counter()
         try:
-            if owned or not km.has_kernel:
-                await client.async_start_new_kernel(env=kernel_environment())
-            await client.async_start_new_kernel_client()
-            if not owned:
+            if started is None:
+                client.kc = await start_kernel(km, workdir)
+            else:
+                client.kc = started.kc
                 # a pre-started kernel began elsewhere: move it to this run's folder
                 await move_kernel_to(client, workdir)
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)

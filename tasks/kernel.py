@@ -8,20 +8,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import queue
 import signal
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from blocks.exceptions import UnknownKernelError
+from tasks.kernel_fork import use_forking_provisioner
 from tasks.models import Resources
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
+READY_POLL_SECONDS = 1.0
+IOPUB_POLL_SECONDS = 0.1
+# as nbclient does: no IPython history database, which concurrent kernels would lock
+KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
 MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
 MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
 KERNEL_ENV_DROPPED = frozenset(
@@ -45,6 +54,83 @@ def kernel_environment() -> dict[str, str]:
     ``os.write``), which a notebook job must keep.
     """
     return {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
+
+
+def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
+    """A manager for a new ``kernel`` over IPC sockets at ``ipc_path``, not yet started.
+
+    IPC sockets in a private folder: no TCP port on the host, no "unencrypted TCP"
+    warning. ipykernels are forked from a warm fork server (``tasks.kernel_fork``)
+    unless ``NBJOBS_KERNEL_LAUNCHER=spawn``.
+    """
+    km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(ipc_path))
+    use_forking_provisioner(km.kernel_spec)
+    return km
+
+
+async def start_kernel(km: AsyncKernelManager, cwd: Path) -> AsyncKernelClient:
+    """Start the kernel of ``km`` in ``cwd``; a connected client once it answers."""
+    await km.start_kernel(
+        cwd=str(cwd), env=kernel_environment(), extra_arguments=list(KERNEL_ARGUMENTS)
+    )
+    return await connect_client(km, KERNEL_STARTUP_TIMEOUT_SECONDS)
+
+
+async def connect_client(km: AsyncKernelManager, timeout: float) -> AsyncKernelClient:
+    """A client connected to the started kernel of ``km``, once the kernel answers.
+
+    jupyter_client's ``wait_for_ready`` ends by draining IOPub until it has been
+    silent for 0.2 s, on every start. Seeing the kernel's ``idle`` status for our own
+    ``kernel_info`` request on IOPub proves both channels connected, without the wait.
+    """
+    kc: AsyncKernelClient = km.client()
+    kc.start_channels()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the kernel did not answer in {timeout:g} s")
+            if not await km.is_alive():
+                raise RuntimeError("the kernel died before answering")
+            msg_id = kc.kernel_info()
+            reply = await _message_for(kc.shell_channel, msg_id, READY_POLL_SECONDS)
+            if reply is None:
+                continue
+            # a subscription still connecting misses the status: ask again, soon
+            status = await _message_for(kc.iopub_channel, msg_id, IOPUB_POLL_SECONDS, "idle")
+            if status is not None:  # IOPub is subscribed: nothing can be missed from here
+                kc._handle_kernel_info_reply(reply)
+                kc.allow_stdin = False
+                return kc
+    except BaseException:
+        kc.stop_channels()
+        raise
+
+
+async def _message_for(
+    channel: Any, msg_id: str, timeout: float, state: str | None = None
+) -> dict[str, Any] | None:
+    """The next message on ``channel`` answering ``msg_id`` (an ``idle`` status if
+    ``state``), or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message: dict[str, Any] = await channel.get_msg(timeout=left)
+        except queue.Empty:
+            return None
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if state is None or message["content"].get("execution_state") == state:
+            return message
+    return None
+
+
+@dataclass
+class StartedKernel:
+    """A started kernel with a connected client, ready for its one run."""
+
+    km: AsyncKernelManager
+    kc: AsyncKernelClient
 
 
 def installed_kernels() -> dict[str, str]:
@@ -175,11 +261,11 @@ async def cancelled_not_dead(client: NotebookClient) -> bool:
 
 async def death_cause(client: NotebookClient) -> str:
     """`` (killed by SIGSEGV)`` or `` (exit code 1)`` for a dead kernel, if known."""
-    process = getattr(getattr(client.km, "provisioner", None), "process", None)
-    if process is None:
+    provisioner = getattr(client.km, "provisioner", None)
+    if provisioner is None or not provisioner.has_process:
         return ""
     for _ in range(20):  # the process may take a moment to be reaped
-        code = process.poll()
+        code = await provisioner.poll()
         if code is not None:
             if code < 0:
                 try:

@@ -1,10 +1,10 @@
 """Pre-started kernels: a run never waits for a kernel to start, and never shares one.
 
-Starting an ipykernel costs about half a second of wall time and as much CPU. A
-``KernelPool`` keeps ``size`` fresh kernels started ahead of demand; ``acquire`` hands
-one to exactly one run (the execute step shuts it down afterwards, so no state leaks
-between runs) and starts a replacement in the background. ``close`` shuts every idle
-kernel down; it also runs at interpreter exit.
+Even a forked kernel takes a few hundred milliseconds to start and answer. A
+``KernelPool`` keeps ``size`` fresh kernels started, and connected to, ahead of
+demand; ``acquire`` hands one to exactly one run (the execute step shuts it down
+afterwards, so no state leaks between runs) and starts a replacement in the
+background. ``close`` shuts every idle kernel down; it also runs at interpreter exit.
 
 The pool is off unless asked for: ``nbjobs serve --kernel-pool N``, ``run-notebooks``
 (sized to its concurrency), or ``NBJOBS_KERNEL_POOL=N`` for any process that runs flows.
@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
-from tasks.kernel import KERNEL_STARTUP_TIMEOUT_SECONDS, ensure_kernel_installed, kernel_environment
+from tasks.kernel import (
+    KERNEL_STARTUP_TIMEOUT_SECONDS,
+    StartedKernel,
+    ensure_kernel_installed,
+    new_kernel_manager,
+    start_kernel,
+)
 
 POOL_SIZE_ENV = "NBJOBS_KERNEL_POOL"
 
@@ -31,8 +39,8 @@ class KernelPool:
 
     Example:
         >>> pool = KernelPool("python3", size=2)
-        >>> km = await pool.acquire()       # started, never used before
-        >>> await execute_notebook_async(nb, origin, kernel="python3", workdir=w, kernel_manager=km)
+        >>> kernel = await pool.acquire()       # started, never used before
+        >>> await execute_notebook_async(nb, origin, kernel="python3", workdir=w, started=kernel)
         >>> await pool.close()
     """
 
@@ -40,9 +48,9 @@ class KernelPool:
         ensure_kernel_installed(kernel)
         self.kernel = kernel
         self.size = max(size, 0)
-        self._ready: asyncio.Queue[AsyncKernelManager] = asyncio.Queue()
+        self._ready: asyncio.Queue[StartedKernel] = asyncio.Queue()
         self._starting: set[asyncio.Task[None]] = set()
-        self._all: set[AsyncKernelManager] = set()
+        self._all: dict[int, StartedKernel | AsyncKernelManager] = {}
         self._dir = Path(tempfile.mkdtemp(prefix="nbjobs-pool-"))
         self._count = 0
         self._closed = False
@@ -57,37 +65,37 @@ class KernelPool:
 
     async def _start_one(self) -> None:
         self._count += 1
-        km = AsyncKernelManager(
-            kernel_name=self.kernel, transport="ipc", ip=str(self._dir / f"k{self._count}")
-        )
-        self._all.add(km)
+        km = new_kernel_manager(self.kernel, self._dir / f"k{self._count}")
+        self._all[id(km)] = km
         try:
             # cwd is the pool's folder; the execute step moves the kernel to the run's
-            await asyncio.wait_for(
-                km.start_kernel(cwd=str(self._dir), env=kernel_environment()),
-                KERNEL_STARTUP_TIMEOUT_SECONDS,
+            kc = await asyncio.wait_for(
+                start_kernel(km, self._dir), KERNEL_STARTUP_TIMEOUT_SECONDS + 5
             )
         except Exception:
-            self._all.discard(km)
-            return
-        self.started += 1
-        if self._closed:
+            self._all.pop(id(km), None)
             await _stop(km)
             return
-        await self._ready.put(km)
+        kernel = StartedKernel(km, kc)
+        self._all[id(km)] = kernel
+        self.started += 1
+        if self._closed:
+            await _stop(kernel)
+            return
+        await self._ready.put(kernel)
 
-    async def acquire(self) -> AsyncKernelManager:
+    async def acquire(self) -> StartedKernel:
         """A started kernel no run has used; starts its replacement in the background."""
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self.fill()
         while True:
-            km = await self._ready.get()
-            self._all.discard(km)  # from here on, the run owns it and shuts it down
+            kernel = await self._ready.get()
+            self._all.pop(id(kernel.km), None)  # from here on, the run owns it and stops it
             self.fill()
-            if await km.is_alive():
-                return km
-            await _stop(km)
+            if await kernel.km.is_alive():
+                return kernel
+            await _stop(kernel)
 
     async def close(self) -> None:
         """Shut every kernel the pool still holds down, and stop starting new ones."""
@@ -95,7 +103,7 @@ class KernelPool:
         for task in list(self._starting):
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
-        await asyncio.gather(*(_stop(km) for km in list(self._all)), return_exceptions=True)
+        await asyncio.gather(*(_stop(k) for k in list(self._all.values())), return_exceptions=True)
         self._all.clear()
         # kernels handed to runs are stopped in the background by the execute step
         from tasks.execution import drain_background
@@ -105,20 +113,25 @@ class KernelPool:
 
     def kill_now(self) -> None:
         """Synchronous last resort at interpreter exit: kill whatever is left."""
-        for km in list(self._all):
-            provisioner = getattr(km, "provisioner", None)
-            process = getattr(provisioner, "process", None)
-            if process is not None and process.poll() is None:
-                process.kill()
+        for held in list(self._all.values()):
+            km = held.km if isinstance(held, StartedKernel) else held
+            pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+            if pgid:
+                with contextlib.suppress(OSError):
+                    os.killpg(pgid, signal.SIGKILL)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-async def _stop(km: AsyncKernelManager) -> None:
+async def _stop(held: StartedKernel | AsyncKernelManager) -> None:
+    km = held.km if isinstance(held, StartedKernel) else held
     try:
         if km.has_kernel:
             await km.shutdown_kernel(now=True)
     except Exception:
         pass
+    finally:
+        if isinstance(held, StartedKernel):
+            held.kc.stop_channels()
 
 
 _pools: dict[tuple[int, str], KernelPool] = {}

@@ -249,7 +249,7 @@ async def execute_notebook(
     notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
     pool = shared_pool(staged.kernel)
     try:
-        kernel_manager = await pool.acquire() if pool else None
+        started = await pool.acquire() if pool else None
         report = await _execute(
             notebook,
             staged.cell_origin,
@@ -259,7 +259,7 @@ async def execute_notebook(
             cell_timeout_seconds=cell_timeout_seconds,
             timeout_seconds=timeout_seconds,
             on_event=on_event,
-            kernel_manager=kernel_manager,
+            started=started,
         )
     except ExecutionCancelled as stop:
         # The flow run is being cancelled: the kernel is down; hand back what ran so

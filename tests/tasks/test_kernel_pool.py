@@ -18,13 +18,16 @@ IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
 
 
 def kernel_processes() -> set[int]:
-    """ipykernel processes started by this test process."""
+    """Running kernels started by this test process: spawned, or forked by a fork server."""
     found = set()
     for process in psutil.Process().children(recursive=True):
         try:
-            if process.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(
-                process.cmdline()
-            ):
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(process.cmdline())
+            parent = process.parent()
+            forked = parent is not None and "kernel_forkserver" in " ".join(parent.cmdline())
+            if "ipykernel" in command or forked:
                 found.add(process.pid)
         except psutil.Error:  # gone, or a zombie: not a running kernel
             pass
@@ -36,9 +39,8 @@ async def run_on(
 ) -> dict[str, object]:
     nb = parse_notebook(fetch_notebook_source(str(IDENTITY)))
     nb, origin = inject_parameters(nb, parameters, "python3")
-    km = await pool.acquire()
     report = await execute_notebook_async(
-        nb, origin, kernel="python3", workdir=workdir, kernel_manager=km
+        nb, origin, kernel="python3", workdir=workdir, started=await pool.acquire()
     )
     assert report.status == "completed", report.error
     return report.outputs
@@ -82,11 +84,9 @@ def test_cancelling_a_run_on_a_pooled_kernel_stops_it_and_closing_the_pool_stops
         pool = KernelPool("python3", size=2)
         nb = parse_notebook(fetch_notebook_source(str(DATA / "sleeps.ipynb")))
         nb, origin = inject_parameters(nb, {"seconds": 600}, "python3")
-        km = await pool.acquire()
+        started = await pool.acquire()
         run = asyncio.ensure_future(
-            execute_notebook_async(
-                nb, origin, kernel="python3", workdir=tmp_path, kernel_manager=km
-            )
+            execute_notebook_async(nb, origin, kernel="python3", workdir=tmp_path, started=started)
         )
         await asyncio.sleep(2)
         run.cancel()

@@ -1,0 +1,296 @@
+"""Forked kernels: a jupyter_client kernel provisioner backed by a fork server.
+
+A fresh ipykernel spends about half a second of CPU importing IPython before it can
+run a cell. ``ForkingProvisioner`` asks a fork server (``tasks/kernel_forkserver.py``,
+run by the kernelspec's own Python, which has imported ipykernel once) to fork each
+kernel instead: every kernel is still a new process, used by one run and shut down
+after it, with its own working folder and environment, but it costs a fraction of the
+CPU and memory to start.
+
+It is a kernel provisioner (jupyter_client's plug-in point for how kernels are
+launched), registered as the entry point ``nbjobs-fork``: nbclient, interrupts,
+``is_alive`` and shutdown work as with any kernel. Kernelspecs it cannot fork (not
+``python -m ipykernel_launcher``) are launched the usual way. ``NBJOBS_KERNEL_LAUNCHER``
+is ``fork`` (default) or ``spawn``; ``NBJOBS_KERNEL_PRELOAD=numpy,pandas`` has the
+fork server import those modules once for every kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+LAUNCHER_ENV = "NBJOBS_KERNEL_LAUNCHER"
+PROVISIONER_NAME = "nbjobs-fork"
+FORK_SERVER_SCRIPT = Path(__file__).with_name("kernel_forkserver.py")
+FORK_SERVER_STARTUP_TIMEOUT_SECONDS = 60
+EXIT_POLL_INTERVAL_SECONDS = 0.05
+
+log = logging.getLogger("nbjobs.kernel_fork")
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not be started or could not fork a kernel."""
+
+
+def launcher() -> str:
+    """``fork`` or ``spawn``, from ``$NBJOBS_KERNEL_LAUNCHER`` (default ``fork``)."""
+    value = os.environ.get(LAUNCHER_ENV, "fork").strip().lower()
+    return "spawn" if value in ("spawn", "0", "off", "false", "no") else "fork"
+
+
+def fork_plan(cmd: list[str]) -> tuple[str, list[str]] | None:
+    """``(python, kernel arguments)`` when ``cmd`` starts an ipykernel we can fork.
+
+    >>> fork_plan(["/v/bin/python", "-m", "ipykernel_launcher", "-f", "/k.json"])
+    ('/v/bin/python', ['-f', '/k.json'])
+    >>> fork_plan(["julia", "-i", "kernel.jl", "/k.json"]) is None
+    True
+    """
+    if len(cmd) < 3 or cmd[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
+        return None
+    python = cmd[0]
+    if python in ("python", f"python{sys.version_info[0]}"):
+        python = sys.executable
+    resolved = shutil.which(python)
+    return (resolved, list(cmd[3:])) if resolved else None
+
+
+class ForkServer:
+    """One running fork server: forks kernels on request and reports how they end."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        self.python = python
+        self._process = subprocess.Popen(
+            [python, str(FORK_SERVER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._stdin: IO[bytes] = self._process.stdin
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._pending: dict[int, concurrent.futures.Future[int]] = {}
+        self._exits: dict[int, int] = {}
+        self._alive = True
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process.stdout,), name="nbjobs-fork-server", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def wait_ready(self, timeout: float = FORK_SERVER_STARTUP_TIMEOUT_SECONDS) -> None:
+        try:
+            self._ready.result(timeout)
+        except concurrent.futures.TimeoutError as error:
+            self.close()
+            raise ForkServerError(f"the fork server did not start in {timeout:g} s") from error
+
+    @property
+    def alive(self) -> bool:
+        return self._alive and self._process.poll() is None
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                if "exit" in message:
+                    self._exits[int(message["exit"])] = int(message["status"])
+                elif message.get("ready"):
+                    self._ready.set_result(int(message["pid"]))
+                elif "id" in message:
+                    future = self._pending.pop(int(message["id"]), None)
+                    if future is None:
+                        continue
+                    if "pid" in message:
+                        future.set_result(int(message["pid"]))
+                    else:
+                        future.set_exception(ForkServerError(str(message.get("error"))))
+        with self._lock:
+            self._alive = False
+            failure = ForkServerError(
+                f"the fork server exited (code {self._process.poll()}) before replying"
+            )
+            if not self._ready.done():
+                self._ready.set_exception(failure)
+            for future in self._pending.values():
+                future.set_exception(failure)
+            self._pending.clear()
+
+    async def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
+        """Fork a kernel with these arguments, working folder and environment; its pid."""
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with self._lock:
+            if not self._alive:
+                raise ForkServerError("the fork server is not running")
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+            line = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env}) + "\n"
+            try:
+                self._stdin.write(line.encode())
+                self._stdin.flush()
+            except OSError as error:
+                self._pending.pop(request_id, None)
+                raise ForkServerError(f"the fork server is gone: {error}") from error
+        return await asyncio.wrap_future(future)
+
+    def exit_status(self, pid: int) -> int | None:
+        """How kernel ``pid`` ended (negative: the signal), or None while it runs."""
+        with self._lock:
+            if pid in self._exits:
+                return self._exits[pid]
+            alive = self._alive
+        if alive:
+            return None
+        # the server is gone and cannot tell: ask the system (an unreaped zombie is gone too)
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        return -int(signal.SIGKILL)
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._exits.pop(pid, None)
+
+    def close(self) -> None:
+        """Close the server's stdin: it stops its kernels and exits."""
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+_servers: dict[str, ForkServer] = {}
+_servers_lock = threading.Lock()
+
+
+def fork_server(python: str, env: dict[str, str]) -> ForkServer:
+    """The running fork server for ``python``, started (and waited for) on first use."""
+    with _servers_lock:
+        server = _servers.get(python)
+        if server is None or not server.alive:
+            server = ForkServer(python, env)
+            _servers[python] = server
+    server.wait_ready()
+    return server
+
+
+def close_fork_servers() -> None:
+    """Stop every fork server this process started (and the kernels they still run)."""
+    with _servers_lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for server in servers:
+        server.close()
+
+
+atexit.register(close_fork_servers)
+
+
+class ForkingProvisioner(LocalProvisioner):
+    """A kernel provisioner that forks ipykernel kernels from a warm fork server.
+
+    Falls back to the local provisioner (a new process from scratch) for kernels it
+    cannot fork, when ``NBJOBS_KERNEL_LAUNCHER=spawn``, or when the fork server fails.
+    """
+
+    _server: ForkServer | None = None
+    _forked: int | None = None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        plan = fork_plan(cmd) if launcher() == "fork" else None
+        if plan is None:
+            return await super().launch_kernel(cmd, **kwargs)
+        python, argv = plan
+        env = dict(kwargs.get("env") or os.environ)
+        cwd = str(kwargs.get("cwd") or Path.cwd())
+        try:
+            server = await asyncio.to_thread(fork_server, python, env)
+            pid = await server.fork(argv, cwd, env)
+        except ForkServerError as error:
+            log.warning("forking a kernel failed (%s); starting it the usual way", error)
+            return await super().launch_kernel(cmd, **kwargs)
+        self._server, self._forked = server, pid
+        self.pid = self.pgid = pid  # the child called setsid(): its pid is its group
+        self.cwd = cwd
+        return self.connection_info
+
+    @property
+    def has_process(self) -> bool:
+        return self._forked is not None or bool(super().has_process)
+
+    async def poll(self) -> int | None:
+        if self._server is None or self._forked is None:
+            return await super().poll()
+        return self._server.exit_status(self._forked)
+
+    async def wait(self) -> int | None:
+        if self._server is None or self._forked is None:
+            return await super().wait()
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(EXIT_POLL_INTERVAL_SECONDS)
+        self._server.forget(self._forked)
+        self._forked = None  # has_process is False from here on, as after Popen.wait
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        if self._forked is None:
+            return await super().send_signal(signum)
+        try:
+            os.killpg(self._forked, signum)
+        except OSError:
+            os.kill(self._forked, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        if self._forked is None:
+            return await super().kill(restart)
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._forked is None:
+            return await super().terminate(restart)
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGTERM)
+
+
+def use_forking_provisioner(kernel_spec: Any) -> None:
+    """Have a kernel manager's spec launch through ``ForkingProvisioner``.
+
+    Only when forking is on and the spec names no provisioner of its own.
+    """
+    if launcher() != "fork":
+        return
+    metadata = kernel_spec.metadata
+    if "kernel_provisioner" not in metadata:
+        metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": {}}

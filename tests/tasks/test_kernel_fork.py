@@ -1,0 +1,171 @@
+"""Forked kernels: the same kernel as a spawned one, for a fraction of the start cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tasks.kernel import StartedKernel, new_kernel_manager, start_kernel
+from tasks.kernel_fork import (
+    LAUNCHER_ENV,
+    ForkingProvisioner,
+    close_fork_servers,
+    fork_plan,
+    fork_server,
+)
+
+PROBE = (
+    "import json, os, sys\n"
+    "os.write(1, b'from fd 1\\n')\n"
+    "import time; time.sleep(0.3)  # fd output is forwarded by a watcher thread\n"
+    "print(json.dumps({'path': sys.path, 'cwd': os.getcwd(), 'env': sorted(os.environ),"
+    " 'pid': os.getpid(), 'pgid': os.getpgid(0), 'argv0': sys.argv[0],"
+    " 'main': sorted(k for k in vars(sys.modules['__main__']) if not k.startswith('_'))}))"
+)
+# differ by design: who the parent is, and the switch itself
+ENV_EXPECTED_TO_DIFFER = {"JPY_PARENT_PID", LAUNCHER_ENV}
+
+
+async def started(launcher: str, cwd: Path) -> StartedKernel:
+    os.environ[LAUNCHER_ENV] = launcher
+    try:
+        km = new_kernel_manager("python3", Path(tempfile.mkdtemp(prefix="nbjobs-t-")) / "k")
+        return StartedKernel(km, await start_kernel(km, cwd))
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
+
+
+async def run(kernel: StartedKernel, code: str, timeout: float = 30) -> tuple[dict[str, Any], str]:
+    text: list[str] = []
+
+    def hook(message: dict[str, Any]) -> None:
+        if message["msg_type"] == "stream":
+            text.append(message["content"]["text"])
+
+    reply = await kernel.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return reply["content"], "".join(text)
+
+
+def json_line(text: str) -> dict[str, Any]:
+    return dict(json.loads(next(line for line in text.splitlines() if line.startswith("{"))))
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def stop(kernel: StartedKernel) -> None:
+    kernel.kc.stop_channels()
+    await kernel.km.shutdown_kernel(now=True)
+
+
+def test_fork_plan_accepts_ipykernel_commands_only() -> None:
+    python = sys.executable
+    assert fork_plan([python, "-m", "ipykernel_launcher", "-f", "/k.json"]) == (
+        python,
+        ["-f", "/k.json"],
+    )
+    assert fork_plan([python, "-m", "ipykernel", "-f", "/k.json", "--x=1"]) == (
+        python,
+        ["-f", "/k.json", "--x=1"],
+    )
+    # interpreter options would be lost by forking: such specs start the usual way
+    assert fork_plan([python, "-X", "frozen_modules=off", "-m", "ipykernel_launcher"]) is None
+    assert fork_plan(["julia", "-i", "kernel.jl", "{connection_file}"]) is None
+    assert fork_plan(["/no/such/python", "-m", "ipykernel_launcher", "-f", "k"]) is None
+
+
+def test_a_forked_kernel_looks_like_a_spawned_one(tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, str]:
+        spawned = await started("spawn", tmp_path)
+        forked = await started("fork", tmp_path)
+        try:
+            _, spawned_out = await run(spawned, PROBE)
+            _, forked_out = await run(forked, PROBE)
+            # output written to the file descriptor (C code, subprocesses) is kept too
+            for out in (spawned_out, forked_out):
+                assert "from fd 1" in out
+            kinds = type(spawned.km.provisioner).__name__, type(forked.km.provisioner).__name__
+        finally:
+            await asyncio.gather(stop(spawned), stop(forked))
+        return json_line(spawned_out), json_line(forked_out), *kinds
+
+    spawned, forked, spawned_kind, forked_kind = asyncio.run(scenario())
+    assert (spawned_kind, forked_kind) == ("LocalProvisioner", "ForkingProvisioner")
+    assert forked["path"] == spawned["path"]  # nothing of the fork server's sys.path
+    assert forked["cwd"] == spawned["cwd"] == str(tmp_path)
+    assert set(forked["env"]) - ENV_EXPECTED_TO_DIFFER == set(spawned["env"]) - (
+        ENV_EXPECTED_TO_DIFFER
+    )
+    assert forked["main"] == spawned["main"]  # an empty namespace, as in any new kernel
+    assert forked["pid"] == forked["pgid"]  # its own process group, for signals
+
+
+def test_forked_kernels_are_interrupted_and_killed_like_any_other(tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, Any], int | None]:
+        kernel = await started("fork", tmp_path)
+        assert isinstance(kernel.km.provisioner, ForkingProvisioner)
+        try:
+            asyncio.get_running_loop().call_later(1.0, asyncio.ensure_future, interrupt(kernel))
+            content, _ = await run(kernel, "import time; time.sleep(60)")
+            await kernel.km.provisioner.kill()
+            code = await asyncio.wait_for(kernel.km.provisioner.wait(), 10)
+        finally:
+            kernel.kc.stop_channels()
+        return content, code
+
+    async def interrupt(kernel: StartedKernel) -> None:
+        await kernel.km.interrupt_kernel()
+
+    content, code = asyncio.run(scenario())
+    assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
+    assert code == -signal.SIGKILL  # reported by the fork server, as Popen would
+
+
+def test_kernels_do_not_outlive_their_fork_server(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        kernel = await started("fork", tmp_path)
+        server = fork_server(sys.executable, dict(os.environ))
+        assert psutil.Process(kernel.km.provisioner.pid).ppid() == server.pid
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while running(kernel.km.provisioner.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        gone = not await kernel.km.is_alive()
+        kernel.kc.stop_channels()
+        # the next kernel gets a new fork server
+        replacement = await started("fork", tmp_path)
+        new_server = fork_server(sys.executable, dict(os.environ))
+        await stop(replacement)
+        return int(gone), server.pid, new_server.pid
+
+    gone, old_pid, new_pid = asyncio.run(scenario())
+    assert gone and new_pid != old_pid
+
+
+def test_closing_the_fork_servers_stops_their_kernels(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        kernel = await started("fork", tmp_path)
+        pid = kernel.km.provisioner.pid
+        kernel.kc.stop_channels()
+        return int(pid)
+
+    pid = asyncio.run(scenario())
+    assert running(pid)
+    close_fork_servers()
+    deadline = time.monotonic() + 10
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid)
