@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,35 +31,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import BIN, postgres_url, prefect_server, spread, stop  # noqa: E402
 from deployments.api import PrefectHTTP  # noqa: E402
 
-BIN = Path(sys.executable).parent
 NOTEBOOK = ROOT / "tests" / "data" / "trivial.ipynb"
 POLL_SECONDS = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def spread(values: list[float]) -> str:
-    values = sorted(values)
-    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
-    return (
-        f"median {statistics.median(values):6.2f} s  p10 {q[0]:6.2f}  p90 {q[-1]:6.2f}  "
-        f"min {values[0]:6.2f}  max {values[-1]:6.2f}  (n={len(values)})"
-    )
 
 
 def papermill_baseline(runs: int, workdir: Path) -> tuple[list[float], list[float]]:
@@ -118,80 +92,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--configs", default="in-process,process,prefect-defaults")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nbjobs-bench-"))
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        NBJOBS_HOME=str(home / "nbjobs"),
-    )
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", NBJOBS_HOME=str(home / "nbjobs"))
+    database_url = postgres_url() if args.database == "postgresql" else None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api_url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("prefect server did not start")
-            time.sleep(0.5)
-        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-        import papermill
-        import prefect
-
-        print(
-            f"prefect {prefect.__version__}, papermill {papermill.__version__}; {args.runs} runs each"
-        )
-        pm_in, pm_cli = papermill_baseline(args.runs, home)
-        print(f"{'papermill.execute_notebook':28} {spread(pm_in)}")
-        print(f"{'papermill CLI':28} {spread(pm_cli)}")
-        api = PrefectHTTP(api_url)
-        for config in args.configs.split(","):
-            serve_env = {**env, "PREFECT_API_URL": api_url}
-            isolation = "in-process" if config == "in-process" else "process"
-            if config == "prefect-defaults":
-                serve_env["PREFECT_WORKER_QUERY_SECONDS"] = "10"
-                serve_env["PREFECT_WORKER_PREFETCH_SECONDS"] = "10"
-            worker = subprocess.Popen(
-                [str(BIN / "nbjobs"), "serve", "--isolation", isolation],
-                env=serve_env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                while True:
-                    try:
-                        api.deployment_id("run-notebook", "adhoc")
-                        break
-                    except httpx.HTTPStatusError:
-                        time.sleep(0.5)
-                time.sleep(2)
-                latencies, phases = measure(api, args.runs)
-            finally:
-                stop(worker)
-            print(
-                f"{'served, ' + config:28} {spread(latencies)}  "
-                f"x{statistics.median(latencies) / statistics.median(pm_cli):.2f} papermill CLI"
-            )
-            for phase in ("PENDING", "RUNNING", "COMPLETED"):
-                values = [p[phase] for p in phases if phase in p]
-                if values:
-                    print(f"    created -> {phase:<10} median {statistics.median(values):6.2f} s")
+        with prefect_server(home, database_url) as api_url:
+            run_configs(args, env, home, api_url)
     finally:
-        stop(server)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def run_configs(args: argparse.Namespace, env: dict[str, str], home: Path, api_url: str) -> None:
+    """Papermill's baseline, then each configuration of nbjobs serve, against one server."""
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    import papermill
+    import prefect
+
+    print(
+        f"prefect {prefect.__version__}, papermill {papermill.__version__}; {args.runs} runs each"
+    )
+    pm_in, pm_cli = papermill_baseline(args.runs, home)
+    print(f"{'papermill.execute_notebook':28} {spread(pm_in)}")
+    print(f"{'papermill CLI':28} {spread(pm_cli)}")
+    api = PrefectHTTP(api_url)
+    for config in args.configs.split(","):
+        serve_env = {**env, "PREFECT_API_URL": api_url}
+        isolation = "in-process" if config == "in-process" else "process"
+        if config == "prefect-defaults":
+            serve_env["PREFECT_WORKER_QUERY_SECONDS"] = "10"
+            serve_env["PREFECT_WORKER_PREFETCH_SECONDS"] = "10"
+        worker = subprocess.Popen(
+            [str(BIN / "nbjobs"), "serve", "--isolation", isolation],
+            env=serve_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                try:
+                    api.deployment_id("run-notebook", "adhoc")
+                    break
+                except httpx.HTTPStatusError:
+                    time.sleep(0.5)
+            time.sleep(2)
+            latencies, phases = measure(api, args.runs)
+        finally:
+            stop(worker)
+        print(
+            f"{'served, ' + config:28} {spread(latencies)}  "
+            f"x{statistics.median(latencies) / statistics.median(pm_cli):.2f} papermill CLI"
+        )
+        for phase in ("PENDING", "RUNNING", "COMPLETED"):
+            values = [p[phase] for p in phases if phase in p]
+            if values:
+                print(f"    created -> {phase:<10} median {statistics.median(values):6.2f} s")
 
 
 if __name__ == "__main__":

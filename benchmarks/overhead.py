@@ -1,14 +1,20 @@
 """What running a notebook through notebook-jobs costs, against papermill, in one run.
 
-    .venv/bin/python benchmarks/overhead.py [--runs 10] [--batch 20]
+    .venv/bin/python benchmarks/overhead.py [--runs 10] [--batch 20] [--repeats 3]
+        [--concurrency 2] [--database sqlite|postgresql]
 
-Measured against Prefect's temporary server (SQLite), on a trivial 3-cell notebook:
-  1. single run: the run-notebook flow (local store, fresh kernel) against
-     papermill.execute_notebook in the same process, alternating;
-  2. latency with pre-started kernels: the flow with a KernelPool (steady state: the
+Against a ``prefect server start`` of its own on 127.0.0.1: SQLite (Prefect's default,
+as the README's first command uses) or PostgreSQL (the production set-up; started with
+tests/services/postgres.sh, needs root). On a trivial 3-cell notebook:
+  0. kernel start: a spawned ipykernel against a forked one (tasks/kernel_fork.py),
+     wall time until it answers and the CPU it spent;
+  1. single run: the run-notebook flow (local store, a new kernel per run, no pool)
+     against papermill.execute_notebook in the same process, alternating;
+  2. latency with pre-started kernels: the flow with a KernelPool in steady state (the
      pool has refilled between runs, as on a worker between requests), and back to back;
-  3. batch throughput: run-notebooks (2 at a time, pool) against sequential papermill,
-     in notebooks per minute, with the peak memory of the whole process tree.
+  3. batch throughput: run-notebooks (``--concurrency`` at a time, pool) against
+     sequential papermill, notebooks per minute, with the peak memory of the process
+     tree (this process, its kernels, the Prefect server), ``--repeats`` times.
 Each figure: median, p10, p90 over the repetitions; ratios to the baseline beside them.
 """
 
@@ -16,58 +22,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from benchmarks.common import TreeMemory, postgres_url, prefect_server, spread  # noqa: E402
+
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 NOTEBOOK = ROOT / "benchmarks" / "three_cells.ipynb"
-
-
-def spread(values: list[float], unit: str = "s") -> str:
-    values = sorted(values)
-    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
-    return f"median {statistics.median(values):7.3f} {unit}  p10 {q[0]:7.3f}  p90 {q[-1]:7.3f}  (n={len(values)})"
-
-
-class TreeMemory:
-    """Peak resident memory of this process and all its children, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.peak = 0
-        self._stop = threading.Event()
-        self._me = psutil.Process()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for process in [self._me, *self._me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(0.05)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+PHASES: dict[str, list[float]] = {}
 
 
 def papermill_once(out: Path) -> float:
@@ -78,25 +49,50 @@ def papermill_once(out: Path) -> float:
     return time.perf_counter() - t
 
 
-PHASES: dict[str, list[float]] = {}
+async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
+    """Wall seconds until a new kernel answers, and the CPU seconds it spent."""
+    import psutil
+
+    from tasks.kernel import new_kernel_manager, start_kernel
+    from tasks.kernel_fork import LAUNCHER_ENV
+
+    os.environ[LAUNCHER_ENV] = launcher
+    km = new_kernel_manager("python3", Path(tempfile.mkdtemp(dir=folder)) / "k")
+    t = time.perf_counter()
+    kc = await start_kernel(km, folder)
+    wall = time.perf_counter() - t
+    times = psutil.Process(km.provisioner.pid).cpu_times()  # type: ignore[union-attr]
+    kc.stop_channels()
+    await km.shutdown_kernel(now=True)
+    os.environ.pop(LAUNCHER_ENV, None)
+    return wall, times.user + times.system
 
 
 async def flow_once(store: Path, label: str = "") -> float:
     from flows.run_notebook import run_notebook
 
+    called = datetime.now(timezone.utc)
     t = time.perf_counter()
     state = await run_notebook(notebook=str(NOTEBOOK), store=str(store), return_state=True)
     elapsed = time.perf_counter() - t
     assert state.is_completed(), state.message
     if label:  # where the time went, from the result's own timings
         timings = (await state.aresult()).timings
-        inside = timings.stage_seconds + timings.execute_seconds + timings.store_seconds
+        before = (timings.started_at - called).total_seconds()
         for phase, value in (
-            ("stage", timings.stage_seconds),
-            ("kernel start", timings.kernel_start_seconds or 0.0),
-            ("execute (incl. kernel start)", timings.execute_seconds),
-            ("HTML, store, artifacts", timings.store_seconds),
-            ("flow run bookkeeping", elapsed - inside),
+            ("Prefect: flow run created, Running", before),
+            ("staging", timings.stage_seconds),
+            ("kernel start / connect", timings.kernel_start_seconds or 0.0),
+            ("cells and report", timings.execute_seconds - (timings.kernel_start_seconds or 0)),
+            ("HTML and upload", timings.store_seconds),
+            (
+                "body, other (task runs)",
+                timings.total_seconds
+                - timings.stage_seconds
+                - timings.execute_seconds
+                - timings.store_seconds,
+            ),
+            ("result.json, artifacts, Completed", elapsed - before - timings.total_seconds),
         ):
             PHASES.setdefault(f"{label}|{phase}", []).append(value)
     return elapsed
@@ -105,23 +101,29 @@ async def flow_once(store: Path, label: str = "") -> float:
 def print_phases(label: str) -> None:
     for key, values in PHASES.items():
         if key.startswith(label + "|"):
-            print(f"      {key.split('|', 1)[1]:<30} median {statistics.median(values):6.3f} s")
+            print(f"      {key.split('|', 1)[1]:<36} median {statistics.median(values):6.3f} s")
 
 
-async def measure(runs: int, batch: int, work: Path) -> None:
+async def measure(args: argparse.Namespace, work: Path) -> None:
     from flows.run_notebooks import run_notebooks
     from tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
 
     store = work / "store"
+    print("0. kernel start (until it answers; CPU of the kernel process)")
+    for launcher in ("spawn", "fork"):
+        await kernel_start(launcher, work)  # the fork server starts once
+        starts = [await kernel_start(launcher, work) for _ in range(args.runs)]
+        print(f"   {launcher:<8} wall {spread([w for w, _ in starts])}")
+        print(f"   {'':<8} CPU  {spread([c for _, c in starts])}")
+
     await flow_once(store)  # warm up imports, the server, nbconvert's templates
     papermill_once(work / "warm.ipynb")
-
     flow_times, pm_times = [], []
-    for i in range(runs):
+    for i in range(args.runs):
         flow_times.append(await flow_once(store, "fresh"))
         pm_times.append(await asyncio.to_thread(papermill_once, work / f"pm{i}.ipynb"))
     pm = statistics.median(pm_times)
-    print("1. single run, fresh kernel")
+    print("1. single run, a new kernel per run")
     print(f"   papermill.execute_notebook   {spread(pm_times)}")
     print(
         f"   run-notebook flow            {spread(flow_times)}  ratio {statistics.median(flow_times) / pm:.2f}"
@@ -131,10 +133,10 @@ async def measure(runs: int, batch: int, work: Path) -> None:
     os.environ[POOL_SIZE_ENV] = "2"
     await flow_once(store)  # starts the pool
     steady, back_to_back = [], []
-    for _ in range(runs):
-        await asyncio.sleep(1.5)  # the pool refills between requests
+    for _ in range(args.runs):
+        await asyncio.sleep(1.0)  # the pool refills between requests
         steady.append(await flow_once(store, "pool"))
-    for _ in range(runs):
+    for _ in range(args.runs):
         back_to_back.append(await flow_once(store))
     await close_shared_pools()
     os.environ.pop(POOL_SIZE_ENV, None)
@@ -145,28 +147,34 @@ async def measure(runs: int, batch: int, work: Path) -> None:
     print_phases("pool")
     print(f"   back to back                 {spread(back_to_back)}")
 
-    t = time.perf_counter()
-    with TreeMemory() as pm_memory:
-        for i in range(batch):
-            papermill_once(work / f"seq{i}.ipynb")
-    sequential = time.perf_counter() - t
-    t = time.perf_counter()
-    with TreeMemory() as batch_memory:
-        result = await run_notebooks(
-            notebook=str(NOTEBOOK),
-            grid={"run": list(range(batch))},
-            store=str(store),
-            max_concurrency=2,
-        )
-    batched = time.perf_counter() - t
-    assert result.succeeded == batch
-    rate_pm, rate_batch = 60 * batch / sequential, 60 * batch / batched
-    print(f"3. batch of {batch} notebooks")
+    rates_pm, rates_batch, memory_pm, memory_batch = [], [], [], []
+    for repeat in range(args.repeats):
+        t = time.perf_counter()
+        with TreeMemory() as pm_memory:
+            for i in range(args.batch):
+                papermill_once(work / f"seq{repeat}-{i}.ipynb")
+        rates_pm.append(60 * args.batch / (time.perf_counter() - t))
+        memory_pm.append(pm_memory.peak / 2**20)
+        t = time.perf_counter()
+        with TreeMemory() as batch_memory:
+            result = await run_notebooks(
+                notebook=str(NOTEBOOK),
+                grid={"run": list(range(args.batch))},
+                store=str(store),
+                max_concurrency=args.concurrency,
+            )
+        rates_batch.append(60 * args.batch / (time.perf_counter() - t))
+        memory_batch.append(batch_memory.peak / 2**20)
+        assert result.succeeded == args.batch
+    ratio = statistics.median(rates_batch) / statistics.median(rates_pm)
+    print(f"3. batch of {args.batch} notebooks, {args.repeats} times")
+    print(f"   sequential papermill         {spread(rates_pm, '/min')}")
     print(
-        f"   sequential papermill         {rate_pm:7.1f} notebooks/min  peak memory {pm_memory.peak / 2**20:7.0f} MiB"
+        f"   run-notebooks ({args.concurrency}, pool)      {spread(rates_batch, '/min')}  ratio {ratio:.2f}"
     )
     print(
-        f"   run-notebooks (2, pool)      {rate_batch:7.1f} notebooks/min  peak memory {batch_memory.peak / 2**20:7.0f} MiB  ratio {rate_batch / rate_pm:.2f}"
+        f"   peak memory, process tree: papermill {statistics.median(memory_pm):.0f} MiB, "
+        f"run-notebooks {statistics.median(memory_batch):.0f} MiB (medians)"
     )
 
 
@@ -174,19 +182,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     import papermill
     import prefect
 
     print(
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
-        f"prefect {prefect.__version__}; papermill {papermill.__version__}"
+        f"prefect {prefect.__version__}; papermill {papermill.__version__}; "
+        f"server database: {args.database}"
     )
-    from prefect.testing.utilities import prefect_test_harness
-
-    with tempfile.TemporaryDirectory() as work, prefect_test_harness(server_startup_timeout=60):
-        os.environ["NBJOBS_HOME"] = str(Path(work) / "home")
-        asyncio.run(measure(args.runs, args.batch, Path(work)))
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        database_url = postgres_url() if args.database == "postgresql" else None
+        with prefect_server(work, database_url) as api_url:
+            os.environ["PREFECT_API_URL"] = api_url
+            os.environ["NBJOBS_HOME"] = str(work / "home")
+            asyncio.run(measure(args, work))
 
 
 if __name__ == "__main__":

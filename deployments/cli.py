@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         # Before Prefect is imported. The console handler only: the run's logs still
         # reach the Prefect server (and the UI) in full.
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # one kernel in this process: a fork server would cost more than it saves
+        os.environ.setdefault("NBJOBS_KERNEL_LAUNCHER", "spawn")
         if not args.verbose:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         return asyncio.run(_run(args))

@@ -17,7 +17,7 @@ from deployments.definitions import (
     general_spec,
     notebook_spec,
 )
-from tasks.kernel_pool import close_shared_pools
+from tasks.kernel_pool import close_shared_pools, prestart
 from tasks.staging import (
     check_json_value,
     declared_parameters,
@@ -157,6 +157,8 @@ async def serve(
         await apply_spec(client, general_spec(pool), pool)
         await ensure_zombie_automation(client)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
+    if isolation == "in-process":
+        prestart()  # the first request finds its kernel (and the fork server) ready
     try:
         async with worker_class(work_pool_name=pool, limit=limit) as worker:
             await worker.start()

@@ -7,6 +7,8 @@ Its parameters are the public contract of a run, over HTTP as in Python::
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger
-from prefect.runtime import deployment, flow_run
+from prefect import Task, flow, get_client, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
@@ -39,17 +42,17 @@ from tasks.notebook import (
     artifact_key,
     execute_notebook,
     kernel_retries,
-    render_notebook_html,
     stage_notebook,
 )
 from tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
 from tasks.staging import notebook_name
 from tasks.storage import (
-    publish_artifacts,
+    RESULT_NAME,
+    publish_result,
+    result_document,
     run_prefix,
     spill_run,
-    upload_artefacts,
-    write_result,
+    store_artefacts,
 )
 
 FLOW_NAME = "run-notebook"
@@ -59,6 +62,22 @@ KEEP_RUN_DIRS_ENV = "NBJOBS_KEEP_RUN_DIRS"
 def store_retries() -> int:
     """Retries of a failed upload before spilling (``$NBJOBS_STORE_RETRIES``, default 2)."""
     return int(os.environ.get("NBJOBS_STORE_RETRIES", "2"))
+
+
+@functools.cache
+def execute_task(retries: int) -> Task[..., Any]:
+    """``execute_notebook`` with this many retries of a dead kernel.
+
+    Made once per value: building a task (``with_options``) hashes its source, a few
+    milliseconds of CPU that a batch of runs would pay per run.
+    """
+    return execute_notebook.with_options(retries=retries)
+
+
+@functools.cache
+def store_task(retries: int) -> Task[..., Any]:
+    """``store_artefacts`` with this many retries of a failed upload (made once per value)."""
+    return store_artefacts.with_options(retries=retries)
 
 
 def runs_root() -> Path:
@@ -89,7 +108,8 @@ def run_name() -> str:
 
 
 def trigger_of(tags: list[str], deployment_id: str | None) -> str:
-    """How a run was started: ``schedule`` (the scheduler), ``http`` (API or UI), or ``cli``."""
+    """How a run was started: ``schedule`` (the scheduler), ``http`` (API or UI), ``cli``,
+    or ``batch`` (an item of ``run-notebooks``, tagged by it)."""
     for tag in tags:
         if tag.startswith("trigger:"):
             return tag.removeprefix("trigger:")
@@ -98,12 +118,24 @@ def trigger_of(tags: list[str], deployment_id: str | None) -> str:
     return "http" if deployment_id else "cli"
 
 
+def current_deployment_id() -> str | None:
+    """This flow run's own deployment, if any, read from the run context.
+
+    ``prefect.runtime.deployment.get_id()`` asks the API with a blocking call (about
+    60 ms, holding up the event loop) whenever a run has no deployment, so on every
+    local run, and answers a subflow with its parent's deployment.
+    """
+    context = FlowRunContext.get()
+    found = context.flow_run.deployment_id if context and context.flow_run else None
+    return str(found) if found else None
+
+
 async def label_run(run_id: str, notebook: Any) -> None:
     """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable."""
     tags = list(flow_run.get_tags())
     wanted = [
         f"notebook:{notebook_label(notebook)}",
-        f"trigger:{trigger_of(tags, deployment.get_id())}",
+        f"trigger:{trigger_of(tags, current_deployment_id())}",
     ]
     missing = [tag for tag in wanted if tag not in tags]
     if not missing:
@@ -119,7 +151,7 @@ async def merged_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]
     run that sets ``parameters={"n": 3}`` would otherwise drop a deployment's
     ``parameters={"label": "daily"}``.
     """
-    deployment_id = deployment.get_id()
+    deployment_id = current_deployment_id()
     if not deployment_id:
         return dict(parameters or {})
     async with get_client() as client:
@@ -186,8 +218,23 @@ async def run_notebook(
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
-    if flow_run.get_id():
-        await label_run(run_id, notebook)
+    # tags are one more API call: made while the notebook runs, not before
+    labelling = asyncio.ensure_future(label_run(run_id, notebook)) if flow_run.get_id() else None
+    try:
+        return await _run(request, run_id, t_start, started_at)
+    finally:
+        if labelling is not None:
+            try:
+                await labelling
+            except Exception as error:  # a missing tag must not fail a run
+                logger.warning("could not tag the flow run: %s", error)
+
+
+async def _run(
+    request: NotebookRequest, run_id: str, t_start: float, started_at: datetime
+) -> NotebookResult:
+    """The run itself: stage, execute here or on Slurm, store, publish, end."""
+    logger = get_run_logger()
     artefact_store = open_store(request.store)
     slurm_cluster = await SlurmCluster.aload(request.cluster) if request.cluster else None
     # A Slurm job's folder must be on the filesystem the nodes share.
@@ -199,7 +246,7 @@ async def run_notebook(
         Path(slurm_cluster.work_dir) / "runs" / run_key if slurm_cluster else runs_root() / run_key
     )
     # the kernel is checked where it runs: here, or on the node by the job
-    staged = stage_notebook(request, run_dir, check_kernel=slurm_cluster is None)
+    staged = await stage_notebook(request, run_dir, check_kernel=slurm_cluster is None)
     stage_seconds = time.perf_counter() - t_start
 
     slurm: SlurmOutcome | None = None
@@ -210,7 +257,7 @@ async def run_notebook(
         report = slurm.report
     else:
         try:
-            report = await execute_notebook.with_options(retries=kernel_retries())(
+            report = await execute_task(kernel_retries())(
                 staged, request.cell_timeout_seconds, request.timeout_seconds
             )
         except KernelDiedError as error:
@@ -221,13 +268,12 @@ async def run_notebook(
             report = stop.report
 
     t_store = time.perf_counter()
-    await render_notebook_html(run_dir)
     prefix = run_prefix(FLOW_NAME, run_key)
     logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
     spilled: Path | None = None
     notes = list(report.notes)
     try:
-        artefacts = await upload_artefacts.with_options(retries=store_retries())(
+        artefacts = await store_task(store_retries())(
             artefact_store, run_dir, prefix, report.files, staged.workdir, logs
         )
     except ArtefactStoreError as error:
@@ -271,12 +317,12 @@ async def run_notebook(
         slurm=slurm.info if slurm else None,
         notes=notes,
     )
-    if spilled is None:
-        await write_result(artefact_store, prefix, result)
-    else:
-        (spilled / "result.json").write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
-    await publish_artifacts(result, keys)
+    if spilled is None:
+        await publish_result(result, keys, artefact_store, prefix)
+    else:
+        (spilled / RESULT_NAME).write_bytes(result_document(result))
+        await publish_result(result, keys)
     if spilled is not None:
         raise ArtefactStoreError(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")

@@ -22,7 +22,7 @@ import itertools
 import os
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
@@ -88,9 +88,11 @@ def batch_requests(
 
 
 async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
-    from flows.run_notebook import run_notebook
+    from flows.run_notebook import notebook_label, run_notebook
 
-    state = await run_notebook(**request.model_dump(), return_state=True)
+    # tagged when created, so the run needs no extra API call to tag itself
+    with tags(f"notebook:{notebook_label(request.notebook)}", "trigger:batch"):
+        state = await run_notebook(**request.model_dump(), return_state=True)
     outcome = await state.aresult(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         document = getattr(outcome, "result", None)

@@ -113,6 +113,14 @@ class ForkServer:
     def alive(self) -> bool:
         return self._alive and self._process.poll() is None
 
+    @property
+    def was_ready(self) -> bool:
+        return self._ready.done() and self._ready.exception() is None
+
+    @property
+    def ready(self) -> bool:
+        return self.was_ready and self.alive
+
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
             try:
@@ -138,6 +146,7 @@ class ForkServer:
                 f"the fork server exited (code {self._process.poll()}) before replying"
             )
             if not self._ready.done():
+                log.warning("%s; kernels for %s start the usual way", failure, self.python)
                 self._ready.set_exception(failure)
             for future in self._pending.values():
                 future.set_exception(failure)
@@ -194,15 +203,33 @@ _servers: dict[str, ForkServer] = {}
 _servers_lock = threading.Lock()
 
 
-def fork_server(python: str, env: dict[str, str]) -> ForkServer:
-    """The running fork server for ``python``, started (and waited for) on first use."""
+def _server_for(python: str, env: dict[str, str]) -> ForkServer:
     with _servers_lock:
         server = _servers.get(python)
-        if server is None or not server.alive:
+        # one that stopped after it was ready is replaced; one that never got ready is
+        # not retried (the interpreter cannot import ipykernel, say): kernels spawn
+        if server is None or (not server.alive and server.was_ready):
             server = ForkServer(python, env)
             _servers[python] = server
+    return server
+
+
+def fork_server(python: str, env: dict[str, str]) -> ForkServer:
+    """The running fork server for ``python``, started (and waited for) on first use."""
+    server = _server_for(python, env)
     server.wait_ready()
     return server
+
+
+def ready_fork_server(python: str, env: dict[str, str]) -> ForkServer | None:
+    """The fork server for ``python`` if it is ready; else start it and return None.
+
+    The server takes a second or two to import ipykernel: the kernels asked for
+    meanwhile start the usual way rather than wait for it, so a process that runs one
+    notebook pays nothing for it.
+    """
+    server = _server_for(python, env)
+    return server if server.ready else None
 
 
 def close_fork_servers() -> None:
@@ -234,8 +261,10 @@ class ForkingProvisioner(LocalProvisioner):
         python, argv = plan
         env = dict(kwargs.get("env") or os.environ)
         cwd = str(kwargs.get("cwd") or Path.cwd())
+        server = ready_fork_server(python, env)
+        if server is None:
+            return await super().launch_kernel(cmd, **kwargs)
         try:
-            server = await asyncio.to_thread(fork_server, python, env)
             pid = await server.fork(argv, cwd, env)
         except ForkServerError as error:
             log.warning("forking a kernel failed (%s); starting it the usual way", error)

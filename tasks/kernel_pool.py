@@ -27,6 +27,7 @@ from tasks.kernel import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     StartedKernel,
     ensure_kernel_installed,
+    installed_kernels,
     new_kernel_manager,
     start_kernel,
 )
@@ -135,6 +136,15 @@ async def _stop(held: StartedKernel | AsyncKernelManager) -> None:
 
 
 _pools: dict[tuple[int, str], KernelPool] = {}
+
+
+def prestart(kernel: str = "python3") -> None:
+    """Start this event loop's pool for ``kernel`` now, not on the first run (if on)."""
+    if kernel not in installed_kernels():
+        return
+    pool = shared_pool(kernel)
+    if pool is not None:
+        pool.fill()
 
 
 def pool_size() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ import nbformat
 
 from blocks.exceptions import NotebookInputError
 from tasks.execution import CellEvent, ExecutionCancelled, execute_notebook_async
+from tasks.kernel_fork import LAUNCHER_ENV
 from tasks.models import ErrorInfo, ExecutionReport
 
 JOB_SPEC = "job.json"
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m tasks.slurm_job JOB_DIR", file=sys.stderr)
         return 2
+    # one kernel per job: a fork server would cost more than it saves
+    os.environ.setdefault(LAUNCHER_ENV, "spawn")
     return asyncio.run(run_job(Path(args[0])))
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect import get_client
 
 from blocks.exceptions import NotebookRunError
 from flows.run_notebooks import expand_grid, run_notebooks
@@ -48,6 +50,16 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
             (tmp_path / "run-notebook" / str(item.flow_run_id) / "result.json").read_text()
         )
         assert stored["parameters"] == item.parameters
+
+    async def item_tags() -> list[list[str]]:
+        async with get_client() as client:
+            return [
+                (await client.read_flow_run(UUID(str(item.flow_run_id)))).tags
+                for item in batch.items
+            ]
+
+    for tags in asyncio.run(item_tags()):  # browsable by notebook and by how they started
+        assert {"notebook:params", "trigger:batch"} <= set(tags), tags
 
 
 def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:

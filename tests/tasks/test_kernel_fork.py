@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from tasks.kernel import StartedKernel, new_kernel_manager, start_kernel
+from tasks.kernel import StartedKernel, kernel_environment, new_kernel_manager, start_kernel
 from tasks.kernel_fork import (
     LAUNCHER_ENV,
     ForkingProvisioner,
@@ -37,6 +37,8 @@ ENV_EXPECTED_TO_DIFFER = {"JPY_PARENT_PID", LAUNCHER_ENV}
 
 async def started(launcher: str, cwd: Path) -> StartedKernel:
     os.environ[LAUNCHER_ENV] = launcher
+    if launcher == "fork":  # kernels are forked once the server is ready: wait for it
+        await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
     try:
         km = new_kernel_manager("python3", Path(tempfile.mkdtemp(prefix="nbjobs-t-")) / "k")
         return StartedKernel(km, await start_kernel(km, cwd))
@@ -169,3 +171,25 @@ def test_closing_the_fork_servers_stops_their_kernels(tmp_path: Path) -> None:
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(pid)
+
+
+def test_kernels_do_not_wait_for_a_fork_server_that_is_still_starting(tmp_path: Path) -> None:
+    close_fork_servers()
+
+    async def scenario() -> tuple[int, int, int]:
+        os.environ[LAUNCHER_ENV] = "fork"
+        try:
+            km = new_kernel_manager("python3", tmp_path / "k1")
+            first = StartedKernel(km, await start_kernel(km, tmp_path))  # the server starts
+            server = await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
+            km = new_kernel_manager("python3", tmp_path / "k2")
+            second = StartedKernel(km, await start_kernel(km, tmp_path))
+        finally:
+            os.environ.pop(LAUNCHER_ENV, None)
+        parents = [psutil.Process(k.km.provisioner.pid).ppid() for k in (first, second)]
+        await asyncio.gather(stop(first), stop(second))
+        return parents[0], parents[1], server.pid
+
+    first_parent, second_parent, server_pid = asyncio.run(scenario())
+    assert first_parent == os.getpid()  # spawned as usual while the server was starting
+    assert second_parent == server_pid  # forked once it was ready

@@ -1,0 +1,121 @@
+"""What the benchmarks share: spreads, a Prefect server of their own, process-tree memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SERVER_STARTUP_SECONDS = 120
+
+
+def spread(values: list[float], unit: str = "s") -> str:
+    """``median 0.412 s  p10 0.380  p90 0.530  (n=10)``."""
+    values = sorted(values)
+    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
+    return (
+        f"median {statistics.median(values):7.3f} {unit}  p10 {q[0]:7.3f}  p90 {q[-1]:7.3f}  "
+        f"(n={len(values)})"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def postgres_url(database: str = "nbjobs_bench") -> str:
+    """An empty PostgreSQL database on 127.0.0.1 (tests/services/postgres.sh; needs root)."""
+    script = ROOT / "tests" / "services" / "postgres.sh"
+    return subprocess.run(
+        ["bash", str(script), database], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]:
+    """``prefect server start`` on 127.0.0.1 (SQLite in ``home``, or ``database_url``).
+
+    Yields the API URL; the server is stopped on exit.
+    """
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+        while True:
+            try:
+                if httpx.get(f"{api_url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("prefect server did not start")
+            time.sleep(0.5)
+        yield api_url
+    finally:
+        stop(server)
+
+
+class TreeMemory:
+    """Peak resident memory of this process and all its children, sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._me = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for process in [self._me, *self._me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
