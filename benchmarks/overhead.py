@@ -110,8 +110,13 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
 
     store = work / "store"
     print("0. kernel start (until it answers; CPU of the kernel process)")
+    from tasks.kernel import kernel_environment
+    from tasks.kernel_fork import fork_server
+
+    # the fork server starts once per process; kernels fork once it is ready
+    await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
     for launcher in ("spawn", "fork"):
-        await kernel_start(launcher, work)  # the fork server starts once
+        await kernel_start(launcher, work)
         starts = [await kernel_start(launcher, work) for _ in range(args.runs)]
         print(f"   {launcher:<8} wall {spread([w for w, _ in starts])}")
         print(f"   {'':<8} CPU  {spread([c for _, c in starts])}")

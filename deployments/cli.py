@@ -251,11 +251,10 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
-    from prefect.exceptions import MissingResult
 
     from blocks.exceptions import ArtefactStoreError, NotebookInputError
     from deployments.progress import CellProgressBar
-    from flows.run_notebook import run_notebook
+    from flows.run_notebook import run_notebook, run_outcome
     from tasks.notebook import add_progress_listener, remove_progress_listener
 
     notebook: str | dict[str, Any] = args.notebook
@@ -277,12 +276,7 @@ async def _run(args: argparse.Namespace) -> int:
                 input_files=args.input_files,
                 return_state=True,
             )
-        try:
-            outcome = await state.aresult(raise_on_failure=False)
-        except MissingResult:
-            # Prefect sometimes hands back the final state as read from its API, without
-            # the in-memory value; result.json in the store is the same document.
-            outcome = _stored_result(args.store, str(state.state_details.flow_run_id))
+        outcome = await run_outcome(state, args.store)
     finally:
         remove_progress_listener(bar.update)
         bar.close()
@@ -324,17 +318,6 @@ async def _run(args: argparse.Namespace) -> int:
     if isinstance(outcome, ArtefactStoreError):
         return EXIT_STORE_FAILED
     return EXIT_NOTEBOOK_FAILED
-
-
-def _stored_result(store: str | None, flow_run_id: str) -> Any:
-    """The run's result.json from the store, as the run's outcome."""
-    from blocks.store import open_store
-    from flows.run_notebook import FLOW_NAME
-    from tasks.models import NotebookResult
-    from tasks.storage import RESULT_NAME, run_prefix
-
-    key = f"{run_prefix(FLOW_NAME, flow_run_id)}/{RESULT_NAME}"
-    return NotebookResult.model_validate_json(open_store(store).get_bytes(key))
 
 
 def _summary(document: dict[str, Any]) -> str:

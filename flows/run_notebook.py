@@ -22,14 +22,16 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Task, flow, get_client, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
+from prefect.exceptions import MissingResult
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
 from blocks.exceptions import ArtefactStoreError, KernelDiedError, NotebookInputError
 from blocks.slurm import SlurmCluster
-from blocks.store import nbjobs_home, open_store
+from blocks.store import nbjobs_home, open_store, safe_key
 from tasks.execution import ExecutionCancelled
 from tasks.models import (
     ExecutionReport,
@@ -344,6 +346,22 @@ async def _run(
     return result
 
 
+async def run_outcome(state: State[Any], store: str | None) -> Any:
+    """What a finished ``run-notebook`` run gave: its result, or the exception it raised.
+
+    Prefect now and then hands back the final Completed state as read from its API,
+    without the value the flow returned (``MissingResult``; seen on the SQLite server
+    when a state proposal is retried after "database is locked"); ``result.json`` in
+    the store is the same document.
+    """
+    try:
+        return await state.aresult(raise_on_failure=False)
+    except MissingResult:
+        key = safe_key(run_prefix(FLOW_NAME, str(state.state_details.flow_run_id)), RESULT_NAME)
+        data = await asyncio.to_thread(open_store(store).get_bytes, key)
+        return NotebookResult.model_validate_json(data)
+
+
 _ARTIFACT_KINDS = ("summary", "notebook", "html", "result", "outputs")
 
-__all__ = ["FLOW_NAME", "run_notebook", "runs_root"]
+__all__ = ["FLOW_NAME", "run_notebook", "run_outcome", "runs_root"]

@@ -88,12 +88,12 @@ def batch_requests(
 
 
 async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
-    from flows.run_notebook import notebook_label, run_notebook
+    from flows.run_notebook import notebook_label, run_notebook, run_outcome
 
     # tagged when created, so the run needs no extra API call to tag itself
     with tags(f"notebook:{notebook_label(request.notebook)}", "trigger:batch"):
         state = await run_notebook(**request.model_dump(), return_state=True)
-    outcome = await state.aresult(raise_on_failure=False)
+    outcome = await run_outcome(state, request.store)
     if isinstance(outcome, BaseException):
         document = getattr(outcome, "result", None)
         return BatchItem(

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
+from prefect.exceptions import MissingResult
+from prefect.states import Completed
 
 from blocks.exceptions import (
     CellSelectionError,
@@ -22,7 +24,7 @@ from blocks.exceptions import (
     UnknownKernelError,
     UnknownParameterError,
 )
-from flows.run_notebook import runs_root
+from flows.run_notebook import run_outcome, runs_root
 from tasks.models import NotebookResult
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 
@@ -61,6 +63,17 @@ def test_example_runs_with_parameters_into_a_local_store(tmp_path: Path) -> None
     assert (prefix / "input.ipynb").read_bytes() == (EXAMPLES / "report.ipynb").read_bytes()
     assert result.resources.peak_memory_bytes and result.timings.total_seconds > 0
     assert not (runs_root() / result.flow_run_id).exists()  # the run folder is cleaned up
+
+
+def test_a_final_state_without_its_value_is_answered_from_the_store(tmp_path: Path) -> None:
+    state = run_flow(notebook=str(EXAMPLES / "report.ipynb"), store=str(tmp_path))
+    # what Prefect sometimes hands back: the Completed state as read from its API
+    from_api = Completed(data=None)
+    from_api.state_details.flow_run_id = state.state_details.flow_run_id
+    with pytest.raises(MissingResult):
+        asyncio.run(from_api.aresult())
+    outcome = asyncio.run(run_outcome(from_api, str(tmp_path)))
+    assert outcome == state_outcome(state)
 
 
 def test_artifacts_are_published_with_stable_keys(tmp_path: Path) -> None:
