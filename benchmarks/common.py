@@ -9,7 +9,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ SERVER_STARTUP_SECONDS = 120
 def spread(values: list[float], unit: str = "s") -> str:
     """``median 0.412 s  p10 0.380  p90 0.530  (n=10)``."""
     values = sorted(values)
-    q = statistics.quantiles(values, n=10) if len(values) >= 2 else values * 9
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) >= 2 else values * 9
     return (
         f"median {statistics.median(values):7.3f} {unit}  p10 {q[0]:7.3f}  p90 {q[-1]:7.3f}  "
         f"(n={len(values)})"
@@ -90,32 +89,53 @@ def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]
         stop(server)
 
 
+_SAMPLER = """
+import os, sys, time, psutil
+root = psutil.Process(int(sys.argv[1]))
+me = os.getpid()  # not counted
+peak = 0
+while True:
+    total = 0
+    try:
+        for process in [root, *root.children(recursive=True)]:
+            if process.pid == me:
+                continue
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        break
+    peak = max(peak, total)
+    print(peak, flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
 class TreeMemory:
-    """Peak resident memory of this process and all its children, sampled every 50 ms."""
+    """Peak resident memory of this process and all its children.
 
-    def __init__(self) -> None:
-        import psutil
+    Sampled by a separate process: walking the process tree is many system calls, and
+    in a thread of this process it would compete for the GIL with the runs it measures.
+    """
 
+    def __init__(self, interval_seconds: float = 0.1) -> None:
         self.peak = 0
-        self._stop = threading.Event()
-        self._me = psutil.Process()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for process in [self._me, *self._me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(0.05)
+        self._interval = interval_seconds
+        self._sampler: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> TreeMemory:
-        self._thread.start()
+        self._sampler = subprocess.Popen(
+            [sys.executable, "-c", _SAMPLER, str(os.getpid()), str(self._interval)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._sampler is not None
+        time.sleep(self._interval)  # one more sample of the end state
+        self._sampler.terminate()
+        out, _ = self._sampler.communicate()
+        samples = [int(line) for line in out.split() if line.strip().isdigit()]
+        self.peak = max(samples, default=0)

@@ -81,7 +81,7 @@ def upload_run_folder(
     return artefacts
 
 
-@task(name="store-artefacts", cache_policy=NO_CACHE)
+@task(name="store-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
 async def store_artefacts(
     store: ArtefactStore,
     run_dir: Path,
