@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +23,11 @@ import pytest
 
 from deployments.api import PrefectHTTP, auth_header
 from tests.conftest import service
+from tests.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SERVER_STARTUP_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -61,16 +54,6 @@ class HTTPStack:
         return subprocess.run(
             [str(BIN / "nbjobs"), *args], env=self.env, capture_output=True, text=True, timeout=300
         )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +93,7 @@ def http_stack(
         except httpx.TransportError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            _stop(server)
+            stop(server)
             pytest.fail(
                 "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
             )
@@ -148,15 +131,15 @@ def http_stack(
             break
         except httpx.HTTPStatusError:
             if worker.poll() is not None or time.monotonic() > deadline:
-                _stop(worker)
-                _stop(server)
+                stop(worker)
+                stop(server)
                 pytest.fail(
                     "nbjobs serve did not start:\n" + (home / "serve.log").read_text()[-3000:]
                 )
             time.sleep(0.5)
     yield stack
     api.close()
-    _stop(worker)
-    _stop(server)
+    stop(worker)
+    stop(server)
     worker_log.close()
     server_log.close()

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.deployments.conftest import BIN, ROOT, HTTPStack, _stop
+from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.deployments.test_http import artifacts
+from tests.processes import stop
 
 POOL = "crash-test"
 
@@ -86,4 +87,4 @@ def test_a_killed_worker_leaves_a_crashed_run_that_runs_again_as_a_new_attempt(
         )
         assert result["outputs"] == {} and [c["status"] for c in result["cells"]] == ["ok"] * 4
     finally:
-        _stop(worker)
+        stop(worker)
