@@ -55,7 +55,7 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
     """Wall seconds until a new kernel answers, and the CPU seconds it spent."""
     import psutil
 
-    from tasks.kernel import new_kernel_manager, start_kernel
+    from tasks.kernel import new_kernel_manager, shutdown_kernel, start_kernel
     from tasks.kernel_fork import LAUNCHER_ENV
 
     os.environ[LAUNCHER_ENV] = launcher
@@ -64,8 +64,7 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
     kc = await start_kernel(km, folder)
     wall = time.perf_counter() - t
     times = psutil.Process(km.provisioner.pid).cpu_times()  # type: ignore[union-attr]
-    kc.stop_channels()
-    await km.shutdown_kernel(now=True)
+    await shutdown_kernel(km, kc)
     os.environ.pop(LAUNCHER_ENV, None)
     return wall, times.user + times.system
 

@@ -230,10 +230,11 @@ async def execute_notebook_async(
                     sampler.cancel()
         finally:
             if owned or progress.status != "completed":
-                await shutdown_kernel(client, km)
+                # leave client.kc set: nbclient's own watcher task may still look at it
+                await shutdown_kernel(km, client.kc)
             else:
                 # a pooled kernel that finished cleanly: stop it off the critical path
-                _background(shutdown_kernel(client, km))
+                _background(shutdown_kernel(km, client.kc))
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
     # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes

@@ -227,8 +227,8 @@ async def sample_memory(pid: int, peak: MemoryPeak) -> None:
         await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_SECONDS)
 
 
-async def shutdown_kernel(client: NotebookClient, km: AsyncKernelManager) -> None:
-    """Kill the kernel and close its channels, whatever state it is in."""
+async def shutdown_kernel(km: AsyncKernelManager, kc: Any | None) -> None:
+    """Kill the kernel and close its client's channels, whatever state it is in."""
     try:
         if km.has_kernel:
             await km.shutdown_kernel(now=True)  # also removes the connection file
@@ -240,9 +240,8 @@ async def shutdown_kernel(client: NotebookClient, km: AsyncKernelManager) -> Non
         except Exception:
             pass
     finally:
-        if client.kc is not None:
-            # leave client.kc set: nbclient's own watcher task may still look at it
-            client.kc.stop_channels()
+        if kc is not None:
+            kc.stop_channels()
 
 
 async def cancelled_not_dead(client: NotebookClient) -> bool:

@@ -21,6 +21,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
 from tasks.kernel import (
@@ -29,6 +30,7 @@ from tasks.kernel import (
     ensure_kernel_installed,
     installed_kernels,
     new_kernel_manager,
+    shutdown_kernel,
     start_kernel,
 )
 
@@ -51,7 +53,8 @@ class KernelPool:
         self.size = max(size, 0)
         self._ready: asyncio.Queue[StartedKernel] = asyncio.Queue()
         self._starting: set[asyncio.Task[None]] = set()
-        self._all: dict[int, StartedKernel | AsyncKernelManager] = {}
+        # kernels the pool holds (not yet handed to a run), with their client once connected
+        self._all: dict[AsyncKernelManager, AsyncKernelClient | None] = {}
         self._dir = Path(tempfile.mkdtemp(prefix="nbjobs-pool-"))
         self._count = 0
         self._closed = False
@@ -67,23 +70,22 @@ class KernelPool:
     async def _start_one(self) -> None:
         self._count += 1
         km = new_kernel_manager(self.kernel, self._dir / f"k{self._count}")
-        self._all[id(km)] = km
+        self._all[km] = None
         try:
             # cwd is the pool's folder; the execute step moves the kernel to the run's
             kc = await asyncio.wait_for(
                 start_kernel(km, self._dir), KERNEL_STARTUP_TIMEOUT_SECONDS + 5
             )
         except Exception:
-            self._all.pop(id(km), None)
-            await _stop(km)
+            self._all.pop(km, None)
+            await shutdown_kernel(km, None)
             return
-        kernel = StartedKernel(km, kc)
-        self._all[id(km)] = kernel
+        self._all[km] = kc
         self.started += 1
         if self._closed:
-            await _stop(kernel)
+            await shutdown_kernel(km, kc)
             return
-        await self._ready.put(kernel)
+        await self._ready.put(StartedKernel(km, kc))
 
     async def acquire(self) -> StartedKernel:
         """A started kernel no run has used; starts its replacement in the background."""
@@ -92,11 +94,11 @@ class KernelPool:
         self.fill()
         while True:
             kernel = await self._ready.get()
-            self._all.pop(id(kernel.km), None)  # from here on, the run owns it and stops it
+            self._all.pop(kernel.km, None)  # from here on, the run owns it and stops it
             self.fill()
             if await kernel.km.is_alive():
                 return kernel
-            await _stop(kernel)
+            await shutdown_kernel(kernel.km, kernel.kc)
 
     async def close(self) -> None:
         """Shut every kernel the pool still holds down, and stop starting new ones."""
@@ -104,7 +106,10 @@ class KernelPool:
         for task in list(self._starting):
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
-        await asyncio.gather(*(_stop(k) for k in list(self._all.values())), return_exceptions=True)
+        await asyncio.gather(
+            *(shutdown_kernel(km, kc) for km, kc in list(self._all.items())),
+            return_exceptions=True,
+        )
         self._all.clear()
         # kernels handed to runs are stopped in the background by the execute step
         from tasks.execution import drain_background
@@ -114,25 +119,12 @@ class KernelPool:
 
     def kill_now(self) -> None:
         """Synchronous last resort at interpreter exit: kill whatever is left."""
-        for held in list(self._all.values()):
-            km = held.km if isinstance(held, StartedKernel) else held
+        for km in list(self._all):
             pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
             if pgid:
                 with contextlib.suppress(OSError):
                     os.killpg(pgid, signal.SIGKILL)
         shutil.rmtree(self._dir, ignore_errors=True)
-
-
-async def _stop(held: StartedKernel | AsyncKernelManager) -> None:
-    km = held.km if isinstance(held, StartedKernel) else held
-    try:
-        if km.has_kernel:
-            await km.shutdown_kernel(now=True)
-    except Exception:
-        pass
-    finally:
-        if isinstance(held, StartedKernel):
-            held.kc.stop_channels()
 
 
 _pools: dict[tuple[int, str], KernelPool] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -177,34 +176,26 @@ async def publish_result(
         )
     # One after the other: on Prefect's SQLite server, five concurrent creations took
     # 141 ms against 100 ms in sequence (writes queue for the database lock).
-    created: list[Awaitable[Any]] = [
-        acreate_markdown_artifact(
-            summary_markdown(result),
-            key=key_of["summary"],
-            description=f"{result.notebook} run summary",
-        )
-    ]
+    await acreate_markdown_artifact(
+        summary_markdown(result),
+        key=key_of["summary"],
+        description=f"{result.notebook} run summary",
+    )
     for kind in ("notebook", "html", "result"):
         link = result.artefacts.links.get(kind)
         if link:
-            created.append(
-                acreate_link_artifact(
-                    link,
-                    link_text=f"{result.notebook}: {kind}",
-                    key=key_of[kind],
-                    description=f"The run's {kind} in the artefact store",
-                )
+            await acreate_link_artifact(
+                link,
+                link_text=f"{result.notebook}: {kind}",
+                key=key_of[kind],
+                description=f"The run's {kind} in the artefact store",
             )
     if result.outputs:
-        created.append(
-            acreate_table_artifact(
-                outputs_table(result.outputs),
-                key=key_of["outputs"],
-                description=f"Values {result.notebook} reported",
-            )
+        await acreate_table_artifact(
+            outputs_table(result.outputs),
+            key=key_of["outputs"],
+            description=f"Values {result.notebook} reported",
         )
-    for creation in created:
-        await creation
 
 
 SPILL_MANIFEST = "spill.json"

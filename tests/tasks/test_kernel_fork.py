@@ -14,7 +14,13 @@ from typing import Any
 
 import psutil
 
-from tasks.kernel import StartedKernel, kernel_environment, new_kernel_manager, start_kernel
+from tasks.kernel import (
+    StartedKernel,
+    kernel_environment,
+    new_kernel_manager,
+    shutdown_kernel,
+    start_kernel,
+)
 from tasks.kernel_fork import (
     LAUNCHER_ENV,
     ForkingProvisioner,
@@ -69,8 +75,7 @@ def running(pid: int) -> bool:
 
 
 async def stop(kernel: StartedKernel) -> None:
-    kernel.kc.stop_channels()
-    await kernel.km.shutdown_kernel(now=True)
+    await shutdown_kernel(kernel.km, kernel.kc)
 
 
 def test_fork_plan_accepts_ipykernel_commands_only() -> None:
