@@ -26,13 +26,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import BIN, postgres_url, prefect_server, spread  # noqa: E402
-from deployments.api import PrefectHTTP  # noqa: E402
+from deployments.api import APIError, PrefectHTTP  # noqa: E402
 from tests.processes import stop  # noqa: E402
 
 NOTEBOOK = ROOT / "tests" / "data" / "trivial.ipynb"
@@ -137,7 +135,7 @@ def run_configs(args: argparse.Namespace, env: dict[str, str], home: Path, api_u
                 try:
                     api.deployment_id("run-notebook", "adhoc")
                     break
-                except httpx.HTTPStatusError:
+                except APIError:
                     time.sleep(0.5)
             time.sleep(2)
             latencies, phases = measure(api, args.runs)

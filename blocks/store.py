@@ -32,18 +32,10 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.exceptions import ArtefactStoreError
+from blocks.settings import BARE_BLOCK_NAME, BLOCK_SPEC, DEFAULT_STORE_ENV, nbjobs_home
 
-DEFAULT_STORE_ENV = "NBJOBS_STORE"
-HOME_ENV = "NBJOBS_HOME"
 PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
-_BLOCK_SPEC = re.compile(r"^(s3-bucket|local-file-system)/([a-z0-9][a-z0-9-]*)$")
-_BARE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")
-
-
-def nbjobs_home() -> Path:
-    """notebook-jobs' own folder: ``$NBJOBS_HOME``, else ``~/.nbjobs`` (runs, spill, artefacts)."""
-    return Path(os.environ.get(HOME_ENV) or "~/.nbjobs").expanduser()
 
 
 def default_store_path() -> Path:
@@ -204,7 +196,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def _load_block(spec: str) -> LocalFileSystem | S3Bucket:
-    match = _BLOCK_SPEC.match(spec)
+    match = BLOCK_SPEC.match(spec)
     candidates: list[tuple[type[Any], str]]
     if match:
         kind, name = match.groups()
@@ -256,7 +248,7 @@ def open_store(spec: str | None = None) -> ArtefactStore:
             f"unsupported store {spec!r}: use s3://bucket/prefix, a local path or a block name",
             store=spec,
         )
-    if _BLOCK_SPEC.match(spec) or _BARE_NAME.match(spec):
+    if BLOCK_SPEC.match(spec) or BARE_BLOCK_NAME.match(spec):
         return ArtefactStore(spec, _load_block(spec))
     path = Path(spec).expanduser().resolve()
     return ArtefactStore(spec, LocalFileSystem(basepath=str(path)))

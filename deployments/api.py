@@ -1,8 +1,9 @@
 """A small plain-HTTP client of Prefect's REST API: what a calling system does.
 
-It uses httpx only (no Prefect client), so it doubles as a reference for callers in
-any language: look the deployment up by name, create a flow run with parameters,
-poll its state, list its artifacts, and fetch the stored result through the link
+It uses the standard library only (no Prefect client, no httpx), so it doubles as a
+reference for callers in any language, and ``nbjobs run`` can use it without paying
+for imports: look the deployment up by name, create a flow run with parameters, poll
+its state, read its logs and artifacts, and fetch the stored result through the link
 artifact. Every request retries HTTP 503 (Prefect's answer when its database is
 busy, e.g. SQLite's ``database is locked``) and 429 with exponential backoff.
 
@@ -16,16 +17,48 @@ Example:
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 RETRY_STATUSES = frozenset({429, 503})
 MAX_ATTEMPTS = 6
 BACKOFF_SECONDS = 0.25
 POLL_INTERVAL_SECONDS = 0.5
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+
+class APIError(Exception):
+    """Prefect's API answered with an error status (after retries), or could not be reached.
+
+    Attributes:
+        status_code: The HTTP status, or ``None`` when nothing answered.
+        body: The response body (Prefect's ``detail``), if any.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+
+@dataclass
+class Response:
+    """An HTTP response, read whole."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 def auth_header(auth_string: str | None) -> dict[str, str]:
@@ -36,32 +69,97 @@ def auth_header(auth_string: str | None) -> dict[str, str]:
 
 
 class PrefectHTTP:
-    """Trigger and follow deployment runs over Prefect's REST API, with plain HTTP."""
+    """Trigger and follow deployment runs over Prefect's REST API, with plain HTTP.
+
+    One keep-alive connection to the API (a run's follow loop makes a few requests a
+    second); artefact links (presigned HTTPS, or ``file://`` for a local store) are
+    fetched without the API's credentials.
+    """
 
     def __init__(self, api_url: str, *, auth_string: str | None = None, timeout: float = 30.0):
         self.api_url = api_url.rstrip("/")
-        self.client = httpx.Client(headers=auth_header(auth_string), timeout=timeout)
-        # Artefact links are presigned: they must not carry the API's credentials.
-        self.plain = httpx.Client(timeout=timeout)
+        parts = urllib.parse.urlsplit(self.api_url)
+        self._scheme, self._netloc, self._base = parts.scheme, parts.netloc, parts.path
+        self._headers = {"Accept": "application/json", **auth_header(auth_string)}
+        self._timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
-        """Close the connection pools."""
-        self.client.close()
-        self.plain.close()
+        """Close the connection."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def __enter__(self) -> PrefectHTTP:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, method: str, target: str, body: bytes | None) -> Response:
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in range(2):  # a kept-alive connection the server closed: once more
+            if self._connection is None:
+                kind = (
+                    http.client.HTTPSConnection
+                    if self._scheme == "https"
+                    else http.client.HTTPConnection
+                )
+                self._connection = kind(self._netloc, timeout=self._timeout)
+            try:
+                self._connection.request(method, target, body=body, headers=headers)
+                answer = self._connection.getresponse()
+                return Response(answer.status, answer.read())
+            except (http.client.HTTPException, ConnectionError) as error:
+                self.close()
+                if attempt:
+                    raise APIError(f"{method} {self.api_url}: {error}") from error
+            except OSError as error:  # refused, unreachable, timed out
+                self.close()
+                raise APIError(f"{method} {self.api_url}: {error}") from error
+        raise AssertionError("unreachable")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Response:
         """One API call (or, for a full URL, a plain fetch), retrying 503 and 429 with
-        exponential backoff; raises on other errors."""
-        external = path.startswith(("http://", "https://"))
-        url = path if external else f"{self.api_url}{path}"
-        client = self.plain if external else self.client
+        exponential backoff.
+
+        Raises:
+            APIError: Any other error status, or the server could not be reached.
+        """
+        if path.startswith(("http://", "https://", "file://")):
+            return fetch(path, self._timeout)
+        target = self._base + path
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
+        body = None if json is None else _dumps(json)
         for attempt in range(MAX_ATTEMPTS):
-            response = client.request(method, url, **kwargs)
+            response = self._send(method, target, body)
             if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS - 1:
                 break
             time.sleep(BACKOFF_SECONDS * 2**attempt)
-        response.raise_for_status()
+        if response.status_code >= 400:
+            raise APIError(
+                f"{method} {path}: HTTP {response.status_code} {response.text[:500]}",
+                status_code=response.status_code,
+                body=response.text,
+            )
         return response
+
+    def health(self) -> bool:
+        """Whether the API answers ``GET /health``."""
+        try:
+            return self.request("GET", "/health").status_code == 200
+        except APIError:
+            return False
 
     def deployment_id(self, flow: str, deployment: str) -> str:
         """``GET /deployments/name/{flow}/{deployment}``: the deployment's id."""
@@ -76,6 +174,7 @@ class PrefectHTTP:
         idempotency_key: str | None = None,
         tags: list[str] | None = None,
         work_queue_name: str | None = None,
+        deployment_id: str | None = None,
     ) -> str:
         """``POST /deployments/{id}/create_flow_run``; returns the new flow run's id.
 
@@ -88,7 +187,7 @@ class PrefectHTTP:
             body["tags"] = tags
         if work_queue_name:
             body["work_queue_name"] = work_queue_name  # e.g. a higher-priority queue
-        deployment_id = self.deployment_id(flow, deployment)
+        deployment_id = deployment_id or self.deployment_id(flow, deployment)
         run = self.request("POST", f"/deployments/{deployment_id}/create_flow_run", json=body)
         return str(run.json()["id"])
 
@@ -96,6 +195,11 @@ class PrefectHTTP:
         """``GET /flow_runs/{id}``."""
         run: dict[str, Any] = self.request("GET", f"/flow_runs/{run_id}").json()
         return run
+
+    def set_state(self, run_id: str, state_type: str, message: str = "") -> None:
+        """``POST /flow_runs/{id}/set_state``, forced (``CANCELLING`` asks the worker to stop)."""
+        state = {"type": state_type, "name": state_type.title(), "message": message}
+        self.request("POST", f"/flow_runs/{run_id}/set_state", json={"state": state, "force": True})
 
     def wait(self, run_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll a flow run until it is COMPLETED, FAILED, CANCELLED or CRASHED."""
@@ -110,6 +214,17 @@ class PrefectHTTP:
                 )
             time.sleep(POLL_INTERVAL_SECONDS)
 
+    def logs(self, run_id: str, *, offset: int = 0) -> list[dict[str, Any]]:
+        """``POST /logs/filter``: a flow run's log records, oldest first, from ``offset``."""
+        body = {
+            "logs": {"flow_run_id": {"any_": [run_id]}},
+            "sort": "TIMESTAMP_ASC",
+            "offset": offset,
+            "limit": 200,
+        }
+        records: list[dict[str, Any]] = self.request("POST", "/logs/filter", json=body).json()
+        return records
+
     def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
         """``POST /artifacts/filter`` for one flow run, by key."""
         body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
@@ -117,14 +232,36 @@ class PrefectHTTP:
         return {a["key"]: a for a in found if a.get("key")}
 
     def result(self, run_id: str) -> dict[str, Any]:
-        """The run's ``result.json``, fetched through its ``*-result`` link artifact."""
-        link = next(
-            a["data"] for key, a in self.artifacts(run_id).items() if key.endswith("-result")
-        )
-        document: dict[str, Any] = self.request("GET", link_target(link)).json()
+        """The run's ``result.json``, fetched through its ``*-result`` link artifact.
+
+        Raises:
+            LookupError: The run has no result link (it was refused before anything
+                was stored, or it has not finished).
+        """
+        links = [a["data"] for key, a in self.artifacts(run_id).items() if key.endswith("-result")]
+        if not links:
+            raise LookupError(f"flow run {run_id} has no result artifact")
+        document: dict[str, Any] = self.request("GET", link_target(links[0])).json()
         return document
+
+
+def fetch(url: str, timeout: float = 30.0) -> Response:
+    """GET a presigned ``https://`` link, or read a ``file://`` one (a local store).
+
+    Raises:
+        APIError: The link did not answer 200, or the file is missing.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return Response(getattr(answer, "status", None) or 200, answer.read())
+    except OSError as error:  # URLError and HTTPError are OSErrors
+        raise APIError(f"GET {url}: {error}", status_code=getattr(error, "code", None)) from error
 
 
 def link_target(markdown_link: str) -> str:
     """The URL inside a link artifact's data, ``[text](url)``."""
     return markdown_link.rsplit("(", 1)[-1].rstrip(")")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

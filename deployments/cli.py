@@ -7,11 +7,17 @@
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
                            [--store S] [--pool P] [--concurrency-limit N]
     nbjobs serve [--pool P] [--limit N] [--isolation in-process|process]
+    nbjobs server start|stop|status [--json]
     nbjobs retry-uploads
+
+With no Prefect server configured (no ``PREFECT_API_URL``, no profile naming one),
+``run`` and ``deploy`` use the local server (``deployments/local_server.py``), started
+on first use and reused; ``run`` is then a plain HTTP client and imports no Prefect.
 
 Exit codes: 0 the notebook ran to the end; 1 it raised, timed out or killed its
 kernel (its partial notebook is stored); 2 the request was refused before any
-kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed.
+kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed;
+4 the local Prefect server could not start; 130 interrupted (Ctrl-C cancelled the run).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ EXIT_OK = 0
 EXIT_NOTEBOOK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORE_FAILED = 3
+EXIT_SERVER_FAILED = 4
 
 
 def parse_value(text: str) -> Any:
@@ -94,7 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", action="store_true", help="print result.json on stdout, nothing else"
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    run.add_argument(
+        "-v",
+        "--verbose",
+        "--log-output",
+        dest="verbose",
+        action="store_true",
+        help="show the run's log on stderr as it runs: each cell and its output",
+    )
 
     inspect = commands.add_parser("inspect", help="list a notebook's parameters")
     inspect.add_argument("notebook")
@@ -133,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="kernels kept started ahead of demand, one per run (0: off; in-process only)",
     )
+    # the local server's worker: `nbjobs run` pokes it here (deployments/local_server.py)
+    serve.add_argument("--local-socket", help=argparse.SUPPRESS)
     serve.add_argument(
         "--isolation",
         choices=["in-process", "process"],
@@ -140,40 +156,147 @@ def build_parser() -> argparse.ArgumentParser:
         help="run notebook flow runs inside this process (fast; each notebook still has its "
         "own kernel) or each in a Python subprocess",
     )
+
+    server = commands.add_parser(
+        "server",
+        help="the local Prefect server and worker that run and record notebooks on this machine",
+    )
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument("--json", action="store_true", help="status as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
+    from deployments.local_server import LocalServerError
+
+    try:
+        return _dispatch(args)
+    except LocalServerError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_SERVER_FAILED
+
+
+def _announce(message: str) -> None:
+    print(f"nbjobs: {message}", file=sys.stderr, flush=True)
+
+
+def _use_local_server() -> Any:
+    """The local server, started if need be, when no Prefect server is configured; else None.
+
+    Sets ``PREFECT_API_URL`` for this process (before Prefect is imported) so that
+    Prefect's own client talks to it.
+    """
+    from deployments.local_server import LocalServer, configured_api_url
+
+    if configured_api_url() is not None:
+        return None
+    server = LocalServer()
+    os.environ["PREFECT_API_URL"] = server.ensure(announce=_announce)
+    return server
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         return _inspect(args)
+    if args.command == "server":
+        return _server(args)
     if args.command == "retry-uploads":
         return _retry_uploads()
-    if args.command in ("deploy", "serve"):
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        if args.command == "serve":
-            for key, value in WORKER_SETTINGS.items():
-                os.environ.setdefault(key, value)
-            if args.isolation == "in-process" and args.kernel_pool > 0:
-                os.environ["NBJOBS_KERNEL_POOL"] = str(args.kernel_pool)
-            else:  # a subprocess per run would start a pool per run
-                os.environ.pop("NBJOBS_KERNEL_POOL", None)
-            from deployments.commands import serve
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.command == "serve":
+        from deployments.local_server import configured_api_url
 
-            asyncio.run(serve(args.pool, args.limit, args.isolation))
-            return EXIT_OK
+        if configured_api_url() is None:
+            print(
+                "nbjobs: serve runs a worker for a Prefect server: set PREFECT_API_URL to "
+                "it. (Without one, the local server has its own worker: `nbjobs server status`.)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        for key, value in WORKER_SETTINGS.items():
+            os.environ.setdefault(key, value)
+        if args.isolation == "in-process" and args.kernel_pool > 0:
+            os.environ["NBJOBS_KERNEL_POOL"] = str(args.kernel_pool)
+        else:  # a subprocess per run would start a pool per run
+            os.environ.pop("NBJOBS_KERNEL_POOL", None)
+        from pathlib import Path
+
+        from deployments.commands import serve
+
+        socket = Path(args.local_socket) if args.local_socket else None
+        asyncio.run(serve(args.pool, args.limit, args.isolation, socket))
+        return EXIT_OK
+    if args.command == "deploy":
+        _use_local_server()
         return asyncio.run(_deploy(args))
     if args.command == "run":
-        # Before Prefect is imported. The console handler only: the run's logs still
-        # reach the Prefect server (and the UI) in full.
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        server = _use_local_server()
+        if server is not None:
+            from deployments.client_run import run_on_local_server
+
+            return run_on_local_server(
+                args, _request_parameters(args), server, os.environ["PREFECT_API_URL"]
+            )
+        # A Prefect server of the user's own: the run executes in this process and
+        # reports to it. The console handler only: the run's logs still reach the
+        # server (and its UI) in full.
         # one kernel in this process: a fork server would cost more than it saves
         os.environ.setdefault("NBJOBS_KERNEL_LAUNCHER", "spawn")
         if not args.verbose:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         return asyncio.run(_run(args))
     return EXIT_BAD_INPUT
+
+
+def _server(args: argparse.Namespace) -> int:
+    from deployments.local_server import LocalServer, configured_api_url
+
+    server = LocalServer()
+    if args.action == "stop":
+        stopped = server.stop()
+        print("stopped " + " and ".join(stopped) if stopped else "the local server was not running")
+        return EXIT_OK
+    if args.action == "start":
+        if configured_api_url() is not None:
+            print(
+                f"nbjobs: note: PREFECT_API_URL names {configured_api_url()}; commands in this "
+                "shell use that server, not the local one",
+                file=sys.stderr,
+            )
+        server.ensure(announce=_announce)
+    status = server.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK if status["running"] or args.action == "status" else EXIT_SERVER_FAILED
+    if not status["running"]:
+        print(
+            f"the local server is not running (start it: nbjobs server start)\n"
+            f"  database   {status['database']}\n  log        {status['server_log']}"
+        )
+        return EXIT_OK
+    server_uptime = _duration(status["server_uptime_seconds"])
+    print(
+        f"the local Prefect server is running at {status['url']}\n"
+        f"  server     pid {status['server_pid']}, up {server_uptime}\n"
+        f"  worker     "
+        + (
+            f"pid {status['worker_pid']}, up {_duration(status['worker_uptime_seconds'])}"
+            if status["worker_pid"]
+            else "not running (`nbjobs run` or `nbjobs server start` starts it)"
+        )
+        + f"\n  database   {status['database']}\n"
+        f"  logs       {status['server_log']}, {status['worker_log']}\n"
+        f"  stop it:   nbjobs server stop"
+    )
+    return EXIT_OK
+
+
+def _duration(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
 
 
 def _retry_uploads() -> int:
@@ -187,16 +310,43 @@ def _retry_uploads() -> int:
     return EXIT_STORE_FAILED if any(error for _, error in outcomes) else EXIT_OK
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from blocks.exceptions import NotebookInputError
-    from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
+def _declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
+    """A local Python notebook's parameters, read without papermill or nbformat; None
+    when the notebook is anything else (a URL, nbformat 3, another language)."""
+    from pathlib import Path
+
+    from tasks.parameters import parameters_cell_source, parse_parameters
 
     try:
-        nb = parse_notebook(fetch_notebook_source(args.notebook))
-        parameters = declared_parameters(nb)
-    except NotebookInputError as error:
-        print(f"nbjobs: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        document = json.loads(Path(notebook).read_bytes())
+    except (OSError, ValueError):
+        return None  # the full path below says what is wrong
+    if not isinstance(document, dict) or document.get("nbformat") != 4:
+        return None
+    metadata = document.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name", "python")
+    if language != "python":
+        return None
+    source = parameters_cell_source(document)
+    return [] if source is None else parse_parameters(source)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    parameters = None
+    if not args.notebook.startswith(("s3://", "http://", "https://")):
+        parameters = _declared_parameters_light(args.notebook)
+    if parameters is None:
+        from blocks.exceptions import NotebookInputError
+        from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
+
+        try:
+            nb = parse_notebook(fetch_notebook_source(args.notebook))
+            parameters = declared_parameters(nb)
+        except NotebookInputError as error:
+            print(f"nbjobs: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(parameters, indent=2))
         return EXIT_OK
@@ -252,7 +402,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from blocks.exceptions import ArtefactStoreError
     from deployments.progress import CellProgressBar
     from flows.run_notebook import run_notebook, run_outcome
     from tasks.notebook import add_progress_listener, remove_progress_listener
@@ -281,77 +431,31 @@ async def _run(args: argparse.Namespace) -> int:
         remove_progress_listener(bar.update)
         bar.close()
 
-    document: dict[str, Any] | None = None
+    from deployments.client_run import report_refusal, report_result
+
+    url = _ui_url(state)
     if isinstance(outcome, BaseException):
         # run errors, Slurm job errors and an unreachable store carry the stored result
-        document = getattr(outcome, "result", None)
+        document: dict[str, Any] | None = getattr(outcome, "result", None)
     else:
         document = outcome.model_dump(mode="json")
-
     if document is not None:
-        if args.json:
-            print(json.dumps(document, indent=2))
-        else:
-            print(_summary(document))
+        code = report_result(document, args.json, url)
         if isinstance(outcome, ArtefactStoreError):
             print(f"nbjobs: {outcome}", file=sys.stderr)
             return EXIT_STORE_FAILED
-        return EXIT_OK if document.get("success") else EXIT_NOTEBOOK_FAILED
-
+        return code
     assert isinstance(outcome, BaseException)
-    message = f"{type(outcome).__name__}: {outcome}"
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "success": False,
-                    "status": "refused",
-                    "error": {"name": type(outcome).__name__, "message": str(outcome)},
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(f"nbjobs: {message}", file=sys.stderr)
-    if isinstance(outcome, NotebookInputError):
-        return EXIT_BAD_INPUT
-    if isinstance(outcome, ArtefactStoreError):
-        return EXIT_STORE_FAILED
-    return EXIT_NOTEBOOK_FAILED
+    return report_refusal(type(outcome).__name__, str(outcome), args.json, url)
 
 
-def _summary(document: dict[str, Any]) -> str:
-    """A readable summary of a result document."""
-    artefacts = document.get("artefacts", {})
-    timings = document.get("timings", {})
-    lines = [
-        f"{document['notebook']}: {document['status']} "
-        f"in {timings.get('total_seconds', 0):.2f} s (kernel {document.get('kernel')})"
-    ]
-    error = document.get("error")
-    if error:
-        where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""
-        lines.append(f"  error{where}: {error['name']}: {error['message']}")
-    cells = document.get("cells", [])
-    ran = sum(1 for c in cells if c["status"] == "ok")
-    lines.append(f"  cells: {ran} of {len(cells)} ran ok")
-    for name, value in document.get("outputs", {}).items():
-        lines.append(f"  output {name} = {json.dumps(value)[:200]}")
-    lines.append(f"  artefacts: {artefacts.get('prefix')}")
-    for key in ("notebook", "html", "result"):
-        if artefacts.get(key):
-            lines.append(f"    {key:<8} {artefacts[key]}")
-    for uri in artefacts.get("files", {}).values():
-        lines.append(f"    file     {uri}")
-    slurm = document.get("slurm")
-    if slurm:
-        lines.append(
-            f"  slurm: job {slurm['job_id']} {slurm['state']} on {slurm.get('node')} "
-            f"(exit code {slurm.get('exit_code')})"
-        )
-    for note in document.get("notes", []):
-        lines.append(f"  note: {note}")
-    return "\n".join(lines)
+def _ui_url(state: Any) -> str | None:
+    """The run's page in the Prefect UI of the configured server."""
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    run_id = state.state_details.flow_run_id
+    return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
 
 
 if __name__ == "__main__":

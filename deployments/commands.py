@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import get_client
@@ -138,8 +140,40 @@ async def ensure_zombie_automation(client: Any) -> None:
     )
 
 
+async def crash_orphaned_runs(client: Any, pool: str) -> int:
+    """Mark the Pending and Running flow runs of ``pool`` Crashed; how many there were."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    orphans = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+            )
+        ),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+    )
+    for run in orphans:
+        await client.set_flow_run_state(
+            run.id,
+            Crashed(message="the local worker stopped while it ran; Retry runs it again"),
+            force=True,
+        )
+    return len(orphans)
+
+
 async def serve(
-    pool: str = POOL_NAME, limit: int | None = None, isolation: str = "in-process"
+    pool: str = POOL_NAME,
+    limit: int | None = None,
+    isolation: str = "in-process",
+    poke_socket: Path | None = None,
 ) -> None:
     """Register the general deployment and run a worker for ``pool`` until stopped.
 
@@ -147,20 +181,47 @@ async def serve(
     process runs all of them on a single machine. ``isolation="in-process"`` runs
     notebook flow runs as tasks of the worker (each notebook still gets its own
     kernel process); ``"process"`` gives every flow run a Python subprocess, as
-    ``prefect worker start`` does.
+    ``prefect worker start`` does. SIGTERM stops it cleanly: its kernels and the
+    fork server are shut down with it.
+
+    Args:
+        poke_socket: A Unix socket on which local clients follow the runs they
+            created (``deployments.worker.RunChannel``); the local server's worker
+            has one, and ``nbjobs run`` uses it.
     """
     from prefect.workers.process import ProcessWorker
 
-    from deployments.worker import InProcessWorker
+    from deployments.worker import InProcessWorker, share_tls_contexts
 
+    share_tls_contexts()
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
     async with get_client() as client:
         await apply_spec(client, general_spec(pool), pool)
-        await ensure_zombie_automation(client)
+        if poke_socket is None:
+            await ensure_zombie_automation(client)
+        else:
+            # The local server has one worker, this one: whatever it was running when
+            # it stopped is orphaned. (Prefect's zombie automation would find the same
+            # runs, but on SQLite its bucket writes for every event were measured to
+            # lock the database for 60 s at a time.)
+            await crash_orphaned_runs(client, pool)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
     if isolation == "in-process":
         prestart()  # the first request finds its kernel (and the fork server) ready
+    listener: asyncio.Server | None = None
     try:
         async with worker_class(work_pool_name=pool, limit=limit) as worker:
+            if poke_socket is not None and isinstance(worker, InProcessWorker):
+                listener = await worker.listen(poke_socket)
             await worker.start()
+    except asyncio.CancelledError:
+        if main is None or not main.cancelling():
+            raise
     finally:
+        if listener is not None:
+            listener.close()
+            poke_socket.unlink(missing_ok=True)  # type: ignore[union-attr]
         await close_shared_pools()  # no pre-started kernel outlives the worker

@@ -27,12 +27,17 @@ class CellProgressBar:
 
     def update(self, event: Any) -> None:
         """Advance on a ``CellEvent``."""
+        self.advance(
+            event.index, event.done, event.total, "running" if event.phase == "start" else "done"
+        )
+
+    def advance(self, index: int, done: int, total: int, status: str) -> None:
+        """Show cell ``index`` as ``status`` (``running``, ``ok``...), ``done`` of ``total``."""
         if self._progress is None:
             return
         if self._task is None:
-            self._task = self._progress.add_task("starting", total=event.total)
-        label = f"cell {event.index}" + (" running" if event.phase == "start" else " done")
-        self._progress.update(self._task, completed=event.done, description=label)
+            self._task = self._progress.add_task("starting", total=total)
+        self._progress.update(self._task, completed=done, description=f"cell {index} {status}")
 
     def close(self) -> None:
         """Remove the bar from the terminal."""

@@ -7,7 +7,6 @@ one place that reads a notebook from a path, URL or S3. Everything here raises a
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -31,12 +30,18 @@ from blocks.exceptions import (
     UnknownParameterError,
 )
 from blocks.store import read_s3_object
+from tasks.parameters import (
+    PARAMETERS_TAG,
+    literal_type,
+    parameters_cell_source,
+    parse_parameters,
+)
 
 HTTP_FETCH_TIMEOUT_SECONDS = 30.0
 HTTP_FETCH_ATTEMPTS = 5
 HTTP_BACKOFF_SECONDS = 0.5
 MAX_PARAMETER_DEPTH = 64
-PARAMETERS_TAG = "parameters"
+
 INJECTED_TAG = "injected-parameters"
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
@@ -171,12 +176,26 @@ def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
 
 
 def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dict[str, Any]]:
-    """The parameters the notebook's ``parameters`` cell declares, as papermill infers them.
+    """The parameters the notebook's ``parameters`` cell declares.
+
+    A Python cell is read with ``ast`` (``tasks.parameters``); other languages, and a
+    cell that is not valid Python, as papermill's translator for the kernel infers them.
 
     Returns:
         One dict per parameter: ``name``, ``type`` (inferred type name or ``None``),
         ``default`` (the source text of the default) and ``help`` (the comment).
     """
+    metadata = nb.get("metadata", {})
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name", "python")
+    source = parameters_cell_source(nb)
+    if source is None:
+        return []
+    if language == "python":
+        parsed = parse_parameters(source)
+        if parsed is not None:
+            return parsed
     found = _infer_parameters(nb, name=kernel)
     return [
         {
@@ -184,22 +203,13 @@ def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dic
             "type": (
                 p.inferred_type_name
                 if p.inferred_type_name not in (None, "None")
-                else _literal_type(p.default)
+                else literal_type(p.default)
             ),
             "default": p.default,
             "help": p.help,
         }
         for p in found
     ]
-
-
-def _literal_type(source: str) -> str | None:
-    """The Python type name of a literal default (``"3"`` -> ``int``), or ``None``."""
-    try:
-        value = ast.literal_eval(source)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-    return "None" if value is None else type(value).__name__
 
 
 def has_parameters_cell(nb: NotebookNode) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,22 @@ def outputs_table(outputs: dict[str, Any]) -> list[dict[str, str]]:
     return [{"name": k, "value": json.dumps(v)[:1000]} for k, v in outputs.items()]
 
 
+ResultListener = Callable[[NotebookResult], None]
+_result_listeners: list[ResultListener] = []
+
+
+def add_result_listener(listener: ResultListener) -> None:
+    """Call ``listener`` with each run's result once ``result.json`` is stored, before the
+    Prefect artifacts are published (the local worker hands it to ``nbjobs run`` then)."""
+    _result_listeners.append(listener)
+
+
+def remove_result_listener(listener: ResultListener) -> None:
+    """Stop calling ``listener``."""
+    if listener in _result_listeners:
+        _result_listeners.remove(listener)
+
+
 @task(name="publish-result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
 async def publish_result(
     result: NotebookResult,
@@ -174,6 +191,8 @@ async def publish_result(
         await asyncio.to_thread(
             store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result)
         )
+    for listener in list(_result_listeners):
+        listener(result)
     # One after the other: on Prefect's SQLite server, five concurrent creations took
     # 141 ms against 100 ms in sequence (writes queue for the database lock).
     await acreate_markdown_artifact(

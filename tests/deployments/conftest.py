@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.api import PrefectHTTP, auth_header
+from deployments.api import APIError, PrefectHTTP, auth_header
 from tests.conftest import service
 from tests.processes import free_port, stop
 
@@ -129,7 +129,7 @@ def http_stack(
         try:
             api.deployment_id("run-notebook", "adhoc")
             break
-        except httpx.HTTPStatusError:
+        except APIError:
             if worker.poll() is not None or time.monotonic() > deadline:
                 stop(worker)
                 stop(server)

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from deployments.api import APIError
 from tests.conftest import DATA
 from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.deployments.test_http import artifacts
@@ -33,7 +34,7 @@ def start_worker(stack: HTTPStack) -> subprocess.Popen[bytes]:
         try:
             stack.api.deployment_id("run-notebook", f"adhoc-{POOL}")
             return worker
-        except httpx.HTTPStatusError:
+        except APIError:
             assert time.monotonic() < deadline, "nbjobs serve did not register its deployment"
             time.sleep(0.5)
 

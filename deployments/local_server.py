@@ -1,0 +1,506 @@
+"""The embedded default: one Prefect server and one notebook worker on this machine.
+
+With no Prefect server configured (no ``PREFECT_API_URL``, no Prefect profile that
+names one), the first command that needs Prefect starts, in the background:
+
+- ``prefect server start`` on 127.0.0.1, port 4200 or the next free one, with the UI
+  on and pointed at that port (``PREFECT_UI_API_URL``), its own ``PREFECT_HOME`` and
+  SQLite database under ``$NBJOBS_HOME/server``;
+- ``nbjobs serve --local``: the in-process worker of ``nbjobs serve``, which keeps the
+  fork server and pre-started kernels warm and runs every notebook of this server.
+
+Later commands reuse both: ``nbjobs run`` becomes a client of Prefect's REST API, and
+every run, from the command line, HTTP or a schedule, lands in one history and one UI.
+``nbjobs server start|stop|status`` manage them. Nothing here imports Prefect: a
+command that only needs the server's address answers in a fraction of a second.
+
+Layout of ``$NBJOBS_HOME/server``::
+
+    state.json     ports and pids (with their start times, so a reused pid is not ours)
+    lock           held while starting or stopping, so two commands start one server
+    prefect/       PREFECT_HOME of the server and the worker; prefect.db is the database
+    server.log     the server's output
+    worker.log     the worker's output
+    worker.sock    ``nbjobs run`` follows its run here (the worker picks it up at once)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: toml comes with Prefect
+    import toml as tomllib  # type: ignore[no-redef]
+
+from blocks.exceptions import NotebookJobError
+from blocks.settings import nbjobs_home
+from deployments.api import PrefectHTTP
+
+DEFAULT_PORT = 4200
+PORTS_TRIED = 20
+START_TIMEOUT_ENV = "NBJOBS_SERVER_START_TIMEOUT"
+# A first start migrates a new SQLite database: about 15 s on an idle 2-core machine,
+# and several times that with both cores busy. Prefect's own temporary server gives
+# up after 20 s; we would rather wait than fail a user's first command.
+DEFAULT_START_TIMEOUT_SECONDS = 300.0
+STOP_TIMEOUT_SECONDS = 20.0
+HEALTH_POLL_SECONDS = 0.25
+# a follower that hears nothing for this long asks the API whether the run ended
+FOLLOW_SILENCE_SECONDS = 2.0
+LOCAL_POOL = "notebook-jobs"
+# logs reach the API (and so `nbjobs run`'s terminal and the UI) within this much
+WORKER_LOG_INTERVAL_SECONDS = "0.25"
+
+Announce = Callable[[str], None]
+
+
+class LocalServerError(NotebookJobError):
+    """The local Prefect server or its worker could not be started or reached.
+
+    Attributes:
+        log: The log file that says more, if any.
+    """
+
+    def __init__(self, message: str, *, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API this process is told to use, or ``None`` for the embedded default.
+
+    ``PREFECT_API_URL`` in the environment, else the active profile of
+    ``$PREFECT_HOME/profiles.toml`` (``PREFECT_PROFILE`` or the file's ``active``), as
+    Prefect itself resolves them. Read without importing Prefect.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):  # TOMLDecodeError is a ValueError
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(url) if url else None
+
+
+@dataclass
+class ServerState:
+    """What ``state.json`` remembers between commands."""
+
+    port: int | None = None
+    server_pid: int | None = None
+    server_started: float | None = None  # the process's create_time, against pid reuse
+    worker_pid: int | None = None
+    worker_started: float | None = None
+
+
+def _alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is still the process we started (not a later one with its pid)."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            started is None or abs(process.create_time() - started) < 1.0
+        )
+    except psutil.Error:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 200) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _last_error(path: Path) -> str:
+    """The line of a log that says best why a process ended."""
+    lines = [line.strip() for line in _tail(path) if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+class LocalServer:
+    """The local Prefect server and its worker, under ``$NBJOBS_HOME/server``.
+
+    Example:
+        >>> server = LocalServer()
+        >>> api_url = server.ensure(announce=print)   # starts both, or finds them running
+        >>> server.stop()
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.dir = (home or nbjobs_home()).expanduser().resolve() / "server"
+        self.prefect_home = self.dir / "prefect"
+        self.database = self.prefect_home / "prefect.db"
+        self.server_log = self.dir / "server.log"
+        self.worker_log = self.dir / "worker.log"
+        self.socket = self.dir / "worker.sock"
+        self._state_file = self.dir / "state.json"
+
+    # --- state ------------------------------------------------------------------
+
+    def state(self) -> ServerState:
+        """What ``state.json`` says (an empty state where there is none or it is unreadable)."""
+        try:
+            data = json.loads(self._state_file.read_text())
+            return ServerState(**{k: data.get(k) for k in ServerState.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            return ServerState()
+
+    def _save(self, state: ServerState) -> None:
+        partial = self._state_file.with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(state), indent=2))
+        partial.replace(self._state_file)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.prefect_home.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / "lock", "a+")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise LocalServerError(
+                f"cannot write the local server's folder {self.dir} ({error.strerror}); "
+                "set NBJOBS_HOME to a folder you can write"
+            ) from error
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()
+
+    def api_url(self, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.state().port}/api"
+
+    def ui_url(self, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.state().port}"
+
+    def running(self) -> bool:
+        """Whether the server process we started is alive and answers."""
+        state = self.state()
+        if not _alive(state.server_pid, state.server_started):
+            return False
+        with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
+            return api.health()
+
+    # --- start ------------------------------------------------------------------
+
+    def ensure(self, announce: Announce | None = None) -> str:
+        """The API URL of a running local server with its worker; starts what is missing.
+
+        Raises:
+            LocalServerError: The server or the worker could not start (the message
+                names the log), or ``$NBJOBS_HOME`` is not writable.
+        """
+        say = announce or (lambda _: None)
+        state = self.state()
+        # the common case, without the lock: both running
+        if (
+            _alive(state.server_pid, state.server_started)
+            and _alive(state.worker_pid, state.worker_started)
+            and self.running()
+        ):
+            return self.api_url(state.port)
+        with self._locked():
+            state = self.state()  # another command may have started them meanwhile
+            if _alive(state.server_pid, state.server_started):
+                self._wait_healthy(state, say)
+            else:
+                if state.server_pid:
+                    say(
+                        f"the local Prefect server (pid {state.server_pid}) is no longer "
+                        "running; starting it again"
+                    )
+                state = self._start_server(state, say)
+            if not _alive(state.worker_pid, state.worker_started):
+                if state.worker_pid:
+                    say(
+                        f"the local worker (pid {state.worker_pid}) is no longer running; "
+                        "starting it again"
+                    )
+                state = self._start_worker(state)
+            return self.api_url(state.port)
+
+    def _child_env(self, port: int) -> dict[str, str]:
+        """The user's environment without their Prefect settings, pointed at this server."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            {
+                "PREFECT_HOME": str(self.prefect_home),
+                "PREFECT_API_URL": self.api_url(port),
+                "PREFECT_UI_URL": self.ui_url(port),
+                # The UI calls the API at this address; without it, it calls port 4200
+                # and every page renders blank on any other port.
+                "PREFECT_UI_API_URL": self.api_url(port),
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.database}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_UI_ENABLED": "true",
+            }
+        )
+        return env
+
+    def _pick_port(self, state: ServerState, say: Announce) -> int:
+        wanted = state.port or DEFAULT_PORT
+        if _port_free(wanted):
+            return wanted
+        for port in range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TRIED):
+            if port != wanted and _port_free(port):
+                say(f"port {wanted} is in use by another program; the local server uses {port}")
+                return port
+        raise LocalServerError(
+            f"ports {DEFAULT_PORT} to {DEFAULT_PORT + PORTS_TRIED - 1} on 127.0.0.1 are all in "
+            "use; free one, or set PREFECT_API_URL to a Prefect server you run yourself"
+        )
+
+    def _start_server(self, state: ServerState, say: Announce) -> ServerState:
+        port = self._pick_port(state, say)
+        first = not self.database.exists()
+        say(
+            f"starting the local Prefect server at {self.ui_url(port)} "
+            + (
+                "(the first start sets up its database and takes up to a minute; "
+                "later commands reuse it)"
+                if first
+                else "(later commands reuse it)"
+            )
+        )
+        command = [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with open(self.server_log, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=self._child_env(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # not stopped by the Ctrl-C of the command that started it
+                cwd=self.dir,
+            )
+        state = ServerState(
+            port=port,
+            server_pid=process.pid,
+            server_started=psutil.Process(process.pid).create_time(),
+        )
+        self._save(state)
+        try:
+            self._wait_healthy(state, say, process)
+        except LocalServerError:
+            self._save(ServerState(port=port))  # nothing of ours runs: no stale pid
+            raise
+        return state
+
+    def _wait_healthy(
+        self, state: ServerState, say: Announce, process: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + timeout
+        with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
+            while not api.health():
+                exited = (
+                    process.poll() is not None
+                    if process
+                    else not _alive(state.server_pid, state.server_started)
+                )
+                if exited:
+                    reason = _last_error(self.server_log)
+                    if "Can't locate revision" in reason:
+                        reason = (
+                            f"its database {self.database} was written by a newer Prefect "
+                            f"than this one; move it aside to start with an empty one"
+                        )
+                    raise LocalServerError(
+                        f"the local Prefect server stopped while starting: {reason} "
+                        f"(log: {self.server_log})",
+                        log=self.server_log,
+                    )
+                if time.monotonic() > deadline:
+                    self._terminate(state.server_pid, state.server_started)
+                    raise LocalServerError(
+                        f"the local Prefect server did not answer within {timeout:.0f} s "
+                        f"(log: {self.server_log}); set {START_TIMEOUT_ENV} to wait longer",
+                        log=self.server_log,
+                    )
+                time.sleep(HEALTH_POLL_SECONDS)
+
+    def _start_worker(self, state: ServerState) -> ServerState:
+        assert state.port is not None
+        self.socket.unlink(missing_ok=True)  # a killed worker's
+        env = self._child_env(state.port)
+        env["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = WORKER_LOG_INTERVAL_SECONDS
+        command = [
+            sys.executable,
+            "-m",
+            "deployments.cli",
+            "serve",
+            "--pool",
+            LOCAL_POOL,
+            "--local-socket",
+            str(self.socket),
+        ]
+        with open(self.worker_log, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.dir,
+            )
+        state.worker_pid = process.pid
+        state.worker_started = psutil.Process(process.pid).create_time()
+        self._save(state)
+        # ready once it listens: it has registered its deployment and started its kernels
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if process.poll() is not None:
+                raise LocalServerError(
+                    f"the local worker stopped while starting: {_last_error(self.worker_log)} "
+                    f"(log: {self.worker_log})",
+                    log=self.worker_log,
+                )
+            if time.monotonic() > deadline:
+                raise LocalServerError(
+                    f"the local worker did not start within {timeout:.0f} s "
+                    f"(log: {self.worker_log}); set {START_TIMEOUT_ENV} to wait longer",
+                    log=self.worker_log,
+                )
+            time.sleep(HEALTH_POLL_SECONDS)
+        return state
+
+    def wait_for_deployment(self, api: PrefectHTTP, flow: str, name: str) -> str:
+        """The deployment's id, waiting while a starting worker registers it.
+
+        Raises:
+            LocalServerError: The worker stopped, or did not register it in time.
+        """
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return api.deployment_id(flow, name)
+            except Exception as error:
+                if getattr(error, "status_code", None) != 404:
+                    raise
+            state = self.state()
+            if not _alive(state.worker_pid, state.worker_started):
+                raise LocalServerError(
+                    f"the local worker stopped while starting: {_last_error(self.worker_log)} "
+                    f"(log: {self.worker_log}); run `nbjobs server start` to start it again",
+                    log=self.worker_log,
+                )
+            if time.monotonic() > deadline:
+                raise LocalServerError(
+                    f"the local worker did not register {flow}/{name} within {timeout:.0f} s "
+                    f"(log: {self.worker_log})",
+                    log=self.worker_log,
+                )
+            time.sleep(HEALTH_POLL_SECONDS)
+
+    def follow(self, flow_run_id: str) -> socket.socket | None:
+        """A connection on which the worker streams this run's progress and outcome
+        (``deployments.worker.RunChannel``), or ``None`` where it cannot be reached (the
+        caller then polls the API; the worker's own polling picks the run up)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(FOLLOW_SILENCE_SECONDS)
+            sock.connect(str(self.socket))
+            sock.sendall(json.dumps({"follow": flow_run_id}).encode() + b"\n")
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    # --- stop and status --------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Stop the worker (its kernels with it), then the server; what was stopped."""
+        stopped: list[str] = []
+        with self._locked():
+            state = self.state()
+            if self._terminate(state.worker_pid, state.worker_started):
+                stopped.append(f"worker (pid {state.worker_pid})")
+            if self._terminate(state.server_pid, state.server_started):
+                stopped.append(f"server (pid {state.server_pid})")
+            self._save(ServerState(port=state.port))
+            with contextlib.suppress(OSError):
+                self.socket.unlink()
+        return stopped
+
+    @staticmethod
+    def _terminate(pid: int | None, started: float | None) -> bool:
+        """SIGTERM the process we started and everything it started; SIGKILL what stays."""
+        if not pid or not _alive(pid, started):
+            return False
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+        # kernels run in sessions of their own, so signal each process, not one group
+        process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs([process], timeout=STOP_TIMEOUT_SECONDS)
+        for leftover in alive + [p for p in family[1:] if p.is_running()]:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        psutil.wait_procs(family, timeout=5)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """URL, pids, uptime, database and logs, as ``nbjobs server status`` prints them."""
+        state = self.state()
+        server_up = _alive(state.server_pid, state.server_started)
+        worker_up = _alive(state.worker_pid, state.worker_started)
+        now = time.time()
+        return {
+            "running": server_up and self.running(),
+            "url": self.ui_url(state.port) if state.port else None,
+            "api_url": self.api_url(state.port) if state.port else None,
+            "server_pid": state.server_pid if server_up else None,
+            "server_uptime_seconds": round(now - state.server_started, 1)
+            if server_up and state.server_started
+            else None,
+            "worker_pid": state.worker_pid if worker_up else None,
+            "worker_uptime_seconds": round(now - state.worker_started, 1)
+            if worker_up and state.worker_started
+            else None,
+            "database": str(self.database),
+            "server_log": str(self.server_log),
+            "worker_log": str(self.worker_log),
+        }
