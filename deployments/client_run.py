@@ -197,12 +197,15 @@ def follow_channel(
         ended unseen (the caller then asks the API).
     """
     interrupted = False
-    reader = channel.makefile("rb")
+    buffered = b""
     while True:
         try:
-            line = reader.readline()
-            if not line:
-                return None
+            while b"\n" not in buffered:
+                chunk = channel.recv(65536)
+                if not chunk:
+                    return None
+                buffered += chunk
+            line, buffered = buffered.split(b"\n", 1)
             message = json.loads(line)
             if message.get("event") == "result":
                 return {"state": None, "document": message["document"], "interrupted": interrupted}

@@ -132,13 +132,3 @@ def test_inspect_lists_parameters() -> None:
         "default": '"world"',
         "help": "who to greet",
     }
-
-
-def test_run_on_the_embedded_default(tmp_path: Path) -> None:
-    """No Prefect server configured and no store: Prefect's temporary server, a local folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "NBJOBS_STORE"))}
-    env["NBJOBS_HOME"] = str(tmp_path)
-    done = nbjobs("run", str(EXAMPLES / "report.ipynb"), "-p", "n", "2", env=env, cwd=tmp_path)
-    assert done.returncode == EXIT_OK, done.stderr
-    assert f"artefacts: {tmp_path}/artefacts/run-notebook/" in done.stdout
-    assert len(list((tmp_path / "artefacts" / "run-notebook").glob("*/notebook.ipynb"))) == 1

@@ -1,0 +1,284 @@
+"""The embedded default as a new user meets it: `nbjobs run` with no Prefect server set.
+
+One local server for the module, started from an empty ``$NBJOBS_HOME`` and
+``PREFECT_HOME`` by the first test, the way the README's first command starts it,
+with both cores busy; the tests after it reuse it, and the last one stops it. Every
+command is the ``nbjobs`` console script in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from deployments.api import PrefectHTTP
+from tests.conftest import DATA, EXAMPLES, service
+
+NBJOBS = str(Path(sys.executable).parent / "nbjobs")
+RUN_TIMEOUT_SECONDS = 600  # a first start with both cores busy, on a slow machine
+UI_LINE = re.compile(r"in the Prefect UI: (http://127\.0\.0\.1:\d+/runs/flow-run/([0-9a-f-]+))")
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The user's environment with no Prefect server configured, and an empty home."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "NBJOBS_STORE", "NBJOBS_KERNEL"))
+    }
+    env.update(NBJOBS_HOME=str(home), PREFECT_HOME=str(home / "prefect-client"))
+    return env
+
+
+@dataclass
+class Local:
+    home: Path
+    env: dict[str, str]
+
+    def nbjobs(
+        self, *args: str, timeout: float = RUN_TIMEOUT_SECONDS
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [NBJOBS, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def status(self) -> dict[str, Any]:
+        done = self.nbjobs("server", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        status: dict[str, Any] = json.loads(done.stdout)
+        return status
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    home = tmp_path_factory.mktemp("first-contact")
+    found = Local(home, clean_env(home))
+    yield found
+    found.nbjobs("server", "stop", timeout=120)
+
+
+def busy_loops() -> list[subprocess.Popen[bytes]]:
+    """One busy process per core, as a loaded machine has."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+
+
+def test_two_first_runs_at_once_start_one_server_with_both_cores_busy(local: Local) -> None:
+    loops = busy_loops()
+    try:
+        runs = [
+            subprocess.Popen(
+                [NBJOBS, "run", str(EXAMPLES / "report.ipynb"), "-p", "n", n],
+                env=local.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in ("12", "3")
+        ]
+        outputs = [run.communicate(timeout=RUN_TIMEOUT_SECONDS) for run in runs]
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr
+        assert "report.ipynb: completed" in stdout
+        assert "Traceback" not in stderr
+    assert "output total = 650" in outputs[0][0] and "output total = 14" in outputs[1][0]
+    starts = sum(err.count("starting the local Prefect server") for _, err in outputs)
+    assert starts == 1, [err for _, err in outputs]
+    assert "the first start sets up its database" in "".join(err for _, err in outputs)
+    status = local.status()
+    assert status["running"] and status["server_pid"] and status["worker_pid"]
+    urls = {UI_LINE.search(out).group(1).split("/runs/")[0] for out, _ in outputs}  # type: ignore[union-attr]
+    assert urls == {status["url"]}
+
+
+def test_a_second_run_reuses_the_server_and_its_worker(local: Local) -> None:
+    before = local.status()
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"), "-p", "label", "again")
+    assert done.returncode == 0, done.stderr
+    assert 'output label = "again"' in done.stdout
+    assert done.stderr == ""  # nothing started, nothing to say
+    after = local.status()
+    assert (after["server_pid"], after["worker_pid"]) == (
+        before["server_pid"],
+        before["worker_pid"],
+    )
+
+
+def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) -> None:
+    chromium = service("chromium.sh", "Chromium")
+    done = local.nbjobs("run", str(DATA / "params.ipynb"), "-p", "x", "7")
+    assert done.returncode == 0, done.stderr
+    found = UI_LINE.search(done.stdout)
+    assert found, done.stdout
+    url, run_id = found.groups()
+    # as a browser asks for it (the UI serves its pages to HTML navigation)
+    request = urllib.request.Request(url, headers={"Accept": "text/html"})
+    with urllib.request.urlopen(request, timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+    run = PrefectHTTP(local.status()["api_url"]).flow_run(run_id)
+    assert run["state"]["type"] == "COMPLETED" and "trigger:cli" in run["tags"]
+    rendered = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={local.home / 'chromium'}",
+            "--virtual-time-budget=20000",
+            "--window-size=1400,1000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    # the UI calls the API at the server's own port: a blank page would say "Oops"
+    assert run["name"] in rendered.stdout, rendered.stdout[-2000:]
+    assert "Something went wrong" not in rendered.stdout
+    assert "params" in rendered.stdout
+
+
+def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> None:
+    run = subprocess.Popen(
+        [NBJOBS, "run", str(DATA / "sleeps.ipynb"), "-p", "seconds", "600", "-v"],
+        env=local.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # -v shows the run's log: wait for the first cell
+        line = run.stderr.readline()
+        seen.append(line)
+        if line == "started\n":  # the first cell after the parameters printed it
+            break
+    else:
+        pytest.fail("the first cell never finished:\n" + "".join(seen))
+    time.sleep(0.5)  # into the 600 s sleep of cell 2
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "cancelling run" in stderr and "Traceback" not in stderr
+    assert "sleeps.ipynb: cancelled" in stdout
+    result_path = re.search(r"result +(\S+/result\.json)", stdout).group(1)  # type: ignore[union-attr]
+    result = json.loads(Path(result_path).read_text())
+    assert result["status"] == "cancelled"
+    assert [c["status"] for c in result["cells"]][:2] == ["ok", "ok"]
+    partial = json.loads((Path(result_path).parent / "notebook.ipynb").read_text())
+    assert any("started" in str(c.get("outputs")) for c in partial["cells"])
+    api = PrefectHTTP(local.status()["api_url"])
+    deadline = time.monotonic() + 30
+    while api.flow_run(result["flow_run_id"])["state"]["type"] != "CANCELLED":
+        assert time.monotonic() < deadline, "the run did not end Cancelled"
+        time.sleep(0.5)
+
+
+def test_a_killed_worker_is_started_again(local: Local) -> None:
+    before = local.status()
+    psutil.Process(before["worker_pid"]).kill()
+    psutil.Process(before["worker_pid"]).wait(30)
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert f"the local worker (pid {before['worker_pid']}) is no longer running" in done.stderr
+    after = local.status()
+    assert after["server_pid"] == before["server_pid"]
+    assert after["worker_pid"] not in (None, before["worker_pid"])
+
+
+def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local) -> None:
+    status = local.status()
+    started = [psutil.Process(status["server_pid"]), psutil.Process(status["worker_pid"])]
+    family = started + [child for p in started for child in p.children(recursive=True)]
+    assert any("kernel" in " ".join(p.cmdline()) for p in family)  # warm kernels are there
+    done = local.nbjobs("server", "stop")
+    assert done.returncode == 0 and "stopped worker" in done.stdout and "server" in done.stdout
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    assert not local.status()["running"]
+    # a state file that names a server which died: said, and started again
+    state_file = local.home / "server" / "state.json"
+    state = json.loads(state_file.read_text())
+    state.update(server_pid=status["server_pid"], server_started=0.0)
+    state_file.write_text(json.dumps(state))
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert f"local Prefect server (pid {status['server_pid']}) is no longer running" in done.stderr
+    assert "first start" not in done.stderr  # the database is there already
+
+
+def test_with_prefect_api_url_set_no_local_server_starts(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    env = {**clean_env(tmp_path), "PREFECT_API_URL": prefect_server}
+    done = subprocess.run(
+        [NBJOBS, "run", str(EXAMPLES / "report.ipynb"), "-p", "n", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "output total = 5" in done.stdout
+    assert not (tmp_path / "server").exists()
+    run_id = UI_LINE.search(done.stdout).group(2)  # type: ignore[union-attr]
+    assert PrefectHTTP(prefect_server).flow_run(run_id)["state"]["type"] == "COMPLETED"
+
+
+def test_an_unwritable_home_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = clean_env(tmp_path / "a-file" / "home")
+    done = subprocess.run(
+        [NBJOBS, "run", str(EXAMPLES / "report.ipynb")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 4
+    assert (
+        done.stderr.count("\n") == 1 and "set NBJOBS_HOME to a folder you can write" in done.stderr
+    )
+
+
+def test_a_database_of_a_newer_prefect_is_one_clear_line(tmp_path: Path) -> None:
+    database = tmp_path / "server" / "prefect" / "prefect.db"
+    database.parent.mkdir(parents=True)
+    with sqlite3.connect(database) as db:
+        db.execute("create table alembic_version (version_num varchar(32) primary key)")
+        db.execute("insert into alembic_version values ('ffffffffffff')")
+    done = subprocess.run(
+        [NBJOBS, "server", "start"],
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 4
+    last = done.stderr.strip().splitlines()[-1]
+    assert "written by a newer Prefect" in last and str(tmp_path / "server" / "server.log") in last
+    assert "Traceback" not in done.stderr
+    assert not json.loads((tmp_path / "server" / "state.json").read_text())["server_pid"]
