@@ -21,7 +21,6 @@ import http.client
 import json
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +250,8 @@ def fetch(url: str, timeout: float = 30.0) -> Response:
     Raises:
         APIError: The link did not answer 200, or the file is missing.
     """
+    import urllib.request  # with ssl, 25 ms that a local run never needs
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
             return Response(getattr(answer, "status", None) or 200, answer.read())

@@ -23,7 +23,6 @@ kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -198,6 +197,8 @@ def _use_local_server() -> Any:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    import asyncio  # 70 ms: only for the commands that run Prefect in this process
+
     if args.command == "inspect":
         return _inspect(args)
     if args.command == "server":
