@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -70,9 +71,11 @@ def auth_header(auth_string: str | None) -> dict[str, str]:
 class PrefectHTTP:
     """Trigger and follow deployment runs over Prefect's REST API, with plain HTTP.
 
-    One keep-alive connection to the API (a run's follow loop makes a few requests a
-    second); artefact links (presigned HTTPS, or ``file://`` for a local store) are
-    fetched without the API's credentials.
+    One keep-alive connection to the API per thread (a run's follow loop makes a few
+    requests a second; tests trigger from many threads at once); artefact links
+    (presigned HTTPS, or ``file://`` for a local store) are fetched without the API's
+    credentials. A GET that times out is tried again: Prefect's SQLite server can stall
+    for up to a minute while it waits for its database lock.
     """
 
     def __init__(self, api_url: str, *, auth_string: str | None = None, timeout: float = 30.0):
@@ -81,10 +84,19 @@ class PrefectHTTP:
         self._scheme, self._netloc, self._base = parts.scheme, parts.netloc, parts.path
         self._headers = {"Accept": "application/json", **auth_header(auth_string)}
         self._timeout = timeout
-        self._connection: http.client.HTTPConnection | None = None
+        self._local = threading.local()
+
+    @property
+    def _connection(self) -> http.client.HTTPConnection | None:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        return connection
+
+    @_connection.setter
+    def _connection(self, connection: http.client.HTTPConnection | None) -> None:
+        self._local.connection = connection
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close this thread's connection."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -95,7 +107,7 @@ class PrefectHTTP:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, target: str, body: bytes | None) -> Response:
+    def _send(self, method: str, target: str, body: bytes | None, idempotent: bool) -> Response:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -115,7 +127,13 @@ class PrefectHTTP:
                 self.close()
                 if attempt:
                     raise APIError(f"{method} {self.api_url}: {error}") from error
-            except OSError as error:  # refused, unreachable, timed out
+            except TimeoutError as error:
+                self.close()
+                if not idempotent or attempt:
+                    raise APIError(
+                        f"{method} {self.api_url}: no answer within {self._timeout:g} s"
+                    ) from error
+            except OSError as error:  # refused, unreachable
                 self.close()
                 raise APIError(f"{method} {self.api_url}: {error}") from error
         raise AssertionError("unreachable")
@@ -127,9 +145,11 @@ class PrefectHTTP:
         *,
         json: Any = None,
         params: dict[str, Any] | None = None,
+        idempotent: bool | None = None,
     ) -> Response:
         """One API call (or, for a full URL, a plain fetch), retrying 503 and 429 with
-        exponential backoff.
+        exponential backoff, and a timed-out call once where that is safe (a GET, or a
+        call marked ``idempotent``).
 
         Raises:
             APIError: Any other error status, or the server could not be reached.
@@ -141,7 +161,7 @@ class PrefectHTTP:
             target += "?" + urllib.parse.urlencode(params)
         body = None if json is None else _dumps(json)
         for attempt in range(MAX_ATTEMPTS):
-            response = self._send(method, target, body)
+            response = self._send(method, target, body, idempotent or method == "GET")
             if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS - 1:
                 break
             time.sleep(BACKOFF_SECONDS * 2**attempt)
@@ -187,7 +207,12 @@ class PrefectHTTP:
         if work_queue_name:
             body["work_queue_name"] = work_queue_name  # e.g. a higher-priority queue
         deployment_id = deployment_id or self.deployment_id(flow, deployment)
-        run = self.request("POST", f"/deployments/{deployment_id}/create_flow_run", json=body)
+        run = self.request(
+            "POST",
+            f"/deployments/{deployment_id}/create_flow_run",
+            json=body,
+            idempotent=bool(idempotency_key),  # the same key gives back the same run
+        )
         return str(run.json()["id"])
 
     def flow_run(self, run_id: str) -> dict[str, Any]:

@@ -168,12 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
+    from deployments.api import APIError
     from deployments.local_server import LocalServerError
 
     try:
         return _dispatch(args)
     except LocalServerError as error:
         print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_SERVER_FAILED
+    except APIError as error:
+        where = os.environ.get("PREFECT_API_URL", "the Prefect server")
+        print(f"nbjobs: {where} did not answer as expected: {error}", file=sys.stderr)
         return EXIT_SERVER_FAILED
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,10 @@ def follow_channel(
             elif message.get("event") == "log":
                 follower.feed([message], count=False)
         except TimeoutError:
-            state = (api.flow_run(run_id).get("state") or {}).get("type")
+            try:
+                state = (api.flow_run(run_id).get("state") or {}).get("type")
+            except APIError:
+                continue  # the server is slow (SQLite's lock): the run goes on
             if state in FINAL_STATES:
                 return None
         except KeyboardInterrupt:
@@ -237,7 +241,12 @@ def run_on_local_server(
     with PrefectHTTP(api_url) as api:
         deployment_id = server.wait_for_deployment(api, FLOW, DEPLOYMENT)
         run_id = api.trigger(
-            FLOW, DEPLOYMENT, request, tags=["trigger:cli"], deployment_id=deployment_id
+            FLOW,
+            DEPLOYMENT,
+            request,
+            tags=["trigger:cli"],
+            deployment_id=deployment_id,
+            idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
         )
         url = f"{server.ui_url()}/runs/flow-run/{run_id}"
         follower = RunFollower(

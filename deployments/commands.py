@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from deployments.definitions import (
     notebook_spec,
 )
 from tasks.kernel_pool import close_shared_pools, prestart
+from tasks.notebook import warm_up_html
 from tasks.staging import (
     check_json_value,
     declared_parameters,
@@ -169,6 +171,16 @@ async def crash_orphaned_runs(client: Any, pool: str) -> int:
     return len(orphans)
 
 
+async def _wait_for_api(client: Any) -> None:
+    """Wait until the API answers (the local server and its worker start together)."""
+    timeout = float(os.environ.get("NBJOBS_SERVER_START_TIMEOUT") or 300)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await client.api_healthcheck() is not None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the Prefect API did not answer within {timeout:g} s")
+        await asyncio.sleep(0.25)
+
+
 async def serve(
     pool: str = POOL_NAME,
     limit: int | None = None,
@@ -199,6 +211,8 @@ async def serve(
     if main is not None:
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
     async with get_client() as client:
+        if poke_socket is not None:
+            await _wait_for_api(client)  # the local server may still be starting
         await apply_spec(client, general_spec(pool), pool)
         if poke_socket is None:
             await ensure_zombie_automation(client)
@@ -209,8 +223,10 @@ async def serve(
             # lock the database for 60 s at a time.)
             await crash_orphaned_runs(client, pool)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
+    warming: asyncio.Future[None] | None = None
     if isolation == "in-process":
         prestart()  # the first request finds its kernel (and the fork server) ready
+        warming = asyncio.ensure_future(asyncio.to_thread(warm_up_html))
     listener: asyncio.Server | None = None
     try:
         async with worker_class(work_pool_name=pool, limit=limit) as worker:
@@ -221,6 +237,8 @@ async def serve(
         if main is None or not main.cancelling():
             raise
     finally:
+        if warming is not None:
+            warming.cancel()
         if listener is not None:
             listener.close()
             poke_socket.unlink(missing_ok=True)  # type: ignore[union-attr]

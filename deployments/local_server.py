@@ -234,22 +234,37 @@ class LocalServer:
             return self.api_url(state.port)
         with self._locked():
             state = self.state()  # another command may have started them meanwhile
-            if _alive(state.server_pid, state.server_started):
-                self._wait_healthy(state, say)
-            else:
+            server: subprocess.Popen[bytes] | None = None
+            if not _alive(state.server_pid, state.server_started):
                 if state.server_pid:
                     say(
                         f"the local Prefect server (pid {state.server_pid}) is no longer "
                         "running; starting it again"
                     )
-                state = self._start_server(state, say)
+                state, server = self._start_server(state, say)
+            worker: subprocess.Popen[bytes] | None = None
             if not _alive(state.worker_pid, state.worker_started):
-                if state.worker_pid:
+                if state.worker_pid and server is None:
                     say(
                         f"the local worker (pid {state.worker_pid}) is no longer running; "
                         "starting it again"
                     )
-                state = self._start_worker(state)
+                # started at once: its imports overlap the server's start, and it
+                # waits for the API itself before it registers anything
+                state, worker = self._start_worker(state)
+            try:
+                self._wait_healthy(state, say, server)
+                if worker is not None:
+                    self._wait_listening(worker)
+            except LocalServerError:
+                # no stale pid is left behind for what did not start
+                self._terminate(state.worker_pid, state.worker_started)
+                state.worker_pid = state.worker_started = None
+                if server is not None:
+                    self._terminate(state.server_pid, state.server_started)
+                    state = ServerState(port=state.port)
+                self._save(state)
+                raise
             return self.api_url(state.port)
 
     def _child_env(self, port: int) -> dict[str, str]:
@@ -283,7 +298,9 @@ class LocalServer:
             "use; free one, or set PREFECT_API_URL to a Prefect server you run yourself"
         )
 
-    def _start_server(self, state: ServerState, say: Announce) -> ServerState:
+    def _start_server(
+        self, state: ServerState, say: Announce
+    ) -> tuple[ServerState, subprocess.Popen[bytes]]:
         port = self._pick_port(state, say)
         first = not self.database.exists()
         say(
@@ -320,12 +337,7 @@ class LocalServer:
             server_started=psutil.Process(process.pid).create_time(),
         )
         self._save(state)
-        try:
-            self._wait_healthy(state, say, process)
-        except LocalServerError:
-            self._save(ServerState(port=port))  # nothing of ours runs: no stale pid
-            raise
-        return state
+        return state, process
 
     def _wait_healthy(
         self, state: ServerState, say: Announce, process: subprocess.Popen[bytes] | None = None
@@ -360,7 +372,7 @@ class LocalServer:
                     )
                 time.sleep(HEALTH_POLL_SECONDS)
 
-    def _start_worker(self, state: ServerState) -> ServerState:
+    def _start_worker(self, state: ServerState) -> tuple[ServerState, subprocess.Popen[bytes]]:
         assert state.port is not None
         self.socket.unlink(missing_ok=True)  # a killed worker's
         env = self._child_env(state.port)
@@ -388,7 +400,11 @@ class LocalServer:
         state.worker_pid = process.pid
         state.worker_started = psutil.Process(process.pid).create_time()
         self._save(state)
-        # ready once it listens: it has registered its deployment and started its kernels
+        return state, process
+
+    def _wait_listening(self, process: subprocess.Popen[bytes]) -> None:
+        """Wait until the worker listens: it has registered its deployment and started
+        its kernels."""
         timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
@@ -405,7 +421,6 @@ class LocalServer:
                     log=self.worker_log,
                 )
             time.sleep(HEALTH_POLL_SECONDS)
-        return state
 
     def wait_for_deployment(self, api: PrefectHTTP, flow: str, name: str) -> str:
         """The deployment's id, waiting while a starting worker registers it.

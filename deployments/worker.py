@@ -261,36 +261,56 @@ class InProcessWorker(ProcessWorker):
         return self._entrypoints[key]
 
     async def submit_now(self, run_id: str) -> None:
-        """Submit one scheduled flow run of this pool now, as the next poll would.
+        """Start one scheduled ``run-notebook`` flow run of this pool now, in this process.
 
-        The poll's own path (``_submit_scheduled_flow_runs``) with that one run: its
-        duplicate guard skips a run a poll is already submitting, and the server's
-        Pending transition refuses a run another worker took. Reading the run is one
-        request, where a poll also makes the server mark queues and deployments ready
-        (writes that contend for SQLite's lock).
+        A poll would find the run within ``PREFECT_WORKER_QUERY_SECONDS`` and take it
+        through Prefect's whole submission: the poll query (after which the server
+        marks queues and deployments ready, writes that contend for SQLite's lock), the
+        deployment read twice, the job configuration (every setting serialised to
+        environment variables), worker labels, a Submitting state and the process id:
+        half a second on the local server, for a run that needs no process. This
+        keeps what makes a run start exactly once: the duplicate guard of runs being
+        submitted, the worker's limit, and the server's Pending transition, which
+        refuses a run that a poll (or another worker) took first.
+
+        Uses the submission internals of Prefect 3.8's ``BaseWorker`` (pinned < 3.9).
         """
         from uuid import UUID
-
-        from prefect.client.schemas.responses import WorkerFlowRunResponse
 
         flow_run = await self.client.read_flow_run(UUID(run_id))
         if (
             flow_run.state is None
             or flow_run.state.type != StateType.SCHEDULED
             or flow_run.work_pool_name != self._work_pool_name
-            or flow_run.work_pool_id is None
-            or flow_run.work_queue_id is None
+            or flow_run.deployment_id is None
+            or flow_run.id in self._submitting_flow_run_ids
+            or await self._entrypoint_of(flow_run) != ENTRYPOINT
         ):
             return  # not ours to start now: the regular poll decides
-        await self._submit_scheduled_flow_runs(
-            [
-                WorkerFlowRunResponse(
-                    work_pool_id=flow_run.work_pool_id,
-                    work_queue_id=flow_run.work_queue_id,
-                    flow_run=flow_run,
-                )
-            ]
-        )
+        if self._limiter is not None:
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(flow_run.id)
+            except anyio.WouldBlock:
+                return  # at the worker's limit: the run waits for a poll, as any other
+        self._submitting_flow_run_ids.add(flow_run.id)
+        try:
+            started = await self._propose_pending_state(flow_run)
+        finally:
+            self._submitting_flow_run_ids.discard(flow_run.id)
+        if not started:
+            self._release_limit_slot(flow_run.id)
+            return
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._run_submitted, flow_run)
+
+    async def _run_submitted(self, flow_run: FlowRun) -> None:
+        try:
+            await self.run(flow_run, configuration=None)  # type: ignore[arg-type]
+        except Exception as error:
+            self._logger.exception("flow run %s could not run", flow_run.id)
+            await self._propose_crashed_state(flow_run, f"{type(error).__name__}: {error}")
+        finally:
+            self._release_limit_slot(flow_run.id)
 
     async def listen(self, path: Path) -> asyncio.Server:
         """Serve followers on the Unix socket ``path`` (see the module docstring)."""

@@ -55,6 +55,7 @@ from tasks.storage import (
     run_prefix,
     spill_run,
     store_artefacts,
+    store_result,
 )
 
 FLOW_NAME = "run-notebook"
@@ -321,7 +322,9 @@ async def _run(
     )
     keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
     if spilled is None:
-        await publish_result(result, keys, artefact_store, prefix)
+        # result.json first: `nbjobs run` reports it while the artifacts are published
+        stored = await store_result(result, artefact_store, prefix)
+        await publish_result(result, keys, None if stored else artefact_store, prefix)
     else:
         (spilled / RESULT_NAME).write_bytes(result_document(result))
         await publish_result(result, keys)

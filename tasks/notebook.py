@@ -269,14 +269,18 @@ async def execute_notebook(
         report = stop.report
     for pending in list(delayed):
         pending.cancel()
-    nbformat.write(notebook, staged.run_dir / EXECUTED_NAME)
     done = sum(1 for c in report.cells if c.status == "ok")
     ran = sum(1 for c in report.cells if c.status != "skipped")
-    try:
-        await progress.close(
+    # the last progress update travels while the notebook is written
+    closing = asyncio.ensure_future(
+        progress.close(
             100.0 if report.success else 100.0 * done / max(ran, 1),
             f"{staged.name}: {report.status}",
         )
+    )
+    await asyncio.to_thread(nbformat.write, notebook, staged.run_dir / EXECUTED_NAME)
+    try:
+        await closing
     except Exception as failure:  # progress reporting must never lose a run
         logger.warning("could not update the progress artifact: %s", failure)
     if report.status == "kernel_died":
@@ -301,6 +305,11 @@ def _html_exporter() -> Any:
 
         exporter = _exporters.html = HTMLExporter()
     return exporter
+
+
+def warm_up_html() -> None:
+    """Import nbconvert and load the HTML templates now (about 0.5 s), not in a first run."""
+    _html_exporter()
 
 
 def render_html(run_dir: Path) -> Path | None:

@@ -21,6 +21,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from blocks.exceptions import ArtefactStoreError
 from blocks.store import ArtefactStore, nbjobs_home, safe_key
 from tasks.models import Artefacts, NotebookResult
 from tasks.notebook import render_html
@@ -166,6 +167,24 @@ def remove_result_listener(listener: ResultListener) -> None:
     """Stop calling ``listener``."""
     if listener in _result_listeners:
         _result_listeners.remove(listener)
+
+
+async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> bool:
+    """Write ``result.json`` and tell the result listeners, before any Prefect artifact.
+
+    Returns:
+        False when the write failed; ``publish_result`` then writes it again, with
+        its retries.
+    """
+    try:
+        await asyncio.to_thread(
+            store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result)
+        )
+    except ArtefactStoreError:
+        return False
+    for listener in list(_result_listeners):
+        listener(result)
+    return True
 
 
 @task(name="publish-result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])

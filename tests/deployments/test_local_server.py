@@ -135,7 +135,8 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
     request = urllib.request.Request(url, headers={"Accept": "text/html"})
     with urllib.request.urlopen(request, timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read().lower()
-    run = PrefectHTTP(local.status()["api_url"]).flow_run(run_id)
+    # nbjobs run returns once the result is stored; Prefect's final state follows
+    run = PrefectHTTP(local.status()["api_url"]).wait(run_id, timeout=120)
     assert run["state"]["type"] == "COMPLETED" and "trigger:cli" in run["tags"]
     rendered = subprocess.run(
         [
