@@ -25,7 +25,7 @@ from typing import Any
 from blocks import exceptions
 from blocks.settings import DEFAULT_STORE_ENV, absolute_store
 from deployments.api import FINAL_STATES, APIError, PrefectHTTP
-from deployments.local_server import LocalServer
+from deployments.local_server import LocalServer, LocalServerError
 
 EXIT_OK = 0
 EXIT_NOTEBOOK_FAILED = 1
@@ -239,7 +239,15 @@ def run_on_local_server(
     except exceptions.NotebookInputError as error:
         return report_refusal(type(error).__name__, str(error), args.json)
     with PrefectHTTP(api_url) as api:
-        deployment_id = server.wait_for_deployment(api, FLOW, DEPLOYMENT)
+        try:
+            deployment_id = api.deployment_id(FLOW, DEPLOYMENT)
+        except APIError as error:
+            if error.status_code != 404:
+                raise
+            raise LocalServerError(
+                f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
+                "`nbjobs server stop` and run again: its worker registers it when it starts"
+            ) from error
         run_id = api.trigger(
             FLOW,
             DEPLOYMENT,
@@ -282,10 +290,10 @@ def run_on_local_server(
         if final["state"] == "CANCELLED":
             print(f"nbjobs: run {run_id} was cancelled before it started; {url}", file=sys.stderr)
             return EXIT_INTERRUPTED
-        error = final.get("error") or {}
+        failure = final.get("error") or {}
         name, message = (
-            (error["name"], error["message"])
-            if error
+            (failure["name"], failure["message"])
+            if failure
             else refusal(final.get("message") or final["state"])
         )
         return report_refusal(name, message, args.json, url)

@@ -142,6 +142,28 @@ def _tail(path: Path, lines: int = 200) -> list[str]:
         return []
 
 
+def _wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, log: Path) -> None:
+    """Poll ``ready`` until it holds; fail at once if ``stopped``, or at the deadline.
+
+    Raises:
+        LocalServerError: Naming ``what``, why, and ``log``.
+    """
+    timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if stopped():
+            raise LocalServerError(
+                f"{what} stopped while starting: {_last_error(log)} (log: {log})", log=log
+            )
+        if time.monotonic() > deadline:
+            raise LocalServerError(
+                f"{what} did not answer within {timeout:.0f} s (log: {log}); "
+                f"set {START_TIMEOUT_ENV} to wait longer",
+                log=log,
+            )
+        time.sleep(HEALTH_POLL_SECONDS)
+
+
 def _last_error(path: Path) -> str:
     """The line of a log that says best why a process ended."""
     lines = [line.strip() for line in _tail(path) if line.strip()]
@@ -253,7 +275,7 @@ class LocalServer:
                 # waits for the API itself before it registers anything
                 state, worker = self._start_worker(state)
             try:
-                self._wait_healthy(state, say, server)
+                self._wait_healthy(state, server)
                 if worker is not None:
                     self._wait_listening(worker)
             except LocalServerError:
@@ -340,37 +362,25 @@ class LocalServer:
         return state, process
 
     def _wait_healthy(
-        self, state: ServerState, say: Announce, process: subprocess.Popen[bytes] | None = None
+        self, state: ServerState, process: subprocess.Popen[bytes] | None = None
     ) -> None:
-        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
-        deadline = time.monotonic() + timeout
+        def stopped() -> bool:
+            if process is not None:
+                return process.poll() is not None
+            return not _alive(state.server_pid, state.server_started)
+
         with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
-            while not api.health():
-                exited = (
-                    process.poll() is not None
-                    if process
-                    else not _alive(state.server_pid, state.server_started)
-                )
-                if exited:
-                    reason = _last_error(self.server_log)
-                    if "Can't locate revision" in reason:
-                        reason = (
-                            f"its database {self.database} was written by a newer Prefect "
-                            f"than this one; move it aside to start with an empty one"
-                        )
+            try:
+                _wait_for(api.health, stopped, "the local Prefect server", self.server_log)
+            except LocalServerError as error:
+                if "Can't locate revision" in str(error):
                     raise LocalServerError(
-                        f"the local Prefect server stopped while starting: {reason} "
-                        f"(log: {self.server_log})",
+                        f"the local Prefect server stopped while starting: its database "
+                        f"{self.database} was written by a newer Prefect than this one; move "
+                        f"it aside to start with an empty one (log: {self.server_log})",
                         log=self.server_log,
-                    )
-                if time.monotonic() > deadline:
-                    self._terminate(state.server_pid, state.server_started)
-                    raise LocalServerError(
-                        f"the local Prefect server did not answer within {timeout:.0f} s "
-                        f"(log: {self.server_log}); set {START_TIMEOUT_ENV} to wait longer",
-                        log=self.server_log,
-                    )
-                time.sleep(HEALTH_POLL_SECONDS)
+                    ) from error
+                raise
 
     def _start_worker(self, state: ServerState) -> tuple[ServerState, subprocess.Popen[bytes]]:
         assert state.port is not None
@@ -405,51 +415,12 @@ class LocalServer:
     def _wait_listening(self, process: subprocess.Popen[bytes]) -> None:
         """Wait until the worker listens: it has registered its deployment and started
         its kernels."""
-        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
-        deadline = time.monotonic() + timeout
-        while not self.socket.exists():
-            if process.poll() is not None:
-                raise LocalServerError(
-                    f"the local worker stopped while starting: {_last_error(self.worker_log)} "
-                    f"(log: {self.worker_log})",
-                    log=self.worker_log,
-                )
-            if time.monotonic() > deadline:
-                raise LocalServerError(
-                    f"the local worker did not start within {timeout:.0f} s "
-                    f"(log: {self.worker_log}); set {START_TIMEOUT_ENV} to wait longer",
-                    log=self.worker_log,
-                )
-            time.sleep(HEALTH_POLL_SECONDS)
-
-    def wait_for_deployment(self, api: PrefectHTTP, flow: str, name: str) -> str:
-        """The deployment's id, waiting while a starting worker registers it.
-
-        Raises:
-            LocalServerError: The worker stopped, or did not register it in time.
-        """
-        timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return api.deployment_id(flow, name)
-            except Exception as error:
-                if getattr(error, "status_code", None) != 404:
-                    raise
-            state = self.state()
-            if not _alive(state.worker_pid, state.worker_started):
-                raise LocalServerError(
-                    f"the local worker stopped while starting: {_last_error(self.worker_log)} "
-                    f"(log: {self.worker_log}); run `nbjobs server start` to start it again",
-                    log=self.worker_log,
-                )
-            if time.monotonic() > deadline:
-                raise LocalServerError(
-                    f"the local worker did not register {flow}/{name} within {timeout:.0f} s "
-                    f"(log: {self.worker_log})",
-                    log=self.worker_log,
-                )
-            time.sleep(HEALTH_POLL_SECONDS)
+        _wait_for(
+            self.socket.exists,
+            stopped=lambda: process.poll() is not None,
+            what="the local worker",
+            log=self.worker_log,
+        )
 
     def follow(self, flow_run_id: str) -> socket.socket | None:
         """A connection on which the worker streams this run's progress and outcome

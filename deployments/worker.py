@@ -70,7 +70,7 @@ class _SharedTLS:
 
 def share_tls_contexts() -> None:
     """Make every Prefect client of this process share its TLS context (see ``_SharedTLS``)."""
-    prefect.client.orchestration.ssl = _SharedTLS()  # type: ignore[attr-defined]
+    prefect.client.orchestration.ssl = _SharedTLS()  # type: ignore[assignment,attr-defined]
 
 
 class RunChannel:

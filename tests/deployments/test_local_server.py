@@ -283,3 +283,63 @@ def test_a_database_of_a_newer_prefect_is_one_clear_line(tmp_path: Path) -> None
     assert "written by a newer Prefect" in last and str(tmp_path / "server" / "server.log") in last
     assert "Traceback" not in done.stderr
     assert not json.loads((tmp_path / "server" / "state.json").read_text())["server_pid"]
+
+
+def imported_modules(args: list[str], env: dict[str, str]) -> tuple[int, set[str]]:
+    """Run ``nbjobs ARGS`` under ``python -X importtime``: its exit code and what it imported."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "deployments.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    modules = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    return done.returncode, modules
+
+
+def test_nbjobs_run_on_the_local_server_imports_no_prefect(local: Local) -> None:
+    code, modules = imported_modules(["run", str(EXAMPLES / "report.ipynb")], local.env)
+    assert code == 0
+    assert not {m for m in modules if m.split(".")[0] in ("prefect", "papermill", "httpx")}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["run"], ["inspect", str(EXAMPLES / "report.ipynb")], ["server", "--help"]],
+    ids=["help", "argument-error", "inspect", "server-help"],
+)
+def test_light_commands_import_no_prefect(args: list[str], tmp_path: Path) -> None:
+    code, modules = imported_modules(args, clean_env(tmp_path))
+    assert code in (0, 2)
+    assert not {m for m in modules if m.split(".")[0] in ("prefect", "papermill", "nbformat")}
+    assert not (tmp_path / "server").exists()  # nothing was started
+
+
+def test_a_port_in_use_is_skipped_and_said(tmp_path: Path) -> None:
+    import socket
+
+    from deployments.local_server import LocalServer, ServerState
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        said: list[str] = []
+        chosen = LocalServer(tmp_path)._pick_port(ServerState(port=port), said.append)
+    assert chosen != port
+    assert said == [f"port {port} is in use by another program; the local server uses {chosen}"]
+
+
+def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
+    """Prefect's UI calls port 4200 unless told: on any other port every page is blank."""
+    from deployments.local_server import LocalServer
+
+    env = LocalServer(tmp_path)._child_env(4207)
+    assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4207/api"
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4207/api"
+    assert env["PREFECT_HOME"] == str(tmp_path.resolve() / "server" / "prefect")
