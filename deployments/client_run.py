@@ -297,7 +297,12 @@ def run_on_local_server(
             else refusal(final.get("message") or final["state"])
         )
         return report_refusal(name, message, args.json, url)
-    return report_result(document, args.json, url, interrupted=bool(final.get("interrupted")))
+    code = report_result(document, args.json, url, interrupted=bool(final.get("interrupted")))
+    failure = final.get("error") or {}
+    if failure.get("name") == "ArtefactStoreError":  # kept in the spill folder: say where
+        print(f"nbjobs: {failure['message']}", file=sys.stderr)
+        return EXIT_STORE_FAILED
+    return code
 
 
 def report_result(

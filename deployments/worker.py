@@ -104,6 +104,8 @@ class RunChannel:
     def publish(self, run_id: str, message: dict[str, Any]) -> None:
         """Send ``message`` to the followers of ``run_id`` (from the worker's loop)."""
         for queue in self._followers.get(run_id, []):
+            if queue.full() and message.get("event") in ("result", "final"):
+                queue.get_nowait()  # a slow follower loses a line of output, never its result
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(message)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import nbformat
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from nbformat import NotebookNode
 from papermill.inspection import _infer_parameters
 from papermill.translators import translate_parameters
@@ -153,6 +154,9 @@ def parse_notebook(source: NotebookSource) -> NotebookNode:
         )
     try:
         nb = nbformat.reads(json.dumps(document), as_version=4)
+        # to nbformat 4.5, as papermill loads every notebook: cells get ids, which the
+        # injected cell has too; in a 4.0-4.4 notebook that id would make it invalid
+        nb = nbformat.v4.upgrade(nb)
         nbformat.validate(nb)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -168,11 +172,12 @@ def parse_notebook(source: NotebookSource) -> NotebookNode:
 
 
 def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
-    """The kernel to run: the requested one, else the notebook's, else ``python3``."""
-    if requested:
-        return requested
-    name = nb.metadata.get("kernelspec", {}).get("name")
-    return str(name) if name else "python3"
+    """The kernel to run: the requested one, else the notebook's, else ``python3``.
+
+    ``python`` means ``python3``, as jupyter_client's ``KernelManager`` reads it.
+    """
+    name = requested or nb.metadata.get("kernelspec", {}).get("name") or NATIVE_KERNEL_NAME
+    return NATIVE_KERNEL_NAME if name == "python" else str(name)
 
 
 def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dict[str, Any]]:

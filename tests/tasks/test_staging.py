@@ -22,6 +22,7 @@ from tasks.staging import (
     declared_parameters,
     fetch_notebook_source,
     inject_parameters,
+    kernel_name_of,
     parse_notebook,
     select_cells,
 )
@@ -143,3 +144,25 @@ def test_injection_follows_the_parameters_cell_and_maps_origins() -> None:
     assert nb.cells[1].metadata["tags"] == ["injected-parameters"]
     assert "x = 5" in nb.cells[1].source
     assert origin == [0, None, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("minor", [0, 4])
+def test_an_older_nbformat_4_notebook_stays_valid_with_parameters(minor: int) -> None:
+    """Injecting a cell (it has an id) into 4.0-4.4, which allow none: upgraded, as papermill does."""
+    document = json.loads((DATA / "params.ipynb").read_text())
+    document["nbformat_minor"] = minor
+    for cell in document["cells"]:
+        cell.pop("id", None)
+    nb = parse_notebook(NotebookSource("old.ipynb", json.dumps(document).encode()))
+    injected, _ = inject_parameters(nb, {"x": 3}, "python3")
+    nbformat.validate(injected)
+    assert injected.nbformat_minor == 5
+
+
+def test_kernel_python_is_python3_as_jupyter_client_reads_it() -> None:
+    from jupyter_client.manager import KernelManager
+
+    nb = load("params.ipynb")
+    assert kernel_name_of(nb, "python") == KernelManager(kernel_name="python").kernel_name
+    nb.metadata["kernelspec"]["name"] = "python"
+    assert kernel_name_of(nb, None) == "python3"
