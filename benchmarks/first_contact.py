@@ -66,12 +66,12 @@ def main() -> None:
     run = [nbjobs, "run", str(NOTEBOOK), "-p", "n", "12"]
     loops = busy_loops(2) if args.busy else []
     try:
-        first = timed(run, env, work)
-    finally:
-        for loop in loops:
-            loop.kill()
-            loop.wait()
-    try:
+        try:
+            first = timed(run, env, work)
+        finally:
+            for loop in loops:
+                loop.kill()
+                loop.wait()
         timed(run, env, work)  # one warm-up each, not counted
         timed([papermill, str(NOTEBOOK), str(work / "out.ipynb"), "-p", "n", "12"], env, work)
         ours, theirs = [], []

@@ -16,6 +16,7 @@ base class, or the branch they care about::
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
     │   └── KernelDiedError           the kernel process died (retryable)
     ├── ArtefactStoreError            the store is unreachable or refused a write
+    ├── LocalServerError              the local Prefect server or its worker cannot start
     └── SlurmError
         ├── SlurmSubmissionError      sbatch/sacct unreachable or refused the job
         └── SlurmJobError             the job ended FAILED, TIMEOUT, OUT_OF_MEMORY, CANCELLED...
@@ -27,6 +28,7 @@ translated at the boundary with the cause kept (``raise X(...) from e``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -188,6 +190,18 @@ class ArtefactStoreError(NotebookJobError):
         super().__init__(message)
         self.store = store
         self.result = result  # the run's result, when a run could not store its artefacts
+
+
+class LocalServerError(NotebookJobError):
+    """The local Prefect server or its worker could not be started or reached.
+
+    Attributes:
+        log: The log file that says more, if any.
+    """
+
+    def __init__(self, message: str, *, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 class SlurmError(NotebookJobError):

@@ -29,6 +29,9 @@ RETRY_STATUSES = frozenset({429, 503})
 MAX_ATTEMPTS = 6
 BACKOFF_SECONDS = 0.25
 POLL_INTERVAL_SECONDS = 0.5
+# a connection idle longer than this is opened afresh: Prefect's server closes idle
+# keep-alive connections after PREFECT_SERVER_API_KEEPALIVE_TIMEOUT (5 s by default)
+KEEPALIVE_SECONDS = 2.0
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
@@ -111,7 +114,10 @@ class PrefectHTTP:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        for attempt in range(2):  # a kept-alive connection the server closed: once more
+        idle = time.monotonic() - getattr(self._local, "used", 0.0)
+        if idle > KEEPALIVE_SECONDS:  # the server has probably closed it: start afresh
+            self.close()
+        for attempt in range(2):
             if self._connection is None:
                 kind = (
                     http.client.HTTPSConnection
@@ -122,10 +128,13 @@ class PrefectHTTP:
             try:
                 self._connection.request(method, target, body=body, headers=headers)
                 answer = self._connection.getresponse()
+                self._local.used = time.monotonic()
                 return Response(answer.status, answer.read())
             except (http.client.HTTPException, ConnectionError) as error:
                 self.close()
-                if attempt:
+                # a kept-alive connection the server had closed: the request never
+                # arrived, but only a request that may arrive twice is sent again
+                if attempt or not idempotent:
                     raise APIError(f"{method} {self.api_url}: {error}") from error
             except TimeoutError as error:
                 self.close()
@@ -220,10 +229,19 @@ class PrefectHTTP:
         run: dict[str, Any] = self.request("GET", f"/flow_runs/{run_id}").json()
         return run
 
-    def set_state(self, run_id: str, state_type: str, message: str = "") -> None:
-        """``POST /flow_runs/{id}/set_state``, forced (``CANCELLING`` asks the worker to stop)."""
+    def set_state(
+        self, run_id: str, state_type: str, message: str = "", *, force: bool = True
+    ) -> bool:
+        """``POST /flow_runs/{id}/set_state`` (``CANCELLING`` asks the worker to stop).
+
+        Returns:
+            Whether the server accepted it (without ``force`` it may refuse).
+        """
         state = {"type": state_type, "name": state_type.title(), "message": message}
-        self.request("POST", f"/flow_runs/{run_id}/set_state", json={"state": state, "force": True})
+        answer = self.request(
+            "POST", f"/flow_runs/{run_id}/set_state", json={"state": state, "force": force}
+        ).json()
+        return bool(answer.get("status") == "ACCEPT")
 
     def wait(self, run_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll a flow run until it is COMPLETED, FAILED, CANCELLED or CRASHED."""

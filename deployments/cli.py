@@ -2,7 +2,7 @@
 
     nbjobs run NOTEBOOK [-p NAME VALUE]... [-r NAME VALUE]... [--store S] [--kernel K]
                         [--cells SEL] [--timeout S] [--cell-timeout S] [--cluster BLOCK]
-                        [--input-file PATH]... [--json]
+                        [--input-file PATH]... [--json] [-v | --log-output]
     nbjobs inspect NOTEBOOK [--json]
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
                            [--store S] [--pool P] [--concurrency-limit N]
@@ -28,6 +28,14 @@ import os
 import sys
 from typing import Any
 
+from deployments.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SERVER_FAILED,
+    EXIT_STORE_FAILED,
+)
+
 WORKER_SETTINGS = {
     # Prefect's worker polls every 10 s by default; a notebook job should start at once.
     # Set before Prefect is imported: it reads its settings at import.
@@ -36,11 +44,6 @@ WORKER_SETTINGS = {
     # heartbeats let the server mark runs of a killed worker Crashed (see commands.py)
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
-EXIT_OK = 0
-EXIT_NOTEBOOK_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_STORE_FAILED = 3
-EXIT_SERVER_FAILED = 4
 
 
 def parse_value(text: str) -> Any:
@@ -168,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
+    from blocks.exceptions import LocalServerError
     from deployments.api import APIError
-    from deployments.local_server import LocalServerError
 
     try:
         return _dispatch(args)
@@ -180,10 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         where = os.environ.get("PREFECT_API_URL", "the Prefect server")
         print(f"nbjobs: {where} did not answer as expected: {error}", file=sys.stderr)
         return EXIT_SERVER_FAILED
-
-
-def _announce(message: str) -> None:
-    print(f"nbjobs: {message}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("nbjobs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _use_local_server() -> Any:
@@ -197,7 +199,9 @@ def _use_local_server() -> Any:
     if configured_api_url() is not None:
         return None
     server = LocalServer()
-    os.environ["PREFECT_API_URL"] = server.ensure(announce=_announce)
+    from deployments.light_commands import announce
+
+    os.environ["PREFECT_API_URL"] = server.ensure(announce=announce)
     return server
 
 
@@ -205,9 +209,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     import asyncio  # 70 ms: only for the commands that run Prefect in this process
 
     if args.command == "inspect":
-        return _inspect(args)
+        from deployments.light_commands import inspect_command
+
+        return inspect_command(args)
     if args.command == "server":
-        return _server(args)
+        from deployments.light_commands import server_command
+
+        return server_command(args)
     if args.command == "retry-uploads":
         return _retry_uploads()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -235,7 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(serve(args.pool, args.limit, args.isolation, socket))
         return EXIT_OK
     if args.command == "deploy":
-        _use_local_server()
+        args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))
     if args.command == "run":
         server = _use_local_server()
@@ -256,55 +264,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT
 
 
-def _server(args: argparse.Namespace) -> int:
-    from deployments.local_server import LocalServer, configured_api_url
-
-    server = LocalServer()
-    if args.action == "stop":
-        stopped = server.stop()
-        print("stopped " + " and ".join(stopped) if stopped else "the local server was not running")
-        return EXIT_OK
-    if args.action == "start":
-        if configured_api_url() is not None:
-            print(
-                f"nbjobs: note: PREFECT_API_URL names {configured_api_url()}; commands in this "
-                "shell use that server, not the local one",
-                file=sys.stderr,
-            )
-        server.ensure(announce=_announce)
-    status = server.status()
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return EXIT_OK if status["running"] or args.action == "status" else EXIT_SERVER_FAILED
-    if not status["running"]:
-        print(
-            f"the local server is not running (start it: nbjobs server start)\n"
-            f"  database   {status['database']}\n  log        {status['server_log']}"
-        )
-        return EXIT_OK
-    server_uptime = _duration(status["server_uptime_seconds"])
-    print(
-        f"the local Prefect server is running at {status['url']}\n"
-        f"  server     pid {status['server_pid']}, up {server_uptime}\n"
-        f"  worker     "
-        + (
-            f"pid {status['worker_pid']}, up {_duration(status['worker_uptime_seconds'])}"
-            if status["worker_pid"]
-            else "not running (`nbjobs run` or `nbjobs server start` starts it)"
-        )
-        + f"\n  database   {status['database']}\n"
-        f"  logs       {status['server_log']}, {status['worker_log']}\n"
-        f"  stop it:   nbjobs server stop"
-    )
-    return EXIT_OK
-
-
-def _duration(seconds: float | None) -> str:
-    seconds = int(seconds or 0)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
-
-
 def _retry_uploads() -> int:
     from tasks.storage import retry_spilled_uploads
 
@@ -314,57 +273,6 @@ def _retry_uploads() -> int:
     for folder, error in outcomes:
         print(f"{folder.name}: {'uploaded' if error is None else 'still spilled: ' + error}")
     return EXIT_STORE_FAILED if any(error for _, error in outcomes) else EXIT_OK
-
-
-def _declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
-    """A local Python notebook's parameters, read without papermill or nbformat; None
-    when the notebook is anything else (a URL, nbformat 3, another language)."""
-    from pathlib import Path
-
-    from tasks.parameters import parameters_cell_source, parse_parameters
-
-    try:
-        document = json.loads(Path(notebook).read_bytes())
-    except (OSError, ValueError):
-        return None  # the full path below says what is wrong
-    if not isinstance(document, dict) or document.get("nbformat") != 4:
-        return None
-    metadata = document.get("metadata") or {}
-    language = (metadata.get("kernelspec") or {}).get("language") or (
-        metadata.get("language_info") or {}
-    ).get("name", "python")
-    if language != "python":
-        return None
-    source = parameters_cell_source(document)
-    return [] if source is None else parse_parameters(source)
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    parameters = None
-    if not args.notebook.startswith(("s3://", "http://", "https://")):
-        parameters = _declared_parameters_light(args.notebook)
-    if parameters is None:
-        from blocks.exceptions import NotebookInputError
-        from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
-
-        try:
-            nb = parse_notebook(fetch_notebook_source(args.notebook))
-            parameters = declared_parameters(nb)
-        except NotebookInputError as error:
-            print(f"nbjobs: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    if args.json:
-        print(json.dumps(parameters, indent=2))
-        return EXIT_OK
-    if not parameters:
-        print("no parameters (the notebook has no cell tagged 'parameters')")
-        return EXIT_OK
-    width = max(len(p["name"]) for p in parameters)
-    for p in parameters:
-        kind = p["type"] or "?"
-        comment = f"  # {p['help']}" if p["help"] else ""
-        print(f"{p['name']:<{width}}  {kind:<8} = {p['default']}{comment}")
-    return EXIT_OK
 
 
 async def _deploy(args: argparse.Namespace) -> int:
@@ -395,7 +303,8 @@ async def _deploy(args: argparse.Namespace) -> int:
     print(f"  parameters: {names}")
     if args.cron:
         print(f"  schedule: {args.cron} ({args.timezone})")
-    print(f"  run it:  prefect deployment run '{deployed.name}' -p parameters='{{...}}'")
+    local = "" if args.api_was_set else f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} "
+    print(f"  run it:  {local}prefect deployment run '{deployed.name}' -p parameters='{{...}}'")
     return EXIT_OK
 
 
@@ -437,7 +346,7 @@ async def _run(args: argparse.Namespace) -> int:
         remove_progress_listener(bar.update)
         bar.close()
 
-    from deployments.client_run import report_refusal, report_result
+    from deployments.report import report_refusal, report_result
 
     url = _ui_url(state)
     if isinstance(outcome, BaseException):

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -23,23 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from blocks import exceptions
+from blocks.exceptions import LocalServerError
 from blocks.settings import DEFAULT_STORE_ENV, absolute_store
 from deployments.api import FINAL_STATES, APIError, PrefectHTTP
-from deployments.local_server import LocalServer, LocalServerError
+from deployments.exit_codes import (
+    EXIT_INTERRUPTED,
+    EXIT_STORE_FAILED,
+)
+from deployments.local_server import LocalServer
+from deployments.report import refusal, report_refusal, report_result
 
-EXIT_OK = 0
-EXIT_NOTEBOOK_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_STORE_FAILED = 3
-EXIT_SERVER_FAILED = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 FLOW = "run-notebook"
 DEPLOYMENT = "adhoc"
 STATE_POLL_SECONDS = 0.05
 LOG_POLL_SECONDS = 0.25
 LOG_DRAIN_SECONDS = 0.5  # the worker ships logs every 0.25 s: the last ones follow the state
 _CELL_LINE = re.compile(r"^cell (\d+) \((\d+)/(\d+)\) (\w+)")
-_FAILED_MESSAGE = re.compile(r"^(?:Flow run encountered an exception: )?(\w+): (.*)$", re.S)
 
 
 def _is_location(text: str) -> bool:
@@ -126,20 +126,36 @@ class RunFollower:
             self._bar.close()
 
 
+class Interrupts:
+    """Ctrl-C while a run is followed: the first asks for cancellation and following
+    goes on until the run ends (its partial notebook stored); the second leaves."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self.count = 0
+        self._cancel = cancel
+
+    def press(self) -> None:
+        """Called from ``except KeyboardInterrupt``.
+
+        Raises:
+            KeyboardInterrupt: On the second press: the caller stops following.
+        """
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        self._cancel()
+
+
 def follow(
-    api: PrefectHTTP,
-    run_id: str,
-    follower: RunFollower,
-    on_interrupt: Callable[[], None],
+    api: PrefectHTTP, run_id: str, follower: RunFollower, interrupts: Interrupts
 ) -> dict[str, Any]:
     """Poll the run until it reaches a final state; feed its logs to ``follower``.
 
-    The first Ctrl-C calls ``on_interrupt`` (which asks for cancellation) and keeps
-    following until the run ends; a second one leaves at once.
+    Returns:
+        The flow run as the API last gave it (in a final state).
     """
     want_logs = follower.wants_logs
     next_logs = 0.0
-    interrupted = False
     while True:
         try:
             run = api.flow_run(run_id)
@@ -153,81 +169,99 @@ def follow(
                 return run
             time.sleep(STATE_POLL_SECONDS)
         except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            on_interrupt()
+            interrupts.press()
 
 
 def _cancel(api: PrefectHTTP, run_id: str) -> None:
+    """Cancel a run that has not started outright; ask a running one's worker to stop it."""
     print(f"nbjobs: cancelling run {run_id} (Ctrl-C again to leave it)", file=sys.stderr)
+    message = "cancelled from the command line (Ctrl-C)"
     state = (api.flow_run(run_id).get("state") or {}).get("type")
-    if state in ("SCHEDULED", "PENDING"):
-        api.set_state(run_id, "CANCELLED", "cancelled from the command line (Ctrl-C)")
-    elif state not in FINAL_STATES:
-        api.set_state(run_id, "CANCELLING", "cancelled from the command line (Ctrl-C)")
-
-
-def refusal(message: str) -> tuple[str, str]:
-    """The error name and message of a run refused before it stored anything."""
-    found = _FAILED_MESSAGE.match(message.strip())
-    return (found.group(1), found.group(2)) if found else ("NotebookJobError", message)
-
-
-def exit_code_for(error_name: str) -> int:
-    """The exit code for an error of ``blocks.exceptions`` named ``error_name``."""
-    error = getattr(exceptions, error_name, None)
-    if isinstance(error, type) and issubclass(error, exceptions.NotebookInputError):
-        return EXIT_BAD_INPUT
-    if isinstance(error, type) and issubclass(error, exceptions.ArtefactStoreError):
-        return EXIT_STORE_FAILED
-    return EXIT_NOTEBOOK_FAILED
+    if state in FINAL_STATES:
+        return
+    # not forced: if the worker has started it meanwhile, the server refuses, and the
+    # run is asked to stop (CANCELLING) like any running one
+    if state in ("SCHEDULED", "PENDING") and api.set_state(
+        run_id, "CANCELLED", message, force=False
+    ):
+        return
+    api.set_state(run_id, "CANCELLING", message)
 
 
 def follow_channel(
-    channel: Any,
+    channel: socket.socket,
     api: PrefectHTTP,
     run_id: str,
     follower: RunFollower,
-    on_interrupt: Callable[[], None],
+    interrupts: Interrupts,
 ) -> dict[str, Any] | None:
-    """Read the worker's stream for this run until its final message.
+    """Read the worker's stream for this run until its result or final message.
 
     Returns:
-        The final message, or ``None`` when the stream ended without one, or the run
-        ended unseen (the caller then asks the API).
+        That message, or ``None`` when the stream ended without one, or the run ended
+        unseen (the caller then asks the API).
     """
-    interrupted = False
     buffered = b""
     while True:
         try:
-            while b"\n" not in buffered:
-                chunk = channel.recv(65536)
-                if not chunk:
+            try:
+                while b"\n" not in buffered:
+                    chunk = channel.recv(65536)
+                    if not chunk:
+                        return None
+                    buffered += chunk
+            except TimeoutError:  # silence: has the run ended unseen?
+                try:
+                    state = (api.flow_run(run_id).get("state") or {}).get("type")
+                except APIError:
+                    continue  # the server is slow (SQLite's lock): the run goes on
+                if state in FINAL_STATES:
                     return None
-                buffered += chunk
+                continue
             line, buffered = buffered.split(b"\n", 1)
             message = json.loads(line)
             if message.get("event") == "result":
-                return {"state": None, "document": message["document"], "interrupted": interrupted}
+                return {"state": None, "document": message["document"]}
             if message.get("event") == "final":
-                return {**message, "interrupted": interrupted}
+                return dict(message)
             if message.get("event") == "cell":
                 follower.cell(message)
             elif message.get("event") == "log":
                 follower.feed([message], count=False)
-        except TimeoutError:
-            try:
-                state = (api.flow_run(run_id).get("state") or {}).get("type")
-            except APIError:
-                continue  # the server is slow (SQLite's lock): the run goes on
-            if state in FINAL_STATES:
-                return None
         except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            on_interrupt()
+            interrupts.press()
+
+
+def _follow(
+    api: PrefectHTTP,
+    run_id: str,
+    server: LocalServer,
+    follower: RunFollower,
+    interrupts: Interrupts,
+) -> dict[str, Any]:
+    """Follow the run on the worker's stream, else through the API, to its outcome."""
+    while True:  # a Ctrl-C before following has begun still cancels the run
+        try:
+            channel = server.follow(run_id)
+            break
+        except KeyboardInterrupt:
+            interrupts.press()
+    if channel is not None:
+        with channel:
+            found = follow_channel(channel, api, run_id, follower, interrupts)
+        if found is not None:
+            return found
+    run = follow(api, run_id, follower, interrupts)
+    state = run["state"]
+    final: dict[str, Any] = {"state": state["type"], "message": state.get("message")}
+    if state["type"] == "FAILED" and state.get("message"):
+        name, message = refusal(state["message"])
+        final["error"] = {"name": name, "message": message}
+    try:
+        final["document"] = api.result(run_id)
+    except (LookupError, APIError):
+        final["document"] = None
+    return final
 
 
 def run_on_local_server(
@@ -260,31 +294,15 @@ def run_on_local_server(
         follower = RunFollower(
             bar=not args.json and not args.verbose and sys.stderr.isatty(), echo=args.verbose
         )
-        final: dict[str, Any] | None = None
-        interrupted = [False]
-
-        def cancel() -> None:
-            interrupted[0] = True
-            _cancel(api, run_id)
-
-        channel = server.follow(run_id)
+        interrupts = Interrupts(lambda: _cancel(api, run_id))
         try:
-            if channel is not None:
-                with channel:
-                    final = follow_channel(channel, api, run_id, follower, cancel)
-            if final is None:  # no worker stream: ask the API
-                run = follow(api, run_id, follower, cancel)
-                final = {
-                    "state": run["state"]["type"],
-                    "message": run["state"].get("message"),
-                    "interrupted": interrupted[0],
-                }
-                try:
-                    final["document"] = api.result(run_id)
-                except (LookupError, APIError):
-                    final["document"] = None
+            final = _follow(api, run_id, server, follower, interrupts)
+        except KeyboardInterrupt:
+            print(f"nbjobs: stopped following run {run_id}; see it at {url}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         finally:
             follower.close()
+        final["interrupted"] = interrupts.count > 0
     document = final.get("document")
     if document is None:
         if final["state"] == "CANCELLED":
@@ -303,68 +321,3 @@ def run_on_local_server(
         print(f"nbjobs: {failure['message']}", file=sys.stderr)
         return EXIT_STORE_FAILED
     return code
-
-
-def report_result(
-    document: dict[str, Any], as_json: bool, url: str | None, *, interrupted: bool = False
-) -> int:
-    """Print a run's result document and return the command's exit code."""
-    print(json.dumps(document, indent=2) if as_json else summary(document, url))
-    if interrupted and document.get("status") == "cancelled":
-        return EXIT_INTERRUPTED
-    if document.get("success"):
-        return EXIT_OK
-    error_name = (document.get("error") or {}).get("name", "")
-    return EXIT_STORE_FAILED if error_name == "ArtefactStoreError" else EXIT_NOTEBOOK_FAILED
-
-
-def report_refusal(name: str, message: str, as_json: bool, url: str | None = None) -> int:
-    """Print why a request was refused (one line, or ``status: refused`` as JSON)."""
-    if as_json:
-        document = {
-            "success": False,
-            "status": "refused",
-            "error": {"name": name, "message": message},
-        }
-        if url:
-            document["url"] = url
-        print(json.dumps(document, indent=2))
-    else:
-        print(f"nbjobs: {name}: {message}", file=sys.stderr)
-    return exit_code_for(name)
-
-
-def summary(document: dict[str, Any], url: str | None = None) -> str:
-    """A readable summary of a result document."""
-    artefacts = document.get("artefacts", {})
-    timings = document.get("timings", {})
-    lines = [
-        f"{document['notebook']}: {document['status']} "
-        f"in {timings.get('total_seconds', 0):.2f} s (kernel {document.get('kernel')})"
-    ]
-    error = document.get("error")
-    if error:
-        where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""
-        lines.append(f"  error{where}: {error['name']}: {error['message']}")
-    cells = document.get("cells", [])
-    ran = sum(1 for c in cells if c["status"] == "ok")
-    lines.append(f"  cells: {ran} of {len(cells)} ran ok")
-    for name, value in document.get("outputs", {}).items():
-        lines.append(f"  output {name} = {json.dumps(value)[:200]}")
-    lines.append(f"  artefacts: {artefacts.get('prefix')}")
-    for key in ("notebook", "html", "result"):
-        if artefacts.get(key):
-            lines.append(f"    {key:<8} {artefacts[key]}")
-    for uri in artefacts.get("files", {}).values():
-        lines.append(f"    file     {uri}")
-    slurm = document.get("slurm")
-    if slurm:
-        lines.append(
-            f"  slurm: job {slurm['job_id']} {slurm['state']} on {slurm.get('node')} "
-            f"(exit code {slurm.get('exit_code')})"
-        )
-    for note in document.get("notes", []):
-        lines.append(f"  note: {note}")
-    if url:
-        lines.append(f"  in the Prefect UI: {url}")
-    return "\n".join(lines)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from deployments.definitions import (
     general_spec,
     notebook_spec,
 )
+from deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
 from tasks.kernel_pool import close_shared_pools, prestart
 from tasks.notebook import warm_up_html
 from tasks.staging import (
@@ -173,12 +173,12 @@ async def crash_orphaned_runs(client: Any, pool: str) -> int:
 
 async def _wait_for_api(client: Any) -> None:
     """Wait until the API answers (the local server and its worker start together)."""
-    timeout = float(os.environ.get("NBJOBS_SERVER_START_TIMEOUT") or 300)
+    timeout = start_timeout_seconds()
     deadline = asyncio.get_running_loop().time() + timeout
     while await client.api_healthcheck() is not None:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"the Prefect API did not answer within {timeout:g} s")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(HEALTH_POLL_SECONDS)
 
 
 async def serve(
@@ -207,9 +207,14 @@ async def serve(
 
     share_tls_contexts()
     main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    terminated: list[bool] = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        if main is not None:
+            main.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with get_client() as client:
         if poke_socket is not None:
             await _wait_for_api(client)  # the local server may still be starting
@@ -234,7 +239,7 @@ async def serve(
                 listener = await worker.listen(poke_socket)
             await worker.start()
     except asyncio.CancelledError:
-        if main is None or not main.cancelling():
+        if not terminated:  # cancelled by someone else: not ours to swallow
             raise
     finally:
         if warming is not None:

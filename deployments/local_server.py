@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -47,19 +46,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10: toml comes with Prefect
     import toml as tomllib  # type: ignore[no-redef]
 
-from blocks.exceptions import NotebookJobError
+from blocks.exceptions import LocalServerError
 from blocks.settings import nbjobs_home
 from deployments.api import PrefectHTTP
+from deployments.processes import (
+    alive,
+    port_free,
+    stop_process_tree,
+    wait_for,
+)
 
 DEFAULT_PORT = 4200
 PORTS_TRIED = 20
-START_TIMEOUT_ENV = "NBJOBS_SERVER_START_TIMEOUT"
-# A first start migrates a new SQLite database: about 15 s on an idle 2-core machine,
-# and several times that with both cores busy. Prefect's own temporary server gives
-# up after 20 s; we would rather wait than fail a user's first command.
-DEFAULT_START_TIMEOUT_SECONDS = 300.0
-STOP_TIMEOUT_SECONDS = 20.0
-HEALTH_POLL_SECONDS = 0.25
 # a follower that hears nothing for this long asks the API whether the run ended
 FOLLOW_SILENCE_SECONDS = 2.0
 LOCAL_POOL = "notebook-jobs"
@@ -71,18 +69,6 @@ WORKER_LOG_INTERVAL_SECONDS = "0.25"
 WORKER_POLL_SECONDS = "2"
 
 Announce = Callable[[str], None]
-
-
-class LocalServerError(NotebookJobError):
-    """The local Prefect server or its worker could not be started or reached.
-
-    Attributes:
-        log: The log file that says more, if any.
-    """
-
-    def __init__(self, message: str, *, log: Path | None = None) -> None:
-        super().__init__(message)
-        self.log = log
 
 
 def configured_api_url() -> str | None:
@@ -114,67 +100,6 @@ class ServerState:
     server_started: float | None = None  # the process's create_time, against pid reuse
     worker_pid: int | None = None
     worker_started: float | None = None
-
-
-def _alive(pid: int | None, started: float | None) -> bool:
-    """Whether ``pid`` is still the process we started (not a later one with its pid)."""
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and (
-            started is None or abs(process.create_time() - started) < 1.0
-        )
-    except psutil.Error:
-        return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _tail(path: Path, lines: int = 200) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
-
-def _wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, log: Path) -> None:
-    """Poll ``ready`` until it holds; fail at once if ``stopped``, or at the deadline.
-
-    Raises:
-        LocalServerError: Naming ``what``, why, and ``log``.
-    """
-    timeout = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_SECONDS)
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if stopped():
-            raise LocalServerError(
-                f"{what} stopped while starting: {_last_error(log)} (log: {log})", log=log
-            )
-        if time.monotonic() > deadline:
-            raise LocalServerError(
-                f"{what} did not answer within {timeout:.0f} s (log: {log}); "
-                f"set {START_TIMEOUT_ENV} to wait longer",
-                log=log,
-            )
-        time.sleep(HEALTH_POLL_SECONDS)
-
-
-def _last_error(path: Path) -> str:
-    """The line of a log that says best why a process ended."""
-    lines = [line.strip() for line in _tail(path) if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line[:300]
-    return lines[-1][:300] if lines else "no output"
 
 
 class LocalServer:
@@ -235,7 +160,7 @@ class LocalServer:
     def running(self) -> bool:
         """Whether the server process we started is alive and answers."""
         state = self.state()
-        if not _alive(state.server_pid, state.server_started):
+        if not alive(state.server_pid, state.server_started):
             return False
         with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
             return api.health()
@@ -253,23 +178,25 @@ class LocalServer:
         state = self.state()
         # the common case, without the lock: both running
         if (
-            _alive(state.server_pid, state.server_started)
-            and _alive(state.worker_pid, state.worker_started)
+            alive(state.server_pid, state.server_started)
+            and alive(state.worker_pid, state.worker_started)
             and self.running()
         ):
             return self.api_url(state.port)
         with self._locked():
             state = self.state()  # another command may have started them meanwhile
             server: subprocess.Popen[bytes] | None = None
-            if not _alive(state.server_pid, state.server_started):
+            if not alive(state.server_pid, state.server_started):
                 if state.server_pid:
                     say(
                         f"the local Prefect server (pid {state.server_pid}) is no longer "
                         "running; starting it again"
                     )
+                # a worker of the server that died goes too: a new one starts with it
+                stop_process_tree(state.worker_pid, state.worker_started)
                 state, server = self._start_server(state, say)
             worker: subprocess.Popen[bytes] | None = None
-            if not _alive(state.worker_pid, state.worker_started):
+            if not alive(state.worker_pid, state.worker_started):
                 if state.worker_pid and server is None:
                     say(
                         f"the local worker (pid {state.worker_pid}) is no longer running; "
@@ -284,10 +211,10 @@ class LocalServer:
                     self._wait_listening(worker)
             except LocalServerError:
                 # no stale pid is left behind for what did not start
-                self._terminate(state.worker_pid, state.worker_started)
+                stop_process_tree(state.worker_pid, state.worker_started)
                 state.worker_pid = state.worker_started = None
                 if server is not None:
-                    self._terminate(state.server_pid, state.server_started)
+                    stop_process_tree(state.server_pid, state.server_started)
                     state = ServerState(port=state.port)
                 self._save(state)
                 raise
@@ -313,16 +240,39 @@ class LocalServer:
 
     def _pick_port(self, state: ServerState, say: Announce) -> int:
         wanted = state.port or DEFAULT_PORT
-        if _port_free(wanted):
+        if port_free(wanted):
             return wanted
         for port in range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TRIED):
-            if port != wanted and _port_free(port):
+            if port != wanted and port_free(port):
                 say(f"port {wanted} is in use by another program; the local server uses {port}")
                 return port
         raise LocalServerError(
             f"ports {DEFAULT_PORT} to {DEFAULT_PORT + PORTS_TRIED - 1} on 127.0.0.1 are all in "
             "use; free one, or set PREFECT_API_URL to a Prefect server you run yourself"
         )
+
+    def _spawn(
+        self, command: list[str], env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        """Start a background process of ours, its output appended to ``log_path``.
+
+        Raises:
+            LocalServerError: The program could not be started at all.
+        """
+        try:
+            with open(log_path, "ab") as log:
+                return subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    # its own session: the Ctrl-C of the command that started it is not its
+                    start_new_session=True,
+                    cwd=self.dir,
+                )
+        except OSError as error:
+            raise LocalServerError(f"could not start {command[0]}: {error}") from error
 
     def _start_server(
         self, state: ServerState, say: Announce
@@ -347,16 +297,7 @@ class LocalServer:
             "--port",
             str(port),
         ]
-        with open(self.server_log, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                env=self._child_env(port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # not stopped by the Ctrl-C of the command that started it
-                cwd=self.dir,
-            )
+        process = self._spawn(command, self._child_env(port), self.server_log)
         state = ServerState(
             port=port,
             server_pid=process.pid,
@@ -371,11 +312,11 @@ class LocalServer:
         def stopped() -> bool:
             if process is not None:
                 return process.poll() is not None
-            return not _alive(state.server_pid, state.server_started)
+            return not alive(state.server_pid, state.server_started)
 
         with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
             try:
-                _wait_for(api.health, stopped, "the local Prefect server", self.server_log)
+                wait_for(api.health, stopped, "the local Prefect server", self.server_log)
             except LocalServerError as error:
                 if "Can't locate revision" in str(error):
                     raise LocalServerError(
@@ -402,16 +343,7 @@ class LocalServer:
             "--local-socket",
             str(self.socket),
         ]
-        with open(self.worker_log, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.dir,
-            )
+        process = self._spawn(command, env, self.worker_log)
         state.worker_pid = process.pid
         state.worker_started = psutil.Process(process.pid).create_time()
         self._save(state)
@@ -420,7 +352,7 @@ class LocalServer:
     def _wait_listening(self, process: subprocess.Popen[bytes]) -> None:
         """Wait until the worker listens: it has registered its deployment and started
         its kernels."""
-        _wait_for(
+        wait_for(
             self.socket.exists,
             stopped=lambda: process.poll() is not None,
             what="the local worker",
@@ -448,36 +380,20 @@ class LocalServer:
         stopped: list[str] = []
         with self._locked():
             state = self.state()
-            if self._terminate(state.worker_pid, state.worker_started):
+            if stop_process_tree(state.worker_pid, state.worker_started):
                 stopped.append(f"worker (pid {state.worker_pid})")
-            if self._terminate(state.server_pid, state.server_started):
+            if stop_process_tree(state.server_pid, state.server_started):
                 stopped.append(f"server (pid {state.server_pid})")
             self._save(ServerState(port=state.port))
             with contextlib.suppress(OSError):
                 self.socket.unlink()
         return stopped
 
-    @staticmethod
-    def _terminate(pid: int | None, started: float | None) -> bool:
-        """SIGTERM the process we started and everything it started; SIGKILL what stays."""
-        if not pid or not _alive(pid, started):
-            return False
-        process = psutil.Process(pid)
-        family = [process, *process.children(recursive=True)]
-        # kernels run in sessions of their own, so signal each process, not one group
-        process.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs([process], timeout=STOP_TIMEOUT_SECONDS)
-        for leftover in alive + [p for p in family[1:] if p.is_running()]:
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
-        psutil.wait_procs(family, timeout=5)
-        return True
-
     def status(self) -> dict[str, Any]:
         """URL, pids, uptime, database and logs, as ``nbjobs server status`` prints them."""
         state = self.state()
-        server_up = _alive(state.server_pid, state.server_started)
-        worker_up = _alive(state.worker_pid, state.worker_started)
+        server_up = alive(state.server_pid, state.server_started)
+        worker_up = alive(state.worker_pid, state.worker_started)
         now = time.time()
         return {
             "running": server_up and self.running(),

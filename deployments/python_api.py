@@ -4,8 +4,8 @@
 code (a Jupyter cell can ``await`` at top level). ``run_notebook_sync`` is for
 everything else, a script or a function that is not async, and works in Jupyter too.
 With no Prefect server configured it uses the local server, as ``nbjobs run`` does,
-so the run lands in the same history and UI; the notebook itself runs in this
-process's own kernel (spawned), not in the local worker.
+so the run lands in the same history and UI; the notebook itself runs in a kernel
+started by this process, not in the local worker.
 
 Example:
     >>> from deployments.python_api import run_notebook_sync
@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployments.local_server import LocalServer, configured_api_url
 
+if TYPE_CHECKING:
+    from tasks.models import NotebookResult
 
-def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> Any:
+
+def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> NotebookResult:
     """Run ``notebook`` as a ``run-notebook`` flow run and return its ``NotebookResult``.
 
     Args:
@@ -49,9 +52,10 @@ def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> Any:
     if configured_api_url() is None:
         settings = temporary_settings(updates={PREFECT_API_URL: LocalServer().ensure()})
 
-    def run() -> Any:
+    def run() -> NotebookResult:
         with settings:
-            return asyncio.run(run_notebook(notebook, **options))
+            result: NotebookResult = asyncio.run(run_notebook(notebook, **options))
+            return result
 
     try:
         asyncio.get_running_loop()

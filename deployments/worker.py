@@ -45,7 +45,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 from deployments.definitions import ENTRYPOINT
 
 CANCEL_POLL_SECONDS = 1.0
-FOLLOW_QUEUE_SIZE = 1000  # events kept for a slow follower; older ones are dropped
+FOLLOW_QUEUE_SIZE = 1000  # events kept for a slow follower; newer ones are dropped
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
@@ -100,6 +100,10 @@ class RunChannel:
         remove_result_listener(self._on_result)
         for name in _RUN_LOGGERS:
             logging.getLogger(name).removeHandler(self._handler)
+
+    def following(self, run_id: str) -> bool:
+        """Whether anyone follows ``run_id``."""
+        return run_id in self._followers
 
     def publish(self, run_id: str, message: dict[str, Any]) -> None:
         """Send ``message`` to the followers of ``run_id`` (from the worker's loop)."""
@@ -156,22 +160,33 @@ class RunChannel:
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(FOLLOW_QUEUE_SIZE)
             run_id = ""
+            # a follower that leaves early (Ctrl-C, or polling the API instead) closes
+            # its end: stop waiting for its run then, not when the run ends
+            left: asyncio.Future[bytes] | None = None
             try:
                 line = await reader.readline()
+                left = asyncio.ensure_future(reader.read())
                 run_id = str(json.loads(line or b"{}").get("follow", ""))
                 if not run_id:
                     return
                 self._followers.setdefault(run_id, []).append(queue)
                 on_follow(run_id)
                 while True:
-                    message = await queue.get()
+                    getting = asyncio.ensure_future(queue.get())
+                    await asyncio.wait({getting, left}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():
+                        getting.cancel()
+                        return
+                    message = getting.result()
                     writer.write(json.dumps(message, default=str).encode() + b"\n")
                     await writer.drain()
                     if message.get("event") in ("result", "final"):
                         return
             except (ConnectionError, ValueError):
-                return  # the follower left (Ctrl-C twice), or sent nonsense
+                return  # the follower left mid-write, or sent nonsense
             finally:
+                if left is not None:
+                    left.cancel()
                 followers = self._followers.get(run_id, [])
                 if queue in followers:
                     followers.remove(queue)
@@ -193,10 +208,13 @@ class _FollowerLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         run_id = str(getattr(record, "flow_run_id", ""))
         if run_id:
-            self.channel.publish_threadsafe(
-                run_id,
-                {"event": "log", "level": record.levelname, "message": record.getMessage()},
-            )
+            try:
+                self.channel.publish_threadsafe(
+                    run_id,
+                    {"event": "log", "level": record.levelname, "message": record.getMessage()},
+                )
+            except Exception:  # a closed loop at shutdown: never into the code that logged
+                self.handleError(record)
 
 
 async def final_message(flow_run: FlowRun, state: Any) -> dict[str, Any]:
@@ -285,8 +303,8 @@ class InProcessWorker(ProcessWorker):
             or flow_run.state.type != StateType.SCHEDULED
             or flow_run.work_pool_name != self._work_pool_name
             or flow_run.deployment_id is None
-            or flow_run.id in self._submitting_flow_run_ids
             or await self._entrypoint_of(flow_run) != ENTRYPOINT
+            or flow_run.id in self._submitting_flow_run_ids  # after the await: a poll has it
         ):
             return  # not ours to start now: the regular poll decides
         if self._limiter is not None:
@@ -363,7 +381,11 @@ class InProcessWorker(ProcessWorker):
             status = 1
         finally:
             watcher.cancel()
-            if self.channel is not None and state is not None:
+            if (
+                self.channel is not None
+                and state is not None
+                and self.channel.following(str(flow_run.id))
+            ):
                 self.channel.publish(str(flow_run.id), await final_message(flow_run, state))
         return ProcessWorkerResult(identifier=str(flow_run.id), status_code=status)
 

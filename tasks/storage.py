@@ -210,8 +210,6 @@ async def publish_result(
         await asyncio.to_thread(
             store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result)
         )
-    for listener in list(_result_listeners):
-        listener(result)
     # One after the other: on Prefect's SQLite server, five concurrent creations took
     # 141 ms against 100 ms in sequence (writes queue for the database lock).
     await acreate_markdown_artifact(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.cli import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK, parse_value
+from deployments.cli import parse_value
+from deployments.exit_codes import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK
 from tests.conftest import DATA, EXAMPLES
 
 NBJOBS = str(Path(sys.executable).parent / "nbjobs")

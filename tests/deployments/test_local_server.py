@@ -202,6 +202,59 @@ def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> 
         time.sleep(0.5)
 
 
+def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
+    run = subprocess.Popen(
+        [NBJOBS, "run", str(DATA / "sleeps.ipynb"), "-p", "seconds", "600", "-v"],
+        env=local.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stderr is not None
+    deadline = time.monotonic() + 120
+    while run.stderr.readline() != "started\n":
+        assert time.monotonic() < deadline, "the run never started"
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130
+    assert "Traceback" not in stderr
+    found = re.search(r"stopped following run ([0-9a-f-]+); see it at (http\S+)", stderr)
+    assert found, stderr
+    # the cancellation asked for by the first Ctrl-C goes on without us
+    api = PrefectHTTP(local.status()["api_url"])
+    assert api.wait(found.group(1), timeout=60)["state"]["type"] == "CANCELLED"
+
+
+def test_run_notebook_sync_uses_the_local_server(local: Local) -> None:
+    """A Python caller with no server configured lands in the same history as the CLI."""
+    code = (
+        "from deployments.python_api import run_notebook_sync\n"
+        f"result = run_notebook_sync({str(EXAMPLES / 'report.ipynb')!r}, parameters={{'n': 4}})\n"
+        "print(result.flow_run_id, result.outputs['total'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=local.env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id, total = done.stdout.split()[-2:]
+    assert total == "30"
+    run = PrefectHTTP(local.status()["api_url"]).flow_run(run_id)
+    assert run["state"]["type"] == "COMPLETED"
+
+
+def test_an_unwritable_store_spills_and_exits_three(local: Local) -> None:
+    """Nothing is lost: the artefacts wait in the spill folder, and the exit code says so."""
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"), "--store", "/proc/no-store-here")
+    assert done.returncode == 3, done.stderr
+    assert "report.ipynb: completed" in done.stdout
+    assert "spill folder" in done.stderr and "nbjobs retry-uploads" in done.stderr
+    assert "Traceback" not in done.stderr
+    spilled = list((local.home / "spill").glob("*/notebook.ipynb"))
+    assert spilled, list(local.home.rglob("*"))[:20]
+
+
 def test_a_killed_worker_is_started_again(local: Local) -> None:
     before = local.status()
     psutil.Process(before["worker_pid"]).kill()

@@ -1,0 +1,8 @@
+"""The exit codes of ``nbjobs``, one list for every way a command can end."""
+
+EXIT_OK = 0  # the notebook ran to the end
+EXIT_NOTEBOOK_FAILED = 1  # it raised, timed out or killed its kernel (partial notebook stored)
+EXIT_BAD_INPUT = 2  # refused before any kernel started
+EXIT_STORE_FAILED = 3  # the artefact store failed (the artefacts are in the spill folder)
+EXIT_SERVER_FAILED = 4  # the Prefect server could not be started or reached
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it

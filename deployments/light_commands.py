@@ -1,0 +1,120 @@
+"""The commands that answer without Prefect: ``nbjobs inspect`` and ``nbjobs server``.
+
+``inspect`` reads a local Python notebook's parameters cell with ``ast``; ``server``
+starts, stops and describes the local server. Neither imports Prefect, papermill or
+nbformat unless a notebook needs them (a URL, nbformat 3, another language).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_FAILED
+
+
+def announce(message: str) -> None:
+    """One line on stderr about what the local server is doing."""
+    print(f"nbjobs: {message}", file=sys.stderr, flush=True)
+
+
+def server_command(args: argparse.Namespace) -> int:
+    from deployments.local_server import LocalServer, configured_api_url
+
+    server = LocalServer()
+    if args.action == "stop":
+        stopped = server.stop()
+        print("stopped " + " and ".join(stopped) if stopped else "the local server was not running")
+        return EXIT_OK
+    if args.action == "start":
+        if configured_api_url() is not None:
+            print(
+                f"nbjobs: note: PREFECT_API_URL names {configured_api_url()}; commands in this "
+                "shell use that server, not the local one",
+                file=sys.stderr,
+            )
+        server.ensure(announce=announce)
+    status = server.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK if status["running"] or args.action == "status" else EXIT_SERVER_FAILED
+    if not status["running"]:
+        print(
+            f"the local server is not running (start it: nbjobs server start)\n"
+            f"  database   {status['database']}\n  log        {status['server_log']}"
+        )
+        return EXIT_OK
+    server_uptime = duration(status["server_uptime_seconds"])
+    print(
+        f"the local Prefect server is running at {status['url']}\n"
+        f"  server     pid {status['server_pid']}, up {server_uptime}\n"
+        f"  worker     "
+        + (
+            f"pid {status['worker_pid']}, up {duration(status['worker_uptime_seconds'])}"
+            if status["worker_pid"]
+            else "not running (`nbjobs run` or `nbjobs server start` starts it)"
+        )
+        + f"\n  database   {status['database']}\n"
+        f"  logs       {status['server_log']}, {status['worker_log']}\n"
+        f"  stop it:   nbjobs server stop"
+    )
+    return EXIT_OK
+
+
+def duration(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+
+
+def declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
+    """A local Python notebook's parameters, read without papermill or nbformat; None
+    when the notebook is anything else (a URL, nbformat 3, another language)."""
+    from pathlib import Path
+
+    from tasks.parameters import parameters_cell_source, parse_parameters
+
+    try:
+        document = json.loads(Path(notebook).read_bytes())
+    except (OSError, ValueError):
+        return None  # the full path below says what is wrong
+    if not isinstance(document, dict) or document.get("nbformat") != 4:
+        return None
+    metadata = document.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name", "python")
+    if language != "python":
+        return None
+    source = parameters_cell_source(document)
+    return [] if source is None else parse_parameters(source)
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    parameters = None
+    if not args.notebook.startswith(("s3://", "http://", "https://")):
+        parameters = declared_parameters_light(args.notebook)
+    if parameters is None:
+        from blocks.exceptions import NotebookInputError
+        from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
+
+        try:
+            nb = parse_notebook(fetch_notebook_source(args.notebook))
+            parameters = declared_parameters(nb)
+        except NotebookInputError as error:
+            print(f"nbjobs: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(parameters, indent=2))
+        return EXIT_OK
+    if not parameters:
+        print("no parameters (the notebook has no cell tagged 'parameters')")
+        return EXIT_OK
+    width = max(len(p["name"]) for p in parameters)
+    for p in parameters:
+        kind = p["type"] or "?"
+        comment = f"  # {p['help']}" if p["help"] else ""
+        print(f"{p['name']:<{width}}  {kind:<8} = {p['default']}{comment}")
+    return EXIT_OK

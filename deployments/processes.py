@@ -1,0 +1,123 @@
+"""The background processes the local server starts: alive, ready, stopped.
+
+Standard library and psutil only: ``nbjobs run`` checks them on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from blocks.exceptions import LocalServerError
+
+START_TIMEOUT_ENV = "NBJOBS_SERVER_START_TIMEOUT"
+# A first start migrates a new SQLite database: about 15 s on an idle 2-core machine,
+# and several times that with both cores busy. Prefect's own temporary server gives
+# up after 20 s; we would rather wait than fail a user's first command.
+DEFAULT_START_TIMEOUT_SECONDS = 300.0
+STOP_TIMEOUT_SECONDS = 20.0
+HEALTH_POLL_SECONDS = 0.25
+
+
+def alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is still the process we started (not a later one with its pid)."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            started is None or abs(process.create_time() - started) < 1.0
+        )
+    except psutil.Error:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 200) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def last_error(path: Path) -> str:
+    """The line of a log that says best why a process ended."""
+    lines = [line.strip() for line in _tail(path) if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def start_timeout_seconds() -> float:
+    """``$NBJOBS_SERVER_START_TIMEOUT``: how long a start may take (default 300 s).
+
+    Raises:
+        LocalServerError: The value is not a number.
+    """
+    text = os.environ.get(START_TIMEOUT_ENV) or str(DEFAULT_START_TIMEOUT_SECONDS)
+    try:
+        return float(text)
+    except ValueError:
+        raise LocalServerError(f"{START_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+
+
+def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, log: Path) -> None:
+    """Poll ``ready`` until it holds; fail at once if ``stopped``, or at the deadline.
+
+    Raises:
+        LocalServerError: Naming ``what``, why, and ``log``.
+    """
+    timeout = start_timeout_seconds()
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if stopped():
+            raise LocalServerError(
+                f"{what} stopped while starting: {last_error(log)} (log: {log})", log=log
+            )
+        if time.monotonic() > deadline:
+            raise LocalServerError(
+                f"{what} did not answer within {timeout:.0f} s (log: {log}); "
+                f"set {START_TIMEOUT_ENV} to wait longer",
+                log=log,
+            )
+        time.sleep(HEALTH_POLL_SECONDS)
+
+
+def stop_process_tree(pid: int | None, started: float | None) -> bool:
+    """Stop a process we started, and what it started; whether it was running.
+
+    SIGTERM to the process itself, which stops its own children (the worker shuts
+    its kernels and fork server down); after ``STOP_TIMEOUT_SECONDS``, SIGKILL to
+    it and to whatever of its process tree is left.
+    """
+    if not pid or not alive(pid, started):
+        return False
+    try:
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+        process.send_signal(signal.SIGTERM)
+    except psutil.Error:
+        return False  # it ended meanwhile
+    _, remaining = psutil.wait_procs([process], timeout=STOP_TIMEOUT_SECONDS)
+    for leftover in remaining + [p for p in family[1:] if p.is_running()]:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    psutil.wait_procs(family, timeout=5)
+    return True

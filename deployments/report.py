@@ -1,0 +1,103 @@
+"""What ``nbjobs run`` prints and the exit code it ends with, however the run went.
+
+The same for a run on the local server and one executed in the ``nbjobs`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from blocks import exceptions
+from deployments.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_NOTEBOOK_FAILED,
+    EXIT_OK,
+    EXIT_STORE_FAILED,
+)
+
+_FAILED_MESSAGE = re.compile(r"^(?:Flow run encountered an exception: )?(\w+): (.*)$", re.S)
+
+
+def refusal(message: str) -> tuple[str, str]:
+    """The error name and message of a run refused before it stored anything."""
+    found = _FAILED_MESSAGE.match(message.strip())
+    return (found.group(1), found.group(2)) if found else ("NotebookJobError", message)
+
+
+def exit_code_for(error_name: str) -> int:
+    """The exit code for an error of ``blocks.exceptions`` named ``error_name``."""
+    error = getattr(exceptions, error_name, None)
+    if isinstance(error, type) and issubclass(error, exceptions.NotebookInputError):
+        return EXIT_BAD_INPUT
+    if isinstance(error, type) and issubclass(error, exceptions.ArtefactStoreError):
+        return EXIT_STORE_FAILED
+    return EXIT_NOTEBOOK_FAILED
+
+
+def report_result(
+    document: dict[str, Any], as_json: bool, url: str | None, *, interrupted: bool = False
+) -> int:
+    """Print a run's result document and return the command's exit code."""
+    print(json.dumps(document, indent=2) if as_json else summary(document, url))
+    if interrupted and document.get("status") == "cancelled":
+        return EXIT_INTERRUPTED
+    if document.get("success"):
+        return EXIT_OK
+    error_name = (document.get("error") or {}).get("name", "")
+    return EXIT_STORE_FAILED if error_name == "ArtefactStoreError" else EXIT_NOTEBOOK_FAILED
+
+
+def report_refusal(name: str, message: str, as_json: bool, url: str | None = None) -> int:
+    """Print why a request was refused (one line, or ``status: refused`` as JSON)."""
+    if as_json:
+        document = {
+            "success": False,
+            "status": "refused",
+            "error": {"name": name, "message": message},
+        }
+        if url:
+            document["url"] = url
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"nbjobs: {name}: {message}", file=sys.stderr)
+    return exit_code_for(name)
+
+
+def summary(document: dict[str, Any], url: str | None = None) -> str:
+    """A readable summary of a result document."""
+    artefacts = document.get("artefacts", {})
+    timings = document.get("timings", {})
+    lines = [
+        f"{document['notebook']}: {document['status']} "
+        f"in {timings.get('total_seconds', 0):.2f} s (kernel {document.get('kernel')})"
+    ]
+    error = document.get("error")
+    if error:
+        where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""
+        lines.append(f"  error{where}: {error['name']}: {error['message']}")
+    cells = document.get("cells", [])
+    ran = sum(1 for c in cells if c["status"] == "ok")
+    lines.append(f"  cells: {ran} of {len(cells)} ran ok")
+    for name, value in document.get("outputs", {}).items():
+        lines.append(f"  output {name} = {json.dumps(value)[:200]}")
+    lines.append(f"  artefacts: {artefacts.get('prefix')}")
+    for key in ("notebook", "html", "result"):
+        if artefacts.get(key):
+            lines.append(f"    {key:<8} {artefacts[key]}")
+    for uri in artefacts.get("files", {}).values():
+        lines.append(f"    file     {uri}")
+    slurm = document.get("slurm")
+    if slurm:
+        lines.append(
+            f"  slurm: job {slurm['job_id']} {slurm['state']} on {slurm.get('node')} "
+            f"(exit code {slurm.get('exit_code')})"
+        )
+    for note in document.get("notes", []):
+        lines.append(f"  note: {note}")
+    if url:
+        lines.append(f"  in the Prefect UI: {url}")
+    return "\n".join(lines)
