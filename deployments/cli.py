@@ -23,7 +23,7 @@ kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 from typing import Any
@@ -46,27 +46,29 @@ WORKER_SETTINGS = {
 }
 
 
-def parse_value(text: str) -> Any:
-    """Read a ``-p`` value as papermill does: JSON (number, bool, null, list, object)
-    where it parses as one, Python's True/False/None too, else the string itself."""
-    python_words = {"True": True, "False": False, "None": None}
-    if text in python_words:
-        return python_words[text]
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(name)  # NaN and Infinity are not JSON: keep them as strings
-
-    try:
-        return json.loads(text, parse_constant=refuse_constant)
-    except ValueError:
-        return text
-
-
 def _add_parameter_options(parser: argparse.ArgumentParser, p_help: str, r_help: str) -> None:
-    """``-p NAME VALUE`` (read as JSON where it parses) and ``-r NAME VALUE`` (raw)."""
-    for short, long, text in (("-p", "--parameter", p_help), ("-r", "--raw", r_help)):
+    """Papermill's parameter options, with papermill's names (``deployments/papermill_args.py``)."""
+    for flags, text in (
+        (("-p", "--parameters", "--parameter"), p_help),
+        (("-r", "--parameters_raw", "--raw"), r_help),
+    ):
         parser.add_argument(
-            short, long, nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=text
+            *flags,
+            dest=flags[1].removeprefix("--"),
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("NAME", "VALUE"),
+            help=text,
+        )
+    yaml_options: tuple[tuple[tuple[str, str], str], ...] = (
+        (("-y", "--parameters_yaml"), "parameters as a YAML mapping"),
+        (("-f", "--parameters_file"), "a YAML file of parameters"),
+        (("-b", "--parameters_base64"), "parameters as base64-encoded YAML"),
+    )
+    for yaml_flags, yaml_help in yaml_options:
+        parser.add_argument(
+            *yaml_flags, action="append", default=[], metavar="YAML", help=yaml_help
         )
 
 
@@ -81,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", help="path, s3:// URI, http(s):// URL, or '-' for JSON on stdin")
     _add_parameter_options(
         run,
-        "a parameter; the value is read as JSON where it parses, else kept as a string",
+        "a parameter, read as papermill reads it: an int, a float, True, False, None, "
+        "else the string as typed",
         "a parameter whose value is always kept as a string",
     )
     run.add_argument("--store", help="artefact store: s3://bucket/prefix, a folder, or a block")
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
     _add_parameter_options(
         deploy,
-        "a default for a notebook parameter (read as with nbjobs run)",
+        "a default for a notebook parameter (read as papermill reads -p)",
         "a default kept as a string",
     )
     deploy.add_argument("--store", help="where the notebook and its runs' artefacts are stored")
@@ -242,6 +245,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         socket = Path(args.local_socket) if args.local_socket else None
         asyncio.run(serve(args.pool, args.limit, args.isolation, socket))
         return EXIT_OK
+    if args.command in ("run", "deploy"):
+        try:
+            args.parameter_values = _request_parameters(args)
+        except ValueError as error:
+            print(f"nbjobs: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.command == "deploy":
         args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))
@@ -251,7 +260,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from deployments.client_run import run_on_local_server
 
             return run_on_local_server(
-                args, _request_parameters(args), server, os.environ["PREFECT_API_URL"]
+                args, args.parameter_values, server, os.environ["PREFECT_API_URL"]
             )
         # A Prefect server of the user's own: the run executes in this process and
         # reports to it. The console handler only: the run's logs still reach the
@@ -283,7 +292,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         deployed = await deploy_notebook(
             args.notebook,
             name=args.name,
-            defaults=_request_parameters(args),
+            defaults=args.parameter_values,
             store=args.store,
             cron=args.cron,
             timezone=args.timezone if args.cron else None,
@@ -309,8 +318,27 @@ async def _deploy(args: argparse.Namespace) -> int:
 
 
 def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    parameters: dict[str, Any] = {name: parse_value(value) for name, value in args.parameter}
-    parameters.update({name: value for name, value in args.raw})
+    """The command line's parameters, as papermill reads them.
+
+    Raises:
+        ValueError: A -y/-f/-b value cannot be read, or a value cannot travel as JSON.
+    """
+    from deployments.papermill_args import read_parameters
+
+    parameters = read_parameters(
+        p=args.parameters,
+        r=args.parameters_raw,
+        y=args.parameters_yaml,
+        f=args.parameters_file,
+        b=args.parameters_base64,
+    )
+    for name, value in parameters.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(
+                f"parameter {name!r} is {value}: papermill would inject float({str(value)!r}), "
+                "but NaN and infinity cannot travel as JSON to the run yet; "
+                f"-r {name} {value} passes the string"
+            )
     return parameters
 
 
@@ -331,7 +359,7 @@ async def _run(args: argparse.Namespace) -> int:
         with tags("trigger:cli"):
             state = await run_notebook(
                 notebook=notebook,
-                parameters=_request_parameters(args),
+                parameters=args.parameter_values,
                 kernel=args.kernel,
                 cells=args.cells,
                 cell_timeout_seconds=args.cell_timeout,

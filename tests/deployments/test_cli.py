@@ -10,32 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.cli import parse_value
 from deployments.exit_codes import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK
 from tests.conftest import DATA, EXAMPLES
 
 NBJOBS = str(Path(sys.executable).parent / "nbjobs")
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("5", 5),
-        ("2.5", 2.5),
-        ("true", True),
-        ("True", True),
-        ("null", None),
-        ("None", None),
-        ("hello", "hello"),
-        ('[1, "a"]', [1, "a"]),
-        ('{"k": 1}', {"k": 1}),
-        ("NaN", "NaN"),
-        ("1e3", 1000.0),
-        ('"5"', "5"),
-    ],
-)
-def test_p_values_are_read_as_papermill_reads_them(text: str, value: object) -> None:
-    assert parse_value(text) == value
 
 
 def nbjobs(
@@ -78,9 +56,8 @@ def test_json_prints_exactly_result_json(server_env: dict[str, str], tmp_path: P
         "-r",
         "name",
         "5",
-        "-p",
-        "x",
-        "2",
+        "-y",
+        "x: 2",
         "--json",
         "--store",
         str(tmp_path),
