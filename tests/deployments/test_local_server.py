@@ -165,7 +165,8 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
     assert "params" in rendered.stdout
 
 
-def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> None:
+def sleeping_run(local: Local) -> subprocess.Popen[str]:
+    """``nbjobs run -v`` of a notebook whose second cell sleeps 600 s, once it sleeps."""
     run = subprocess.Popen(
         [NBJOBS, "run", str(DATA / "sleeps.ipynb"), "-p", "seconds", "600", "-v"],
         env=local.env,
@@ -184,6 +185,11 @@ def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> 
     else:
         pytest.fail("the first cell never finished:\n" + "".join(seen))
     time.sleep(0.5)  # into the 600 s sleep of cell 2
+    return run
+
+
+def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> None:
+    run = sleeping_run(local)
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
@@ -203,17 +209,7 @@ def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> 
 
 
 def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
-    run = subprocess.Popen(
-        [NBJOBS, "run", str(DATA / "sleeps.ipynb"), "-p", "seconds", "600", "-v"],
-        env=local.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert run.stderr is not None
-    deadline = time.monotonic() + 120
-    while run.stderr.readline() != "started\n":
-        assert time.monotonic() < deadline, "the run never started"
+    run = sleeping_run(local)
     run.send_signal(signal.SIGINT)
     time.sleep(0.2)
     run.send_signal(signal.SIGINT)
