@@ -383,11 +383,8 @@ async def _run(args: argparse.Namespace) -> int:
     else:
         document = outcome.model_dump(mode="json")
     if document is not None:
-        code = report_result(document, args.json, url)
-        if isinstance(outcome, ArtefactStoreError):
-            print(f"nbjobs: {outcome}", file=sys.stderr)
-            return EXIT_STORE_FAILED
-        return code
+        spilled = str(outcome) if isinstance(outcome, ArtefactStoreError) else None
+        return report_result(document, args.json, url, store_failure=spilled)
     assert isinstance(outcome, BaseException)
     return report_refusal(type(outcome).__name__, str(outcome), args.json, url)
 

@@ -29,7 +29,6 @@ from blocks.settings import DEFAULT_STORE_ENV, absolute_store
 from deployments.api import FINAL_STATES, APIError, PrefectHTTP
 from deployments.exit_codes import (
     EXIT_INTERRUPTED,
-    EXIT_STORE_FAILED,
 )
 from deployments.local_server import LocalServer
 from deployments.report import refusal, report_refusal, report_result
@@ -315,9 +314,11 @@ def run_on_local_server(
             else refusal(final.get("message") or final["state"])
         )
         return report_refusal(name, message, args.json, url)
-    code = report_result(document, args.json, url, interrupted=bool(final.get("interrupted")))
     failure = final.get("error") or {}
-    if failure.get("name") == "ArtefactStoreError":  # kept in the spill folder: say where
-        print(f"nbjobs: {failure['message']}", file=sys.stderr)
-        return EXIT_STORE_FAILED
-    return code
+    return report_result(
+        document,
+        args.json,
+        url,
+        interrupted=bool(final.get("interrupted")),
+        store_failure=failure["message"] if failure.get("name") == "ArtefactStoreError" else None,
+    )

@@ -29,9 +29,10 @@ def server_command(args: argparse.Namespace) -> int:
         print("stopped " + " and ".join(stopped) if stopped else "the local server was not running")
         return EXIT_OK
     if args.action == "start":
-        if configured_api_url() is not None:
+        configured = configured_api_url()
+        if configured is not None:
             print(
-                f"nbjobs: note: PREFECT_API_URL names {configured_api_url()}; commands in this "
+                f"nbjobs: note: PREFECT_API_URL names {configured}; commands in this "
                 "shell use that server, not the local one",
                 file=sys.stderr,
             )
@@ -74,7 +75,7 @@ def declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
     when the notebook is anything else (a URL, nbformat 3, another language)."""
     from pathlib import Path
 
-    from tasks.parameters import parameters_cell_source, parse_parameters
+    from tasks.parameters import notebook_language, parameters_cell_source, parse_parameters
 
     try:
         document = json.loads(Path(notebook).read_bytes())
@@ -82,11 +83,7 @@ def declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
         return None  # the full path below says what is wrong
     if not isinstance(document, dict) or document.get("nbformat") != 4:
         return None
-    metadata = document.get("metadata") or {}
-    language = (metadata.get("kernelspec") or {}).get("language") or (
-        metadata.get("language_info") or {}
-    ).get("name", "python")
-    if language != "python":
+    if notebook_language(document) != "python":
         return None
     source = parameters_cell_source(document)
     return [] if source is None else parse_parameters(source)

@@ -39,10 +39,29 @@ def exit_code_for(error_name: str) -> int:
 
 
 def report_result(
-    document: dict[str, Any], as_json: bool, url: str | None, *, interrupted: bool = False
+    document: dict[str, Any],
+    as_json: bool,
+    url: str | None,
+    *,
+    interrupted: bool = False,
+    store_failure: str | None = None,
 ) -> int:
-    """Print a run's result document and return the command's exit code."""
+    """Print a run's result document and return the command's exit code.
+
+    Args:
+        document: The result document (``result.json``).
+        as_json: Print the document itself, not the summary.
+        url: The run's page in the Prefect UI.
+        interrupted: Ctrl-C cancelled the run.
+        store_failure: Why the store failed, when the artefacts went to the spill folder.
+
+    Returns:
+        The exit code (``deployments/exit_codes.py``).
+    """
     print(json.dumps(document, indent=2) if as_json else summary(document, url))
+    if store_failure is not None:
+        print(f"nbjobs: {store_failure}", file=sys.stderr)
+        return EXIT_STORE_FAILED
     if interrupted and document.get("status") == "cancelled":
         return EXIT_INTERRUPTED
     if document.get("success"):

@@ -125,34 +125,32 @@ class RunChannel:
         else:
             self._loop.call_soon_threadsafe(self.publish, run_id, message)
 
+    def _publish_to_current_run(self, message: dict[str, Any]) -> None:
+        """Send ``message`` to the followers of the flow run this code runs in."""
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.get_id()
+        if run_id and run_id in self._followers:
+            self.publish(run_id, message)
+
     def _on_result(self, result: Any) -> None:
         """The result is stored: the follower can report it while Prefect's artifacts and
         final state are still being written (a few hundred milliseconds on SQLite)."""
-        from prefect.runtime import flow_run
-
-        run_id = flow_run.get_id()
-        if run_id and run_id in self._followers:
-            self.publish(run_id, {"event": "result", "document": result.model_dump(mode="json")})
+        self._publish_to_current_run(
+            {"event": "result", "document": result.model_dump(mode="json")}
+        )
 
     def _on_cell(self, event: Any) -> None:
-        from prefect.runtime import flow_run
-
-        run_id = flow_run.get_id()
-        if run_id and run_id in self._followers:
-            self.publish(
-                run_id,
-                {
-                    "event": "cell",
-                    "index": event.index,
-                    "done": event.done,
-                    "total": event.total,
-                    "status": (
-                        "running"
-                        if event.phase == "start"
-                        else (event.report.status if event.report else "done")
-                    ),
-                },
-            )
+        status = "running" if event.phase == "start" else None
+        self._publish_to_current_run(
+            {
+                "event": "cell",
+                "index": event.index,
+                "done": event.done,
+                "total": event.total,
+                "status": status or (event.report.status if event.report else "done"),
+            }
+        )
 
     async def serve(self, path: Path, on_follow: Any) -> asyncio.Server:
         """Listen on ``path``; ``on_follow(run_id)`` is called when a client starts following."""

@@ -27,6 +27,15 @@ def parameters_cell_source(notebook: dict[str, Any]) -> str | None:
     return None
 
 
+def notebook_language(notebook: dict[str, Any]) -> str:
+    """A notebook's language: its kernelspec's, else its language_info's, else python."""
+    metadata = notebook.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (
+        metadata.get("language_info") or {}
+    ).get("name")
+    return str(language or "python")
+
+
 def literal_type(source: str) -> str | None:
     """The Python type name of a literal default (``"3"`` -> ``int``), or ``None``."""
     try:

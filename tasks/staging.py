@@ -34,6 +34,7 @@ from blocks.store import read_s3_object
 from tasks.parameters import (
     PARAMETERS_TAG,
     literal_type,
+    notebook_language,
     parameters_cell_source,
     parse_parameters,
 )
@@ -190,14 +191,10 @@ def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dic
         One dict per parameter: ``name``, ``type`` (inferred type name or ``None``),
         ``default`` (the source text of the default) and ``help`` (the comment).
     """
-    metadata = nb.get("metadata", {})
-    language = (metadata.get("kernelspec") or {}).get("language") or (
-        metadata.get("language_info") or {}
-    ).get("name", "python")
     source = parameters_cell_source(nb)
     if source is None:
         return []
-    if language == "python":
+    if notebook_language(nb) == "python":
         parsed = parse_parameters(source)
         if parsed is not None:
             return parsed
@@ -340,10 +337,7 @@ def inject_parameters(
     nb.metadata.setdefault("papermill", {})["parameters"] = parameters
     if not parameters:
         return nb, origin
-    language = nb.metadata.get("kernelspec", {}).get("language") or nb.metadata.get(
-        "language_info", {}
-    ).get("name", "python")
-    source = translate_parameters(kernel, language, parameters, "Parameters")
+    source = translate_parameters(kernel, notebook_language(nb), parameters, "Parameters")
     cell = nbformat.v4.new_code_cell(source=source)
     cell.metadata["tags"] = [INJECTED_TAG]
     existing = [i for i, c in enumerate(nb.cells) if INJECTED_TAG in c.metadata.get("tags", [])]

@@ -169,6 +169,10 @@ def remove_result_listener(listener: ResultListener) -> None:
         _result_listeners.remove(listener)
 
 
+async def _write_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> None:
+    await asyncio.to_thread(store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result))
+
+
 async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> bool:
     """Write ``result.json`` and tell the result listeners, before any Prefect artifact.
 
@@ -177,9 +181,7 @@ async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str
         its retries.
     """
     try:
-        await asyncio.to_thread(
-            store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result)
-        )
+        await _write_result(result, store, prefix)
     except ArtefactStoreError:
         return False
     for listener in list(_result_listeners):
@@ -207,9 +209,7 @@ async def publish_result(
         prefix: The run's key prefix in ``store``.
     """
     if store is not None and prefix is not None:
-        await asyncio.to_thread(
-            store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result)
-        )
+        await _write_result(result, store, prefix)
     # One after the other: on Prefect's SQLite server, five concurrent creations took
     # 141 ms against 100 ms in sequence (writes queue for the database lock).
     await acreate_markdown_artifact(
