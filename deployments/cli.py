@@ -26,7 +26,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployments.exit_codes import (
     EXIT_BAD_INPUT,
@@ -35,6 +35,9 @@ from deployments.exit_codes import (
     EXIT_SERVER_FAILED,
     EXIT_STORE_FAILED,
 )
+
+if TYPE_CHECKING:
+    from deployments.local_server import LocalServer
 
 WORKER_SETTINGS = {
     # Prefect's worker polls every 10 s by default; a notebook job should start at once.
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="kernels kept started ahead of demand, one per run (0: off; in-process only)",
     )
-    # the local server's worker: `nbjobs run` pokes it here (deployments/local_server.py)
+    # the local server's worker: `nbjobs run` follows its runs here (deployments/worker.py)
     serve.add_argument("--local-socket", help=argparse.SUPPRESS)
     serve.add_argument(
         "--isolation",
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _use_local_server() -> Any:
+def _use_local_server() -> LocalServer | None:
     """The local server, started if need be, when no Prefect server is configured; else None.
 
     Sets ``PREFECT_API_URL`` for this process (before Prefect is imported) so that
@@ -259,9 +262,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if server is not None:
             from deployments.client_run import run_on_local_server
 
-            return run_on_local_server(
-                args, args.parameter_values, server, os.environ["PREFECT_API_URL"]
-            )
+            return run_on_local_server(args, args.parameter_values, server)
         # A Prefect server of the user's own: the run executes in this process and
         # reports to it. The console handler only: the run's logs still reach the
         # server (and its UI) in full.

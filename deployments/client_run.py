@@ -3,10 +3,11 @@
 On the embedded default the notebook runs in the local worker (``nbjobs server``),
 which keeps kernels warm; this side imports neither Prefect nor papermill. It
 creates a flow run of ``run-notebook/adhoc`` over HTTP, the same call any other
-system makes, pokes the worker so it starts at once, follows the run's state and
-logs (per-cell progress, and the cells' output with ``-v``), and prints the result
-read from the store. Ctrl-C cancels the run: the worker stops the kernel and stores
-the partial notebook, as for a run cancelled in the UI.
+system makes, then follows it on the worker's socket, which starts the run at once
+and streams its cell progress, its log (shown with ``-v``) and its result; where the
+socket cannot be reached it polls the API instead. Ctrl-C cancels the run: the
+worker stops the kernel and stores the partial notebook, as for a run cancelled in
+the UI.
 """
 
 from __future__ import annotations
@@ -264,14 +265,14 @@ def _follow(
 
 
 def run_on_local_server(
-    args: argparse.Namespace, parameters: dict[str, Any], server: LocalServer, api_url: str
+    args: argparse.Namespace, parameters: dict[str, Any], server: LocalServer
 ) -> int:
     """``nbjobs run`` on the local server: the whole command, from request to exit code."""
     try:
         request = flow_parameters(args, parameters)
     except exceptions.NotebookInputError as error:
         return report_refusal(type(error).__name__, str(error), args.json)
-    with PrefectHTTP(api_url) as api:
+    with PrefectHTTP(server.api_url()) as api:
         try:
             deployment_id = api.deployment_id(FLOW, DEPLOYMENT)
         except APIError as error:

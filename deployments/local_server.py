@@ -6,8 +6,9 @@ names one), the first command that needs Prefect starts, in the background:
 - ``prefect server start`` on 127.0.0.1, port 4200 or the next free one, with the UI
   on and pointed at that port (``PREFECT_UI_API_URL``), its own ``PREFECT_HOME`` and
   SQLite database under ``$NBJOBS_HOME/server``;
-- ``nbjobs serve --local``: the in-process worker of ``nbjobs serve``, which keeps the
-  fork server and pre-started kernels warm and runs every notebook of this server.
+- ``nbjobs serve --local-socket``: the in-process worker of ``nbjobs serve``, which
+  keeps the fork server and pre-started kernels warm and runs every notebook of this
+  server.
 
 Later commands reuse both: ``nbjobs run`` becomes a client of Prefect's REST API, and
 every run, from the command line, HTTP or a schedule, lands in one history and one UI.
@@ -157,9 +158,9 @@ class LocalServer:
     def ui_url(self, port: int | None = None) -> str:
         return f"http://127.0.0.1:{port or self.state().port}"
 
-    def running(self) -> bool:
+    def running(self, state: ServerState | None = None) -> bool:
         """Whether the server process we started is alive and answers."""
-        state = self.state()
+        state = state or self.state()
         if not alive(state.server_pid, state.server_started):
             return False
         with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
@@ -177,11 +178,7 @@ class LocalServer:
         say = announce or (lambda _: None)
         state = self.state()
         # the common case, without the lock: both running
-        if (
-            alive(state.server_pid, state.server_started)
-            and alive(state.worker_pid, state.worker_started)
-            and self.running()
-        ):
+        if alive(state.worker_pid, state.worker_started) and self.running(state):
             return self.api_url(state.port)
         with self._locked():
             state = self.state()  # another command may have started them meanwhile

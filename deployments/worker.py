@@ -15,8 +15,8 @@ CANCELLING, it cancels the task (the kernel is shut down) and the run ends Cance
 
 Followers: the local server's worker also listens on a Unix socket
 (``RunChannel``). A client on the same machine (``nbjobs run``) that has created a
-flow run through the API sends ``{"follow": "<flow run id>"}``; the worker looks for
-scheduled runs at once instead of at its next poll, and streams that run's cell
+flow run through the API sends ``{"follow": "<flow run id>"}``; the worker starts
+that run at once (``submit_now``) instead of at its next poll, and streams its cell
 progress, log lines and result back as JSON lines, so the client neither polls the
 API nor waits for the next poll. The result is sent as soon as ``result.json`` is
 stored; the run's Prefect artifacts and final state follow a moment later.
