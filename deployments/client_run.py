@@ -132,6 +132,7 @@ class Interrupts:
 
     def __init__(self, cancel: Callable[[], None]) -> None:
         self.count = 0
+        self.cancel_sent = False
         self._cancel = cancel
 
     def press(self) -> None:
@@ -143,7 +144,8 @@ class Interrupts:
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt
-        self._cancel()
+        self._cancel()  # a second Ctrl-C meanwhile leaves before it is sent
+        self.cancel_sent = True
 
 
 def follow(
@@ -298,7 +300,10 @@ def run_on_local_server(
         try:
             final = _follow(api, run_id, server, follower, interrupts)
         except KeyboardInterrupt:
-            print(f"nbjobs: stopped following run {run_id}; see it at {url}", file=sys.stderr)
+            unsent = "" if interrupts.cancel_sent else " before asking to cancel it (it goes on)"
+            print(
+                f"nbjobs: stopped following run {run_id}{unsent}; see it at {url}", file=sys.stderr
+            )
             return EXIT_INTERRUPTED
         finally:
             follower.close()

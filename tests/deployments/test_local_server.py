@@ -210,16 +210,33 @@ def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> 
 
 def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
     run = sleeping_run(local)
-    run.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130
+    assert run.stderr is not None
+    # A cancellation takes the worker about 0.4 s here: a second Ctrl-C sent after a
+    # fixed pause raced the run's end (and once came as the process exited). The
+    # worker is held while the two presses arrive, as a worker slow to act would be.
+    worker = local.status()["worker_pid"]
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        run.send_signal(signal.SIGINT)
+        seen = []
+        while not (line := run.stderr.readline()).startswith("nbjobs: cancelling run"):
+            assert line, "no cancellation after the first Ctrl-C:\n" + "".join(seen)
+            seen.append(line)
+        run_id = line.split()[3]
+        api = PrefectHTTP(local.status()["api_url"])
+        deadline = time.monotonic() + 30
+        while api.flow_run(run_id)["state"]["type"] != "CANCELLING":
+            assert time.monotonic() < deadline, "the first Ctrl-C did not ask to cancel"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert run.returncode == 130, stderr
     assert "Traceback" not in stderr
-    found = re.search(r"stopped following run ([0-9a-f-]+); see it at (http\S+)", stderr)
-    assert found, stderr
+    found = re.search(r"stopped following run ([0-9a-f-]+); see it at (http\S+)\n", stderr)
+    assert found and found.group(1) == run_id, stderr
     # the cancellation asked for by the first Ctrl-C goes on without us
-    api = PrefectHTTP(local.status()["api_url"])
     assert api.wait(found.group(1), timeout=60)["state"]["type"] == "CANCELLED"
 
 
