@@ -10,7 +10,8 @@ base class, or the branch they care about::
     │   ├── UnknownKernelError        kernel not installed (lists installed ones)
     │   ├── UnknownParameterError     parameter not declared (lists declared ones)
     │   ├── ParameterValueError       value cannot be carried as JSON
-    │   └── CellSelectionError        ``cells`` names no cell, or a cell out of range
+    │   ├── CellSelectionError        ``cells`` names no cell, or a cell out of range
+    │   └── WorkingFolderError        ``cwd`` is not a folder here, or not for Slurm
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
@@ -103,6 +104,14 @@ class ParameterValueError(NotebookInputError):
 
 class CellSelectionError(NotebookInputError):
     """The ``cells`` selection is malformed or selects cells that do not exist."""
+
+
+class WorkingFolderError(NotebookInputError):
+    """The requested working folder (``cwd``) cannot be used."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # --- a kernel ran ----------------------------------------------------------------

@@ -262,6 +262,12 @@ def read_s3_object(uri: str) -> bytes:
     return data
 
 
+def write_s3_object(uri: str, data: bytes) -> None:
+    """Write one object named by an ``s3://bucket/key`` URI (``nbjobs run``'s OUTPUT)."""
+    bucket, key = parse_s3_uri(uri)
+    _io(_s3_bucket(bucket, "")).write_path(key, data, _sync=True)
+
+
 __all__ = [
     "DEFAULT_STORE_ENV",
     "ArtefactStore",
@@ -271,4 +277,5 @@ __all__ = [
     "parse_s3_uri",
     "read_s3_object",
     "safe_key",
+    "write_s3_object",
 ]

@@ -1,8 +1,10 @@
 """``nbjobs``: the flows, exposed to a terminal as deployments expose them to HTTP.
 
-    nbjobs run NOTEBOOK [-p NAME VALUE]... [-r NAME VALUE]... [--store S] [--kernel K]
-                        [--cells SEL] [--timeout S] [--cell-timeout S] [--cluster BLOCK]
+    nbjobs run NOTEBOOK [OUTPUT] [-p NAME VALUE]... [-r NAME VALUE]... [-y YAML]...
+                        [-f FILE]... [-b BASE64]... [--store S] [-k KERNEL] [--cells SEL]
+                        [--timeout S] [--cell-timeout S] [--cluster BLOCK]
                         [--input-file PATH]... [--json] [-v | --log-output]
+                        [every other option of papermill's CLI: papermill_cli.py]
     nbjobs inspect NOTEBOOK [--json]
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
                            [--store S] [--pool P] [--concurrency-limit N]
@@ -35,6 +37,7 @@ from deployments.exit_codes import (
     EXIT_SERVER_FAILED,
     EXIT_STORE_FAILED,
 )
+from deployments.papermill_cli import add_papermill_options
 
 if TYPE_CHECKING:
     from deployments.local_server import LocalServer
@@ -75,14 +78,29 @@ def _add_parameter_options(parser: argparse.ArgumentParser, p_help: str, r_help:
         )
 
 
+def version() -> str:
+    """``nbjobs X.Y.Z``, from the installed distribution."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return f"nbjobs {installed('notebook-jobs')}"
+    except PackageNotFoundError:
+        return "nbjobs (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nbjobs`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="nbjobs", description="Run Jupyter notebooks as Prefect flows."
     )
+    parser.add_argument("--version", action="version", version=version())
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a notebook as a run-notebook flow run")
+    run = commands.add_parser(
+        "run",
+        help="run a notebook as a run-notebook flow run (papermill's command line, too)",
+    )
     run.add_argument("notebook", help="path, s3:// URI, http(s):// URL, or '-' for JSON on stdin")
     _add_parameter_options(
         run,
@@ -91,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a parameter whose value is always kept as a string",
     )
     run.add_argument("--store", help="artefact store: s3://bucket/prefix, a folder, or a block")
-    run.add_argument("--kernel", help="kernel name (default: the notebook's own)")
+    run.add_argument("-k", "--kernel", help="kernel name (default: the notebook's own)")
     run.add_argument(
         "--cells", help="cells to run: indices, ranges (2-5) and tags, comma-separated"
     )
@@ -105,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy a file into the notebook's working folder first (repeatable)",
     )
     run.add_argument("--timeout", type=float, help="limit for the whole run, in seconds")
-    run.add_argument("--cell-timeout", type=float, help="limit for any one cell, in seconds")
+    run.add_argument(
+        "--cell-timeout",
+        "--execution-timeout",
+        dest="cell_timeout",
+        type=float,
+        help="limit for any one cell, in seconds (the cell is interrupted)",
+    )
     run.add_argument(
         "--json", action="store_true", help="print result.json on stdout, nothing else"
     )
@@ -117,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the run's log on stderr as it runs: each cell and its output",
     )
+    add_papermill_options(run)
+    run.add_argument("--version", action="version", version=version())
 
     inspect = commands.add_parser("inspect", help="list a notebook's parameters")
     inspect.add_argument("notebook")
@@ -251,9 +277,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "deploy"):
         try:
             args.parameter_values = _request_parameters(args)
-        except ValueError as error:
+            if args.command == "run":
+                from deployments.papermill_cli import prepare
+
+                args.parameter_values = prepare(args, args.parameter_values)
+        except ValueError as error:  # OptionError too
             print(f"nbjobs: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    if args.command == "run" and args.help_notebook:
+        from deployments.light_commands import inspect_command
+
+        return inspect_command(args)
+    if args.command == "run" and args.prepare_only:
+        return _prepare_only(args)
     if args.command == "deploy":
         args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))
@@ -272,6 +308,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         return asyncio.run(_run(args))
     return EXIT_BAD_INPUT
+
+
+def _prepare_only(args: argparse.Namespace) -> int:
+    """``--prepare-only``: OUTPUT gets the parameterised notebook; nothing runs."""
+    from blocks.exceptions import NotebookInputError
+    from deployments.papermill_cli import prepare_only
+
+    try:
+        warnings = prepare_only(args, args.parameter_values)
+    except NotebookInputError as error:
+        print(f"nbjobs: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.log_level not in ("ERROR", "CRITICAL"):
+        for warning in warnings:
+            print(f"nbjobs: note: {warning}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _retry_uploads() -> int:
@@ -346,36 +398,27 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from blocks.exceptions import ArtefactStoreError
+    from blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from deployments.client_run import flow_parameters
+    from deployments.papermill_cli import wants_progress_bar
     from deployments.progress import CellProgressBar
+    from deployments.report import report_refusal, report_run
     from flows.run_notebook import run_notebook, run_outcome
     from tasks.notebook import add_progress_listener, remove_progress_listener
 
-    notebook: str | dict[str, Any] = args.notebook
-    if args.notebook == "-":
-        notebook = sys.stdin.read()
-    bar = CellProgressBar(enabled=not args.json and sys.stderr.isatty())
+    try:
+        request = flow_parameters(args, args.parameter_values)
+    except NotebookInputError as error:
+        return report_refusal(type(error).__name__, str(error), args.json)
+    bar = CellProgressBar(enabled=wants_progress_bar(args))
     add_progress_listener(bar.update)
     try:
         with tags("trigger:cli"):
-            state = await run_notebook(
-                notebook=notebook,
-                parameters=args.parameter_values,
-                kernel=args.kernel,
-                cells=args.cells,
-                cell_timeout_seconds=args.cell_timeout,
-                timeout_seconds=args.timeout,
-                store=args.store,
-                cluster=args.cluster,
-                input_files=args.input_files,
-                return_state=True,
-            )
-        outcome = await run_outcome(state, args.store)
+            state = await run_notebook(**request, return_state=True)
+        outcome = await run_outcome(state, request.get("store"))
     finally:
         remove_progress_listener(bar.update)
         bar.close()
-
-    from deployments.report import report_refusal, report_result
 
     url = _ui_url(state)
     if isinstance(outcome, BaseException):
@@ -385,7 +428,7 @@ async def _run(args: argparse.Namespace) -> int:
         document = outcome.model_dump(mode="json")
     if document is not None:
         spilled = str(outcome) if isinstance(outcome, ArtefactStoreError) else None
-        return report_result(document, args.json, url, store_failure=spilled)
+        return report_run(args, document, url, store_failure=spilled)
     assert isinstance(outcome, BaseException)
     return report_refusal(type(outcome).__name__, str(outcome), args.json, url)
 

@@ -32,7 +32,8 @@ from deployments.exit_codes import (
     EXIT_INTERRUPTED,
 )
 from deployments.local_server import LocalServer
-from deployments.report import refusal, report_refusal, report_result
+from deployments.papermill_cli import wants_progress_bar
+from deployments.report import refusal, report_refusal, report_run
 
 FLOW = "run-notebook"
 DEPLOYMENT = "adhoc"
@@ -80,8 +81,13 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
             item if _is_location(item) else str(Path(item).expanduser().resolve())
             for item in args.input_files
         ],
+        "cwd": args.cwd,  # made absolute, or the notebook's folder: papermill_cli.prepare
+        "language": args.language,
+        "report_mode": args.report_mode,
+        "start_timeout_seconds": args.start_timeout,
+        "strict_parameters": args.strict_parameters,
     }
-    return {key: value for key, value in request.items() if value not in (None, [])}
+    return {key: value for key, value in request.items() if value not in (None, [], False)}
 
 
 class RunFollower:
@@ -293,9 +299,7 @@ def run_on_local_server(
             idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
         )
         url = f"{server.ui_url()}/runs/flow-run/{run_id}"
-        follower = RunFollower(
-            bar=not args.json and not args.verbose and sys.stderr.isatty(), echo=args.verbose
-        )
+        follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))
         try:
             final = _follow(api, run_id, server, follower, interrupts)
@@ -321,9 +325,9 @@ def run_on_local_server(
         )
         return report_refusal(name, message, args.json, url)
     failure = final.get("error") or {}
-    return report_result(
+    return report_run(
+        args,
         document,
-        args.json,
         url,
         interrupted=bool(final.get("interrupted")),
         store_failure=failure["message"] if failure.get("name") == "ArtefactStoreError" else None,

@@ -5,12 +5,14 @@ The same for a run on the local server and one executed in the ``nbjobs`` proces
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from blocks import exceptions
+from deployments.api import APIError, fetch
 from deployments.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -18,6 +20,7 @@ from deployments.exit_codes import (
     EXIT_OK,
     EXIT_STORE_FAILED,
 )
+from deployments.papermill_cli import deliver
 
 _FAILED_MESSAGE = re.compile(r"^(?:Flow run encountered an exception: )?(\w+): (.*)$", re.S)
 
@@ -38,6 +41,42 @@ def exit_code_for(error_name: str) -> int:
     return EXIT_NOTEBOOK_FAILED
 
 
+def report_run(
+    args: argparse.Namespace,
+    document: dict[str, Any],
+    url: str | None,
+    *,
+    interrupted: bool = False,
+    store_failure: str | None = None,
+) -> int:
+    """``nbjobs run``'s ending: write OUTPUT and the stream files, print, exit code.
+
+    Returns:
+        As ``report_result``; a run whose OUTPUT could not be written ends with 3.
+    """
+    link = (document.get("artefacts") or {}).get("links", {}).get("notebook")
+    notebook = None
+    if link:
+        try:
+            notebook = fetch(link).content
+        except APIError as error:
+            print(f"nbjobs: could not read the stored notebook: {error}", file=sys.stderr)
+    problem = deliver(args, notebook)
+    code = report_result(
+        document,
+        args.json,
+        url,
+        interrupted=interrupted,
+        store_failure=store_failure,
+        out=sys.stderr if args.output == "-" else sys.stdout,
+        quiet=args.log_level in ("ERROR", "CRITICAL"),
+    )
+    if problem is not None:
+        print(f"nbjobs: {problem}", file=sys.stderr)
+        return code if code != EXIT_OK else EXIT_STORE_FAILED
+    return code
+
+
 def report_result(
     document: dict[str, Any],
     as_json: bool,
@@ -45,6 +84,8 @@ def report_result(
     *,
     interrupted: bool = False,
     store_failure: str | None = None,
+    out: TextIO | None = None,
+    quiet: bool = False,
 ) -> int:
     """Print a run's result document and return the command's exit code.
 
@@ -54,11 +95,18 @@ def report_result(
         url: The run's page in the Prefect UI.
         interrupted: Ctrl-C cancelled the run.
         store_failure: Why the store failed, when the artefacts went to the spill folder.
+        out: Where the summary goes (stdout, or stderr when the notebook goes there).
+        quiet: Leave out the notes, which go to stderr as papermill's warnings do
+            (papermill's ``--log-level ERROR`` hides them).
 
     Returns:
         The exit code (``deployments/exit_codes.py``).
     """
-    print(json.dumps(document, indent=2) if as_json else summary(document, url))
+    if not as_json and not quiet:
+        # as papermill logs its warnings: on stderr, apart from the notebook's output
+        for note in document.get("notes", []):
+            print(f"nbjobs: note: {note}", file=sys.stderr)
+    print(json.dumps(document, indent=2) if as_json else summary(document, url), file=out)
     if store_failure is not None:
         print(f"nbjobs: {store_failure}", file=sys.stderr)
         return EXIT_STORE_FAILED
@@ -115,8 +163,6 @@ def summary(document: dict[str, Any], url: str | None = None) -> str:
             f"  slurm: job {slurm['job_id']} {slurm['state']} on {slurm.get('node')} "
             f"(exit code {slurm.get('exit_code')})"
         )
-    for note in document.get("notes", []):
-        lines.append(f"  note: {note}")
     if url:
         lines.append(f"  in the Prefect UI: {url}")
     return "\n".join(lines)

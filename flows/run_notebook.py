@@ -29,7 +29,12 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
-from blocks.exceptions import ArtefactStoreError, KernelDiedError, NotebookInputError
+from blocks.exceptions import (
+    ArtefactStoreError,
+    KernelDiedError,
+    NotebookInputError,
+    WorkingFolderError,
+)
 from blocks.slurm import SlurmCluster
 from blocks.store import nbjobs_home, open_store, safe_key
 from tasks.execution import ExecutionCancelled
@@ -81,6 +86,17 @@ def execute_task(retries: int) -> Task[..., Any]:
 def store_task(retries: int) -> Task[..., Any]:
     """``store_artefacts`` with this many retries of a failed upload (made once per value)."""
     return store_artefacts.with_options(retries=retries)
+
+
+def copy_files(source: Path, files: list[str], target: Path) -> None:
+    """Copy ``files`` (paths relative to ``source``) to the same paths under ``target``."""
+    for name in files:
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(source / name, destination)
+        except FileNotFoundError:  # written, then removed again before the run ended
+            continue
 
 
 def runs_root() -> Path:
@@ -173,6 +189,11 @@ async def run_notebook(
     store: str | None = None,
     cluster: str | None = None,
     input_files: list[str] | None = None,
+    cwd: str | None = None,
+    language: str | None = None,
+    report_mode: bool = False,
+    start_timeout_seconds: float | None = None,
+    strict_parameters: bool = False,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
@@ -189,6 +210,14 @@ async def run_notebook(
         cluster: A ``SlurmCluster`` block name: the execute step runs as a Slurm job.
         input_files: Files copied into the notebook's working folder first (paths,
             ``s3://`` or ``http(s)://`` URLs).
+        cwd: The kernel's working folder on the machine that runs it, as papermill's
+            ``--cwd``; files written there during the run are stored as well. By
+            default the run has a fresh folder of its own.
+        language: The language parameters are written in (default: the notebook's).
+        report_mode: Hide every code cell's source, as papermill's ``--report-mode``.
+        start_timeout_seconds: Limit for the kernel to start (default 60 s).
+        strict_parameters: Refuse names the notebook does not declare (by default
+            they are injected with a warning in the result's notes, as papermill does).
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -217,6 +246,11 @@ async def run_notebook(
             store=store,
             cluster=cluster,
             input_files=input_files or [],
+            cwd=cwd,
+            language=language,
+            report_mode=report_mode,
+            start_timeout_seconds=start_timeout_seconds,
+            strict_parameters=strict_parameters,
         )
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
@@ -240,6 +274,12 @@ async def _run(
     logger = get_run_logger()
     artefact_store = open_store(request.store)
     slurm_cluster = await SlurmCluster.aload(request.cluster) if request.cluster else None
+    if slurm_cluster is not None and request.cwd is not None:
+        raise WorkingFolderError(
+            f"cwd {request.cwd!r} is not available for Slurm runs: the job runs in its own "
+            "folder on the cluster's shared filesystem; send the files it reads as input_files",
+            path=request.cwd,
+        )
     # A Slurm job's folder must be on the filesystem the nodes share.
     # A run started again (Prefect's retry, or after a crash) is a new attempt: its own
     # folder and its own keys, so the first attempt's artefacts are never overwritten.
@@ -271,13 +311,15 @@ async def _run(
             report = stop.report
 
     t_store = time.perf_counter()
+    if staged.cwd is not None:  # the files the run wrote in the user's folder, kept as they are
+        await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
     prefix = run_prefix(FLOW_NAME, run_key)
     logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
     spilled: Path | None = None
-    notes = list(report.notes)
+    notes = staged.notes + list(report.notes)
     try:
         artefacts = await store_task(store_retries())(
-            artefact_store, run_dir, prefix, report.files, staged.workdir, logs
+            artefact_store, run_dir, prefix, report.files, staged.files_dir, logs
         )
     except ArtefactStoreError as error:
         # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
@@ -286,7 +328,7 @@ async def _run(
             store_spec=artefact_store.spec,
             prefix=prefix,
             files=report.files,
-            workdir_name=staged.workdir.name,
+            workdir_name=staged.files_dir.name,
             logs=logs,
             reason=str(error),
         )

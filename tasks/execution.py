@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import re
 import shutil
 import tempfile
@@ -22,11 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
-from nbclient import NotebookClient
+import nbformat
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
+from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 
 from tasks.kernel import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
@@ -49,6 +52,9 @@ from tasks.models import CellReport, CellStatus, ErrorInfo, ExecutionReport, Res
 from tasks.outputs import read_scraps
 
 LOG_STREAM_CHARS = 2000
+# A working folder of the user's own (``cwd``) can be large: the before/after
+# comparison that finds the files a run wrote skips hidden folders and stops here.
+MAX_SNAPSHOT_FILES = 20_000
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -95,6 +101,7 @@ class _Progress:
     kernel_start_seconds: float | None = None
     resources: Resources = field(default_factory=Resources)
     memory: MemoryPeak = field(default_factory=MemoryPeak)
+    error_position: int | None = None  # the failed cell's position in the notebook
 
 
 def _stream_text(cell: NotebookNode, name: str) -> str:
@@ -113,13 +120,43 @@ def _cell_traceback(cell: NotebookNode) -> str:
     return ""
 
 
-def _files_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+def _files_snapshot(folder: Path, notes: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Each file under ``folder`` with its modification time and size.
+
+    Hidden folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are skipped;
+    past ``MAX_SNAPSHOT_FILES`` files the rest are not looked at, and ``notes`` says so.
+    """
     snapshot: dict[str, tuple[int, int]] = {}
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            stat = path.stat()
+    for root, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+        for name in files:
+            path = Path(root, name)
+            try:
+                stat = path.lstat()
+            except OSError:  # removed meanwhile
+                continue
+            if not S_ISREG(stat.st_mode):
+                continue
             snapshot[path.relative_to(folder).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+            if len(snapshot) >= MAX_SNAPSHOT_FILES:
+                if notes is not None:
+                    notes.append(
+                        f"the working folder {folder} holds more than {MAX_SNAPSHOT_FILES} "
+                        "files: files written beyond them were not stored"
+                    )
+                return snapshot
     return snapshot
+
+
+def add_error_banners(nb: NotebookNode, position: int, execution_count: int | None) -> None:
+    """Papermill's two markdown cells for a failed run: a note at the top linking to an
+    anchor just before the cell that raised (``position``)."""
+    anchor = nbformat.v4.new_markdown_cell(ERROR_ANCHOR_MSG)
+    anchor.metadata["tags"] = [ERROR_MARKER_TAG]
+    message = nbformat.v4.new_markdown_cell(ERROR_MESSAGE_TEMPLATE % str(execution_count))
+    message.metadata["tags"] = [ERROR_MARKER_TAG]
+    nb.cells.insert(position, anchor)
+    nb.cells.insert(0, message)
 
 
 async def _emit(callback: EventCallback | None, event: CellEvent) -> None:
@@ -145,6 +182,7 @@ async def execute_notebook_async(
     on_event: EventCallback | None = None,
     started: StartedKernel | None = None,
     max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+    start_timeout_seconds: float | None = None,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
 
@@ -160,6 +198,7 @@ async def execute_notebook_async(
         on_event: Called before and after each cell (may be async).
         started: An already-started kernel to use (shut down afterwards).
         max_output_bytes: Output one cell may keep; the rest is dropped with a note.
+        start_timeout_seconds: Limit for the kernel to start (default 60 s).
 
     Returns:
         The report; ``nb`` holds the executed (possibly partial) notebook.
@@ -170,10 +209,11 @@ async def execute_notebook_async(
     if started is None:
         ensure_kernel_installed(kernel)
     workdir.mkdir(parents=True, exist_ok=True)
-    before = _files_snapshot(workdir)
+    progress = _Progress()
+    before = await asyncio.to_thread(_files_snapshot, workdir)
     started_at = datetime.now(timezone.utc)
     t_start = time.perf_counter()
-    progress = _Progress()
+    startup_timeout = start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS
 
     plan: list[tuple[int, int | None]] = []
     for position, cell in enumerate(nb.cells):
@@ -197,7 +237,7 @@ async def execute_notebook_async(
         km=km,
         kernel_name=kernel,
         timeout=cell_timeout_seconds,
-        startup_timeout=KERNEL_STARTUP_TIMEOUT_SECONDS,
+        startup_timeout=startup_timeout,
         resources={"metadata": {"path": str(workdir)}},
         allow_errors=False,
         record_timing=True,
@@ -212,7 +252,7 @@ async def execute_notebook_async(
         t_kernel = time.perf_counter()
         try:
             if started is None:
-                client.kc = await start_kernel(km, workdir)
+                client.kc = await start_kernel(km, workdir, startup_timeout)
             else:
                 client.kc = started.kc
                 # a pre-started kernel began elsewhere: move it to this run's folder
@@ -307,8 +347,15 @@ async def execute_notebook_async(
             meta.update(status=report.status, duration_seconds=report.duration_seconds)
         nb.cells[position].metadata["nbjobs"] = meta
 
-    after = _files_snapshot(workdir)
+    after = await asyncio.to_thread(_files_snapshot, workdir, progress.notes)
     written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
+    if progress.status == "failed" and progress.error_position is not None:
+        # as papermill marks a failed run (and not a timed-out one, which it stops)
+        add_error_banners(
+            nb,
+            progress.error_position,
+            nb.cells[progress.error_position].get("execution_count"),
+        )
     outputs, scrap_notes = read_scraps(nb)
     progress.notes.extend(scrap_notes)
     if client._truncated:
@@ -357,7 +404,7 @@ async def drain_background() -> None:
 
 
 async def _run_plan(
-    client: NotebookClient,
+    client: CappedClient,
     plan: list[tuple[int, int | None]],
     total: int,
     progress: _Progress,
@@ -372,10 +419,22 @@ async def _run_plan(
             await _emit(on_event, CellEvent("start", source_index, done, total))
         t_cell = time.perf_counter()
         status: CellStatus = "ok"
+        timeout_used = client._get_timeout(cell)
+        client.timed_out = False
         try:
             await client.async_execute_cell(cell, position)
         except CellExecutionError as error:
-            if error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
+            if client.timed_out:  # interrupted at its timeout: the error is the interrupt
+                status = "timed_out"
+                progress.status = "timed_out"
+                progress.error = ErrorInfo(
+                    name="NotebookTimeoutError",
+                    message=f"cell {source_index} exceeded the per-cell timeout of "
+                    f"{timeout_used:g} s",
+                    cell_index=source_index,
+                    traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
+                )
+            elif error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
                 progress.notes.append(
                     f"the notebook stopped itself with sys.exit(0) in cell {source_index}; "
                     "later cells were not run"
@@ -383,22 +442,33 @@ async def _run_plan(
                 status = "ok"
                 _finish(progress, cell, source_index, status, t_cell)
                 break
-            status = "error"
-            progress.status = "failed"
-            where = "" if source_index is not None else " (in the injected parameters cell)"
-            progress.error = ErrorInfo(
-                name=error.ename,
-                message=error.evalue + where,
-                cell_index=source_index,
-                traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
-            )
+            else:
+                status = "error"
+                progress.status = "failed"
+                progress.error_position = position
+                where = "" if source_index is not None else " (in the injected parameters cell)"
+                progress.error = ErrorInfo(
+                    name=error.ename,
+                    message=error.evalue + where,
+                    cell_index=source_index,
+                    traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
+                )
         except CellTimeoutError as error:
+            # the kernel did not answer the interrupt: the cell still shows why it stopped
             status = "timed_out"
             progress.status = "timed_out"
+            message = (
+                f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s "
+                "and did not answer an interrupt"
+            )
+            cell.setdefault("outputs", []).append(
+                nbformat.v4.new_output(
+                    "error", ename="CellTimeoutError", evalue=message, traceback=[message]
+                )
+            )
             progress.error = ErrorInfo(
                 name="NotebookTimeoutError",
-                message=f"cell {source_index} exceeded the per-cell timeout of "
-                f"{client.timeout:g} s",
+                message=message,
                 cell_index=source_index,
                 traceback=str(error),
             )

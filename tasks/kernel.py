@@ -19,7 +19,9 @@ import psutil
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import ensure_async
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError
 from nbformat import NotebookNode
 
 from blocks.exceptions import UnknownKernelError
@@ -33,6 +35,8 @@ IOPUB_POLL_SECONDS = 0.1
 KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
 MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
 MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
+# how long a cell that overran its timeout has to answer the interrupt
+INTERRUPT_GRACE_SECONDS = 5.0
 KERNEL_ENV_DROPPED = frozenset(
     {
         "PREFECT_API_KEY",
@@ -68,12 +72,14 @@ def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
     return km
 
 
-async def start_kernel(km: AsyncKernelManager, cwd: Path) -> AsyncKernelClient:
+async def start_kernel(
+    km: AsyncKernelManager, cwd: Path, timeout: float = KERNEL_STARTUP_TIMEOUT_SECONDS
+) -> AsyncKernelClient:
     """Start the kernel of ``km`` in ``cwd``; a connected client once it answers."""
     await km.start_kernel(
         cwd=str(cwd), env=kernel_environment(), extra_arguments=list(KERNEL_ARGUMENTS)
     )
-    return await connect_client(km, KERNEL_STARTUP_TIMEOUT_SECONDS)
+    return await connect_client(km, timeout)
 
 
 async def connect_client(km: AsyncKernelManager, timeout: float) -> AsyncKernelClient:
@@ -154,6 +160,31 @@ class CappedClient(NotebookClient):
         super().__init__(*args, **kwargs)
         self._output_bytes: dict[int, int] = {}
         self._truncated: set[int] = set()
+        self.timed_out = False  # the running cell overran ``timeout`` and was interrupted
+
+    async def _async_handle_timeout(
+        self, timeout: int, cell: NotebookNode | None = None
+    ) -> dict[str, Any] | None:
+        """A cell overran its timeout: interrupt it, as papermill's run does.
+
+        The kernel answers the interrupt with a ``KeyboardInterrupt`` error output whose
+        traceback shows where the cell was, and that reply ends the cell (the caller
+        reads ``timed_out``). A kernel that does not answer within
+        ``INTERRUPT_GRACE_SECONDS`` gets nbclient's ``CellTimeoutError``.
+        """
+        self.timed_out = True
+        assert self.km is not None and self.kc is not None
+        await ensure_async(self.km.interrupt_kernel())
+        try:
+            reply: dict[str, Any] = await self.kc.shell_channel.get_msg(
+                timeout=INTERRUPT_GRACE_SECONDS
+            )
+        except queue.Empty:
+            assert cell is not None
+            raise CellTimeoutError.error_from_timeout_and_cell(
+                "Cell execution timed out", timeout, cell
+            ) from None
+        return reply
 
     def output(
         self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None, cell_index: int

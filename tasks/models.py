@@ -72,6 +72,31 @@ class NotebookRequest(BaseModel):
         default_factory=list,
         description="Files copied into the notebook's working folder: paths, s3:// or URLs.",
     )
+    cwd: str | None = Field(
+        default=None,
+        description=(
+            "The kernel's working folder, on the machine that runs it (papermill's --cwd); "
+            "files written there during the run are stored too. Default: a fresh folder "
+            "of the run's own (nbjobs run passes the notebook's folder)."
+        ),
+    )
+    language: str | None = Field(
+        default=None,
+        description="Language the parameters are written in; default: the notebook's own.",
+    )
+    report_mode: bool = Field(
+        default=False, description="Hide the source of every code cell (papermill's report mode)."
+    )
+    start_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Limit for the kernel to start; 60 s by default."
+    )
+    strict_parameters: bool = Field(
+        default=False,
+        description=(
+            "Refuse parameters the notebook does not declare, instead of injecting them "
+            "with a warning as papermill does."
+        ),
+    )
 
 
 class CellReport(BaseModel):

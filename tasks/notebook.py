@@ -24,7 +24,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from blocks.exceptions import KernelDiedError
+from blocks.exceptions import KernelDiedError, WorkingFolderError
 from tasks.execution import CellEvent, ExecutionCancelled
 from tasks.execution import execute_notebook_async as _execute
 from tasks.kernel import ensure_kernel_installed
@@ -89,6 +89,9 @@ class StagedNotebook:
         cell_origin: list[int | None],
         selected: set[int] | None,
         run_dir: Path,
+        cwd: Path | None = None,
+        start_timeout_seconds: float | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         self.name = name
         self.origin = origin
@@ -97,13 +100,21 @@ class StagedNotebook:
         self.cell_origin = cell_origin
         self.selected = selected
         self.run_dir = run_dir
+        self.cwd = cwd
+        self.start_timeout_seconds = start_timeout_seconds
+        self.notes = notes or []
 
     def __repr__(self) -> str:
         return f"StagedNotebook(name={self.name!r}, kernel={self.kernel!r}, run_dir={self.run_dir})"
 
     @property
     def workdir(self) -> Path:
-        """The notebook's working folder: files written there are artefacts."""
+        """The kernel's working folder: ``cwd`` if one was asked for, else the run's own."""
+        return self.cwd or self.files_dir
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the files the run wrote are kept for the store: the run's own folder."""
         return self.run_dir / WORK_FOLDER
 
 
@@ -116,13 +127,27 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
     source = fetch_notebook_source(request.notebook)
     nb = parse_notebook(source)
     kernel = kernel_name_of(nb, request.kernel)
+    cwd = working_folder(request.cwd)
     if check_kernel:
         ensure_kernel_installed(kernel)
-    check_parameters(nb, request.parameters, kernel)
+    notes = check_parameters(
+        nb,
+        request.parameters,
+        kernel,
+        language=request.language,
+        strict=request.strict_parameters,
+    )
     selected = select_cells(nb, request.cells)
-    parameterised, cell_origin = inject_parameters(nb, request.parameters, kernel)
+    parameterised, cell_origin = inject_parameters(
+        nb,
+        request.parameters,
+        kernel,
+        language=request.language,
+        report_mode=request.report_mode,
+    )
+    parameterised.metadata.papermill["input_path"] = source.origin
     (run_dir / WORK_FOLDER).mkdir(parents=True, exist_ok=True)
-    stage_input_files(request.input_files, run_dir / WORK_FOLDER)
+    stage_input_files(request.input_files, cwd or run_dir / WORK_FOLDER, replace=cwd is None)
     (run_dir / INPUT_NAME).write_bytes(source.data)
     return StagedNotebook(
         name=source.name,
@@ -132,7 +157,26 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
         cell_origin=cell_origin,
         selected=selected,
         run_dir=run_dir,
+        cwd=cwd,
+        start_timeout_seconds=request.start_timeout_seconds,
+        notes=notes,
     )
+
+
+def working_folder(cwd: str | None) -> Path | None:
+    """The requested working folder, checked; ``None`` for the run's own fresh folder.
+
+    Raises:
+        WorkingFolderError: It is not a folder on this machine.
+    """
+    if cwd is None:
+        return None
+    folder = Path(cwd).expanduser()
+    if not folder.is_dir():
+        raise WorkingFolderError(
+            f"cwd {cwd!r} is not a folder on the machine that runs the notebook", path=cwd
+        )
+    return folder.resolve()
 
 
 @task(name="stage-notebook", cache_policy=NO_CACHE)
@@ -150,12 +194,15 @@ async def stage_notebook(
     """
     staged = await asyncio.to_thread(stage, request, run_dir, check_kernel=check_kernel)
     get_run_logger().info(
-        "staged %s (kernel %s, %d cells, parameters: %s)",
+        "staged %s (kernel %s, %d cells, parameters: %s, working folder %s)",
         staged.name,
         staged.kernel,
         len(staged.notebook.cells),
         ", ".join(sorted(request.parameters)) or "none",
+        staged.cwd or "of its own",
     )
+    for note in staged.notes:
+        get_run_logger().warning("%s", note)
     return staged
 
 
@@ -261,6 +308,7 @@ async def execute_notebook(
             timeout_seconds=timeout_seconds,
             on_event=on_event,
             started=started,
+            start_timeout_seconds=staged.start_timeout_seconds,
         )
     except ExecutionCancelled as stop:
         # The flow run is being cancelled: the kernel is down; hand back what ran so

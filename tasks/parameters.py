@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import io
+import keyword
 import tokenize
 from typing import Any
 
@@ -24,6 +25,22 @@ def parameters_cell_source(notebook: dict[str, Any]) -> str | None:
         if PARAMETERS_TAG in (cell.get("metadata") or {}).get("tags", []):
             source = cell.get("source", "")
             return "".join(source) if isinstance(source, list) else str(source)
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a parameter, or ``None`` when it can.
+
+    Papermill writes ``name = value`` into the notebook unchecked, so a name that
+    carries code (``x = 1; import os; os.system(...)  #``) would run it. A parameter
+    name is a Python identifier, not a keyword and not a dunder.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        return "is not a valid parameter name (letters, digits and _, not starting with a digit)"
+    if keyword.iskeyword(name):
+        return "is a Python keyword, not a valid parameter name"
+    if name.startswith("__"):
+        return "starts with __; names with two leading underscores are reserved"
     return None
 
 

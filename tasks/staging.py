@@ -20,6 +20,7 @@ import httpx
 import nbformat
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from nbformat import NotebookNode
+from papermill.execute import ERROR_MARKER_TAG
 from papermill.inspection import _infer_parameters
 from papermill.translators import translate_parameters
 
@@ -29,11 +30,13 @@ from blocks.exceptions import (
     NotebookNotFoundError,
     ParameterValueError,
     UnknownParameterError,
+    WorkingFolderError,
 )
 from blocks.store import read_s3_object
 from tasks.parameters import (
     PARAMETERS_TAG,
     literal_type,
+    name_problem,
     notebook_language,
     parameters_cell_source,
     parse_parameters,
@@ -181,11 +184,14 @@ def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
     return NATIVE_KERNEL_NAME if name == "python" else str(name)
 
 
-def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dict[str, Any]]:
+def declared_parameters(
+    nb: NotebookNode, kernel: str | None = None, language: str | None = None
+) -> list[dict[str, Any]]:
     """The parameters the notebook's ``parameters`` cell declares.
 
     A Python cell is read with ``ast`` (``tasks.parameters``); other languages, and a
     cell that is not valid Python, as papermill's translator for the kernel infers them.
+    ``language`` overrides the notebook's own, as papermill's ``--language`` does.
 
     Returns:
         One dict per parameter: ``name``, ``type`` (inferred type name or ``None``),
@@ -194,11 +200,11 @@ def declared_parameters(nb: NotebookNode, kernel: str | None = None) -> list[dic
     source = parameters_cell_source(nb)
     if source is None:
         return []
-    if notebook_language(nb) == "python":
+    if (language or notebook_language(nb)) == "python":
         parsed = parse_parameters(source)
         if parsed is not None:
             return parsed
-    found = _infer_parameters(nb, name=kernel)
+    found = _infer_parameters(nb, name=kernel, language=language)
     return [
         {
             "name": p.name,
@@ -254,23 +260,54 @@ def check_json_value(name: str, value: Any, depth: int = 0) -> None:
     )
 
 
-def check_parameters(nb: NotebookNode, parameters: dict[str, Any], kernel: str) -> None:
-    """Refuse parameters the notebook does not declare, or values that are not JSON.
+def check_parameters(
+    nb: NotebookNode,
+    parameters: dict[str, Any],
+    kernel: str,
+    *,
+    language: str | None = None,
+    strict: bool = False,
+) -> list[str]:
+    """Check parameter names and values; say what papermill would only warn about.
+
+    Names the notebook does not declare are injected anyway, as papermill injects
+    them, and so are parameters for a notebook with no ``parameters`` cell (at the
+    top); ``strict`` refuses both instead.
+
+    Returns:
+        Warnings for the run's notes (and the caller's stderr), one line each.
 
     Raises:
-        UnknownParameterError: A name is not declared by the ``parameters`` cell.
-        ParameterValueError: A value cannot be carried as JSON.
+        ParameterValueError: A name that is not an identifier (or is a keyword or a
+            dunder), or a value that cannot be carried as JSON.
+        UnknownParameterError: ``strict``, and a name is not declared.
     """
     for name, value in parameters.items():
-        if not name.isidentifier():
-            raise ParameterValueError(name, "is not a valid parameter name")
+        problem = name_problem(name)
+        if problem:
+            raise ParameterValueError(name, problem)
         check_json_value(name, value)
     if not parameters:
-        return
-    declared = [p["name"] for p in declared_parameters(nb, kernel)]
+        return []
+    names = ", ".join(repr(name) for name in parameters)
+    if not has_parameters_cell(nb):
+        if strict:
+            raise UnknownParameterError(list(parameters), [])
+        return [
+            f"the notebook has no cell tagged 'parameters': {names} went into a new first "
+            "cell, as papermill does (tag the cell that sets the defaults 'parameters')"
+        ]
+    declared = [p["name"] for p in declared_parameters(nb, kernel, language)]
     unknown = [name for name in parameters if name not in declared]
-    if unknown:
+    if not unknown:
+        return []
+    if strict:
         raise UnknownParameterError(unknown, declared)
+    listed = ", ".join(repr(name) for name in unknown)
+    return [
+        f"unknown parameter(s) {listed} injected anyway, as papermill does; the notebook "
+        f"declares: {', '.join(declared) or 'none'} (--strict-parameters refuses instead)"
+    ]
 
 
 def select_cells(nb: NotebookNode, cells: str | list[int | str] | None) -> set[int] | None:
@@ -324,9 +361,18 @@ def select_cells(nb: NotebookNode, cells: str | list[int | str] | None) -> set[i
 
 
 def inject_parameters(
-    nb: NotebookNode, parameters: dict[str, Any], kernel: str
+    nb: NotebookNode,
+    parameters: dict[str, Any],
+    kernel: str,
+    *,
+    language: str | None = None,
+    report_mode: bool = False,
 ) -> tuple[NotebookNode, list[int | None]]:
-    """Inject ``parameters`` after the ``parameters`` cell, as papermill does.
+    """Parameterise a copy of ``nb`` as papermill does.
+
+    The injected cell goes after the ``parameters`` cell (at the top when there is
+    none), or replaces an earlier run's injected cell. The error banners of an earlier
+    papermill run are dropped. ``report_mode`` hides every code cell's source.
 
     Returns:
         The parameterised notebook (a copy) and, for each of its cells, the index of
@@ -335,30 +381,41 @@ def inject_parameters(
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
     origin: list[int | None] = list(range(len(nb.cells)))
     nb.metadata.setdefault("papermill", {})["parameters"] = parameters
-    if not parameters:
-        return nb, origin
-    source = translate_parameters(kernel, notebook_language(nb), parameters, "Parameters")
-    cell = nbformat.v4.new_code_cell(source=source)
-    cell.metadata["tags"] = [INJECTED_TAG]
-    existing = [i for i, c in enumerate(nb.cells) if INJECTED_TAG in c.metadata.get("tags", [])]
-    if existing:
-        nb.cells[existing[0]] = cell
-        origin[existing[0]] = None
-        return nb, origin
-    anchor = next(
-        (i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])), -1
-    )
-    nb.cells.insert(anchor + 1, cell)
-    origin.insert(anchor + 1, None)
+    if parameters:
+        source = translate_parameters(
+            kernel, language or notebook_language(nb), parameters, "Parameters"
+        )
+        cell = nbformat.v4.new_code_cell(source=source)
+        cell.metadata["tags"] = [INJECTED_TAG]
+        existing = [i for i, c in enumerate(nb.cells) if INJECTED_TAG in c.metadata.get("tags", [])]
+        if existing:
+            nb.cells[existing[0]] = cell
+            origin[existing[0]] = None
+        else:
+            anchor = next(
+                (i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])),
+                -1,
+            )
+            nb.cells.insert(anchor + 1, cell)
+            origin.insert(anchor + 1, None)
+    kept = [i for i, c in enumerate(nb.cells) if ERROR_MARKER_TAG not in c.metadata.get("tags", [])]
+    nb.cells = [nb.cells[i] for i in kept]
+    origin = [origin[i] for i in kept]
+    if report_mode:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     return nb, origin
 
 
-def stage_input_files(items: list[str], workdir: Path) -> list[str]:
+def stage_input_files(items: list[str], workdir: Path, *, replace: bool = True) -> list[str]:
     """Copy input files into the notebook's working folder, by their base names.
 
     Args:
         items: Local files or folders, ``s3://`` URIs or ``http(s)://`` URLs.
         workdir: The notebook's working folder.
+        replace: Whether an existing file of the same name may be replaced; not in a
+            folder of the user's own (``cwd``), where it would be lost.
 
     Returns:
         The names they have in ``workdir``.
@@ -373,6 +430,12 @@ def stage_input_files(items: list[str], workdir: Path) -> list[str]:
         if not name or name in (".", ".."):
             raise NotebookNotFoundError(f"input file {item!r} has no usable name", source=item)
         target = workdir / name
+        if not replace and target.exists():
+            raise WorkingFolderError(
+                f"input file {item!r} would replace {target} in the working folder; "
+                "leave it out (the notebook reads the one there) or rename one of them",
+                path=str(workdir),
+            )
         if item.startswith(("http://", "https://")):
             try:
                 target.write_bytes(_get_with_retries(item).content)

@@ -34,6 +34,30 @@ os.environ.update(
 os.environ.pop("NBJOBS_STORE", None)
 
 
+def invalid_notebooks(named: dict[str, bytes]) -> list[str]:
+    """The stored notebooks among ``named`` (``.../notebook.ipynb``) that nbformat
+    refuses, each with nbformat's reason."""
+    import nbformat
+
+    found = []
+    for name, data in named.items():
+        try:
+            nbformat.validate(nbformat.reads(data.decode(), as_version=nbformat.NO_CONVERT))
+        except Exception as error:
+            found.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0]}")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_stored_notebook_is_valid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the session: each executed notebook any test stored in a local store
+    validates (the S3 ones are checked as the endpoint stops, in ``s3_endpoint``)."""
+    yield
+    stored = tmp_path_factory.getbasetemp().rglob("notebook.ipynb")
+    invalid = invalid_notebooks({str(path): path.read_bytes() for path in stored})
+    assert not invalid, "stored notebooks that are not valid:\n" + "\n".join(invalid)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nbjobs_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Run folders and the default store live in a temporary home, not in ~."""
@@ -63,8 +87,22 @@ def s3_endpoint() -> Iterator[str]:
     endpoint = f"http://{host}:{port}"
     os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
     yield endpoint
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    stored = {
+        f"s3://{bucket['Name']}/{item['Key']}": s3.get_object(
+            Bucket=bucket["Name"], Key=item["Key"]
+        )["Body"].read()
+        for bucket in s3.list_buckets()["Buckets"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"])
+        for item in page.get("Contents", [])
+        if item["Key"].endswith("/notebook.ipynb")
+    }
     os.environ.pop("AWS_ENDPOINT_URL_S3", None)
     server.stop()
+    invalid = invalid_notebooks(stored)
+    assert not invalid, "stored notebooks that are not valid:\n" + "\n".join(invalid)
 
 
 @pytest.fixture

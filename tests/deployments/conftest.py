@@ -8,6 +8,7 @@ deployments, storing artefacts in the S3 endpoint (moto over HTTP).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,3 +145,48 @@ def http_stack(
     stop(server)
     worker_log.close()
     server_log.close()
+
+
+# --- the local server: the embedded default ---------------------------------------
+
+NBJOBS = str(Path(sys.executable).parent / "nbjobs")
+RUN_TIMEOUT_SECONDS = 600  # a first start with both cores busy, on a slow machine
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The user's environment with no Prefect server configured, and an empty home."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "NBJOBS_STORE", "NBJOBS_KERNEL"))
+    }
+    env.update(NBJOBS_HOME=str(home), PREFECT_HOME=str(home / "prefect-client"))
+    return env
+
+
+@dataclass
+class Local:
+    home: Path
+    env: dict[str, str]
+
+    def nbjobs(
+        self, *args: str, timeout: float = RUN_TIMEOUT_SECONDS
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [NBJOBS, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def status(self) -> dict[str, Any]:
+        done = self.nbjobs("server", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        status: dict[str, Any] = json.loads(done.stdout)
+        return status
+
+
+@pytest.fixture(scope="session")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    """The embedded default as a user has it: started by the first ``nbjobs run``."""
+    home = tmp_path_factory.mktemp("first-contact")
+    found = Local(home, clean_env(home))
+    yield found
+    found.nbjobs("server", "stop", timeout=120)

@@ -109,14 +109,20 @@ def test_a_failing_notebook_ends_failed_and_its_partial_notebook_is_fetchable(
     partial = nbformat.reads(
         httpx.get(link_target(found["raises-notebook"]["data"])).text, as_version=4
     )
-    assert partial.cells[2].outputs[0]["text"] == "cell 2 ran\n"
+    assert partial.cells[3].outputs[0]["text"] == "cell 2 ran\n"  # after the banner
     result = httpx.get(link_target(found["raises-result"]["data"])).json()
     assert (result["status"], result["error"]["cell_index"]) == ("failed", 3)
 
 
 def test_bad_input_over_http_fails_before_any_kernel(http_stack: HTTPStack) -> None:
     run_id, run, _ = trigger_and_wait(
-        http_stack, "adhoc", {"notebook": str(DATA / "params.ipynb"), "parameters": {"typo": 1}}
+        http_stack,
+        "adhoc",
+        {
+            "notebook": str(DATA / "params.ipynb"),
+            "parameters": {"typo": 1},
+            "strict_parameters": True,
+        },
     )
     assert run["state"]["type"] == "FAILED"
     assert (

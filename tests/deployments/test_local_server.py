@@ -1,9 +1,10 @@
 """The embedded default as a new user meets it: `nbjobs run` with no Prefect server set.
 
-One local server for the module, started from an empty ``$NBJOBS_HOME`` and
-``PREFECT_HOME`` by the first test, the way the README's first command starts it,
-with both cores busy; the tests after it reuse it, and the last one stops it. Every
-command is the ``nbjobs`` console script in a subprocess.
+One local server for the session (``tests/deployments/conftest.py``), started from
+an empty ``$NBJOBS_HOME`` and ``PREFECT_HOME`` by the first test here, the way the
+README's first command starts it, with both cores busy; the tests after it reuse it
+(the papermill comparisons too). Every command is the ``nbjobs`` console script in
+a subprocess.
 """
 
 from __future__ import annotations
@@ -17,58 +18,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from deployments.api import PrefectHTTP
 from tests.conftest import DATA, EXAMPLES, service
+from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 
-NBJOBS = str(Path(sys.executable).parent / "nbjobs")
-RUN_TIMEOUT_SECONDS = 600  # a first start with both cores busy, on a slow machine
 UI_LINE = re.compile(r"in the Prefect UI: (http://127\.0\.0\.1:\d+/runs/flow-run/([0-9a-f-]+))")
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    """The user's environment with no Prefect server configured, and an empty home."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "NBJOBS_STORE", "NBJOBS_KERNEL"))
-    }
-    env.update(NBJOBS_HOME=str(home), PREFECT_HOME=str(home / "prefect-client"))
-    return env
-
-
-@dataclass
-class Local:
-    home: Path
-    env: dict[str, str]
-
-    def nbjobs(
-        self, *args: str, timeout: float = RUN_TIMEOUT_SECONDS
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [NBJOBS, *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-
-    def status(self) -> dict[str, Any]:
-        done = self.nbjobs("server", "status", "--json")
-        assert done.returncode == 0, done.stderr
-        status: dict[str, Any] = json.loads(done.stdout)
-        return status
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
-    home = tmp_path_factory.mktemp("first-contact")
-    found = Local(home, clean_env(home))
-    yield found
-    found.nbjobs("server", "stop", timeout=120)
 
 
 def busy_loops() -> list[subprocess.Popen[bytes]]:

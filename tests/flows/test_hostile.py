@@ -81,8 +81,15 @@ CASES: list[tuple[str, dict[str, Any], str, str | None, str]] = [
     ("no cells", {"notebook": HOSTILE / "no_cells.ipynb"}, "COMPLETED", "completed", ""),
     ("nbformat v3", {"notebook": HOSTILE / "nbformat_v3.ipynb"}, "COMPLETED", "completed", ""),
     (
-        "parameters without a parameters cell",
+        "parameters without a parameters cell, injected at the top as papermill does",
         {"notebook": DATA / "no_params.ipynb", "parameters": {"x": 1}},
+        "COMPLETED",
+        "completed",
+        "",
+    ),
+    (
+        "parameters without a parameters cell, strictly",
+        {"notebook": DATA / "no_params.ipynb", "parameters": {"x": 1}, "strict_parameters": True},
         "FAILED",
         None,
         "UnknownParameterError: unknown parameter(s) 'x'; the notebook declares no parameters",
@@ -140,8 +147,24 @@ def _outputs(nb: nbformat.NotebookNode, index: int) -> str:
 
 
 CHECKS: dict[str, Any] = {
+    # papermill's banner is the first cell: input cell 2 comes after it and the injected one
     "raises in cell 3": lambda nb, doc: (
-        (_outputs(nb, 2) == "cell 2 ran\n") or pytest.fail("partial output lost")
+        (
+            _outputs(nb, 3) == "cell 2 ran\n"
+            and "papermill-error-cell-tag" in nb.cells[0].metadata.tags
+        )
+        or pytest.fail("partial output or banner lost")
+    ),
+    "blocks past the per-cell timeout": lambda nb, doc: (
+        (
+            [o.get("ename") for o in nb.cells[3].outputs] == ["KeyboardInterrupt"]
+            and "time.sleep(seconds)" in doc["error"]["traceback"]
+        )
+        or pytest.fail(str(nb.cells[3].outputs))
+    ),
+    "parameters without a parameters cell, injected at the top as papermill does": lambda nb, doc: (
+        (nb.cells[0].source == "# Parameters\nx = 1\n" and "no cell tagged" in doc["notes"][0])
+        or pytest.fail(str(doc["notes"]))
     ),
     "sys.exit(0) is a clean stop": lambda nb, doc: (
         (

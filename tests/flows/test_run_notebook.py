@@ -108,8 +108,10 @@ def test_a_raising_notebook_fails_after_storing_everything(tmp_path: Path) -> No
     assert (result.error.name, result.error.cell_index) == ("ValueError", 3)  # type: ignore[union-attr]
     prefix = Path(result.artefacts.prefix)
     partial = nbformat.read(prefix / "notebook.ipynb", as_version=4)
-    assert partial.cells[2].outputs[0]["text"] == "cell 2 ran\n"
-    assert partial.cells[3].outputs[0]["ename"] == "ValueError"
+    # papermill's banners: one first, one just before the cell that raised
+    assert partial.cells[3].outputs[0]["text"] == "cell 2 ran\n"
+    assert partial.cells[5].outputs[0]["ename"] == "ValueError"
+    assert [c.cell_type for c in partial.cells[:5:4]] == ["markdown", "markdown"]
     assert (prefix / "notebook.html").exists()
     assert json.loads((prefix / "result.json").read_text())["status"] == "failed"
     summary = asyncio.run(artifacts_of(result.flow_run_id))["raises-summary"].data
@@ -189,7 +191,11 @@ def test_timeout_ends_failed_with_the_partial_notebook(tmp_path: Path) -> None:
             "installed kernels: .*python3",
         ),
         (
-            {"notebook": str(DATA / "params.ipynb"), "parameters": {"typo": 1}},
+            {
+                "notebook": str(DATA / "params.ipynb"),
+                "parameters": {"typo": 1},
+                "strict_parameters": True,
+            },
             UnknownParameterError,
             "declared parameters: x, name",
         ),

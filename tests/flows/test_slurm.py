@@ -113,7 +113,7 @@ def test_a_raising_notebook_fails_with_its_partial_notebook_and_slurm_state(
         stored(s3, bucket, f"runs/run-notebook/{result.flow_run_id}/notebook.ipynb").decode(),
         as_version=4,
     )
-    assert partial.cells[2].outputs[0]["text"] == "cell 2 ran\n"
+    assert partial.cells[3].outputs[0]["text"] == "cell 2 ran\n"  # after papermill's banner
 
 
 @pytest.mark.timeout(400)

@@ -57,8 +57,14 @@ def test_a_raising_notebook_reports_the_input_cell_index(tmp_path: Path) -> None
     )
     assert "ValueError" in report.error.traceback and "\x1b[" not in report.error.traceback
     assert [c.status for c in report.cells] == ["ok", "ok", "ok", "error", "not_run"]
-    # the partial notebook keeps the outputs of the cells that ran (index 3 is cell 2 after injection)
-    assert nb.cells[3].outputs[0]["text"] == "cell 2 ran\n"
+    # the partial notebook keeps the outputs of the cells that ran; papermill's two
+    # banners say where it stopped: one at the top, one just before the failed cell
+    by_index = {c.metadata.get("nbjobs", {}).get("index"): c for c in nb.cells}
+    assert by_index[2].outputs[0]["text"] == "cell 2 ran\n"
+    banners = [i for i, c in enumerate(nb.cells) if "papermill-error-cell-tag" in c.metadata.tags]
+    assert banners == [0, nb.cells.index(by_index[3]) - 1]
+    assert f"In [{by_index[3].execution_count}]" in nb.cells[0].source
+    assert "stopped" in nb.cells[banners[1]].source
     assert nb.metadata["nbjobs"]["status"] == "failed"
 
 

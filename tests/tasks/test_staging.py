@@ -26,7 +26,7 @@ from tasks.staging import (
     parse_notebook,
     select_cells,
 )
-from tests.conftest import DATA
+from tests.conftest import DATA, invalid_notebooks
 
 
 def load(name: str) -> nbformat.NotebookNode:
@@ -97,16 +97,46 @@ def test_declared_parameters_with_types_defaults_and_help() -> None:
     assert found["config"]["type"] == "dict" and found["nothing"]["type"] == "None"
 
 
-def test_unknown_parameter_lists_the_declared_ones() -> None:
+def test_an_unknown_parameter_is_injected_with_a_warning_naming_the_declared_ones() -> None:
+    warnings = check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3")
+    assert warnings == [
+        "unknown parameter(s) 'y' injected anyway, as papermill does; the notebook declares: "
+        "x, name, ratio, flag, items, config, nothing (--strict-parameters refuses instead)"
+    ]
+    assert check_parameters(load("params.ipynb"), {"x": 2}, "python3") == []
+
+
+def test_strict_parameters_refuse_an_unknown_name() -> None:
     with pytest.raises(UnknownParameterError) as caught:
-        check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3")
+        check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3", strict=True)
     assert caught.value.unknown == ["y"]
     assert "declared parameters: x, name, ratio, flag, items, config, nothing" in str(caught.value)
 
 
-def test_parameters_for_a_notebook_without_a_parameters_cell_are_refused() -> None:
+def test_parameters_for_a_notebook_without_a_parameters_cell_go_in_at_the_top() -> None:
+    nb = load("no_params.ipynb")
+    [warning] = check_parameters(nb, {"x": 1}, "python3")
+    assert "no cell tagged 'parameters'" in warning
+    injected, origin = inject_parameters(nb, {"x": 1}, "python3")
+    assert injected.cells[0].metadata.tags == ["injected-parameters"] and origin[0] is None
+    assert "x = 1" in injected.cells[0].source
     with pytest.raises(UnknownParameterError, match="declares no parameters"):
-        check_parameters(load("no_params.ipynb"), {"x": 1}, "python3")
+        check_parameters(nb, {"x": 1}, "python3", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("x = 1; import os  #", "not a valid parameter name"),
+        ("1x", "not a valid parameter name"),
+        ("class", "is a Python keyword"),
+        ("__builtins__", "starts with __"),
+    ],
+)
+def test_a_name_that_is_not_an_identifier_is_refused_in_every_mode(name: str, problem: str) -> None:
+    for strict in (False, True):
+        with pytest.raises(ParameterValueError, match=problem):
+            check_parameters(load("params.ipynb"), {name: 1}, "python3", strict=strict)
 
 
 @pytest.mark.parametrize(
@@ -166,3 +196,17 @@ def test_kernel_python_is_python3_as_jupyter_client_reads_it() -> None:
     assert kernel_name_of(nb, "python") == KernelManager(kernel_name="python").kernel_name
     nb.metadata["kernelspec"]["name"] = "python"
     assert kernel_name_of(nb, None) == "python3"
+
+
+def test_the_suites_check_of_stored_notebooks_refuses_an_invalid_one() -> None:
+    """What tests/conftest.py runs over every stored notebook: it would catch the 4.4
+    notebook with an injected cell id that papermill-style injection used to write."""
+    old = json.loads((DATA / "params.ipynb").read_text())
+    old["nbformat_minor"] = 4
+    old["cells"][0]["id"] = "injected"  # not allowed before 4.5
+    [problem] = invalid_notebooks({"old.ipynb": json.dumps(old).encode()})
+    assert "old.ipynb" in problem and "('id' was unexpected)" in problem
+    del old["cells"][0]["id"]
+    source = NotebookSource("old.ipynb", json.dumps(old).encode())
+    fixed, _ = inject_parameters(parse_notebook(source), {"x": 2}, "python3")
+    assert invalid_notebooks({"fixed.ipynb": nbformat.writes(fixed).encode()}) == []
