@@ -178,10 +178,12 @@ def parse_notebook(source: NotebookSource) -> NotebookNode:
 def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
     """The kernel to run: the requested one, else the notebook's, else ``python3``.
 
-    ``python`` means ``python3``, as jupyter_client's ``KernelManager`` reads it.
+    Read as jupyter_client reads a name: without regard to case, and ``python`` means
+    ``python3`` (``KernelManager``).
     """
     name = requested or nb.metadata.get("kernelspec", {}).get("name") or NATIVE_KERNEL_NAME
-    return NATIVE_KERNEL_NAME if name == "python" else str(name)
+    name = str(name).lower()
+    return NATIVE_KERNEL_NAME if name == "python" else name
 
 
 def declared_parameters(

@@ -88,6 +88,7 @@ def test_bad_input_exits_two_and_says_what_to_fix(
         "-p",
         "typo",
         "1",
+        "--strict-parameters",
         "--store",
         str(tmp_path),
         env=server_env,

@@ -349,6 +349,39 @@ def test_every_other_option_is_accepted(local: Local, tmp_path: Path) -> None:
     assert nbjobs.code == 0
 
 
+def test_language_writes_the_parameters_in_that_language(local: Local, tmp_path: Path) -> None:
+    source = notebook(tmp_path / "nb", "pass", parameters="v_b = False")
+    args = ("nb.ipynb", "out.ipynb", "--prepare-only", "-l", "R", "-p", "v_b", "True")
+    papermill, nbjobs = both(local, source, *args, "-p", "v_s", "a")
+    expected = same(papermill, nbjobs)
+    assert expected.cells[1].source == '# Parameters\nv_b = TRUE\nv_s = "a"\n'
+
+
+def test_log_output_log_level_and_engine(local: Local, tmp_path: Path) -> None:
+    source = notebook(tmp_path / "nb", "print('hello from the cell')", parameters="v_x = 1")
+    shown = run(
+        [NBJOBS, "run"], local.env, source, "log", "nb.ipynb", "--log-output", "-p", "zz", "1"
+    )
+    assert shown.code == 0 and "hello from the cell" in shown.stderr
+    assert "nbjobs: note: unknown parameter(s) 'zz'" in shown.stderr
+    quiet = run(
+        [NBJOBS, "run"],
+        local.env,
+        source,
+        "quiet",
+        "nb.ipynb",
+        "--log-level",
+        "error",
+        "-p",
+        "zz",
+        "1",
+    )
+    assert quiet.code == 0 and "hello from the cell" not in quiet.stderr
+    assert "note:" not in quiet.stderr
+    engine = run([NBJOBS, "run"], local.env, source, "engine", "nb.ipynb", "--engine", "other")
+    assert engine.code == 2 and "invalid choice: 'other'" in engine.stderr
+
+
 def test_help_notebook_and_version(local: Local, tmp_path: Path) -> None:
     source = notebook(tmp_path / "nb", "pass", parameters="v_x = 1  # the number\nv_s = 'a'")
     papermill, nbjobs = both(local, source, "nb.ipynb", "--help-notebook")

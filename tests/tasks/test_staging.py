@@ -189,13 +189,19 @@ def test_an_older_nbformat_4_notebook_stays_valid_with_parameters(minor: int) ->
     assert injected.nbformat_minor == 5
 
 
-def test_kernel_python_is_python3_as_jupyter_client_reads_it() -> None:
+@pytest.mark.parametrize("name", ["python", "python3", "Python3", "PYTHON3"])
+def test_kernel_names_resolve_as_jupyter_client_resolves_them(name: str) -> None:
+    from jupyter_client.kernelspec import find_kernel_specs
     from jupyter_client.manager import KernelManager
 
     nb = load("params.ipynb")
-    assert kernel_name_of(nb, "python") == KernelManager(kernel_name="python").kernel_name
-    nb.metadata["kernelspec"]["name"] = "python"
-    assert kernel_name_of(nb, None) == "python3"
+    ours = kernel_name_of(nb, name)
+    assert ours in find_kernel_specs()
+    theirs = KernelManager(kernel_name=name).kernel_spec
+    assert theirs is not None
+    assert KernelManager(kernel_name=ours).kernel_spec.resource_dir == theirs.resource_dir  # type: ignore[union-attr]
+    nb.metadata["kernelspec"]["name"] = name
+    assert kernel_name_of(nb, None) == ours
 
 
 def test_the_suites_check_of_stored_notebooks_refuses_an_invalid_one() -> None:
