@@ -55,8 +55,8 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
     """Wall seconds until a new kernel answers, and the CPU seconds it spent."""
     import psutil
 
-    from tasks.kernel import new_kernel_manager, shutdown_kernel, start_kernel
-    from tasks.kernel_fork import LAUNCHER_ENV
+    from notebook_jobs.tasks.kernel import new_kernel_manager, shutdown_kernel, start_kernel
+    from notebook_jobs.tasks.kernel_fork import LAUNCHER_ENV
 
     os.environ[LAUNCHER_ENV] = launcher
     km = new_kernel_manager("python3", Path(tempfile.mkdtemp(dir=folder)) / "k")
@@ -70,7 +70,7 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
 
 
 async def flow_once(store: Path, label: str = "") -> float:
-    from flows.run_notebook import run_notebook
+    from notebook_jobs.flows.run_notebook import run_notebook
 
     called = datetime.now(timezone.utc)
     t = time.perf_counter()
@@ -106,12 +106,12 @@ def print_phases(label: str) -> None:
 
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
-    from tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
+    from notebook_jobs.tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
 
     store = work / "store"
     print("0. kernel start (until it answers; CPU of the kernel process)")
-    from tasks.kernel import kernel_environment
-    from tasks.kernel_fork import fork_server
+    from notebook_jobs.tasks.kernel import kernel_environment
+    from notebook_jobs.tasks.kernel_fork import fork_server
 
     # the fork server starts once per process; kernels fork once it is ready
     await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
@@ -201,8 +201,8 @@ def batch_in_subprocess(kind: str, args: argparse.Namespace, work: Path) -> floa
 
 async def one_batch(kind: str, args: argparse.Namespace, work: Path) -> float:
     """Run one batch in this process (imports and the first run before the clock starts)."""
-    from flows.run_notebook import run_notebook
-    from flows.run_notebooks import run_notebooks
+    from notebook_jobs.flows.run_notebook import run_notebook
+    from notebook_jobs.flows.run_notebooks import run_notebooks
 
     store = work / "store"
     if kind == "papermill":

@@ -21,10 +21,10 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
-from blocks.exceptions import SlurmSubmissionError
+from notebook_jobs.blocks.exceptions import SlurmSubmissionError
 
 SLURM_COMMAND_TIMEOUT_SECONDS = 60
-JOB_MODULE = "tasks.slurm_job"
+JOB_MODULE = "notebook_jobs.tasks.slurm_job"
 
 # Slurm's job states, by what they mean for a run.
 RUNNING_STATES = frozenset(
@@ -49,7 +49,7 @@ class SlurmCluster(Block):
     """Where and how notebooks run as Slurm jobs.
 
     The execute step of a run becomes a batch job that runs the same execution code
-    (``python -m tasks.slurm_job JOB_DIR``) on a node; ``work_dir`` must be visible
+    (``python -m notebook_jobs.tasks.slurm_job JOB_DIR``) on a node; ``work_dir`` must be visible
     to the submitting machine and to the nodes (a shared filesystem).
     """
 

@@ -31,8 +31,13 @@ from prefect.filesystems import LocalFileSystem
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from blocks.exceptions import ArtefactStoreError
-from blocks.settings import BARE_BLOCK_NAME, BLOCK_SPEC, DEFAULT_STORE_ENV, nbjobs_home
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.settings import (
+    BARE_BLOCK_NAME,
+    BLOCK_SPEC,
+    DEFAULT_STORE_ENV,
+    nbjobs_home,
+)
 
 PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")

@@ -30,17 +30,17 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from deployments.exit_codes import (
+from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER_FAILED,
     EXIT_STORE_FAILED,
 )
-from deployments.papermill_cli import add_papermill_options
+from notebook_jobs.deployments.papermill_cli import add_papermill_options
 
 if TYPE_CHECKING:
-    from deployments.local_server import LocalServer
+    from notebook_jobs.deployments.local_server import LocalServer
 
 WORKER_SETTINGS = {
     # Prefect's worker polls every 10 s by default; a notebook job should start at once.
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
-    from blocks.exceptions import LocalServerError
-    from deployments.api import APIError
+    from notebook_jobs.blocks.exceptions import LocalServerError
+    from notebook_jobs.deployments.api import APIError
 
     try:
         return _dispatch(args)
@@ -226,12 +226,12 @@ def _use_local_server() -> LocalServer | None:
     Sets ``PREFECT_API_URL`` for this process (before Prefect is imported) so that
     Prefect's own client talks to it.
     """
-    from deployments.local_server import LocalServer, configured_api_url
+    from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
 
     if configured_api_url() is not None:
         return None
     server = LocalServer()
-    from deployments.light_commands import announce
+    from notebook_jobs.deployments.light_commands import announce
 
     os.environ["PREFECT_API_URL"] = server.ensure(announce=announce)
     return server
@@ -241,18 +241,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     import asyncio  # 70 ms: only for the commands that run Prefect in this process
 
     if args.command == "inspect":
-        from deployments.light_commands import inspect_command
+        from notebook_jobs.deployments.light_commands import inspect_command
 
         return inspect_command(args)
     if args.command == "server":
-        from deployments.light_commands import server_command
+        from notebook_jobs.deployments.light_commands import server_command
 
         return server_command(args)
     if args.command == "retry-uploads":
         return _retry_uploads()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.command == "serve":
-        from deployments.local_server import configured_api_url
+        from notebook_jobs.deployments.local_server import configured_api_url
 
         if configured_api_url() is None:
             print(
@@ -269,7 +269,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             os.environ.pop("NBJOBS_KERNEL_POOL", None)
         from pathlib import Path
 
-        from deployments.commands import serve
+        from notebook_jobs.deployments.commands import serve
 
         socket = Path(args.local_socket) if args.local_socket else None
         asyncio.run(serve(args.pool, args.limit, args.isolation, socket))
@@ -278,14 +278,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             args.parameter_values = _request_parameters(args)
             if args.command == "run":
-                from deployments.papermill_cli import prepare
+                from notebook_jobs.deployments.papermill_cli import prepare
 
                 args.parameter_values = prepare(args, args.parameter_values)
         except ValueError as error:  # OptionError too
             print(f"nbjobs: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.command == "run" and args.help_notebook:
-        from deployments.light_commands import inspect_command
+        from notebook_jobs.deployments.light_commands import inspect_command
 
         return inspect_command(args)
     if args.command == "run" and args.prepare_only:
@@ -296,7 +296,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         server = _use_local_server()
         if server is not None:
-            from deployments.client_run import run_on_local_server
+            from notebook_jobs.deployments.client_run import run_on_local_server
 
             return run_on_local_server(args, args.parameter_values, server)
         # A Prefect server of the user's own: the run executes in this process and
@@ -312,8 +312,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _prepare_only(args: argparse.Namespace) -> int:
     """``--prepare-only``: OUTPUT gets the parameterised notebook; nothing runs."""
-    from blocks.exceptions import NotebookInputError
-    from deployments.papermill_cli import prepare_only
+    from notebook_jobs.blocks.exceptions import NotebookInputError
+    from notebook_jobs.deployments.papermill_cli import prepare_only
 
     try:
         warnings = prepare_only(args, args.parameter_values)
@@ -327,7 +327,7 @@ def _prepare_only(args: argparse.Namespace) -> int:
 
 
 def _retry_uploads() -> int:
-    from tasks.storage import retry_spilled_uploads
+    from notebook_jobs.tasks.storage import retry_spilled_uploads
 
     outcomes = retry_spilled_uploads()
     if not outcomes:
@@ -338,8 +338,8 @@ def _retry_uploads() -> int:
 
 
 async def _deploy(args: argparse.Namespace) -> int:
-    from blocks.exceptions import ArtefactStoreError, NotebookInputError
-    from deployments.commands import deploy_notebook
+    from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from notebook_jobs.deployments.commands import deploy_notebook
 
     try:
         deployed = await deploy_notebook(
@@ -376,7 +376,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ValueError: A -y/-f/-b value cannot be read, or a value cannot travel as JSON.
     """
-    from deployments.papermill_args import read_parameters
+    from notebook_jobs.deployments.papermill_args import read_parameters
 
     parameters = read_parameters(
         p=args.parameters,
@@ -398,13 +398,13 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from blocks.exceptions import ArtefactStoreError, NotebookInputError
-    from deployments.client_run import flow_parameters
-    from deployments.papermill_cli import wants_progress_bar
-    from deployments.progress import CellProgressBar
-    from deployments.report import report_refusal, report_run
-    from flows.run_notebook import run_notebook, run_outcome
-    from tasks.notebook import add_progress_listener, remove_progress_listener
+    from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from notebook_jobs.deployments.client_run import flow_parameters
+    from notebook_jobs.deployments.papermill_cli import wants_progress_bar
+    from notebook_jobs.deployments.progress import CellProgressBar
+    from notebook_jobs.deployments.report import report_refusal, report_run
+    from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
+    from notebook_jobs.tasks.notebook import add_progress_listener, remove_progress_listener
 
     try:
         request = flow_parameters(args, args.parameter_values)

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from blocks import exceptions
-from blocks.exceptions import LocalServerError
-from blocks.settings import DEFAULT_STORE_ENV, absolute_store
-from deployments.api import FINAL_STATES, APIError, PrefectHTTP
-from deployments.exit_codes import (
+from notebook_jobs.blocks import exceptions
+from notebook_jobs.blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.settings import DEFAULT_STORE_ENV, absolute_store
+from notebook_jobs.deployments.api import FINAL_STATES, APIError, PrefectHTTP
+from notebook_jobs.deployments.exit_codes import (
     EXIT_INTERRUPTED,
 )
-from deployments.local_server import LocalServer
-from deployments.papermill_cli import wants_progress_bar
-from deployments.report import refusal, report_refusal, report_run
+from notebook_jobs.deployments.local_server import LocalServer
+from notebook_jobs.deployments.papermill_cli import wants_progress_bar
+from notebook_jobs.deployments.report import refusal, report_refusal, report_run
 
 FLOW = "run-notebook"
 DEPLOYMENT = "adhoc"
@@ -98,7 +98,9 @@ class RunFollower:
         self.offset = 0
         self._bar: Any = None
         if bar:
-            from deployments.progress import CellProgressBar  # rich: only for a terminal
+            from notebook_jobs.deployments.progress import (
+                CellProgressBar,  # rich: only for a terminal
+            )
 
             self._bar = CellProgressBar(enabled=True)
 

@@ -10,19 +10,19 @@ from typing import Any
 
 from prefect import get_client
 
-from blocks.exceptions import UnknownParameterError
-from blocks.store import open_store, safe_key
-from deployments.definitions import (
+from notebook_jobs.blocks.exceptions import UnknownParameterError
+from notebook_jobs.blocks.store import open_store, safe_key
+from notebook_jobs.deployments.definitions import (
     POOL_NAME,
     apply_spec,
     content_hash,
     general_spec,
     notebook_spec,
 )
-from deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
-from tasks.kernel_pool import close_shared_pools, prestart
-from tasks.notebook import warm_up_html
-from tasks.staging import (
+from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
+from notebook_jobs.tasks.kernel_pool import close_shared_pools, prestart
+from notebook_jobs.tasks.notebook import warm_up_html
+from notebook_jobs.tasks.staging import (
     check_json_value,
     declared_parameters,
     fetch_notebook_source,
@@ -203,7 +203,7 @@ async def serve(
     """
     from prefect.workers.process import ProcessWorker
 
-    from deployments.worker import InProcessWorker, share_tls_contexts
+    from notebook_jobs.deployments.worker import InProcessWorker, share_tls_contexts
 
     share_tls_contexts()
     main = asyncio.current_task()

@@ -27,11 +27,14 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema as callable_parameter_schema
 
-from flows.run_notebook import FLOW_NAME, run_notebook
+from notebook_jobs.flows.run_notebook import FLOW_NAME, run_notebook
 
 POOL_NAME = "notebook-jobs"
 GENERAL_DEPLOYMENT = "adhoc"
-ENTRYPOINT = "flows.run_notebook.run_notebook"
+ENTRYPOINT = "notebook_jobs.flows.run_notebook.run_notebook"
+# what deployments made before the package had one name of its own point at: the
+# worker runs them as it runs ENTRYPOINT (the flow itself, in its own process)
+ENTRYPOINTS = frozenset({ENTRYPOINT, "flows.run_notebook.run_notebook"})
 NOTEBOOK_TAG = "nbjobs-notebook"
 _JSON_TYPES = {
     "int": "integer",

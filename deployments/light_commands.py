@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_FAILED
+from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_FAILED
 
 
 def announce(message: str) -> None:
@@ -21,7 +21,7 @@ def announce(message: str) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from deployments.local_server import LocalServer, configured_api_url
+    from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
 
     server = LocalServer()
     if args.action == "stop":
@@ -75,7 +75,11 @@ def declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
     when the notebook is anything else (a URL, nbformat 3, another language)."""
     from pathlib import Path
 
-    from tasks.parameters import notebook_language, parameters_cell_source, parse_parameters
+    from notebook_jobs.tasks.parameters import (
+        notebook_language,
+        parameters_cell_source,
+        parse_parameters,
+    )
 
     try:
         document = json.loads(Path(notebook).read_bytes())
@@ -94,8 +98,12 @@ def inspect_command(args: argparse.Namespace) -> int:
     if not args.notebook.startswith(("s3://", "http://", "https://")):
         parameters = declared_parameters_light(args.notebook)
     if parameters is None:
-        from blocks.exceptions import NotebookInputError
-        from tasks.staging import declared_parameters, fetch_notebook_source, parse_notebook
+        from notebook_jobs.blocks.exceptions import NotebookInputError
+        from notebook_jobs.tasks.staging import (
+            declared_parameters,
+            fetch_notebook_source,
+            parse_notebook,
+        )
 
         try:
             nb = parse_notebook(fetch_notebook_source(args.notebook))

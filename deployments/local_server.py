@@ -47,10 +47,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: toml comes with Prefect
     import toml as tomllib  # type: ignore[no-redef]
 
-from blocks.exceptions import LocalServerError
-from blocks.settings import nbjobs_home
-from deployments.api import PrefectHTTP
-from deployments.processes import (
+from notebook_jobs.blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.settings import nbjobs_home
+from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.deployments.processes import (
     alive,
     port_free,
     stop_process_tree,
@@ -333,7 +333,7 @@ class LocalServer:
         command = [
             sys.executable,
             "-m",
-            "deployments.cli",
+            "notebook_jobs.deployments.cli",
             "serve",
             "--pool",
             LOCAL_POOL,

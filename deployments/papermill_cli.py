@@ -232,7 +232,7 @@ def write_target(target: str, data: bytes) -> None:
         sys.stdout.flush()
         return
     if target.startswith("s3://"):
-        from blocks.store import write_s3_object  # boto3: only for an S3 OUTPUT
+        from notebook_jobs.blocks.store import write_s3_object  # boto3: only for an S3 OUTPUT
 
         write_s3_object(target, data)
         return
@@ -274,7 +274,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     """
     import nbformat
 
-    from tasks.staging import (
+    from notebook_jobs.tasks.staging import (
         check_parameters,
         fetch_notebook_source,
         inject_parameters,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.exceptions import LocalServerError
 
 START_TIMEOUT_ENV = "NBJOBS_SERVER_START_TIMEOUT"
 # A first start migrates a new SQLite database: about 15 s on an idle 2-core machine,

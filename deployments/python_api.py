@@ -8,7 +8,7 @@ so the run lands in the same history and UI; the notebook itself runs in a kerne
 started by this process, not in the local worker.
 
 Example:
-    >>> from deployments.python_api import run_notebook_sync
+    >>> from notebook_jobs.deployments.python_api import run_notebook_sync
     >>> result = run_notebook_sync("examples/report.ipynb", parameters={"n": 5})
     >>> result.outputs["total"]
     55
@@ -21,10 +21,10 @@ import concurrent.futures
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from deployments.local_server import LocalServer, configured_api_url
+from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
 
 if TYPE_CHECKING:
-    from tasks.models import NotebookResult
+    from notebook_jobs.tasks.models import NotebookResult
 
 
 def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> NotebookResult:
@@ -46,7 +46,7 @@ def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> Noteboo
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.run_notebook import run_notebook
+    from notebook_jobs.flows.run_notebook import run_notebook
 
     settings: Any = contextlib.nullcontext()
     if configured_api_url() is None:

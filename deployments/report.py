@@ -11,16 +11,16 @@ import re
 import sys
 from typing import Any, TextIO
 
-from blocks import exceptions
-from deployments.api import APIError, fetch
-from deployments.exit_codes import (
+from notebook_jobs.blocks import exceptions
+from notebook_jobs.deployments.api import APIError, fetch
+from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_NOTEBOOK_FAILED,
     EXIT_OK,
     EXIT_STORE_FAILED,
 )
-from deployments.papermill_cli import deliver
+from notebook_jobs.deployments.papermill_cli import deliver
 
 _FAILED_MESSAGE = re.compile(r"^(?:Flow run encountered an exception: )?(\w+): (.*)$", re.S)
 

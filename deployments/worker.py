@@ -42,7 +42,7 @@ from prefect.flow_engine import run_flow
 from prefect.states import Cancelled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
-from deployments.definitions import ENTRYPOINT
+from notebook_jobs.deployments.definitions import ENTRYPOINTS
 
 CANCEL_POLL_SECONDS = 1.0
 FOLLOW_QUEUE_SIZE = 1000  # events kept for a slow follower; newer ones are dropped
@@ -83,8 +83,8 @@ class RunChannel:
 
     def attach(self) -> None:
         """Start routing cell events and run log records to followers."""
-        from tasks.notebook import add_progress_listener
-        from tasks.storage import add_result_listener
+        from notebook_jobs.tasks.notebook import add_progress_listener
+        from notebook_jobs.tasks.storage import add_result_listener
 
         self._loop = asyncio.get_running_loop()
         add_progress_listener(self._on_cell)
@@ -93,8 +93,8 @@ class RunChannel:
             logging.getLogger(name).addHandler(self._handler)
 
     def detach(self) -> None:
-        from tasks.notebook import remove_progress_listener
-        from tasks.storage import remove_result_listener
+        from notebook_jobs.tasks.notebook import remove_progress_listener
+        from notebook_jobs.tasks.storage import remove_result_listener
 
         remove_progress_listener(self._on_cell)
         remove_result_listener(self._on_result)
@@ -217,7 +217,7 @@ class _FollowerLogHandler(logging.Handler):
 
 async def final_message(flow_run: FlowRun, state: Any) -> dict[str, Any]:
     """What a follower gets when the run ends: its state, and its result or error."""
-    from flows.run_notebook import run_outcome
+    from notebook_jobs.flows.run_notebook import run_outcome
 
     message: dict[str, Any] = {
         "event": "final",
@@ -254,7 +254,7 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
         worker_name: str | None = None,
         worker_id: Any = None,
     ) -> None:
-        if deployment is not None and deployment.entrypoint == ENTRYPOINT:
+        if deployment is not None and deployment.entrypoint in ENTRYPOINTS:
             return
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
@@ -301,7 +301,7 @@ class InProcessWorker(ProcessWorker):
             or flow_run.state.type != StateType.SCHEDULED
             or flow_run.work_pool_name != self._work_pool_name
             or flow_run.deployment_id is None
-            or await self._entrypoint_of(flow_run) != ENTRYPOINT
+            or await self._entrypoint_of(flow_run) not in ENTRYPOINTS
             or flow_run.id in self._submitting_flow_run_ids  # after the await: a poll has it
         ):
             return  # not ours to start now: the regular poll decides
@@ -356,9 +356,9 @@ class InProcessWorker(ProcessWorker):
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> ProcessWorkerResult:
         """Run the flow run in this process, or delegate to a subprocess for other flows."""
-        if flow_run.deployment_id is None or await self._entrypoint_of(flow_run) != ENTRYPOINT:
+        if flow_run.deployment_id is None or await self._entrypoint_of(flow_run) not in ENTRYPOINTS:
             return await super().run(flow_run, configuration, task_status)
-        from flows.run_notebook import run_notebook
+        from notebook_jobs.flows.run_notebook import run_notebook
 
         if task_status is not None:
             task_status.started(os.getpid())

@@ -19,7 +19,7 @@ setsid .venv/bin/nbjobs serve >"$home/serve.log" 2>&1 &
 worker=$!
 run_id="$(.venv/bin/python - <<'PY'
 import os
-from deployments.api import PrefectHTTP
+from notebook_jobs.deployments.api import PrefectHTTP
 api = PrefectHTTP(os.environ["PREFECT_API_URL"])
 for n in (5, 12):
     run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}})

@@ -29,31 +29,31 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
-from blocks.exceptions import (
+from notebook_jobs.blocks.exceptions import (
     ArtefactStoreError,
     KernelDiedError,
     NotebookInputError,
     WorkingFolderError,
 )
-from blocks.slurm import SlurmCluster
-from blocks.store import nbjobs_home, open_store, safe_key
-from tasks.execution import ExecutionCancelled
-from tasks.models import (
+from notebook_jobs.blocks.slurm import SlurmCluster
+from notebook_jobs.blocks.store import nbjobs_home, open_store, safe_key
+from notebook_jobs.tasks.execution import ExecutionCancelled
+from notebook_jobs.tasks.models import (
     ExecutionReport,
     NotebookRequest,
     NotebookResult,
     Timings,
     error_for_result,
 )
-from tasks.notebook import (
+from notebook_jobs.tasks.notebook import (
     artifact_key,
     execute_notebook,
     kernel_retries,
     stage_notebook,
 )
-from tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
-from tasks.staging import notebook_name
-from tasks.storage import (
+from notebook_jobs.tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
+from notebook_jobs.tasks.staging import notebook_name
+from notebook_jobs.tasks.storage import (
     RESULT_NAME,
     publish_result,
     result_document,

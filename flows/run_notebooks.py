@@ -26,9 +26,9 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from blocks.exceptions import NotebookRunError
-from tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
-from tasks.models import NotebookRequest
+from notebook_jobs.blocks.exceptions import NotebookRunError
+from notebook_jobs.tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
+from notebook_jobs.tasks.models import NotebookRequest
 
 BATCH_FLOW_NAME = "run-notebooks"
 
@@ -88,7 +88,7 @@ def batch_requests(
 
 
 async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
-    from flows.run_notebook import notebook_label, run_notebook, run_outcome
+    from notebook_jobs.flows.run_notebook import notebook_label, run_notebook, run_outcome
 
     # tagged when created, so the run needs no extra API call to tag itself
     with tags(f"notebook:{notebook_label(request.notebook)}", "trigger:batch"):

@@ -24,9 +24,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError
 from nbformat import NotebookNode
 
-from blocks.exceptions import UnknownKernelError
-from tasks.kernel_fork import use_forking_provisioner
-from tasks.models import Resources
+from notebook_jobs.blocks.exceptions import UnknownKernelError
+from notebook_jobs.tasks.kernel_fork import use_forking_provisioner
+from notebook_jobs.tasks.models import Resources
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
 READY_POLL_SECONDS = 1.0

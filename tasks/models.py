@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from blocks.exceptions import (
+from notebook_jobs.blocks.exceptions import (
     KernelDiedError,
     NotebookExecutionError,
     NotebookRunError,

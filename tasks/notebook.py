@@ -24,14 +24,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from blocks.exceptions import KernelDiedError, WorkingFolderError
-from tasks.execution import CellEvent, ExecutionCancelled
-from tasks.execution import execute_notebook_async as _execute
-from tasks.kernel import ensure_kernel_installed
-from tasks.kernel_pool import shared_pool
-from tasks.models import ExecutionReport, NotebookRequest
-from tasks.progress_artifact import ProgressArtifact
-from tasks.staging import (
+from notebook_jobs.blocks.exceptions import KernelDiedError, WorkingFolderError
+from notebook_jobs.tasks.execution import CellEvent, ExecutionCancelled
+from notebook_jobs.tasks.execution import execute_notebook_async as _execute
+from notebook_jobs.tasks.kernel import ensure_kernel_installed
+from notebook_jobs.tasks.kernel_pool import shared_pool
+from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest
+from notebook_jobs.tasks.progress_artifact import ProgressArtifact
+from notebook_jobs.tasks.staging import (
     check_parameters,
     fetch_notebook_source,
     inject_parameters,

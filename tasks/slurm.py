@@ -1,6 +1,6 @@
 """The execute step as a Slurm job: submit, wait (with progress), cancel, collect.
 
-The job runs ``tasks.slurm_job`` on the node, the same execution code as a local
+The job runs ``notebook_jobs.tasks.slurm_job`` on the node, the same execution code as a local
 run; everything before (staging) and after (HTML, upload, artifacts) is unchanged.
 """
 
@@ -19,16 +19,22 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from blocks.slurm import (
+from notebook_jobs.blocks.slurm import (
     RETRYABLE_STATES,
     JobStatus,
     SlurmCluster,
     SlurmCommands,
     render_batch_script,
 )
-from tasks.models import ErrorInfo, ExecutionReport, RunStatus, SlurmInfo
-from tasks.notebook import StagedNotebook, artifact_key
-from tasks.slurm_job import EVENTS, EXECUTED_NOTEBOOK, REPORT, STAGED_NOTEBOOK, write_job_spec
+from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport, RunStatus, SlurmInfo
+from notebook_jobs.tasks.notebook import StagedNotebook, artifact_key
+from notebook_jobs.tasks.slurm_job import (
+    EVENTS,
+    EXECUTED_NOTEBOOK,
+    REPORT,
+    STAGED_NOTEBOOK,
+    write_job_spec,
+)
 
 STDERR_TAIL_LINES = 30
 BATCH_SCRIPT = "job.sbatch"

@@ -28,10 +28,10 @@ from typing import Any
 
 import nbformat
 
-from blocks.exceptions import NotebookInputError
-from tasks.execution import CellEvent, ExecutionCancelled, execute_notebook_async
-from tasks.kernel_fork import LAUNCHER_ENV
-from tasks.models import ErrorInfo, ExecutionReport
+from notebook_jobs.blocks.exceptions import NotebookInputError
+from notebook_jobs.tasks.execution import CellEvent, ExecutionCancelled, execute_notebook_async
+from notebook_jobs.tasks.kernel_fork import LAUNCHER_ENV
+from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport
 
 JOB_SPEC = "job.json"
 STAGED_NOTEBOOK = "staged.ipynb"

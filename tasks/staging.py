@@ -24,7 +24,7 @@ from papermill.execute import ERROR_MARKER_TAG
 from papermill.inspection import _infer_parameters
 from papermill.translators import translate_parameters
 
-from blocks.exceptions import (
+from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
     NotebookFormatError,
     NotebookNotFoundError,
@@ -32,8 +32,8 @@ from blocks.exceptions import (
     UnknownParameterError,
     WorkingFolderError,
 )
-from blocks.store import read_s3_object
-from tasks.parameters import (
+from notebook_jobs.blocks.store import read_s3_object
+from notebook_jobs.tasks.parameters import (
     PARAMETERS_TAG,
     literal_type,
     name_problem,

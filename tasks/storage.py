@@ -21,10 +21,10 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from blocks.exceptions import ArtefactStoreError
-from blocks.store import ArtefactStore, nbjobs_home, safe_key
-from tasks.models import Artefacts, NotebookResult
-from tasks.notebook import render_html
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.store import ArtefactStore, nbjobs_home, safe_key
+from notebook_jobs.tasks.models import Artefacts, NotebookResult
+from notebook_jobs.tasks.notebook import render_html
 
 UPLOAD_THREADS = 8
 RESULT_NAME = "result.json"
@@ -299,7 +299,7 @@ def retry_spilled_uploads() -> list[tuple[Path, str | None]]:
     """
     import shutil
 
-    from blocks.store import open_store
+    from notebook_jobs.blocks.store import open_store
 
     outcomes: list[tuple[Path, str | None]] = []
     root = spill_root()

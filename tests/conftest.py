@@ -136,7 +136,7 @@ def http_notebooks() -> Iterator[str]:
 
 def run_flow(**parameters: Any) -> Any:
     """Run the run-notebook flow in this process and return its final state."""
-    from flows.run_notebook import run_notebook
+    from notebook_jobs.flows.run_notebook import run_notebook
 
     return asyncio.run(run_notebook(**parameters, return_state=True))
 
@@ -178,7 +178,7 @@ def slurm_cluster(
     slurm_partition: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A saved SlurmCluster block on the real cluster; yields its name."""
-    from blocks.slurm import SlurmCluster
+    from notebook_jobs.blocks.slurm import SlurmCluster
 
     name = f"test-cluster-{uuid.uuid4().hex[:8]}"
     SlurmCluster(

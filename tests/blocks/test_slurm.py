@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from blocks.exceptions import SlurmSubmissionError
-from blocks.slurm import SlurmCluster, parse_sacct, parse_sbatch, parse_squeue, render_batch_script
+from notebook_jobs.blocks.exceptions import SlurmSubmissionError
+from notebook_jobs.blocks.slurm import (
+    SlurmCluster,
+    parse_sacct,
+    parse_sbatch,
+    parse_squeue,
+    render_batch_script,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 

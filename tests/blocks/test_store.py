@@ -6,8 +6,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blocks.exceptions import ArtefactStoreError, NotebookExecutionError
-from blocks.store import default_store_path, open_store, safe_key
+from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookExecutionError
+from notebook_jobs.blocks.store import default_store_path, open_store, safe_key
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.api import APIError, PrefectHTTP, auth_header
+from notebook_jobs.deployments.api import APIError, PrefectHTTP, auth_header
 from tests.conftest import service
 from tests.processes import free_port, stop
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.exit_codes import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK
+from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_NOTEBOOK_FAILED, EXIT_OK
 from tests.conftest import DATA, EXAMPLES
 
 NBJOBS = str(Path(sys.executable).parent / "nbjobs")

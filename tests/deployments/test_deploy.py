@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import boto3
 import httpx
 
-from deployments.definitions import content_hash, parameter_schema
+from notebook_jobs.deployments.definitions import content_hash, parameter_schema
 from tests.conftest import DATA
 from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.deployments.test_http import trigger_and_wait

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import nbformat
 
-from deployments.api import link_target
+from notebook_jobs.deployments.api import link_target
 from tests.conftest import DATA, EXAMPLES
 from tests.deployments.conftest import BIN, HTTPStack
 

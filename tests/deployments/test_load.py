@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from deployments.api import FINAL_STATES
+from notebook_jobs.deployments.api import FINAL_STATES
 from tests.conftest import DATA
 from tests.deployments.conftest import HTTPStack
 

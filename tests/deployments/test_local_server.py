@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deployments.api import PrefectHTTP
+from notebook_jobs.deployments.api import PrefectHTTP
 from tests.conftest import DATA, EXAMPLES, service
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 
@@ -202,7 +202,7 @@ def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
 def test_run_notebook_sync_uses_the_local_server(local: Local) -> None:
     """A Python caller with no server configured lands in the same history as the CLI."""
     code = (
-        "from deployments.python_api import run_notebook_sync\n"
+        "from notebook_jobs.deployments.python_api import run_notebook_sync\n"
         f"result = run_notebook_sync({str(EXAMPLES / 'report.ipynb')!r}, parameters={{'n': 4}})\n"
         "print(result.flow_run_id, result.outputs['total'])\n"
     )
@@ -313,7 +313,7 @@ def test_a_database_of_a_newer_prefect_is_one_clear_line(tmp_path: Path) -> None
 def imported_modules(args: list[str], env: dict[str, str]) -> tuple[int, set[str]]:
     """Run ``nbjobs ARGS`` under ``python -X importtime``: its exit code and what it imported."""
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "deployments.cli", *args],
+        [sys.executable, "-X", "importtime", "-m", "notebook_jobs.deployments.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -348,7 +348,7 @@ def test_light_commands_import_no_prefect(args: list[str], tmp_path: Path) -> No
 def test_a_port_in_use_is_skipped_and_said(tmp_path: Path) -> None:
     import socket
 
-    from deployments.local_server import LocalServer, ServerState
+    from notebook_jobs.deployments.local_server import LocalServer, ServerState
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -362,7 +362,7 @@ def test_a_port_in_use_is_skipped_and_said(tmp_path: Path) -> None:
 
 def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
     """Prefect's UI calls port 4200 unless told: on any other port every page is blank."""
-    from deployments.local_server import LocalServer
+    from notebook_jobs.deployments.local_server import LocalServer
 
     env = LocalServer(tmp_path)._child_env(4207)
     assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4207/api"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deployments.papermill_args import read_parameters, resolve_type
-from tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
+from notebook_jobs.deployments.papermill_args import read_parameters, resolve_type
+from notebook_jobs.tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
 from tests.conftest import DATA
 
 PAPERMILL = str(Path(sys.executable).parent / "papermill")

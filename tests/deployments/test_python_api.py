@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from blocks.exceptions import NotebookExecutionError
-from deployments.python_api import run_notebook_sync
+from notebook_jobs.blocks.exceptions import NotebookExecutionError
+from notebook_jobs.deployments.python_api import run_notebook_sync
 from tests.conftest import DATA, EXAMPLES
 
 

@@ -14,7 +14,7 @@ import pytest
 from prefect.exceptions import MissingResult
 from prefect.states import Completed
 
-from blocks.exceptions import (
+from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
     NotebookExecutionError,
     NotebookFormatError,
@@ -24,8 +24,8 @@ from blocks.exceptions import (
     UnknownKernelError,
     UnknownParameterError,
 )
-from flows.run_notebook import run_outcome, runs_root
-from tasks.models import NotebookResult
+from notebook_jobs.flows.run_notebook import run_outcome, runs_root
+from notebook_jobs.tasks.models import NotebookResult
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

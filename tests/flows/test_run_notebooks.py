@@ -10,9 +10,9 @@ from uuid import UUID
 import pytest
 from prefect import get_client
 
-from blocks.exceptions import NotebookRunError
-from flows.run_notebooks import expand_grid, run_notebooks
-from tasks.models import NotebookRequest
+from notebook_jobs.blocks.exceptions import NotebookRunError
+from notebook_jobs.flows.run_notebooks import expand_grid, run_notebooks
+from notebook_jobs.tasks.models import NotebookRequest
 from tests.conftest import DATA, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -18,10 +18,10 @@ import httpx
 import nbformat
 import pytest
 
-from blocks.exceptions import NotebookExecutionError, SlurmJobError
-from blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
-from tasks.models import ExecutionReport, NotebookResult
-from tasks.slurm import outcome_report
+from notebook_jobs.blocks.exceptions import NotebookExecutionError, SlurmJobError
+from notebook_jobs.blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
+from notebook_jobs.tasks.models import ExecutionReport, NotebookResult
+from notebook_jobs.tasks.slurm import outcome_report
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -146,7 +146,7 @@ def test_a_job_past_its_time_limit_ends_timeout(
 
 
 def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: Path) -> None:
-    from flows.run_notebook import run_notebook
+    from notebook_jobs.flows.run_notebook import run_notebook
 
     commands = SlurmCommands()
 
@@ -272,9 +272,9 @@ def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(
 ) -> None:
     from prefect import flow
 
-    from tasks.models import NotebookRequest
-    from tasks.notebook import stage
-    from tasks.slurm import execute_notebook_on_slurm
+    from notebook_jobs.tasks.models import NotebookRequest
+    from notebook_jobs.tasks.notebook import stage
+    from notebook_jobs.tasks.slurm import execute_notebook_on_slurm
 
     cluster = SlurmCluster(work_dir=str(tmp_path), poll_interval_seconds=0.1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from tests.conftest import DATA, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -9,10 +9,15 @@ from typing import Any
 import nbformat
 import pytest
 
-from blocks.exceptions import UnknownKernelError
-from tasks.execution import CellEvent, execute_notebook_async
-from tasks.models import ExecutionReport
-from tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook, select_cells
+from notebook_jobs.blocks.exceptions import UnknownKernelError
+from notebook_jobs.tasks.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.models import ExecutionReport
+from notebook_jobs.tasks.staging import (
+    fetch_notebook_source,
+    inject_parameters,
+    parse_notebook,
+    select_cells,
+)
 from tests.conftest import DATA
 
 

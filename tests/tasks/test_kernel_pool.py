@@ -8,10 +8,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from blocks.exceptions import UnknownKernelError
-from tasks.execution import ExecutionCancelled, execute_notebook_async
-from tasks.kernel_pool import KernelPool
-from tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
+from notebook_jobs.blocks.exceptions import UnknownKernelError
+from notebook_jobs.tasks.execution import ExecutionCancelled, execute_notebook_async
+from notebook_jobs.tasks.kernel_pool import KernelPool
+from notebook_jobs.tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
 from tests.conftest import DATA
 
 IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"

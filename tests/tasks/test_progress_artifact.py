@@ -9,8 +9,8 @@ import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-import tasks.progress_artifact as progress_artifact
-from tasks.progress_artifact import ProgressArtifact
+import notebook_jobs.tasks.progress_artifact as progress_artifact
+from notebook_jobs.tasks.progress_artifact import ProgressArtifact
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 KEY = "progress-test-progress"

@@ -9,14 +9,14 @@ from typing import Any
 import nbformat
 import pytest
 
-from blocks.exceptions import (
+from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
     NotebookFormatError,
     NotebookNotFoundError,
     ParameterValueError,
     UnknownParameterError,
 )
-from tasks.staging import (
+from notebook_jobs.tasks.staging import (
     NotebookSource,
     check_parameters,
     declared_parameters,
