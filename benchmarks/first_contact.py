@@ -3,8 +3,8 @@
 On the embedded default (no PREFECT_API_URL, an empty $NBJOBS_HOME and PREFECT_HOME):
 
 1. the first `nbjobs run`, which starts the local Prefect server and its worker;
-2. `papermill IN OUT -p n 12` and `nbjobs run IN -p n 12`, alternated, with the
-   server already up;
+2. `papermill IN OUT -p n 12` and `nbjobs run IN OUT -p n 12`, alternated, with
+   the server already up;
 3. `nbjobs inspect IN` and `papermill --help-notebook IN`, alternated.
 
 Every command is a new process started the way a shell starts it, and timed from
@@ -63,7 +63,8 @@ def main() -> None:
         PYTHONDONTWRITEBYTECODE="1",
     )
     nbjobs, papermill = str(BIN / "nbjobs"), str(BIN / "papermill")
-    run = [nbjobs, "run", str(NOTEBOOK), "-p", "n", "12"]
+    # the same command line as papermill's, OUTPUT included: what a user swaps
+    run = [nbjobs, "run", str(NOTEBOOK), str(work / "ours.ipynb"), "-p", "n", "12"]
     loops = busy_loops(2) if args.busy else []
     try:
         try:
