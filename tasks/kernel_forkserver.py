@@ -107,7 +107,8 @@ def _run_kernel(
 
 def main() -> None:
     # sys.path[0] is this script's folder (our tasks/): a notebook must not import from it
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    # (Python resolves symbolic links there: notebook_jobs/tasks is a link to tasks/)
+    if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
         del sys.path[0]
     replies = os.dup(1)
     os.dup2(2, 1)  # anything printed by an import goes to stderr, not into the protocol
