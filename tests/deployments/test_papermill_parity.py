@@ -92,8 +92,11 @@ def seen(nb: Any) -> list[Any]:
         outputs = []
         for output in cell.get("outputs", []):
             kind = output.output_type
-            if kind == "stream":
-                outputs.append((kind, output.name, output.text))
+            if kind == "stream":  # one text per run of a stream, however it was chunked
+                if outputs and outputs[-1][:2] == (kind, output.name):
+                    outputs[-1] = (kind, output.name, outputs[-1][2] + output.text)
+                else:
+                    outputs.append((kind, output.name, output.text))
             elif kind == "error":
                 outputs.append((kind, output.ename, output.evalue))
             else:
