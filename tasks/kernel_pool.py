@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ from notebook_jobs.tasks.kernel import (
 )
 
 POOL_SIZE_ENV = "NBJOBS_KERNEL_POOL"
+logger = logging.getLogger(__name__)
 
 
 class KernelPool:
@@ -51,7 +53,8 @@ class KernelPool:
         ensure_kernel_installed(kernel)
         self.kernel = kernel
         self.size = max(size, 0)
-        self._ready: asyncio.Queue[StartedKernel] = asyncio.Queue()
+        # a started kernel, or why one could not start (handed to the run that waits)
+        self._ready: asyncio.Queue[StartedKernel | Exception] = asyncio.Queue()
         self._starting: set[asyncio.Task[None]] = set()
         # kernels the pool holds (not yet handed to a run), with their client once connected
         self._all: dict[AsyncKernelManager, AsyncKernelClient | None] = {}
@@ -59,6 +62,7 @@ class KernelPool:
         self._count = 0
         self._closed = False
         self.started = 0  # kernels started in all, for tests and benchmarks
+        self.failed = 0  # starts that failed
 
     def fill(self) -> None:
         """Start kernels in the background until ``size`` are ready or starting."""
@@ -76,9 +80,15 @@ class KernelPool:
             kc = await asyncio.wait_for(
                 start_kernel(km, self._dir), KERNEL_STARTUP_TIMEOUT_SECONDS + 5
             )
-        except Exception:
+        except Exception as error:
             self._all.pop(km, None)
             await shutdown_kernel(km, None)
+            # A waiting run must hear of it: it starts a kernel of its own, whose
+            # failure (if the spec is broken) then ends the run with the reason.
+            logger.warning("kernel pool: could not start a %r kernel: %s", self.kernel, error)
+            self.failed += 1
+            if not self._closed:
+                await self._ready.put(error)
             return
         self._all[km] = kc
         self.started += 1
@@ -87,13 +97,21 @@ class KernelPool:
             return
         await self._ready.put(StartedKernel(km, kc))
 
-    async def acquire(self) -> StartedKernel:
-        """A started kernel no run has used; starts its replacement in the background."""
+    async def acquire(self) -> StartedKernel | None:
+        """A started kernel no run has used; starts its replacement in the background.
+
+        Returns:
+            The kernel, or ``None`` when the pool could not start one (it logged why):
+            the caller starts its own, and a broken kernel spec then fails the run
+            with the reason instead of leaving it waiting for ever.
+        """
         if self._closed:
             raise RuntimeError("the kernel pool is closed")
         self.fill()
         while True:
             kernel = await self._ready.get()
+            if isinstance(kernel, Exception):
+                return None
             self._all.pop(kernel.km, None)  # from here on, the run owns it and stops it
             self.fill()
             if await kernel.km.is_alive():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import psutil
@@ -12,7 +13,7 @@ from notebook_jobs.blocks.exceptions import UnknownKernelError
 from notebook_jobs.tasks.execution import ExecutionCancelled, execute_notebook_async
 from notebook_jobs.tasks.kernel_pool import KernelPool
 from notebook_jobs.tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
-from tests.conftest import DATA
+from tests.conftest import DATA, run_flow, state_outcome
 
 IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
 
@@ -106,3 +107,50 @@ def test_cancelling_a_run_on_a_pooled_kernel_stops_it_and_closing_the_pool_stops
 def test_a_pool_for_a_kernel_that_is_not_installed_is_refused() -> None:
     with pytest.raises(UnknownKernelError):
         KernelPool("no-such-kernel", 1)
+
+
+@pytest.fixture
+def broken_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An installed kernel spec whose kernel exits at once (a broken environment)."""
+    spec = tmp_path / "jupyter" / "kernels" / "broken"
+    spec.mkdir(parents=True)
+    argv = ["/bin/sh", "-c", "echo 'no such module' >&2; exit 3", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "Broken", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return "broken"
+
+
+def test_a_pool_that_cannot_start_kernels_says_so_and_hands_the_run_none(
+    broken_kernel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to swallow the failure and keep the run waiting for ever."""
+
+    async def scenario() -> tuple[object, int]:
+        pool = KernelPool(broken_kernel, size=1)
+        try:
+            return await asyncio.wait_for(pool.acquire(), 60), pool.failed
+        finally:
+            await pool.close()
+
+    started, failed = asyncio.run(scenario())
+    assert started is None and failed >= 1
+    assert "could not start a 'broken' kernel: the kernel died before answering" in caplog.text
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_on_a_broken_pool_ends_with_the_reason_and_its_notebook(
+    broken_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBJOBS_KERNEL_POOL", "1")
+    monkeypatch.setenv("NBJOBS_KERNEL_RETRIES", "0")
+    state = run_flow(
+        notebook=str(DATA / "params.ipynb"), kernel=broken_kernel, store=str(tmp_path / "s")
+    )
+    assert state.is_failed()
+    assert "the kernel 'broken' failed to start: the kernel died before answering" in (
+        state.message or ""
+    )
+    result = state_outcome(state).result
+    assert result["status"] == "kernel_died"
+    assert Path(result["artefacts"]["notebook"]).exists()  # the unrun notebook, kept
