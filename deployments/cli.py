@@ -314,15 +314,15 @@ def _prepare_only(args: argparse.Namespace) -> int:
     """``--prepare-only``: OUTPUT gets the parameterised notebook; nothing runs."""
     from notebook_jobs.blocks.exceptions import NotebookInputError
     from notebook_jobs.deployments.papermill_cli import prepare_only
+    from notebook_jobs.deployments.report import notes_hidden, print_notes
 
     try:
         warnings = prepare_only(args, args.parameter_values)
     except NotebookInputError as error:
         print(f"nbjobs: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.log_level not in ("ERROR", "CRITICAL"):
-        for warning in warnings:
-            print(f"nbjobs: note: {warning}", file=sys.stderr)
+    if not notes_hidden(args):
+        print_notes(warnings)
     return EXIT_OK
 
 

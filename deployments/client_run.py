@@ -87,7 +87,12 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "start_timeout_seconds": args.start_timeout,
         "strict_parameters": args.strict_parameters,
     }
-    return {key: value for key, value in request.items() if value not in (None, [], False)}
+    # left out when unset; not `in (None, [], False)`, which would drop a 0 too (0 == False)
+    return {
+        key: value
+        for key, value in request.items()
+        if value is not None and value is not False and value != []
+    }
 
 
 class RunFollower:

@@ -56,7 +56,7 @@ def report_run(
     """
     link = (document.get("artefacts") or {}).get("links", {}).get("notebook")
     notebook = None
-    if link:
+    if link and (args.output or args.stdout_file or args.stderr_file):  # else not needed
         try:
             notebook = fetch(link).content
         except APIError as error:
@@ -69,7 +69,7 @@ def report_run(
         interrupted=interrupted,
         store_failure=store_failure,
         out=sys.stderr if args.output == "-" else sys.stdout,
-        quiet=args.log_level in ("ERROR", "CRITICAL"),
+        quiet=notes_hidden(args),
     )
     if problem is not None:
         print(f"nbjobs: {problem}", file=sys.stderr)
@@ -103,9 +103,7 @@ def report_result(
         The exit code (``deployments/exit_codes.py``).
     """
     if not as_json and not quiet:
-        # as papermill logs its warnings: on stderr, apart from the notebook's output
-        for note in document.get("notes", []):
-            print(f"nbjobs: note: {note}", file=sys.stderr)
+        print_notes(document.get("notes", []))
     print(json.dumps(document, indent=2) if as_json else summary(document, url), file=out)
     if store_failure is not None:
         print(f"nbjobs: {store_failure}", file=sys.stderr)
@@ -116,6 +114,17 @@ def report_result(
         return EXIT_OK
     error_name = (document.get("error") or {}).get("name", "")
     return EXIT_STORE_FAILED if error_name == "ArtefactStoreError" else EXIT_NOTEBOOK_FAILED
+
+
+def notes_hidden(args: argparse.Namespace) -> bool:
+    """Papermill's ``--log-level ERROR`` (or ``CRITICAL``) hides its warnings: our notes."""
+    return bool(args.log_level in ("ERROR", "CRITICAL"))
+
+
+def print_notes(notes: list[str]) -> None:
+    """The notes on stderr, as papermill logs its warnings, apart from the notebook's output."""
+    for note in notes:
+        print(f"nbjobs: note: {note}", file=sys.stderr)
 
 
 def report_refusal(name: str, message: str, as_json: bool, url: str | None = None) -> int:

@@ -432,14 +432,11 @@ async def _run_plan(
             await client.async_execute_cell(cell, position)
         except CellExecutionError as error:
             if client.timed_out:  # interrupted at its timeout: the error is the interrupt
-                status = "timed_out"
-                progress.status = "timed_out"
-                progress.error = ErrorInfo(
-                    name="NotebookTimeoutError",
-                    message=f"cell {source_index} exceeded the per-cell timeout of "
-                    f"{timeout_used:g} s",
-                    cell_index=source_index,
-                    traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
+                status = _cell_timed_out(
+                    progress,
+                    source_index,
+                    f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s",
+                    _cell_traceback(cell) or strip_ansi(error.traceback),
                 )
             elif error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
                 progress.notes.append(
@@ -462,8 +459,6 @@ async def _run_plan(
                 )
         except CellTimeoutError as error:
             # the kernel did not answer the interrupt: the cell still shows why it stopped
-            status = "timed_out"
-            progress.status = "timed_out"
             message = (
                 f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s "
                 "and did not answer an interrupt"
@@ -473,12 +468,7 @@ async def _run_plan(
                     "error", ename="CellTimeoutError", evalue=message, traceback=[message]
                 )
             )
-            progress.error = ErrorInfo(
-                name="NotebookTimeoutError",
-                message=message,
-                cell_index=source_index,
-                traceback=str(error),
-            )
+            status = _cell_timed_out(progress, source_index, message, str(error))
         except DeadKernelError:
             if await cancelled_not_dead(client):
                 # nbclient reports a cancelled wait as a dead kernel; it is a cancellation
@@ -509,6 +499,17 @@ async def _run_plan(
         if status != "ok":
             break
     current["index"] = None
+
+
+def _cell_timed_out(
+    progress: _Progress, source_index: int | None, message: str, traceback: str
+) -> CellStatus:
+    """Record a cell that overran the per-cell timeout; its status."""
+    progress.status = "timed_out"
+    progress.error = ErrorInfo(
+        name="NotebookTimeoutError", message=message, cell_index=source_index, traceback=traceback
+    )
+    return "timed_out"
 
 
 def _finish(
