@@ -6,7 +6,7 @@
 Against a ``prefect server start`` of its own on 127.0.0.1: SQLite (Prefect's default,
 as the README's first command uses) or PostgreSQL (the production set-up; started with
 tests/services/postgres.sh, needs root). On a trivial 3-cell notebook:
-  0. kernel start: a spawned ipykernel against a forked one (tasks/kernel_fork.py),
+  0. kernel start: a spawned ipykernel against a forked one (tasks/engine/kernels/fork.py),
      wall time until it answers and the CPU it spent;
   1. single run: the run-notebook flow (local store, a new kernel per run, no pool)
      against papermill.execute_notebook in the same process, alternating;
@@ -55,8 +55,12 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
     """Wall seconds until a new kernel answers, and the CPU seconds it spent."""
     import psutil
 
-    from notebook_jobs.tasks.kernel import new_kernel_manager, shutdown_kernel, start_kernel
-    from notebook_jobs.tasks.kernel_fork import LAUNCHER_ENV
+    from notebook_jobs.tasks.engine.kernels.client import (
+        new_kernel_manager,
+        shutdown_kernel,
+        start_kernel,
+    )
+    from notebook_jobs.tasks.engine.kernels.fork import LAUNCHER_ENV
 
     os.environ[LAUNCHER_ENV] = launcher
     km = new_kernel_manager("python3", Path(tempfile.mkdtemp(dir=folder)) / "k")
@@ -106,12 +110,12 @@ def print_phases(label: str) -> None:
 
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
-    from notebook_jobs.tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
+    from notebook_jobs.tasks.engine.kernels.pool import POOL_SIZE_ENV, close_shared_pools
 
     store = work / "store"
     print("0. kernel start (until it answers; CPU of the kernel process)")
-    from notebook_jobs.tasks.kernel import kernel_environment
-    from notebook_jobs.tasks.kernel_fork import fork_server
+    from notebook_jobs.tasks.engine.kernels.client import kernel_environment
+    from notebook_jobs.tasks.engine.kernels.fork import fork_server
 
     # the fork server starts once per process; kernels fork once it is ready
     await asyncio.to_thread(fork_server, sys.executable, kernel_environment())

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
 
 SLURM_COMMAND_TIMEOUT_SECONDS = 60
-JOB_MODULE = "notebook_jobs.tasks.slurm_job"
+JOB_MODULE = "notebook_jobs.tasks.engine.slurm_job"
 
 # Slurm's job states, by what they mean for a run.
 RUNNING_STATES = frozenset(
@@ -49,8 +49,8 @@ class SlurmCluster(Block):
     """Where and how notebooks run as Slurm jobs.
 
     The execute step of a run becomes a batch job that runs the same execution code
-    (``python -m notebook_jobs.tasks.slurm_job JOB_DIR``) on a node; ``work_dir`` must be visible
-    to the submitting machine and to the nodes (a shared filesystem).
+    (``python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR``) on a node; ``work_dir``
+    must be visible to the submitting machine and to the nodes (a shared filesystem).
     """
 
     _block_type_name = "Slurm Cluster"

@@ -20,14 +20,14 @@ from notebook_jobs.deployments.definitions import (
     notebook_spec,
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
-from notebook_jobs.tasks.kernel_pool import close_shared_pools, prestart
-from notebook_jobs.tasks.notebook import warm_up_html
-from notebook_jobs.tasks.staging import (
+from notebook_jobs.tasks.engine.kernels.pool import close_shared_pools, prestart
+from notebook_jobs.tasks.engine.staging import (
     check_json_value,
     declared_parameters,
     fetch_notebook_source,
     parse_notebook,
 )
+from notebook_jobs.tasks.notebook import warm_up_html
 
 
 @dataclass

@@ -58,7 +58,7 @@ def parameter_schema(
     """The JSON schema of a notebook's parameters, from its ``parameters`` cell.
 
     Args:
-        declared: As ``tasks.staging.declared_parameters`` returns them.
+        declared: As ``tasks.engine.staging.declared_parameters`` returns them.
         defaults: Defaults that override the notebook's own (``nbjobs deploy -p``).
 
     Returns:

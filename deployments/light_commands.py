@@ -75,7 +75,7 @@ def declared_parameters_light(notebook: str) -> list[dict[str, Any]] | None:
     when the notebook is anything else (a URL, nbformat 3, another language)."""
     from pathlib import Path
 
-    from notebook_jobs.tasks.parameters import (
+    from notebook_jobs.tasks.engine.parameters import (
         notebook_language,
         parameters_cell_source,
         parse_parameters,
@@ -99,7 +99,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         parameters = declared_parameters_light(args.notebook)
     if parameters is None:
         from notebook_jobs.blocks.exceptions import NotebookInputError
-        from notebook_jobs.tasks.staging import (
+        from notebook_jobs.tasks.engine.staging import (
             declared_parameters,
             fetch_notebook_source,
             parse_notebook,

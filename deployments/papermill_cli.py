@@ -274,7 +274,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     """
     import nbformat
 
-    from notebook_jobs.tasks.staging import (
+    from notebook_jobs.tasks.engine.staging import (
         check_parameters,
         fetch_notebook_source,
         inject_parameters,

@@ -37,7 +37,8 @@ from notebook_jobs.blocks.exceptions import (
 )
 from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.blocks.store import nbjobs_home, open_store, safe_key
-from notebook_jobs.tasks.execution import ExecutionCancelled
+from notebook_jobs.tasks.engine.execution import ExecutionCancelled
+from notebook_jobs.tasks.engine.staging import notebook_name
 from notebook_jobs.tasks.models import (
     ExecutionReport,
     NotebookRequest,
@@ -52,7 +53,6 @@ from notebook_jobs.tasks.notebook import (
     stage_notebook,
 )
 from notebook_jobs.tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
-from notebook_jobs.tasks.staging import notebook_name
 from notebook_jobs.tasks.storage import (
     RESULT_NAME,
     publish_result,

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from notebook_jobs.blocks.exceptions import NotebookRunError
-from notebook_jobs.tasks.kernel_pool import POOL_SIZE_ENV, close_shared_pools
+from notebook_jobs.tasks.engine.kernels.pool import POOL_SIZE_ENV, close_shared_pools
 from notebook_jobs.tasks.models import NotebookRequest
 
 BATCH_FLOW_NAME = "run-notebooks"

@@ -1,7 +1,7 @@
 """Prefect tasks that stage, execute and render a notebook.
 
-The work itself is in ``tasks.staging`` (pure checks and papermill's parameter
-injection) and ``tasks.execution`` (the nbclient loop, free of Prefect so a Slurm
+The work itself is in ``tasks.engine.staging`` (pure checks and papermill's parameter
+injection) and ``tasks.engine.execution`` (the nbclient loop, free of Prefect so a Slurm
 job can run it); these tasks add what Prefect users see: a progress artifact
 updated after each cell, one log line per cell, and retries of dead kernels.
 """
@@ -25,13 +25,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from notebook_jobs.blocks.exceptions import KernelDiedError, WorkingFolderError
-from notebook_jobs.tasks.execution import CellEvent, ExecutionCancelled
-from notebook_jobs.tasks.execution import execute_notebook_async as _execute
-from notebook_jobs.tasks.kernel import ensure_kernel_installed
-from notebook_jobs.tasks.kernel_pool import shared_pool
-from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest
-from notebook_jobs.tasks.progress_artifact import ProgressArtifact
-from notebook_jobs.tasks.staging import (
+from notebook_jobs.tasks.engine.execution import CellEvent, ExecutionCancelled
+from notebook_jobs.tasks.engine.execution import execute_notebook_async as _execute
+from notebook_jobs.tasks.engine.kernels.client import ensure_kernel_installed
+from notebook_jobs.tasks.engine.kernels.pool import shared_pool
+from notebook_jobs.tasks.engine.staging import (
     check_parameters,
     fetch_notebook_source,
     inject_parameters,
@@ -40,6 +38,8 @@ from notebook_jobs.tasks.staging import (
     select_cells,
     stage_input_files,
 )
+from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest
+from notebook_jobs.tasks.progress_artifact import ProgressArtifact
 
 KERNEL_RETRIES_ENV = "NBJOBS_KERNEL_RETRIES"
 DEFAULT_KERNEL_RETRIES = 1

@@ -1,7 +1,7 @@
 """The execute step as a Slurm job: submit, wait (with progress), cancel, collect.
 
-The job runs ``notebook_jobs.tasks.slurm_job`` on the node, the same execution code as a local
-run; everything before (staging) and after (HTML, upload, artifacts) is unchanged.
+The job runs ``notebook_jobs.tasks.engine.slurm_job`` on the node, the same execution code
+as a local run; everything before (staging) and after (HTML, upload, artifacts) is unchanged.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from notebook_jobs.blocks.slurm import (
     SlurmCommands,
     render_batch_script,
 )
-from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport, RunStatus, SlurmInfo
-from notebook_jobs.tasks.notebook import StagedNotebook, artifact_key
-from notebook_jobs.tasks.slurm_job import (
+from notebook_jobs.tasks.engine.slurm_job import (
     EVENTS,
     EXECUTED_NOTEBOOK,
     REPORT,
     STAGED_NOTEBOOK,
     write_job_spec,
 )
+from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport, RunStatus, SlurmInfo
+from notebook_jobs.tasks.notebook import StagedNotebook, artifact_key
 
 STDERR_TAIL_LINES = 30
 BATCH_SCRIPT = "job.sbatch"

@@ -47,7 +47,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.endswith(".dist-info/RECORD")}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"notebook_jobs"}
-    assert "notebook_jobs/tasks/slurm_job.py" in names
+    assert "notebook_jobs/tasks/engine/slurm_job.py" in names
     assert not [name for name in names if "__pycache__" in name]
 
 
@@ -75,7 +75,7 @@ def test_installed_beside_a_project_with_its_own_flows_and_tasks(
         "import json, sys\n"
         "import flows.hello, tasks.greet\n"  # the project's own, from its folder
         "from notebook_jobs.deployments.python_api import run_notebook_sync\n"
-        "import notebook_jobs.tasks.staging as engine\n"
+        "import notebook_jobs.tasks.engine.staging as engine\n"
         "said = flows.hello.hello('there')\n"
         f"result = run_notebook_sync({str(ROOT / 'examples' / 'report.ipynb')!r},\n"
         f"    parameters={{'n': 3}}, store={str(tmp_path / 'store')!r})\n"

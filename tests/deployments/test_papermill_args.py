@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 
 from notebook_jobs.deployments.papermill_args import read_parameters, resolve_type
-from notebook_jobs.tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
+from notebook_jobs.tasks.engine.staging import (
+    fetch_notebook_source,
+    inject_parameters,
+    parse_notebook,
+)
 from tests.conftest import DATA
 
 PAPERMILL = str(Path(sys.executable).parent / "papermill")

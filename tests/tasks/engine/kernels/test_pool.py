@@ -10,9 +10,13 @@ import psutil
 import pytest
 
 from notebook_jobs.blocks.exceptions import UnknownKernelError
-from notebook_jobs.tasks.execution import ExecutionCancelled, execute_notebook_async
-from notebook_jobs.tasks.kernel_pool import KernelPool
-from notebook_jobs.tasks.staging import fetch_notebook_source, inject_parameters, parse_notebook
+from notebook_jobs.tasks.engine.execution import ExecutionCancelled, execute_notebook_async
+from notebook_jobs.tasks.engine.kernels.pool import KernelPool
+from notebook_jobs.tasks.engine.staging import (
+    fetch_notebook_source,
+    inject_parameters,
+    parse_notebook,
+)
 from tests.conftest import DATA, run_flow, state_outcome
 
 IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
@@ -27,7 +31,7 @@ def kernel_processes() -> set[int]:
                 continue
             command = " ".join(process.cmdline())
             parent = process.parent()
-            forked = parent is not None and "kernel_forkserver" in " ".join(parent.cmdline())
+            forked = parent is not None and "kernels/forkserver.py" in " ".join(parent.cmdline())
             if "ipykernel" in command or forked:
                 found.add(process.pid)
         except psutil.Error:  # gone, or a zombie: not a running kernel

@@ -1,7 +1,7 @@
 """Forked kernels: a jupyter_client kernel provisioner backed by a fork server.
 
 A fresh ipykernel spends about half a second of CPU importing IPython before it can
-run a cell. ``ForkingProvisioner`` asks a fork server (``tasks/kernel_forkserver.py``,
+run a cell. ``ForkingProvisioner`` asks a fork server (``tasks/engine/kernels/forkserver.py``,
 run by the kernelspec's own Python, which has imported ipykernel once) to fork each
 kernel instead: every kernel is still a new process, used by one run and shut down
 after it, with its own working folder and environment, but it costs a fraction of the
@@ -39,7 +39,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 LAUNCHER_ENV = "NBJOBS_KERNEL_LAUNCHER"
 PROVISIONER_NAME = "nbjobs-fork"
-FORK_SERVER_SCRIPT = Path(__file__).with_name("kernel_forkserver.py")
+FORK_SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
 FORK_SERVER_STARTUP_TIMEOUT_SECONDS = 60
 EXIT_POLL_INTERVAL_SECONDS = 0.05
 

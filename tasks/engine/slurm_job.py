@@ -29,8 +29,12 @@ from typing import Any
 import nbformat
 
 from notebook_jobs.blocks.exceptions import NotebookInputError
-from notebook_jobs.tasks.execution import CellEvent, ExecutionCancelled, execute_notebook_async
-from notebook_jobs.tasks.kernel_fork import LAUNCHER_ENV
+from notebook_jobs.tasks.engine.execution import (
+    CellEvent,
+    ExecutionCancelled,
+    execute_notebook_async,
+)
+from notebook_jobs.tasks.engine.kernels.fork import LAUNCHER_ENV
 from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport
 
 JOB_SPEC = "job.json"

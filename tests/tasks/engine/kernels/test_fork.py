@@ -14,14 +14,14 @@ from typing import Any
 
 import psutil
 
-from notebook_jobs.tasks.kernel import (
+from notebook_jobs.tasks.engine.kernels.client import (
     StartedKernel,
     kernel_environment,
     new_kernel_manager,
     shutdown_kernel,
     start_kernel,
 )
-from notebook_jobs.tasks.kernel_fork import (
+from notebook_jobs.tasks.engine.kernels.fork import (
     LAUNCHER_ENV,
     ForkingProvisioner,
     close_fork_servers,

@@ -33,7 +33,7 @@ from notebook_jobs.blocks.exceptions import (
     WorkingFolderError,
 )
 from notebook_jobs.blocks.store import read_s3_object
-from notebook_jobs.tasks.parameters import (
+from notebook_jobs.tasks.engine.parameters import (
     PARAMETERS_TAG,
     literal_type,
     name_problem,

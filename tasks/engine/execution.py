@@ -31,7 +31,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode
 from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 
-from notebook_jobs.tasks.kernel import (
+from notebook_jobs.tasks.engine.kernels.client import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     MAX_CELL_OUTPUT_BYTES,
     CappedClient,
@@ -48,6 +48,7 @@ from notebook_jobs.tasks.kernel import (
     shutdown_kernel,
     start_kernel,
 )
+from notebook_jobs.tasks.engine.outputs import read_scraps
 from notebook_jobs.tasks.models import (
     CellReport,
     CellStatus,
@@ -56,7 +57,6 @@ from notebook_jobs.tasks.models import (
     Resources,
     RunStatus,
 )
-from notebook_jobs.tasks.outputs import read_scraps
 
 LOG_STREAM_CHARS = 2000
 # A working folder of the user's own (``cwd``) can be large: the before/after

@@ -25,7 +25,7 @@ from pathlib import Path
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 
-from notebook_jobs.tasks.kernel import (
+from notebook_jobs.tasks.engine.kernels.client import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     StartedKernel,
     ensure_kernel_installed,
@@ -130,7 +130,7 @@ class KernelPool:
         )
         self._all.clear()
         # kernels handed to runs are stopped in the background by the execute step
-        from notebook_jobs.tasks.execution import drain_background
+        from notebook_jobs.tasks.engine.execution import drain_background
 
         await drain_background()
         shutil.rmtree(self._dir, ignore_errors=True)

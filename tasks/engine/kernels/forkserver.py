@@ -1,6 +1,6 @@
 """Fork server for ipykernel kernels: import ipykernel once, fork a kernel per request.
 
-Run by the kernelspec's own Python (``python kernel_forkserver.py``), so it imports
+Run by the kernelspec's own Python (``python forkserver.py``), so it imports
 nothing but the standard library and ipykernel: it is a script, not part of our
 package. Starting a kernel the usual way costs about half a second of CPU, almost all
 of it importing IPython and ipykernel; a child forked from a process that has already

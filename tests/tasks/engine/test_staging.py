@@ -16,7 +16,7 @@ from notebook_jobs.blocks.exceptions import (
     ParameterValueError,
     UnknownParameterError,
 )
-from notebook_jobs.tasks.staging import (
+from notebook_jobs.tasks.engine.staging import (
     NotebookSource,
     check_parameters,
     declared_parameters,

@@ -25,7 +25,7 @@ from nbclient.exceptions import CellTimeoutError
 from nbformat import NotebookNode
 
 from notebook_jobs.blocks.exceptions import UnknownKernelError
-from notebook_jobs.tasks.kernel_fork import use_forking_provisioner
+from notebook_jobs.tasks.engine.kernels.fork import use_forking_provisioner
 from notebook_jobs.tasks.models import Resources
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
@@ -64,7 +64,7 @@ def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
     """A manager for a new ``kernel`` over IPC sockets at ``ipc_path``, not yet started.
 
     IPC sockets in a private folder: no TCP port on the host, no "unencrypted TCP"
-    warning. ipykernels are forked from a warm fork server (``tasks.kernel_fork``)
+    warning. ipykernels are forked from a warm fork server (``tasks.engine.kernels.fork``)
     unless ``NBJOBS_KERNEL_LAUNCHER=spawn``.
     """
     km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(ipc_path))

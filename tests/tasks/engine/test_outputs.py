@@ -3,7 +3,7 @@ from __future__ import annotations
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from notebook_jobs.tasks.outputs import read_scraps
+from notebook_jobs.tasks.engine.outputs import read_scraps
 
 
 def scrap_output(name: str, data: object, encoder: str = "json") -> nbformat.NotebookNode:

@@ -10,14 +10,14 @@ import nbformat
 import pytest
 
 from notebook_jobs.blocks.exceptions import UnknownKernelError
-from notebook_jobs.tasks.execution import CellEvent, execute_notebook_async
-from notebook_jobs.tasks.models import ExecutionReport
-from notebook_jobs.tasks.staging import (
+from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.engine.staging import (
     fetch_notebook_source,
     inject_parameters,
     parse_notebook,
     select_cells,
 )
+from notebook_jobs.tasks.models import ExecutionReport
 from tests.conftest import DATA
 
 
