@@ -31,6 +31,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,8 +52,11 @@ def papermill_once(out: Path) -> float:
     return time.perf_counter() - t
 
 
-async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
-    """Wall seconds until a new kernel answers, and the CPU seconds it spent."""
+async def kernel_start(servers: Any, folder: Path) -> tuple[float, float]:
+    """Wall seconds until a new kernel answers, and the CPU seconds it spent.
+
+    Forked from ``servers`` (a ``ForkServers``), or spawned when it is None.
+    """
     import psutil
 
     from notebook_jobs.tasks.engine.kernels.client import (
@@ -60,16 +64,15 @@ async def kernel_start(launcher: str, folder: Path) -> tuple[float, float]:
         shutdown_kernel,
         start_kernel,
     )
-    from notebook_jobs.tasks.engine.kernels.fork import LAUNCHER_ENV
+    from notebook_jobs.tasks.engine.kernels.fork import forking_with
 
-    os.environ[LAUNCHER_ENV] = launcher
-    km = new_kernel_manager("python3", Path(tempfile.mkdtemp(dir=folder)) / "k")
-    t = time.perf_counter()
-    kc = await start_kernel(km, folder)
+    with forking_with(servers):
+        km = new_kernel_manager("python3", Path(tempfile.mkdtemp(dir=folder)) / "k")
+        t = time.perf_counter()
+        kc = await start_kernel(km, folder)
     wall = time.perf_counter() - t
     times = psutil.Process(km.provisioner.pid).cpu_times()  # type: ignore[union-attr]
     await shutdown_kernel(km, kc)
-    os.environ.pop(LAUNCHER_ENV, None)
     return wall, times.user + times.system
 
 
@@ -110,45 +113,46 @@ def print_phases(label: str) -> None:
 
 
 async def measure(args: argparse.Namespace, work: Path) -> None:
-    from notebook_jobs.tasks.engine.kernels.pool import POOL_SIZE_ENV, close_shared_pools
+    from notebook_jobs.tasks.engine.kernels.client import kernel_environment
+    from notebook_jobs.tasks.engine.kernels.fork import ForkServers
+    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
 
     store = work / "store"
     print("0. kernel start (until it answers; CPU of the kernel process)")
-    from notebook_jobs.tasks.engine.kernels.client import kernel_environment
-    from notebook_jobs.tasks.engine.kernels.fork import fork_server
-
-    # the fork server starts once per process; kernels fork once it is ready
-    await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
-    for launcher in ("spawn", "fork"):
-        await kernel_start(launcher, work)
-        starts = [await kernel_start(launcher, work) for _ in range(args.runs)]
+    # the fork server starts once per owner; kernels fork once it is ready
+    servers = ForkServers()
+    await asyncio.to_thread(servers.wait_for, sys.executable, kernel_environment())
+    for launcher, owner in (("spawn", None), ("fork", servers)):
+        await kernel_start(owner, work)
+        starts = [await kernel_start(owner, work) for _ in range(args.runs)]
         print(f"   {launcher:<8} wall {spread([w for w, _ in starts])}")
         print(f"   {'':<8} CPU  {spread([c for _, c in starts])}")
+    # the flows below run as a worker runs them: through a LocalExecutor it owns
+    with using_executor(LocalExecutor(fork_servers=servers)):
+        await flow_once(store)  # warm up imports, the server, nbconvert's templates
+        papermill_once(work / "warm.ipynb")
+        flow_times, pm_times = [], []
+        for i in range(args.runs):
+            flow_times.append(await flow_once(store, "fresh"))
+            pm_times.append(await asyncio.to_thread(papermill_once, work / f"pm{i}.ipynb"))
+        pm = statistics.median(pm_times)
+        print("1. single run, a new kernel per run")
+        print(f"   papermill.execute_notebook   {spread(pm_times)}")
+        print(
+            f"   run-notebook flow            {spread(flow_times)}  ratio {statistics.median(flow_times) / pm:.2f}"
+        )
+        print_phases("fresh")
 
-    await flow_once(store)  # warm up imports, the server, nbconvert's templates
-    papermill_once(work / "warm.ipynb")
-    flow_times, pm_times = [], []
-    for i in range(args.runs):
-        flow_times.append(await flow_once(store, "fresh"))
-        pm_times.append(await asyncio.to_thread(papermill_once, work / f"pm{i}.ipynb"))
-    pm = statistics.median(pm_times)
-    print("1. single run, a new kernel per run")
-    print(f"   papermill.execute_notebook   {spread(pm_times)}")
-    print(
-        f"   run-notebook flow            {spread(flow_times)}  ratio {statistics.median(flow_times) / pm:.2f}"
-    )
-    print_phases("fresh")
-
-    os.environ[POOL_SIZE_ENV] = "2"
-    await flow_once(store)  # starts the pool
     steady, back_to_back = [], []
-    for _ in range(args.runs):
-        await asyncio.sleep(1.0)  # the pool refills between requests
-        steady.append(await flow_once(store, "pool"))
-    for _ in range(args.runs):
-        back_to_back.append(await flow_once(store))
-    await close_shared_pools()
-    os.environ.pop(POOL_SIZE_ENV, None)
+    async with LocalExecutor(pool_size=2, fork_servers=servers) as pooled:
+        with using_executor(pooled):
+            await flow_once(store)  # starts the pool
+            for _ in range(args.runs):
+                await asyncio.sleep(1.0)  # the pool refills between requests
+                steady.append(await flow_once(store, "pool"))
+            for _ in range(args.runs):
+                back_to_back.append(await flow_once(store))
+    servers.close()
     print("2. pre-started kernels (pool of 2)")
     print(
         f"   steady state                 {spread(steady)}  ratio {statistics.median(steady) / pm:.2f} of papermill"

@@ -11,13 +11,18 @@ base class, or the branch they care about::
     │   ├── UnknownParameterError     parameter not declared (lists declared ones)
     │   ├── ParameterValueError       value cannot be carried as JSON
     │   ├── CellSelectionError        ``cells`` names no cell, or a cell out of range
-    │   └── WorkingFolderError        ``cwd`` is not a folder here, or not for Slurm
+    │   ├── WorkingFolderError        ``cwd`` is not a folder here, or not for Slurm
+    │   └── SlurmClusterError         no such SlurmCluster block, or one with bad values
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
-    │   └── KernelDiedError           the kernel process died (retryable)
+    │   ├── KernelDiedError           the kernel process died (retryable)
+    │   │   └── KernelStartError      the kernel could not start, or never answered
+    │   └── RunCancelledError         the run was cancelled; what ran is kept
+    ├── BatchError                    items of a batch failed (``batch`` holds them all)
     ├── ArtefactStoreError            the store is unreachable or refused a write
     ├── LocalServerError              the local Prefect server or its worker cannot start
+    ├── SettingsError                 an NBJOBS_* variable holds a value it cannot take
     └── SlurmError
         ├── SlurmSubmissionError      sbatch/sacct unreachable or refused the job
         └── SlurmJobError             the job ended FAILED, TIMEOUT, OUT_OF_MEMORY, CANCELLED...
@@ -114,14 +119,30 @@ class WorkingFolderError(NotebookInputError):
         self.path = path
 
 
+class SlurmClusterError(NotebookInputError):
+    """The run names a ``SlurmCluster`` block that does not exist or cannot be used.
+
+    Attributes:
+        name: The block's name.
+    """
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 # --- a kernel ran ----------------------------------------------------------------
 
 
 class NotebookRunError(NotebookJobError):
     """A kernel ran the notebook and the run did not succeed.
 
-    ``result`` is the run's result document (``NotebookResult`` as a dict) once the
-    artefacts are stored, so a caller always finds the partial notebook from it.
+    Attributes:
+        cell_index: The cell that was running, if one was.
+        execution: What the execute step gave (``ExecutionOutcome`` as a dict), when
+            the error is raised before the artefacts are stored (the flow stores them).
+        result: The run's result document (``NotebookResult`` as a dict) once the
+            artefacts are stored, so a caller always finds the partial notebook.
     """
 
     status = "failed"
@@ -131,10 +152,12 @@ class NotebookRunError(NotebookJobError):
         message: str,
         *,
         cell_index: int | None = None,
+        execution: dict[str, Any] | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.cell_index = cell_index
+        self.execution = execution
         self.result = result
 
 
@@ -187,6 +210,34 @@ class KernelDiedError(NotebookRunError):
     status = "kernel_died"
 
 
+class KernelStartError(KernelDiedError):
+    """The kernel could not start, or did not answer in time; a retry may succeed."""
+
+
+class RunCancelledError(NotebookRunError):
+    """The run was cancelled (its flow run, or SIGTERM to its Slurm job).
+
+    Raised by the execute step with ``execution`` set: the flow stores the partial
+    notebook and ends Cancelled. Not a ``CancelledError``: asyncio's cancellation
+    ends where it is translated into this.
+    """
+
+    status = "cancelled"
+
+
+class BatchError(NotebookJobError):
+    """Items of a ``run-notebooks`` batch did not succeed.
+
+    Attributes:
+        batch: The batch's outcome (``BatchResult`` as a dict): every item, with the
+            result document of each run.
+    """
+
+    def __init__(self, message: str, *, batch: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.batch = batch
+
+
 # --- infrastructure -------------------------------------------------------------
 
 
@@ -211,6 +262,20 @@ class LocalServerError(NotebookJobError):
     def __init__(self, message: str, *, log: Path | None = None) -> None:
         super().__init__(message)
         self.log = log
+
+
+class SettingsError(NotebookJobError, ValueError):
+    """An ``NBJOBS_*`` environment variable holds a value its setting cannot take.
+
+    Attributes:
+        variable: The variable's name.
+        value: The value it holds.
+    """
+
+    def __init__(self, message: str, *, variable: str, value: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.value = value
 
 
 class SlurmError(NotebookJobError):

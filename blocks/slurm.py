@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from notebook_jobs.blocks.exceptions import SlurmSubmissionError
+from notebook_jobs.blocks.exceptions import SlurmClusterError, SlurmSubmissionError
+from notebook_jobs.blocks.store import validation_error
 
 SLURM_COMMAND_TIMEOUT_SECONDS = 60
 JOB_MODULE = "notebook_jobs.tasks.engine.slurm_job"
@@ -108,6 +109,20 @@ class SlurmCluster(Block):
             if not directive.startswith("--") or "\n" in directive or "\r" in directive:
                 raise ValueError(f"extra directive {directive!r} must be one --option[=value]")
         return value
+
+    @field_validator("partition", "account", "qos", "time_limit", "memory", "gpus")
+    @classmethod
+    def _fits_a_directive(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _directive_value(str(info.field_name), value)
+        return value
+
+    @model_validator(mode="after")
+    def _container_is_complete(self) -> SlurmCluster:
+        # checked here, where the block is saved or loaded, not when a run's job is written
+        if self.container_runtime and not self.container_image:
+            raise ValueError("container_runtime is set but container_image is not")
+        return self
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,29 @@ def _directive_value(what: str, value: str) -> str:
     return value
 
 
+async def load_cluster(name: str) -> SlurmCluster:
+    """The ``SlurmCluster`` block saved as ``name``.
+
+    Raises:
+        SlurmClusterError: No such block, or one saved with values it cannot hold.
+    """
+    try:
+        cluster: SlurmCluster = await SlurmCluster.aload(name)
+    except (ValidationError, RuntimeError) as error:
+        problems = validation_error(error)
+        if problems is None:
+            raise
+        raise SlurmClusterError(
+            f"the SlurmCluster block {name!r} cannot be used: {problems}", name=name
+        ) from error
+    except ValueError as error:  # Prefect's "Unable to find block document named ..."
+        raise SlurmClusterError(
+            f"no SlurmCluster block named {name!r}: save one first (README, Slurm section)",
+            name=name,
+        ) from error
+    return cluster
+
+
 def parse_sacct(output: str, job_id: str) -> JobStatus | None:
     """Read the job's own line of ``sacct --parsable2 --noheader -o JobID,State,ExitCode,NodeList``.
 
@@ -226,6 +264,30 @@ def parse_squeue(output: str, job_id: str) -> JobStatus | None:
         if len(fields) >= 2 and fields[0] == job_id:
             node = fields[2] if len(fields) > 2 and fields[2] else None
             return JobStatus(job_id, fields[1], None, None, node)
+    return None
+
+
+def parse_scontrol(output: str, job_id: str) -> JobStatus | None:
+    """Read ``scontrol show job -o ID`` (one line of ``Key=Value`` words); None if absent.
+
+    slurmctld keeps an ended job for ``MinJobAge`` (300 s by default), so this knows a
+    job that accounting does not (yet): ``sacct`` lags, or accounting is off.
+    """
+    for line in output.splitlines():
+        words = dict(
+            word.split("=", 1) for word in line.split() if "=" in word and not word.startswith("=")
+        )
+        if words.get("JobId") != job_id or not words.get("JobState"):
+            continue
+        exit_code, _, signal = words.get("ExitCode", "").partition(":")
+        node = words.get("NodeList") or None
+        return JobStatus(
+            job_id,
+            words["JobState"],
+            int(exit_code) if exit_code.isdigit() else None,
+            int(signal) if signal.isdigit() else None,
+            None if node in (None, "(null)") else node,
+        )
     return None
 
 
@@ -273,7 +335,17 @@ class SlurmCommands:
         return parse_sbatch(done.stdout)
 
     def status(self, job_id: str) -> JobStatus | None:
-        """The job's state from sacct, or from squeue while sacct does not list it yet."""
+        """The job's state from sacct; from squeue or scontrol where sacct does not list it.
+
+        Accounting lags on busy clusters and is off on some: a job it does not know may
+        be queued (squeue), or ended a moment ago (scontrol keeps it for a while).
+
+        Returns:
+            The status, or ``None`` when no command knows the job.
+
+        Raises:
+            SlurmSubmissionError: A command is missing or did not answer.
+        """
         done = self._run(
             [
                 "sacct",
@@ -290,7 +362,11 @@ class SlurmCommands:
         if status is not None:
             return status
         queued = self._run(["squeue", "-h", "-j", job_id, "-o", "%i|%T|%N"])
-        return parse_squeue(queued.stdout, job_id) if queued.returncode == 0 else None
+        status = parse_squeue(queued.stdout, job_id) if queued.returncode == 0 else None
+        if status is not None:
+            return status
+        shown = self._run(["scontrol", "show", "job", "-o", job_id])
+        return parse_scontrol(shown.stdout, job_id) if shown.returncode == 0 else None
 
     def cancel(self, job_id: str) -> None:
         """``scancel JOB``; a job that already ended is not an error."""

@@ -30,13 +30,14 @@ from urllib.parse import urlparse
 from prefect.filesystems import LocalFileSystem
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
+from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.settings import (
     BARE_BLOCK_NAME,
     BLOCK_SPEC,
-    DEFAULT_STORE_ENV,
     nbjobs_home,
+    settings,
 )
 
 PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
@@ -200,6 +201,21 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def validation_error(error: BaseException) -> str | None:
+    """What a saved block's invalid values are, if that is why it could not be loaded.
+
+    Prefect wraps the ``ValidationError`` of a block saved with values its class cannot
+    hold in a ``RuntimeError``; a ``ValidationError`` is also a ``ValueError``, which is
+    what "no such block" raises. Either way, this is not "no such block".
+    """
+    cause = error if isinstance(error, ValidationError) else error.__cause__
+    if not isinstance(cause, ValidationError):
+        return None
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'block'}: {e['msg']}" for e in cause.errors()
+    )
+
+
 def _load_block(spec: str) -> LocalFileSystem | S3Bucket:
     match = BLOCK_SPEC.match(spec)
     candidates: list[tuple[type[Any], str]]
@@ -212,7 +228,17 @@ def _load_block(spec: str) -> LocalFileSystem | S3Bucket:
     for cls, name in candidates:
         try:
             block = cls.load(name, _sync=True)
-        except ValueError:
+        except (ValidationError, RuntimeError) as error:
+            invalid = validation_error(error)
+            if invalid is None:
+                raise ArtefactStoreError(
+                    f"could not load block {spec!r}: {type(error).__name__}: {error}", store=spec
+                ) from error
+            raise ArtefactStoreError(
+                f"the {cls.__name__} block {name!r} is saved with values it cannot hold: {invalid}",
+                store=spec,
+            ) from error
+        except ValueError:  # Prefect's "Unable to find block document named ..."
             continue
         except Exception as error:
             raise ArtefactStoreError(
@@ -238,7 +264,7 @@ def open_store(spec: str | None = None) -> ArtefactStore:
     Raises:
         ArtefactStoreError: The spec names no block, or an unsupported scheme.
     """
-    spec = (spec or os.environ.get(DEFAULT_STORE_ENV) or "").strip()
+    spec = (spec or settings().store or "").strip()
     if not spec:
         path = default_store_path()
         return ArtefactStore(str(path), LocalFileSystem(basepath=str(path)))
@@ -274,7 +300,6 @@ def write_s3_object(uri: str, data: bytes) -> None:
 
 
 __all__ = [
-    "DEFAULT_STORE_ENV",
     "ArtefactStore",
     "default_store_path",
     "nbjobs_home",

@@ -25,7 +25,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-RETRY_STATUSES = frozenset({429, 503})
+from notebook_jobs.blocks.retry import retry_busy
+
 MAX_ATTEMPTS = 6
 BACKOFF_SECONDS = 0.25
 POLL_INTERVAL_SECONDS = 0.5
@@ -169,11 +170,12 @@ class PrefectHTTP:
         if params:
             target += "?" + urllib.parse.urlencode(params)
         body = None if json is None else _dumps(json)
-        for attempt in range(MAX_ATTEMPTS):
-            response = self._send(method, target, body, idempotent or method == "GET")
-            if response.status_code not in RETRY_STATUSES or attempt == MAX_ATTEMPTS - 1:
-                break
-            time.sleep(BACKOFF_SECONDS * 2**attempt)
+        response = retry_busy(
+            lambda: self._send(method, target, body, idempotent or method == "GET"),
+            lambda response: response.status_code,
+            attempts=MAX_ATTEMPTS,
+            backoff_seconds=BACKOFF_SECONDS,
+        )
         if response.status_code >= 400:
             raise APIError(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:500]}",

@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--kernel-pool",
         type=int,
-        default=2,
         metavar="N",
-        help="kernels kept started ahead of demand, one per run (0: off; in-process only)",
+        help="kernels kept started ahead of demand, one per run (0: off; in-process only; "
+        "default: $NBJOBS_KERNEL_POOL, else 2)",
     )
     # the local server's worker: `nbjobs run` follows its runs here (deployments/worker.py)
     serve.add_argument("--local-socket", help=argparse.SUPPRESS)
@@ -203,11 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
-    from notebook_jobs.blocks.exceptions import LocalServerError
+    from notebook_jobs.blocks.exceptions import LocalServerError, SettingsError
     from notebook_jobs.deployments.api import APIError
 
     try:
         return _dispatch(args)
+    except SettingsError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except LocalServerError as error:
         print(f"nbjobs: {error}", file=sys.stderr)
         return EXIT_SERVER_FAILED
@@ -263,16 +266,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         for key, value in WORKER_SETTINGS.items():
             os.environ.setdefault(key, value)
-        if args.isolation == "in-process" and args.kernel_pool > 0:
-            os.environ["NBJOBS_KERNEL_POOL"] = str(args.kernel_pool)
-        else:  # a subprocess per run would start a pool per run
-            os.environ.pop("NBJOBS_KERNEL_POOL", None)
         from pathlib import Path
 
+        from notebook_jobs.blocks.settings import settings
         from notebook_jobs.deployments.commands import serve
 
         socket = Path(args.local_socket) if args.local_socket else None
-        asyncio.run(serve(args.pool, args.limit, args.isolation, socket))
+        kernel_pool = settings().kernel_pool if args.kernel_pool is None else args.kernel_pool
+        asyncio.run(serve(args.pool, args.limit, args.isolation, socket, kernel_pool))
         return EXIT_OK
     if args.command in ("run", "deploy"):
         try:
@@ -302,8 +303,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         # A Prefect server of the user's own: the run executes in this process and
         # reports to it. The console handler only: the run's logs still reach the
         # server (and its UI) in full.
-        # one kernel in this process: a fork server would cost more than it saves
-        os.environ.setdefault("NBJOBS_KERNEL_LAUNCHER", "spawn")
         if not args.verbose:
             os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         return asyncio.run(_run(args))

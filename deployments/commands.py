@@ -11,6 +11,7 @@ from typing import Any
 from prefect import get_client
 
 from notebook_jobs.blocks.exceptions import UnknownParameterError
+from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import open_store, safe_key
 from notebook_jobs.deployments.definitions import (
     POOL_NAME,
@@ -20,13 +21,13 @@ from notebook_jobs.deployments.definitions import (
     notebook_spec,
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
-from notebook_jobs.tasks.engine.kernels.pool import close_shared_pools, prestart
 from notebook_jobs.tasks.engine.staging import (
     check_json_value,
     declared_parameters,
     fetch_notebook_source,
     parse_notebook,
 )
+from notebook_jobs.tasks.executors import LocalExecutor, using_executor
 from notebook_jobs.tasks.notebook import warm_up_html
 
 
@@ -90,8 +91,6 @@ async def deploy_notebook(
 
 
 ZOMBIE_AUTOMATION = "nbjobs: crash unresponsive flow runs"
-ZOMBIE_SECONDS_ENV = "NBJOBS_ZOMBIE_SECONDS"
-DEFAULT_ZOMBIE_SECONDS = 90
 
 
 async def ensure_zombie_automation(client: Any) -> None:
@@ -101,7 +100,6 @@ async def ensure_zombie_automation(client: Any) -> None:
     serve``); a run whose heartbeats stop for ``$NBJOBS_ZOMBIE_SECONDS`` (90) without
     reaching a final state (its worker was killed, its machine died) is marked Crashed.
     """
-    import os
     from datetime import timedelta
 
     from prefect.automations import AutomationCore
@@ -112,7 +110,7 @@ async def ensure_zombie_automation(client: Any) -> None:
 
     if await client.read_automations_by_name(ZOMBIE_AUTOMATION):
         return
-    within = float(os.environ.get(ZOMBIE_SECONDS_ENV, DEFAULT_ZOMBIE_SECONDS))
+    within = settings().zombie_seconds
     await client.create_automation(
         AutomationCore(
             name=ZOMBIE_AUTOMATION,
@@ -186,6 +184,7 @@ async def serve(
     limit: int | None = None,
     isolation: str = "in-process",
     poke_socket: Path | None = None,
+    kernel_pool: int = 0,
 ) -> None:
     """Register the general deployment and run a worker for ``pool`` until stopped.
 
@@ -200,6 +199,8 @@ async def serve(
         poke_socket: A Unix socket on which local clients follow the runs they
             created (``deployments.worker.RunChannel``); the local server's worker
             has one, and ``nbjobs run`` uses it.
+        kernel_pool: Kernels kept started ahead of demand (in-process only). The
+            worker's ``LocalExecutor`` owns them and its fork servers, for its life.
     """
     from prefect.workers.process import ProcessWorker
 
@@ -229,15 +230,18 @@ async def serve(
             await crash_orphaned_runs(client, pool)
     worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
     warming: asyncio.Future[None] | None = None
-    if isolation == "in-process":
-        prestart()  # the first request finds its kernel (and the fork server) ready
+    # in-process runs share one executor; a subprocess per run makes its own
+    executor = LocalExecutor(pool_size=kernel_pool) if isolation == "in-process" else None
+    if executor is not None:
+        executor.prestart()  # the first request finds its kernel (and the fork server) ready
         warming = asyncio.ensure_future(asyncio.to_thread(warm_up_html))
     listener: asyncio.Server | None = None
     try:
-        async with worker_class(work_pool_name=pool, limit=limit) as worker:
-            if poke_socket is not None and isinstance(worker, InProcessWorker):
-                listener = await worker.listen(poke_socket)
-            await worker.start()
+        with using_executor(executor):
+            async with worker_class(work_pool_name=pool, limit=limit) as worker:
+                if poke_socket is not None and isinstance(worker, InProcessWorker):
+                    listener = await worker.listen(poke_socket)
+                await worker.start()
     except asyncio.CancelledError:
         if not terminated:  # cancelled by someone else: not ours to swallow
             raise
@@ -247,4 +251,5 @@ async def serve(
         if listener is not None:
             listener.close()
             poke_socket.unlink(missing_ok=True)  # type: ignore[union-attr]
-        await close_shared_pools()  # no pre-started kernel outlives the worker
+        if executor is not None:
+            await executor.close()  # no pre-started kernel or fork server outlives the worker

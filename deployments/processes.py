@@ -6,7 +6,6 @@ Standard library and psutil only: ``nbjobs run`` checks them on every call.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import time
@@ -16,12 +15,12 @@ from pathlib import Path
 import psutil
 
 from notebook_jobs.blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.settings import settings
 
-START_TIMEOUT_ENV = "NBJOBS_SERVER_START_TIMEOUT"
-# A first start migrates a new SQLite database: about 15 s on an idle 2-core machine,
-# and several times that with both cores busy. Prefect's own temporary server gives
-# up after 20 s; we would rather wait than fail a user's first command.
-DEFAULT_START_TIMEOUT_SECONDS = 300.0
+# NBJOBS_SERVER_START_TIMEOUT (blocks/settings.py) is 300 s by default. A first start
+# migrates a new SQLite database: about 15 s on an idle 2-core machine, and several
+# times that with both cores busy. Prefect's own temporary server gives up after 20 s;
+# we would rather wait than fail a user's first command.
 STOP_TIMEOUT_SECONDS = 20.0
 HEALTH_POLL_SECONDS = 0.25
 
@@ -69,13 +68,9 @@ def start_timeout_seconds() -> float:
     """``$NBJOBS_SERVER_START_TIMEOUT``: how long a start may take (default 300 s).
 
     Raises:
-        LocalServerError: The value is not a number.
+        SettingsError: The value is not a number of seconds.
     """
-    text = os.environ.get(START_TIMEOUT_ENV) or str(DEFAULT_START_TIMEOUT_SECONDS)
-    try:
-        return float(text)
-    except ValueError:
-        raise LocalServerError(f"{START_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+    return settings().server_start_timeout_seconds
 
 
 def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, log: Path) -> None:
@@ -94,7 +89,7 @@ def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, 
         if time.monotonic() > deadline:
             raise LocalServerError(
                 f"{what} did not answer within {timeout:.0f} s (log: {log}); "
-                f"set {START_TIMEOUT_ENV} to wait longer",
+                "set NBJOBS_SERVER_START_TIMEOUT to wait longer",
                 log=log,
             )
         time.sleep(HEALTH_POLL_SECONDS)

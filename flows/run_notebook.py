@@ -8,10 +8,10 @@ Its parameters are the public contract of a run, over HTTP as in Python::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -35,12 +35,20 @@ from notebook_jobs.blocks.exceptions import (
     NotebookInputError,
     WorkingFolderError,
 )
-from notebook_jobs.blocks.slurm import SlurmCluster
-from notebook_jobs.blocks.store import nbjobs_home, open_store, safe_key
-from notebook_jobs.tasks.engine.execution import ExecutionCancelled
+from notebook_jobs.blocks.settings import settings
+from notebook_jobs.blocks.slurm import load_cluster
+from notebook_jobs.blocks.store import ArtefactStore, open_store, safe_key
+from notebook_jobs.tasks.engine.layout import RESULT_NAME, run_key, run_prefix, runs_root
+from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.engine.staging import notebook_name
+from notebook_jobs.tasks.executors import (
+    Executor,
+    LocalExecutor,
+    SlurmExecutor,
+    current_executor,
+)
 from notebook_jobs.tasks.models import (
-    ExecutionReport,
+    ExecutionOutcome,
     NotebookRequest,
     NotebookResult,
     Timings,
@@ -52,24 +60,20 @@ from notebook_jobs.tasks.notebook import (
     kernel_retries,
     stage_notebook,
 )
-from notebook_jobs.tasks.slurm import SlurmOutcome, execute_notebook_on_slurm
 from notebook_jobs.tasks.storage import (
-    RESULT_NAME,
     publish_result,
     result_document,
-    run_prefix,
     spill_run,
     store_artefacts,
     store_result,
 )
 
 FLOW_NAME = "run-notebook"
-KEEP_RUN_DIRS_ENV = "NBJOBS_KEEP_RUN_DIRS"
 
 
 def store_retries() -> int:
     """Retries of a failed upload before spilling (``$NBJOBS_STORE_RETRIES``, default 2)."""
-    return int(os.environ.get("NBJOBS_STORE_RETRIES", "2"))
+    return settings().store_retries
 
 
 @functools.cache
@@ -97,11 +101,6 @@ def copy_files(source: Path, files: list[str], target: Path) -> None:
             shutil.copy2(source / name, destination)
         except FileNotFoundError:  # written, then removed again before the run ended
             continue
-
-
-def runs_root() -> Path:
-    """Where run folders live until their artefacts are stored (``$NBJOBS_HOME/runs``)."""
-    return nbjobs_home() / "runs"
 
 
 def parameter_digest(parameters: dict[str, Any]) -> str:
@@ -270,51 +269,75 @@ async def run_notebook(
 async def _run(
     request: NotebookRequest, run_id: str, t_start: float, started_at: datetime
 ) -> NotebookResult:
-    """The run itself: stage, execute here or on Slurm, store, publish, end."""
-    logger = get_run_logger()
-    artefact_store = open_store(request.store)
-    slurm_cluster = await SlurmCluster.aload(request.cluster) if request.cluster else None
+    """The run itself: stage, execute (through an executor), store, publish, end."""
+    artefact_store = await asyncio.to_thread(open_store, request.store)
+    slurm_cluster = await load_cluster(request.cluster) if request.cluster else None
     if slurm_cluster is not None and request.cwd is not None:
         raise WorkingFolderError(
             f"cwd {request.cwd!r} is not available for Slurm runs: the job runs in its own "
             "folder on the cluster's shared filesystem; send the files it reads as input_files",
             path=request.cwd,
         )
-    # A Slurm job's folder must be on the filesystem the nodes share.
-    # A run started again (Prefect's retry, or after a crash) is a new attempt: its own
-    # folder and its own keys, so the first attempt's artefacts are never overwritten.
-    attempt = max(flow_run.get_run_count(), 1)
-    run_key = run_id if attempt == 1 else f"{run_id}/attempt-{attempt}"
-    run_dir = (
-        Path(slurm_cluster.work_dir) / "runs" / run_key if slurm_cluster else runs_root() / run_key
-    )
-    # the kernel is checked where it runs: here, or on the node by the job
-    staged = await stage_notebook(request, run_dir, check_kernel=slurm_cluster is None)
-    stage_seconds = time.perf_counter() - t_start
-
-    slurm: SlurmOutcome | None = None
-    if slurm_cluster is not None:
-        slurm = await execute_notebook_on_slurm(
-            staged, slurm_cluster, request.cell_timeout_seconds, request.timeout_seconds
+    async with contextlib.AsyncExitStack() as owned:
+        executor: Executor
+        if slurm_cluster is not None:
+            executor = SlurmExecutor(slurm_cluster)
+        else:
+            # the worker's, or the batch's; else one for this run alone (one kernel:
+            # a fork server would cost more than it saves)
+            local = current_executor()
+            if local is None:
+                local = await owned.enter_async_context(LocalExecutor(fork=False))
+            executor = local
+        key = run_key(run_id, max(flow_run.get_run_count(), 1))
+        staged = await stage_notebook(
+            request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
         )
-        report = slurm.report
-    else:
+        stage_seconds = time.perf_counter() - t_start
         try:
-            report = await execute_task(kernel_retries())(
-                staged, request.cell_timeout_seconds, request.timeout_seconds
+            outcome = await execute_task(kernel_retries())(
+                staged, executor, request.cell_timeout_seconds, request.timeout_seconds
             )
-        except KernelDiedError as error:
-            report = ExecutionReport.model_validate((error.result or {})["execution"])
-        except ExecutionCancelled as stop:
-            # The flow run was cancelled: the kernel is already shut down. Store what
-            # ran, then end Cancelled (below) rather than vanish mid-notebook.
-            report = stop.report
+        except KernelDiedError as error:  # retried as often as allowed: store what ran
+            outcome = ExecutionOutcome.model_validate(error.execution)
+    # A cancelled run is stored as any other (shielded: a second cancellation must not
+    # lose it) and then ends Cancelled.
+    timings = Timings(
+        started_at=started_at,
+        finished_at=started_at,  # set when stored
+        total_seconds=0.0,
+        stage_seconds=round(stage_seconds, 4),
+        kernel_start_seconds=outcome.report.kernel_start_seconds,
+        execute_seconds=outcome.report.execute_seconds,
+    )
+    storing = asyncio.ensure_future(
+        _store(request, artefact_store, run_id, key, staged, outcome, t_start, timings)
+    )
+    if outcome.report.status == "cancelled":
+        result = await asyncio.shield(storing)
+    else:
+        result = await storing
+    return _end(result, staged.name)
 
+
+async def _store(
+    request: NotebookRequest,
+    artefact_store: ArtefactStore,
+    run_id: str,
+    key: str,
+    staged: StagedNotebook,
+    outcome: ExecutionOutcome,
+    t_start: float,
+    timings: Timings,
+) -> NotebookResult:
+    """Store the run's artefacts and result, and publish its artifacts."""
+    logger = get_run_logger()
+    report, run_dir = outcome.report, staged.run_dir
     t_store = time.perf_counter()
     if staged.cwd is not None:  # the files the run wrote in the user's folder, kept as they are
         await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
-    prefix = run_prefix(FLOW_NAME, run_key)
-    logs = {name: Path(path) for name, path in (slurm.files if slurm else {}).items()}
+    prefix = run_prefix(FLOW_NAME, key)
+    logs = {name: Path(path) for name, path in outcome.logs.items()}
     spilled: Path | None = None
     notes = staged.notes + list(report.notes)
     try:
@@ -323,7 +346,8 @@ async def _run(
         )
     except ArtefactStoreError as error:
         # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
-        spilled, artefacts = spill_run(
+        spilled, artefacts = await asyncio.to_thread(
+            spill_run,
             run_dir,
             store_spec=artefact_store.spec,
             prefix=prefix,
@@ -349,17 +373,15 @@ async def _run(
         cells=report.cells,
         outputs=report.outputs,
         artefacts=artefacts,
-        timings=Timings(
-            started_at=started_at,
-            finished_at=datetime.now(timezone.utc),
-            total_seconds=round(time.perf_counter() - t_start, 4),
-            stage_seconds=round(stage_seconds, 4),
-            kernel_start_seconds=report.kernel_start_seconds,
-            execute_seconds=report.execute_seconds,
-            store_seconds=round(time.perf_counter() - t_store, 4),
+        timings=timings.model_copy(
+            update={
+                "finished_at": datetime.now(timezone.utc),
+                "total_seconds": round(time.perf_counter() - t_start, 4),
+                "store_seconds": round(time.perf_counter() - t_store, 4),
+            }
         ),
         resources=report.resources,
-        slurm=slurm.info if slurm else None,
+        slurm=outcome.slurm,
         notes=notes,
     )
     keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
@@ -368,17 +390,27 @@ async def _run(
         stored = await store_result(result, artefact_store, prefix)
         await publish_result(result, keys, None if stored else artefact_store, prefix)
     else:
-        (spilled / RESULT_NAME).write_bytes(result_document(result))
+        await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
         await publish_result(result, keys)
     if spilled is not None:
         raise ArtefactStoreError(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
         )
-    if not os.environ.get(KEEP_RUN_DIRS_ENV):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for path in logs.values():
-            path.unlink(missing_ok=True)  # the job's zip lies beside its folder
+    if not settings().keep_run_dirs:
+        await asyncio.to_thread(_remove_run_folder, run_dir, list(logs.values()))
+    return result
 
+
+def _remove_run_folder(run_dir: Path, logs: list[Path]) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for path in logs:
+        path.unlink(missing_ok=True)  # the job's zip lies beside its folder
+
+
+def _end(result: NotebookResult, name: str) -> NotebookResult:
+    """End the flow run as the notebook ended: Completed, Cancelled, or Failed (raises)."""
+    logger = get_run_logger()
+    artefacts = result.artefacts
     if result.status == "cancelled":
         message = f"{result.error.message if result.error else 'cancelled'}; partial notebook at "
         logger.warning("%s%s", message, artefacts.notebook)
@@ -387,7 +419,7 @@ async def _run(
         failure = error_for_result(result)
         logger.error("%s: %s; partial notebook at %s", result.status, failure, artefacts.notebook)
         raise failure
-    logger.info("completed %s; notebook at %s", staged.name, artefacts.notebook)
+    logger.info("completed %s; notebook at %s", name, artefacts.notebook)
     return result
 
 

@@ -7,9 +7,10 @@ id, artefacts, artifacts and result; a failing item does not stop the others.
 Two ways to spread the work:
 
 - ``executor="local"`` (default): the subflows run concurrently in this process, at
-  most ``max_concurrency`` at a time, with a pool of pre-started kernels sized to
-  match (each kernel still serves one run). The kernels are separate processes, so
-  one Python process drives both cores.
+  most ``max_concurrency`` at a time, through a ``LocalExecutor`` of the batch's own
+  with a pool of pre-started kernels sized to match (each kernel still serves one
+  run; the fork servers are the worker's, when the batch runs in one). The kernels
+  are separate processes, so one Python process drives both cores.
 - ``executor="dask"``: each item is a task on prefect-dask's ``DaskTaskRunner``
   (a ``LocalCluster`` of ``max_concurrency`` workers, or an existing cluster given by
   ``dask_address``), for when one machine is not enough.
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from notebook_jobs.blocks.exceptions import NotebookRunError
-from notebook_jobs.tasks.engine.kernels.pool import POOL_SIZE_ENV, close_shared_pools
+from notebook_jobs.blocks.exceptions import BatchError
+from notebook_jobs.tasks.executors import LocalExecutor, current_executor, using_executor
 from notebook_jobs.tasks.models import NotebookRequest
 
 BATCH_FLOW_NAME = "run-notebooks"
@@ -171,26 +171,24 @@ async def run_notebooks(
                 runner.submit(run_batch_item, parameters={"index": i, "request": r})
                 for i, r in enumerate(items)
             ]
-            outcomes = [future.result() for future in futures]
+            # a future's result() blocks: waited for in threads, not on the event loop
+            outcomes = list(
+                await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
+            )
     else:
-        previous = os.environ.get(POOL_SIZE_ENV)
-        if kernel_pool:
-            os.environ[POOL_SIZE_ENV] = str(limit)
+        parent = current_executor()
         gate = asyncio.Semaphore(limit)
 
         async def gated(index: int, request: NotebookRequest) -> BatchItem:
             async with gate:
                 return await _run_item(index, request)
 
-        try:
-            outcomes = await asyncio.gather(*(gated(i, r) for i, r in enumerate(items)))
-        finally:
-            if kernel_pool:
-                await close_shared_pools()
-                if previous is None:
-                    os.environ.pop(POOL_SIZE_ENV, None)
-                else:
-                    os.environ[POOL_SIZE_ENV] = previous
+        async with LocalExecutor(
+            pool_size=limit if kernel_pool else 0,
+            fork_servers=parent.fork_servers if parent else None,
+        ) as batch_executor:
+            with using_executor(batch_executor):
+                outcomes = await asyncio.gather(*(gated(i, r) for i, r in enumerate(items)))
     batch = BatchResult(
         total=len(outcomes),
         succeeded=sum(1 for o in outcomes if o.success),
@@ -199,9 +197,9 @@ async def run_notebooks(
     )
     logger.info("%d of %d notebooks succeeded", batch.succeeded, batch.total)
     if batch.failed:
-        raise NotebookRunError(
+        raise BatchError(
             f"{batch.failed} of {batch.total} notebooks failed: "
             + "; ".join(f"#{o.index} {o.error}" for o in batch.items if not o.success)[:2000],
-            result=batch.model_dump(mode="json"),
+            batch=batch.model_dump(mode="json"),
         )
     return batch

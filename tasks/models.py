@@ -176,6 +176,17 @@ class SlurmInfo(BaseModel):
     stderr_tail: str = ""
 
 
+class ExecutionOutcome(BaseModel):
+    """What an executor hands back: the execute step's report, and the job's facts."""
+
+    report: ExecutionReport
+    logs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Artefact name -> local file: a Slurm job's output and its folder's zip.",
+    )
+    slurm: SlurmInfo | None = None
+
+
 class Timings(BaseModel):
     """Where the time of a run went, in seconds."""
 

@@ -1,54 +1,36 @@
-"""Prefect tasks that stage, execute and render a notebook.
+"""Prefect tasks that stage and execute a notebook, and render the result.
 
-The work itself is in ``tasks.engine.staging`` (pure checks and papermill's parameter
-injection) and ``tasks.engine.execution`` (the nbclient loop, free of Prefect so a Slurm
-job can run it); these tasks add what Prefect users see: a progress artifact
-updated after each cell, one log line per cell, and retries of dead kernels.
+The work itself is in ``tasks/engine`` (staging, execution, kernels: free of Prefect,
+so a Slurm job runs it too), and where it runs is an executor's business
+(``tasks/executors.py``). These tasks add what Prefect users see, the same for every
+executor: a progress artifact updated after each cell, one log line per cell, and
+retries of dead kernels.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nbformat
-from nbformat import NotebookNode
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from notebook_jobs.blocks.exceptions import KernelDiedError, WorkingFolderError
-from notebook_jobs.tasks.engine.execution import CellEvent, ExecutionCancelled
-from notebook_jobs.tasks.engine.execution import execute_notebook_async as _execute
-from notebook_jobs.tasks.engine.kernels.client import ensure_kernel_installed
-from notebook_jobs.tasks.engine.kernels.pool import shared_pool
-from notebook_jobs.tasks.engine.staging import (
-    check_parameters,
-    fetch_notebook_source,
-    inject_parameters,
-    kernel_name_of,
-    parse_notebook,
-    select_cells,
-    stage_input_files,
-)
-from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest
+from notebook_jobs.blocks.exceptions import KernelDiedError
+from notebook_jobs.blocks.settings import settings
+from notebook_jobs.tasks.engine.execution import CellEvent
+from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, HTML_NAME
+from notebook_jobs.tasks.engine.staged import StagedNotebook, stage
+from notebook_jobs.tasks.executors import Executor
+from notebook_jobs.tasks.models import ExecutionOutcome, NotebookRequest
 from notebook_jobs.tasks.progress_artifact import ProgressArtifact
 
-KERNEL_RETRIES_ENV = "NBJOBS_KERNEL_RETRIES"
-DEFAULT_KERNEL_RETRIES = 1
 KERNEL_RETRY_DELAY_SECONDS = 2
-PROGRESS_INTERVAL_SECONDS = 0.5
-INPUT_NAME = "input.ipynb"
-EXECUTED_NAME = "notebook.ipynb"
-HTML_NAME = "notebook.html"
-WORK_FOLDER = "work"
 
 ProgressListener = Callable[[CellEvent], None]
 _listeners: list[ProgressListener] = []
@@ -70,113 +52,6 @@ def artifact_key(name: str, kind: str) -> str:
     stem = re.sub(r"\.ipynb$", "", name, flags=re.IGNORECASE).lower()
     slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "notebook"
     return f"{slug[:60]}-{kind}"
-
-
-class StagedNotebook:
-    """A checked, parameterised notebook ready to execute, and its run folder.
-
-    A plain class on purpose: Prefect walks dataclasses and models passed between
-    tasks, which would copy the whole notebook on every call.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        origin: str,
-        kernel: str,
-        notebook: NotebookNode,
-        cell_origin: list[int | None],
-        selected: set[int] | None,
-        run_dir: Path,
-        cwd: Path | None = None,
-        start_timeout_seconds: float | None = None,
-        notes: list[str] | None = None,
-    ) -> None:
-        self.name = name
-        self.origin = origin
-        self.kernel = kernel
-        self.notebook = notebook
-        self.cell_origin = cell_origin
-        self.selected = selected
-        self.run_dir = run_dir
-        self.cwd = cwd
-        self.start_timeout_seconds = start_timeout_seconds
-        self.notes = notes or []
-
-    def __repr__(self) -> str:
-        return f"StagedNotebook(name={self.name!r}, kernel={self.kernel!r}, run_dir={self.run_dir})"
-
-    @property
-    def workdir(self) -> Path:
-        """The kernel's working folder: ``cwd`` if one was asked for, else the run's own."""
-        return self.cwd or self.files_dir
-
-    @property
-    def files_dir(self) -> Path:
-        """Where the files the run wrote are kept for the store: the run's own folder."""
-        return self.run_dir / WORK_FOLDER
-
-
-def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True) -> StagedNotebook:
-    """Fetch, check and parameterise a notebook; write ``input.ipynb`` to ``run_dir``.
-
-    Raises:
-        NotebookInputError: Anything about the request that must be fixed first.
-    """
-    source = fetch_notebook_source(request.notebook)
-    nb = parse_notebook(source)
-    kernel = kernel_name_of(nb, request.kernel)
-    cwd = working_folder(request.cwd)
-    if check_kernel:
-        ensure_kernel_installed(kernel)
-    notes = check_parameters(
-        nb,
-        request.parameters,
-        kernel,
-        language=request.language,
-        strict=request.strict_parameters,
-    )
-    selected = select_cells(nb, request.cells)
-    parameterised, cell_origin = inject_parameters(
-        nb,
-        request.parameters,
-        kernel,
-        language=request.language,
-        report_mode=request.report_mode,
-    )
-    parameterised.metadata.papermill["input_path"] = source.origin
-    (run_dir / WORK_FOLDER).mkdir(parents=True, exist_ok=True)
-    stage_input_files(request.input_files, cwd or run_dir / WORK_FOLDER, replace=cwd is None)
-    (run_dir / INPUT_NAME).write_bytes(source.data)
-    return StagedNotebook(
-        name=source.name,
-        origin=source.origin,
-        kernel=kernel,
-        notebook=parameterised,
-        cell_origin=cell_origin,
-        selected=selected,
-        run_dir=run_dir,
-        cwd=cwd,
-        start_timeout_seconds=request.start_timeout_seconds,
-        notes=notes,
-    )
-
-
-def working_folder(cwd: str | None) -> Path | None:
-    """The requested working folder, checked; ``None`` for the run's own fresh folder.
-
-    Raises:
-        WorkingFolderError: It is not a folder on this machine.
-    """
-    if cwd is None:
-        return None
-    folder = Path(cwd).expanduser()
-    if not folder.is_dir():
-        raise WorkingFolderError(
-            f"cwd {cwd!r} is not a folder on the machine that runs the notebook", path=cwd
-        )
-    return folder.resolve()
 
 
 @task(name="stage-notebook", cache_policy=NO_CACHE)
@@ -214,7 +89,7 @@ def retry_if_retryable(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
 
 def kernel_retries() -> int:
     """How often a dead kernel is retried (``$NBJOBS_KERNEL_RETRIES``, default 1)."""
-    return int(os.environ.get(KERNEL_RETRIES_ENV, DEFAULT_KERNEL_RETRIES))
+    return settings().kernel_retries
 
 
 @task(
@@ -225,59 +100,43 @@ def kernel_retries() -> int:
 )
 async def execute_notebook(
     staged: StagedNotebook,
+    executor: Executor,
     cell_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
-) -> ExecutionReport:
-    """Execute a staged notebook in a fresh kernel; write ``notebook.ipynb`` in any case.
+) -> ExecutionOutcome:
+    """Execute a staged notebook through ``executor``; ``notebook.ipynb`` is written in any case.
 
     Publishes a progress artifact updated after every cell and logs one line per cell
-    with its stdout and stderr. A dead kernel raises ``KernelDiedError`` (retried);
-    every other outcome, a notebook's own exception included, is returned as a report.
+    with its stdout and stderr, wherever the notebook runs. A dead kernel raises
+    ``KernelDiedError`` (retried); every other outcome, a notebook's own exception and
+    a cancelled run included, is returned.
 
     Example:
-        >>> report = await execute_notebook(staged, timeout_seconds=600)
-        >>> report.status
+        >>> outcome = await execute_notebook(staged, LocalExecutor(), timeout_seconds=600)
+        >>> outcome.report.status
         'completed'
     """
     logger = get_run_logger()
     progress = ProgressArtifact(
-        artifact_key(staged.name, "progress"), f"{staged.name}: starting kernel {staged.kernel}"
+        artifact_key(staged.name, "progress"), f"{staged.name}: {executor.starting(staged)}"
     )
-    last_update = [time.monotonic()]
-    running: list[CellEvent | None] = [None]
-    delayed: set[asyncio.Task[None]] = set()
 
-    def show_running(event: CellEvent) -> None:
-        last_update[0] = time.monotonic()
-        progress.show(
-            100.0 * event.done / max(event.total, 1),
-            f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})",
-        )
-
-    async def show_if_still_running(event: CellEvent, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if running[0] is event:
-            show_running(event)
+    def on_status(text: str) -> None:
+        logger.info("%s", text)
+        progress.show(progress.percent, f"{staged.name}: {text}")
 
     async def on_event(event: CellEvent) -> None:
         for listener in list(_listeners):
             listener(event)
         if event.phase == "start":
-            # One API call per cell would cost more than a fast cell takes: a cell is
-            # shown at once if the last update is older than PROGRESS_INTERVAL_SECONDS,
-            # else as soon as it has been running that long.
-            running[0] = event
-            waited = time.monotonic() - last_update[0]
-            if waited >= PROGRESS_INTERVAL_SECONDS or not event.done:
-                show_running(event)
-            else:
-                later = asyncio.ensure_future(
-                    show_if_still_running(event, PROGRESS_INTERVAL_SECONDS - waited)
-                )
-                delayed.add(later)
-                later.add_done_callback(delayed.discard)
+            # one API call per cell would cost more than a fast cell takes: a cell after
+            # the first is shown only if it runs a while (the artifact throttles)
+            progress.show(
+                100.0 * event.done / max(event.total, 1),
+                f"{staged.name}: running cell {event.index} ({event.done + 1}/{event.total})",
+                passing=event.done > 0,
+            )
             return
-        running[0] = None
         report = event.report
         if report is None:
             return
@@ -294,41 +153,24 @@ async def execute_notebook(
         if event.stderr.strip():
             logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
 
-    notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
-    pool = shared_pool(staged.kernel)
-    try:
-        started = await pool.acquire() if pool else None
-        report = await _execute(
-            notebook,
-            staged.cell_origin,
-            kernel=staged.kernel,
-            workdir=staged.workdir,
-            selected=staged.selected,
-            cell_timeout_seconds=cell_timeout_seconds,
-            timeout_seconds=timeout_seconds,
-            on_event=on_event,
-            started=started,
-            start_timeout_seconds=staged.start_timeout_seconds,
-        )
-    except ExecutionCancelled as stop:
-        # The flow run is being cancelled: the kernel is down; hand back what ran so
-        # the flow stores the partial notebook and ends Cancelled.
-        logger.warning("cancelled: %s", stop)
-        report = stop.report
-    for pending in list(delayed):
-        pending.cancel()
+    outcome = await executor.execute(
+        staged,
+        cell_timeout_seconds=cell_timeout_seconds,
+        timeout_seconds=timeout_seconds,
+        on_event=on_event,
+        on_status=on_status,
+        log=logger,
+    )
+    report = outcome.report
+    if report.status == "cancelled":
+        logger.warning("cancelled: %s", report.error.message if report.error else "")
     done = sum(1 for c in report.cells if c.status == "ok")
     ran = sum(1 for c in report.cells if c.status != "skipped")
-    # the last progress update travels while the notebook is written
-    closing = asyncio.ensure_future(
-        progress.close(
-            100.0 if report.success else 100.0 * done / max(ran, 1),
-            f"{staged.name}: {report.status}",
-        )
-    )
-    await asyncio.to_thread(nbformat.write, notebook, staged.run_dir / EXECUTED_NAME)
     try:
-        await closing
+        await progress.close(
+            100.0 if report.success else 100.0 * done / max(ran, 1),
+            f"{staged.name}: {executor.ended(outcome)}",
+        )
     except Exception as failure:  # progress reporting must never lose a run
         logger.warning("could not update the progress artifact: %s", failure)
     if report.status == "kernel_died":
@@ -336,9 +178,9 @@ async def execute_notebook(
         raise KernelDiedError(
             error.message if error else "the kernel died",
             cell_index=error.cell_index if error else None,
-            result={"execution": report.model_dump(mode="json")},
+            execution=outcome.model_dump(mode="json"),
         )
-    return report
+    return outcome
 
 
 _exporters = threading.local()

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from uuid import UUID
 
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+# A passing value ("running cell 7" of a fast cell) is shown only if it stays current
+# this long, or if the last update is older than this.
+MIN_INTERVAL_SECONDS = 0.5
 
 
 class ProgressArtifact:
     """A progress artifact updated in the background, newest value first.
 
     Creating it and each update is an API call (10 to 40 ms on a local server); a
-    notebook of fast cells would otherwise wait for them between cells. Updates are
-    coalesced: at most one request is in flight, and only the newest value is sent.
+    notebook of fast cells would otherwise wait for them between cells, and send one
+    per cell. So this is the one throttle of progress updates: at most one request is
+    in flight, only the newest value is sent, and a passing value waits until it has
+    been current ``MIN_INTERVAL_SECONDS``.
 
     Example:
         >>> progress = ProgressArtifact("report-progress", "report.ipynb: starting")
-        >>> progress.show(50.0, "report.ipynb: running cell 2 (2/4)")   # returns at once
+        >>> progress.show(50.0, "report.ipynb: running cell 2 (2/4)", passing=True)
         >>> await progress.close(100.0, "report.ipynb: completed")     # sent by now
     """
 
@@ -27,9 +34,33 @@ class ProgressArtifact:
         )
         self._latest: tuple[float, str] | None = None
         self._sender: asyncio.Future[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
+        self._shown_at = time.monotonic()
+        self.percent = 0.0  # the newest value shown
 
-    def show(self, progress: float, description: str) -> None:
-        """Send this value soon; a newer one sent before it replaces it."""
+    def show(self, progress: float, description: str, *, passing: bool = False) -> None:
+        """Send this value soon; a newer one replaces it.
+
+        Args:
+            passing: The value may be over at once (a cell that has just started): it
+                is sent now if the last update is older than ``MIN_INTERVAL_SECONDS``,
+                else once it has been the newest for that long.
+        """
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        self.percent = progress
+        waited = time.monotonic() - self._shown_at
+        if passing and waited < MIN_INTERVAL_SECONDS:
+            self._later = asyncio.get_running_loop().call_later(
+                MIN_INTERVAL_SECONDS - waited, self._send_soon, progress, description
+            )
+            return
+        self._send_soon(progress, description)
+
+    def _send_soon(self, progress: float, description: str) -> None:
+        self._later = None
+        self._shown_at = time.monotonic()
         self._latest = (progress, description)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send())

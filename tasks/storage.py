@@ -20,25 +20,21 @@ from prefect.artifacts import (
     acreate_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
-from notebook_jobs.blocks.store import ArtefactStore, nbjobs_home, safe_key
+from notebook_jobs.blocks.store import ArtefactStore, safe_key
+from notebook_jobs.tasks.engine.layout import (
+    FILES_FOLDER,
+    MAIN_ARTEFACTS,
+    RESULT_NAME,
+    SPILL_MANIFEST,
+    spill_root,
+)
 from notebook_jobs.tasks.models import Artefacts, NotebookResult
 from notebook_jobs.tasks.notebook import render_html
 
 UPLOAD_THREADS = 8
-RESULT_NAME = "result.json"
-FILES_FOLDER = "files"
-_MAIN_ARTEFACTS = {
-    "input": "input.ipynb",
-    "notebook": "notebook.ipynb",
-    "html": "notebook.html",
-}
-
-
-def run_prefix(flow_name: str, flow_run_id: str) -> str:
-    """The key prefix of one run in the store: ``<flow-name>/<flow-run-id>``."""
-    return safe_key(flow_name, flow_run_id)
 
 
 def upload_run_folder(
@@ -57,7 +53,7 @@ def upload_run_folder(
         Their URIs, plus links (presigned for S3) to the notebook, HTML and result.
     """
     jobs: list[tuple[str, str, Path]] = []
-    for field, name in _MAIN_ARTEFACTS.items():
+    for field, name in MAIN_ARTEFACTS.items():
         if (run_dir / name).exists():
             jobs.append((field, safe_key(prefix, name), run_dir / name))
     for relative in files:
@@ -69,17 +65,53 @@ def upload_run_folder(
             jobs.append((f"logs:{name}", safe_key(prefix, name), source))
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
-    artefacts = Artefacts(prefix=store.uri(prefix), result=store.uri(safe_key(prefix, RESULT_NAME)))
-    for (field, key, _), uri in zip(jobs, uris, strict=True):
-        if field.startswith("files:"):
-            artefacts.files[field.removeprefix("files:")] = uri
-        elif field.startswith("logs:"):
-            artefacts.logs[field.removeprefix("logs:")] = uri
+    result_key = safe_key(prefix, RESULT_NAME)
+    return artefacts_from(
+        [(field, key, uri) for (field, key, _), uri in zip(jobs, uris, strict=True)],
+        prefix=store.uri(prefix),
+        result=(store.uri(result_key), store.link(result_key)),
+        link=store.link,
+    )
+
+
+def artefacts_from(
+    located: list[tuple[str, str, str]],
+    *,
+    prefix: str,
+    result: tuple[str, str],
+    link: Callable[[str], str],
+) -> Artefacts:
+    """The ``Artefacts`` of a run from where each one is, in a store or a spill folder.
+
+    Args:
+        located: ``(what, key, uri)``: ``what`` is a main artefact (``notebook``...),
+            ``files:<path>`` or ``logs:<name>``.
+        prefix: The run's prefix (or folder).
+        result: Where ``result.json`` is, and its link.
+        link: A browsable link for a key (main artefacts are linked).
+    """
+    artefacts = Artefacts(prefix=prefix, result=result[0])
+    for what, key, uri in located:
+        if what.startswith("files:"):
+            artefacts.files[what.removeprefix("files:")] = uri
+        elif what.startswith("logs:"):
+            artefacts.logs[what.removeprefix("logs:")] = uri
         else:
-            setattr(artefacts, field, uri)
-            artefacts.links[field] = store.link(key)
-    artefacts.links["result"] = store.link(safe_key(prefix, RESULT_NAME))
+            setattr(artefacts, what, uri)
+            artefacts.links[what] = link(key)
+    artefacts.links["result"] = result[1]
     return artefacts
+
+
+class SpillManifest(BaseModel):
+    """``spill.json``: where a spilled run's artefacts go once the store answers."""
+
+    store: str
+    prefix: str
+    files: list[str]
+    workdir: str
+    logs: dict[str, str]
+    reason: str
 
 
 @task(name="store-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
@@ -234,14 +266,6 @@ async def publish_result(
         )
 
 
-SPILL_MANIFEST = "spill.json"
-
-
-def spill_root() -> Path:
-    """Where runs whose store was unreachable keep their artefacts (``$NBJOBS_HOME/spill``)."""
-    return nbjobs_home() / "spill"
-
-
 def spill_run(
     run_dir: Path,
     *,
@@ -271,23 +295,29 @@ def spill_run(
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, copy)
             kept_logs[name] = str(copy)
-    manifest = {
-        "store": store_spec,
-        "prefix": prefix,
-        "files": files,
-        "workdir": workdir_name,
-        "logs": kept_logs,
-        "reason": reason,
-    }
-    (target / SPILL_MANIFEST).write_text(json.dumps(manifest, indent=2))
-    artefacts = Artefacts(prefix=str(target), result=str(target / RESULT_NAME))
-    for field, name in _MAIN_ARTEFACTS.items():
-        if (target / name).exists():
-            setattr(artefacts, field, str(target / name))
-            artefacts.links[field] = (target / name).as_uri()
-    artefacts.files = {f: str(target / workdir_name / f) for f in files}
-    artefacts.logs = kept_logs
-    artefacts.links["result"] = (target / RESULT_NAME).as_uri()
+    manifest = SpillManifest(
+        store=store_spec,
+        prefix=prefix,
+        files=files,
+        workdir=workdir_name,
+        logs=kept_logs,
+        reason=reason,
+    )
+    (target / SPILL_MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    located = [
+        (what, str(target / name), str(target / name))
+        for what, name in MAIN_ARTEFACTS.items()
+        if (target / name).exists()
+    ]
+    located += [(f"files:{f}", "", str(target / workdir_name / f)) for f in files]
+    located += [(f"logs:{name}", "", path) for name, path in kept_logs.items()]
+    result = target / RESULT_NAME
+    artefacts = artefacts_from(
+        located,
+        prefix=str(target),
+        result=(str(result), result.as_uri()),
+        link=lambda path: Path(path).as_uri(),
+    )
     return target, artefacts
 
 
@@ -307,25 +337,22 @@ def retry_spilled_uploads() -> list[tuple[Path, str | None]]:
         manifest_path = folder / SPILL_MANIFEST
         if not manifest_path.exists():
             continue
-        manifest = json.loads(manifest_path.read_text())
         try:
-            store = open_store(manifest["store"])
-            logs = {name: Path(path) for name, path in manifest["logs"].items()}
+            manifest = SpillManifest.model_validate_json(manifest_path.read_text())
+            store = open_store(manifest.store)
+            logs = {name: Path(path) for name, path in manifest.logs.items()}
             artefacts = upload_run_folder(
-                store,
-                folder,
-                manifest["prefix"],
-                manifest["files"],
-                folder / manifest["workdir"],
-                logs,
+                store, folder, manifest.prefix, manifest.files, folder / manifest.workdir, logs
             )
-            document = json.loads((folder / RESULT_NAME).read_text())
-            document["artefacts"] = artefacts.model_dump(mode="json")
-            document["notes"] = [n for n in document.get("notes", []) if "spill" not in n]
-            document["notes"].append("artefacts uploaded later by nbjobs retry-uploads")
-            store.put_bytes(
-                safe_key(manifest["prefix"], RESULT_NAME), json.dumps(document, indent=2).encode()
+            spilled = NotebookResult.model_validate_json((folder / RESULT_NAME).read_text())
+            notes = [note for note in spilled.notes if "spill" not in note]
+            result = spilled.model_copy(
+                update={
+                    "artefacts": artefacts,
+                    "notes": [*notes, "artefacts uploaded later by nbjobs retry-uploads"],
+                }
             )
+            store.put_bytes(safe_key(manifest.prefix, RESULT_NAME), result_document(result))
         except Exception as error:  # keep it spilled; report and go on with the others
             outcomes.append((folder, f"{type(error).__name__}: {error}"))
             continue

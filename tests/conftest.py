@@ -66,6 +66,21 @@ def nbjobs_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_executor() -> Iterator[Any]:
+    """Flows run in this process go through one ``LocalExecutor``, as a worker's runs do.
+
+    Its fork servers serve the whole session; it has no kernel pool, since a pool
+    belongs to one event loop and each ``run_flow`` has its own.
+    """
+    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+
+    executor = LocalExecutor()
+    with using_executor(executor):
+        yield executor
+    asyncio.run(executor.close())
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """One Prefect server (SQLite, a subprocess on 127.0.0.1) for the whole session."""

@@ -8,6 +8,10 @@ notebook whatever happens: the notebook object is filled in place as outputs arr
 
 A fresh kernel is started for the run unless the caller hands in a ``StartedKernel``
 (from a ``KernelPool``); either way it is shut down after the run.
+
+Cancelled from outside (``Task.cancel``: a cancelled flow run, SIGTERM in a Slurm job),
+it ends the kernel, keeps the partial notebook and raises ``RunCancelledError`` with
+the report of what ran: from here on a cancellation is a typed error of our tree.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode
 from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 
+from notebook_jobs.blocks.exceptions import KernelStartError, RunCancelledError
 from notebook_jobs.tasks.engine.kernels.client import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     MAX_CELL_OUTPUT_BYTES,
@@ -53,6 +58,7 @@ from notebook_jobs.tasks.models import (
     CellReport,
     CellStatus,
     ErrorInfo,
+    ExecutionOutcome,
     ExecutionReport,
     Resources,
     RunStatus,
@@ -79,19 +85,6 @@ class CellEvent:
 
 
 EventCallback = Callable[[CellEvent], Awaitable[None] | None]
-
-
-class ExecutionCancelled(asyncio.CancelledError):
-    """The execution was cancelled from outside; ``report`` says what ran before.
-
-    A ``CancelledError``, so asyncio's cancellation still propagates; callers that
-    keep partial results catch it and read the report (the notebook holds the
-    partial outputs).
-    """
-
-    def __init__(self, report: ExecutionReport) -> None:
-        super().__init__(report.error.message if report.error else "cancelled")
-        self.report = report
 
 
 def strip_ansi(text: str) -> str:
@@ -237,7 +230,6 @@ async def execute_notebook_async(
     total = sum(1 for _, i in runnable if i is not None)
 
     ipc_dir = Path(tempfile.mkdtemp(prefix="nbjobs-k-"))
-    owned = started is None
     km = started.km if started else new_kernel_manager(kernel, ipc_dir / "k")
     client = CappedClient(
         nb,
@@ -259,7 +251,14 @@ async def execute_notebook_async(
         t_kernel = time.perf_counter()
         try:
             if started is None:
-                client.kc = await start_kernel(km, workdir, startup_timeout)
+                try:
+                    client.kc = await start_kernel(km, workdir, startup_timeout)
+                except (OSError, RuntimeError) as error:
+                    # what jupyter_client raises for a kernel that cannot start (a
+                    # missing executable, one that exits or never answers); only here
+                    raise KernelStartError(
+                        f"the kernel {kernel!r} failed to start: {error}"
+                    ) from error
             else:
                 client.kc = started.kc
                 # a pre-started kernel began elsewhere: move it to this run's folder
@@ -276,12 +275,13 @@ async def execute_notebook_async(
                 if sampler:
                     sampler.cancel()
         finally:
-            if owned or progress.status != "completed":
+            if started is not None and started.retire and progress.status == "completed":
+                # a pooled kernel that finished cleanly: its pool stops it off the
+                # critical path
+                started.retire()
+            else:
                 # leave client.kc set: nbclient's own watcher task may still look at it
                 await shutdown_kernel(km, client.kc)
-            else:
-                # a pooled kernel that finished cleanly: stop it off the critical path
-                _background(shutdown_kernel(km, client.kc))
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
     # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
@@ -300,16 +300,18 @@ async def execute_notebook_async(
         await running
     except asyncio.CancelledError:
         # Cancelled from outside (a cancelled flow run, SIGTERM in a Slurm job): the
-        # kernel is already shut down; report what ran, then re-raise as cancellation.
+        # kernel is already shut down. From here on it is our own typed error, raised
+        # below with what ran; the cancellation itself ends here.
         cancelled_from_outside = not deadline_hit
+        task = asyncio.current_task()
+        if cancelled_from_outside and task is not None and task.cancelling():
+            task.uncancel()
     except DeadKernelError as error:
         progress.status = "kernel_died"
         progress.error = ErrorInfo(name="KernelDiedError", message=f"the kernel died: {error}")
-    except RuntimeError as error:  # nbclient raises RuntimeError when a kernel fails to start
+    except KernelStartError as error:
         progress.status = "kernel_died"
-        progress.error = ErrorInfo(
-            name="KernelDiedError", message=f"the kernel {kernel!r} failed to start: {error}"
-        )
+        progress.error = ErrorInfo(name="KernelStartError", message=str(error))
     finally:
         if timer is not None:
             timer.cancel()
@@ -390,24 +392,12 @@ async def execute_notebook_async(
         execute_seconds=round(time.perf_counter() - t_start, 4),
     )
     if cancelled_from_outside:
-        raise ExecutionCancelled(outcome)
+        raise RunCancelledError(
+            progress.error.message if progress.error else "the run was cancelled",
+            cell_index=progress.error.cell_index if progress.error else None,
+            execution=ExecutionOutcome(report=outcome).model_dump(mode="json"),
+        )
     return outcome
-
-
-_background_tasks: set[asyncio.Task[None]] = set()
-
-
-def _background(work: Any) -> None:
-    task = asyncio.ensure_future(work)
-    _background_tasks.add(task)
-    task.add_done_callback(_background_tasks.discard)
-
-
-async def drain_background() -> None:
-    """Wait for kernels being stopped in the background (before a loop ends)."""
-    loop = asyncio.get_running_loop()
-    mine = [t for t in _background_tasks if t.get_loop() is loop]
-    await asyncio.gather(*mine, return_exceptions=True)
 
 
 async def _run_plan(

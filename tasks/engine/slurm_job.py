@@ -1,7 +1,8 @@
-"""The execute step as a Slurm job: ``python -m tasks.slurm_job JOB_DIR``.
+"""The execute step as a Slurm job: ``python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR``.
 
 Runs on the compute node the same code a local run does (``execute_notebook_async``),
-without Prefect. The job folder holds, on the shared filesystem:
+without Prefect. The job folder (``tasks/engine/layout.py``) holds, on the shared
+filesystem:
 
     job.json          what to run (written by the flow): kernel, cells, timeouts
     staged.ipynb      the parameterised notebook
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from datetime import datetime, timezone
@@ -28,21 +28,17 @@ from typing import Any
 
 import nbformat
 
-from notebook_jobs.blocks.exceptions import NotebookInputError
-from notebook_jobs.tasks.engine.execution import (
-    CellEvent,
-    ExecutionCancelled,
-    execute_notebook_async,
+from notebook_jobs.blocks.exceptions import NotebookInputError, RunCancelledError
+from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.engine.layout import (
+    EVENTS_NAME,
+    EXECUTED_NAME,
+    JOB_SPEC_NAME,
+    REPORT_NAME,
+    STAGED_NAME,
+    WORK_FOLDER,
 )
-from notebook_jobs.tasks.engine.kernels.fork import LAUNCHER_ENV
-from notebook_jobs.tasks.models import ErrorInfo, ExecutionReport
-
-JOB_SPEC = "job.json"
-STAGED_NOTEBOOK = "staged.ipynb"
-EVENTS = "events.jsonl"
-EXECUTED_NOTEBOOK = "notebook.ipynb"
-REPORT = "execution.json"
-WORK_FOLDER = "work"
+from notebook_jobs.tasks.models import ErrorInfo, ExecutionOutcome, ExecutionReport
 
 
 def write_job_spec(
@@ -62,7 +58,7 @@ def write_job_spec(
         "cell_timeout_seconds": cell_timeout_seconds,
         "timeout_seconds": timeout_seconds,
     }
-    (job_dir / JOB_SPEC).write_text(json.dumps(spec, indent=2))
+    (job_dir / JOB_SPEC_NAME).write_text(json.dumps(spec, indent=2))
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -73,9 +69,9 @@ def _write_atomically(path: Path, text: str) -> None:
 
 async def run_job(job_dir: Path) -> int:
     """Execute the job folder's notebook; return the process exit code."""
-    spec = json.loads((job_dir / JOB_SPEC).read_text())
-    notebook = nbformat.read(job_dir / STAGED_NOTEBOOK, as_version=4)
-    events = (job_dir / EVENTS).open("a", encoding="utf-8")
+    spec = json.loads((job_dir / JOB_SPEC_NAME).read_text())
+    notebook = nbformat.read(job_dir / STAGED_NAME, as_version=4)
+    events = (job_dir / EVENTS_NAME).open("a", encoding="utf-8")
 
     def on_event(event: CellEvent) -> None:
         record = {
@@ -89,7 +85,7 @@ async def run_job(job_dir: Path) -> int:
         events.write(json.dumps(record) + "\n")
         events.flush()
         if event.phase == "end":  # a checkpoint survives even SIGKILL
-            _write_atomically(job_dir / EXECUTED_NOTEBOOK, nbformat.writes(notebook))
+            _write_atomically(job_dir / EXECUTED_NAME, nbformat.writes(notebook))
 
     execution = asyncio.ensure_future(
         execute_notebook_async(
@@ -109,8 +105,8 @@ async def run_job(job_dir: Path) -> int:
         loop.add_signal_handler(signum, execution.cancel)
     try:
         report = await execution
-    except ExecutionCancelled as cancelled:
-        report = cancelled.report
+    except RunCancelledError as cancelled:
+        report = ExecutionOutcome.model_validate(cancelled.execution).report
     except NotebookInputError as error:  # e.g. the kernel is not installed on this node
         now = datetime.now(timezone.utc)
         report = ExecutionReport(
@@ -122,19 +118,21 @@ async def run_job(job_dir: Path) -> int:
         )
     finally:
         events.close()
-    _write_atomically(job_dir / EXECUTED_NOTEBOOK, nbformat.writes(notebook))
-    _write_atomically(job_dir / REPORT, report.model_dump_json(indent=2))
+    _write_atomically(job_dir / EXECUTED_NAME, nbformat.writes(notebook))
+    _write_atomically(job_dir / REPORT_NAME, report.model_dump_json(indent=2))
     return 0 if report.success else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m tasks.slurm_job JOB_DIR``."""
+    """Entry point: ``python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR``.
+
+    One kernel per job, spawned: no fork servers are current here (a fork server
+    would cost more than it saves).
+    """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tasks.slurm_job JOB_DIR", file=sys.stderr)
+        print("usage: python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR", file=sys.stderr)
         return 2
-    # one kernel per job: a fork server would cost more than it saves
-    os.environ.setdefault(LAUNCHER_ENV, "spawn")
     return asyncio.run(run_job(Path(args[0])))
 
 

@@ -11,7 +11,6 @@ import json
 import math
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from notebook_jobs.blocks.exceptions import (
     UnknownParameterError,
     WorkingFolderError,
 )
+from notebook_jobs.blocks.retry import retry_busy
 from notebook_jobs.blocks.store import read_s3_object
 from notebook_jobs.tasks.engine.parameters import (
     PARAMETERS_TAG,
@@ -68,11 +68,12 @@ def notebook_name(origin: str) -> str:
 
 def _get_with_retries(url: str) -> httpx.Response:
     """GET ``url``, retrying 503 and 429 (a busy server) with exponential backoff."""
-    for attempt in range(HTTP_FETCH_ATTEMPTS):
-        response = httpx.get(url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS)
-        if response.status_code not in (429, 503) or attempt == HTTP_FETCH_ATTEMPTS - 1:
-            break
-        time.sleep(HTTP_BACKOFF_SECONDS * 2**attempt)
+    response = retry_busy(
+        lambda: httpx.get(url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS),
+        lambda response: response.status_code,
+        attempts=HTTP_FETCH_ATTEMPTS,
+        backoff_seconds=HTTP_BACKOFF_SECONDS,
+    )
     response.raise_for_status()
     return response
 

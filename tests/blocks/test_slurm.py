@@ -10,9 +10,11 @@ from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
 from notebook_jobs.blocks.slurm import (
+    JobStatus,
     SlurmCluster,
     parse_sacct,
     parse_sbatch,
+    parse_scontrol,
     parse_squeue,
     render_batch_script,
 )
@@ -65,10 +67,9 @@ def test_values_an_sbatch_line_cannot_carry_are_refused() -> None:
         render_batch_script(
             SlurmCluster(work_dir="/shared"), job_dir="/shared/my run", job_name="j"
         )
-    with pytest.raises(ValueError, match="partition"):
-        render_batch_script(
-            SlurmCluster(work_dir="/w", partition="a;b"), job_dir="/w/j", job_name="j"
-        )
+    # a block's own values are refused when it is made (or loaded), not when a job is written
+    with pytest.raises(ValidationError, match="partition 'a;b' has characters"):
+        SlurmCluster(work_dir="/w", partition="a;b")
 
 
 def test_directives_cannot_inject_lines() -> None:
@@ -79,12 +80,21 @@ def test_directives_cannot_inject_lines() -> None:
 
 
 def test_a_container_runtime_needs_an_image() -> None:
-    with pytest.raises(ValueError, match="container_image"):
-        render_batch_script(
-            SlurmCluster(work_dir="/w", container_runtime="singularity"),
-            job_dir="/w/j",
-            job_name="j",
-        )
+    """It used to be found when the run wrote its job, which then ended with nothing stored."""
+    with pytest.raises(ValidationError, match="container_image"):
+        SlurmCluster(work_dir="/w", container_runtime="singularity")
+
+
+def test_parse_scontrol_knows_a_job_accounting_does_not() -> None:
+    line = (
+        "JobId=41 JobName=nbjobs-report.ipynb UserId=root(0) JobState=COMPLETED Reason=None "
+        "Dependency=(null) ExitCode=0:0 RunTime=00:00:03 NodeList=vm BatchHost=vm"
+    )
+    assert parse_scontrol(line, "41") == JobStatus("41", "COMPLETED", 0, 0, "vm")
+    pending = "JobId=42 JobState=PENDING Reason=Priority ExitCode=0:0 NodeList=(null)"
+    assert parse_scontrol(pending, "42") == JobStatus("42", "PENDING", 0, 0, None)
+    assert parse_scontrol(line, "7") is None
+    assert parse_scontrol("slurm_load_jobs error: Invalid job id specified", "41") is None
 
 
 @pytest.mark.parametrize(

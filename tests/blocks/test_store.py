@@ -79,3 +79,35 @@ def test_run_errors_keep_their_facts_through_pickling() -> None:
         {"status": "failed"},
     )
     assert str(copy) == "ValueError: bad in cell 3"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_block_saved_with_values_it_cannot_hold_is_not_called_missing(tmp_path: Path) -> None:
+    """A corrupt saved block used to read as "no block named X"."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+    from prefect_aws import S3Bucket
+
+    block_id = S3Bucket(bucket_name="reports").save("corrupt-store", overwrite=True)
+
+    async def corrupt() -> None:
+        async with get_client() as client:
+            await client.update_block_document(
+                block_id,
+                BlockDocumentUpdate(
+                    data={"basepath": {"not": "a path"}}, merge_existing_data=False
+                ),
+            )
+
+    asyncio.run(corrupt())
+    with pytest.raises(
+        ArtefactStoreError,
+        match="'corrupt-store' is saved with values it cannot hold: bucket_name: Field required",
+    ):
+        open_store("s3-bucket/corrupt-store")
+    with pytest.raises(
+        ArtefactStoreError, match="no S3Bucket or LocalFileSystem block named 'absent-store'"
+    ):
+        open_store("absent-store")

@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
+from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import APIError, PrefectHTTP, auth_header
+from notebook_jobs.deployments.processes import wait_for
 from tests.conftest import service
 from tests.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SERVER_STARTUP_SECONDS = 120
 
 
 @pytest.fixture(scope="session")
@@ -87,19 +87,20 @@ def http_stack(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-    while True:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{api_url}/health", headers=auth_header(auth_string)).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop(server)
-            pytest.fail(
-                "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
+            return (
+                httpx.get(f"{api_url}/health", headers=auth_header(auth_string)).status_code == 200
             )
-        time.sleep(0.5)
+        except httpx.TransportError:
+            return False
+
+    try:  # the product's own start-and-wait loop (deployments/processes.py)
+        wait_for(healthy, lambda: server.poll() is not None, "prefect server", home / "server.log")
+    except LocalServerError as error:
+        stop(server)
+        pytest.fail(f"{error}\n" + (home / "server.log").read_text()[-3000:])
 
     bucket = f"nbjobs-http-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
@@ -126,19 +127,20 @@ def http_stack(
     )
     api = PrefectHTTP(api_url, auth_string=auth_string)
     stack = HTTPStack(api_url, auth_string, env, bucket, api)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def registered() -> bool:
         try:
             api.deployment_id("run-notebook", "adhoc")
-            break
         except APIError:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                stop(worker)
-                stop(server)
-                pytest.fail(
-                    "nbjobs serve did not start:\n" + (home / "serve.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
+            return False
+        return True
+
+    try:
+        wait_for(registered, lambda: worker.poll() is not None, "nbjobs serve", home / "serve.log")
+    except LocalServerError as error:
+        stop(worker)
+        stop(server)
+        pytest.fail(f"{error}\n" + (home / "serve.log").read_text()[-3000:])
     yield stack
     api.close()
     stop(worker)

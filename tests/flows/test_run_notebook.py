@@ -24,7 +24,8 @@ from notebook_jobs.blocks.exceptions import (
     UnknownKernelError,
     UnknownParameterError,
 )
-from notebook_jobs.flows.run_notebook import run_outcome, runs_root
+from notebook_jobs.flows.run_notebook import run_outcome
+from notebook_jobs.tasks.engine.layout import runs_root
 from notebook_jobs.tasks.models import NotebookResult
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 

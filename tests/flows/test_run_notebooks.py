@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 from prefect import get_client
 
-from notebook_jobs.blocks.exceptions import NotebookRunError
+from notebook_jobs.blocks.exceptions import BatchError
 from notebook_jobs.flows.run_notebooks import expand_grid, run_notebooks
 from notebook_jobs.tasks.models import NotebookRequest
 from tests.conftest import DATA, state_outcome
@@ -70,8 +70,8 @@ def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:
     state = asyncio.run(run_notebooks(requests=requests, store=str(tmp_path), return_state=True))
     assert state.is_failed() and "1 of 2 notebooks failed" in state.message
     error = state_outcome(state)
-    assert isinstance(error, NotebookRunError)
-    items = error.result["items"]  # type: ignore[index]
+    assert isinstance(error, BatchError)
+    items = error.batch["items"]
     assert [i["success"] for i in items] == [False, True]
     assert "bad value 42" in items[0]["error"] and items[1]["result"]["outputs"]["echo"]["x"] == 5
 

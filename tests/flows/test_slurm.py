@@ -7,7 +7,6 @@ S3 over HTTP (moto). Everything after the execute step is the local run's code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import time
@@ -18,10 +17,16 @@ import httpx
 import nbformat
 import pytest
 
-from notebook_jobs.blocks.exceptions import NotebookExecutionError, SlurmJobError
+from notebook_jobs.blocks.exceptions import (
+    NotebookExecutionError,
+    SlurmJobError,
+    SlurmSubmissionError,
+)
 from notebook_jobs.blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
-from notebook_jobs.tasks.models import ExecutionReport, NotebookResult
-from notebook_jobs.tasks.slurm import outcome_report
+from notebook_jobs.tasks.engine.slurm_watch import outcome_report
+from notebook_jobs.tasks.engine.staged import stage
+from notebook_jobs.tasks.executors import SlurmExecutor
+from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest, NotebookResult
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -150,7 +155,7 @@ def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: P
 
     commands = SlurmCommands()
 
-    async def run_and_cancel() -> str:
+    async def run_and_cancel() -> tuple[str, Any]:
         flow = asyncio.ensure_future(
             run_notebook(
                 notebook=str(DATA / "sleeps.ipynb"),
@@ -174,24 +179,36 @@ def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: P
             ]
             job_id = running[0] if running else ""
         assert job_id, "the job never started"
+        # cancelled in cell 2's sleep, once the job says it started it
+        shared = Path(cluster_of(slurm_cluster).work_dir)
+        while time.monotonic() < deadline + 60 and not any(
+            '"phase": "start", "index": 2' in path.read_text()
+            for path in shared.glob("runs/*/events.jsonl")
+        ):
+            await asyncio.sleep(0.3)
         flow.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flow
-        return job_id
+        return job_id, await flow
 
-    job_id = asyncio.run(run_and_cancel())
-    deadline = time.monotonic() + 30
+    job_id, state = asyncio.run(run_and_cancel())
+    # the run ends Cancelled with what ran stored, as a local run does (it used to vanish)
+    assert state.is_cancelled(), state
+    result = NotebookResult.model_validate(state_outcome(state))
+    assert result.status == "cancelled" and result.slurm is not None
+    assert result.slurm.job_id == job_id
+    partial = nbformat.read(Path(result.artefacts.notebook or ""), as_version=4)
+    assert partial.cells[2].outputs[0]["text"] == "started\n"  # written by the job on SIGTERM
     status = commands.status(job_id)
-    while time.monotonic() < deadline and (status is None or not status.finished):
-        time.sleep(0.5)
-        status = commands.status(job_id)
     assert status is not None and status.state == "CANCELLED"
-    assert (
-        job_id
-        not in subprocess.run(
+
+    def queued() -> list[str]:
+        return subprocess.run(
             ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
         ).stdout.split()
-    )
+
+    deadline = time.monotonic() + 30  # a cancelled job is COMPLETING for a moment
+    while job_id in queued() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_id not in queued()
 
 
 def test_an_unknown_kernel_on_the_node_is_reported(slurm_cluster: str, tmp_path: Path) -> None:
@@ -267,26 +284,19 @@ class NodeFailsOnce(SlurmCommands):
         raise AssertionError("nothing to cancel")
 
 
-def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(
-    prefect_server: str, tmp_path: Path
-) -> None:
-    from prefect import flow
+def one_job(notebook: str, commands: SlurmCommands, folder: Path) -> Any:
+    """The execute step alone, through a SlurmExecutor with these commands."""
+    cluster = SlurmCluster(work_dir=str(folder), poll_interval_seconds=0.1)
+    staged = stage(NotebookRequest(notebook=notebook), folder / "job", check_kernel=False)
+    return asyncio.run(SlurmExecutor(cluster, commands).execute(staged))
 
-    from notebook_jobs.tasks.models import NotebookRequest
-    from notebook_jobs.tasks.notebook import stage
-    from notebook_jobs.tasks.slurm import execute_notebook_on_slurm
 
-    cluster = SlurmCluster(work_dir=str(tmp_path), poll_interval_seconds=0.1)
-
-    @flow
-    async def one_job(notebook: str, commands: Any) -> Any:
-        staged = stage(NotebookRequest(notebook=notebook), tmp_path / "job", check_kernel=False)
-        return await execute_notebook_on_slurm(staged, cluster, commands=commands)
-
+def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(tmp_path: Path) -> None:
     commands = NodeFailsOnce()
-    outcome = asyncio.run(one_job(str(EXAMPLES / "report.ipynb"), commands))
+    outcome = one_job(str(EXAMPLES / "report.ipynb"), commands, tmp_path / "a")
     assert len(commands.submitted) == 2
-    assert (outcome.info.state, outcome.info.attempts, outcome.info.job_id) == (
+    assert outcome.slurm is not None
+    assert (outcome.slurm.state, outcome.slurm.attempts, outcome.slurm.job_id) == (
         "COMPLETED",
         2,
         "102",
@@ -295,9 +305,9 @@ def test_node_failure_is_resubmitted_and_a_notebook_error_is_not(
 
     commands = NodeFailsOnce()
     commands.submit("/dev/null")  # spend the node failure: the next submission runs the notebook
-    outcome = asyncio.run(one_job(str(DATA / "raises.ipynb"), commands))
+    outcome = one_job(str(DATA / "raises.ipynb"), commands, tmp_path / "b")
     assert len(commands.submitted) == 2  # the notebook's own error was not resubmitted
-    assert outcome.report.status == "failed" and outcome.info.attempts == 1
+    assert outcome.report.status == "failed" and outcome.slurm.attempts == 1
 
 
 def test_the_command_line_runs_on_the_cluster(
@@ -332,3 +342,66 @@ def test_the_command_line_runs_on_the_cluster(
         document["slurm"]["state"] == "COMPLETED"
         and document["outputs"]["content"] == "from the CLI\n"
     )
+
+
+def cluster_of(name: str) -> SlurmCluster:
+    return SlurmCluster.load(name, _sync=True)  # type: ignore[no-any-return]
+
+
+class StatusFailsThrice(SlurmCommands):
+    """sacct and squeue unreachable for three polls in a row, then answering again."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def status(self, job_id: str) -> JobStatus | None:
+        if self.failures < 3:
+            self.failures += 1
+            raise SlurmSubmissionError("sacct did not answer in 60 s: is slurmctld reachable?")
+        return super().status(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        raise AssertionError(f"a healthy job {job_id} was cancelled")
+
+
+def test_status_failures_and_progress_errors_leave_a_healthy_job_alone(
+    slurm_cluster: str, tmp_path: Path
+) -> None:
+    """Any error while following the job used to scancel it."""
+    commands = StatusFailsThrice()
+    staged = stage(
+        NotebookRequest(notebook=str(EXAMPLES / "report.ipynb")),
+        Path(cluster_of(slurm_cluster).work_dir) / "runs" / "flaky",
+        check_kernel=False,
+    )
+
+    def progress_fails(event: Any) -> None:
+        raise RuntimeError("the Prefect API answered 503")  # as an artifact update might
+
+    outcome = asyncio.run(
+        SlurmExecutor(cluster_of(slurm_cluster), commands).execute(staged, on_event=progress_fails)
+    )
+    assert commands.failures == 3
+    assert outcome.slurm.state == "COMPLETED" and outcome.report.outputs["total"] == 385
+
+
+class NoAccounting(SlurmCommands):
+    """A cluster whose accounting never lists a job (lagging, or off), nor its queue."""
+
+    def status(self, job_id: str) -> JobStatus | None:
+        return None
+
+
+def test_a_job_accounting_does_not_know_is_judged_by_its_own_report(
+    slurm_cluster: str, tmp_path: Path
+) -> None:
+    """It used to end UNKNOWN, and fail the run, after 30 polls."""
+    cluster = cluster_of(slurm_cluster)
+    staged = stage(
+        NotebookRequest(notebook=str(DATA / "raises.ipynb")),
+        Path(cluster.work_dir) / "runs" / "unknown",
+        check_kernel=False,
+    )
+    outcome = asyncio.run(SlurmExecutor(cluster, NoAccounting()).execute(staged))
+    assert outcome.slurm.state == "FAILED"  # the notebook's own error, from its report
+    assert outcome.report.status == "failed" and outcome.report.error.name == "ValueError"

@@ -11,6 +11,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
 
     IPC sockets in a private folder: no TCP port on the host, no "unencrypted TCP"
     warning. ipykernels are forked from a warm fork server (``tasks.engine.kernels.fork``)
-    unless ``NBJOBS_KERNEL_LAUNCHER=spawn``.
+    when a ``ForkServers`` is current.
     """
     km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(ipc_path))
     use_forking_provisioner(km.kernel_spec)
@@ -133,10 +134,15 @@ async def _message_for(
 
 @dataclass
 class StartedKernel:
-    """A started kernel with a connected client, ready for its one run."""
+    """A started kernel with a connected client, ready for its one run.
+
+    ``retire``, when given (by a ``KernelPool``), stops the kernel off the run's
+    critical path once the run has ended cleanly; its owner waits for that on close.
+    """
 
     km: AsyncKernelManager
     kc: AsyncKernelClient
+    retire: Callable[[], None] | None = None
 
 
 def installed_kernels() -> dict[str, str]:

@@ -10,9 +10,14 @@ CPU and memory to start.
 It is a kernel provisioner (jupyter_client's plug-in point for how kernels are
 launched), registered as the entry point ``nbjobs-fork``: nbclient, interrupts,
 ``is_alive`` and shutdown work as with any kernel. Kernelspecs it cannot fork (not
-``python -m ipykernel_launcher``) are launched the usual way. ``NBJOBS_KERNEL_LAUNCHER``
-is ``fork`` (default) or ``spawn``; ``NBJOBS_KERNEL_PRELOAD=numpy,pandas`` has the
-fork server import those modules once for every kernel.
+``python -m ipykernel_launcher``) are launched the usual way.
+
+The fork servers have an owner: a ``ForkServers`` (one per ``LocalExecutor``), made
+current for the kernels it starts with ``forking_with(servers)``, a ``ContextVar``.
+Where none is current (a Slurm job, a process that runs one notebook) kernels spawn
+as usual. ``NBJOBS_KERNEL_LAUNCHER=spawn`` gives a worker no fork servers;
+``NBJOBS_KERNEL_PRELOAD=numpy,pandas`` has its fork servers import those modules once
+for every kernel.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +44,6 @@ import psutil
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
-LAUNCHER_ENV = "NBJOBS_KERNEL_LAUNCHER"
 PROVISIONER_NAME = "nbjobs-fork"
 FORK_SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
 FORK_SERVER_STARTUP_TIMEOUT_SECONDS = 60
@@ -48,12 +54,6 @@ log = logging.getLogger("nbjobs.kernel_fork")
 
 class ForkServerError(RuntimeError):
     """The fork server could not be started or could not fork a kernel."""
-
-
-def launcher() -> str:
-    """``fork`` or ``spawn``, from ``$NBJOBS_KERNEL_LAUNCHER`` (default ``fork``)."""
-    value = os.environ.get(LAUNCHER_ENV, "fork").strip().lower()
-    return "spawn" if value in ("spawn", "0", "off", "false", "no") else "fork"
 
 
 def fork_plan(cmd: list[str]) -> tuple[str, list[str]] | None:
@@ -76,10 +76,10 @@ def fork_plan(cmd: list[str]) -> tuple[str, list[str]] | None:
 class ForkServer:
     """One running fork server: forks kernels on request and reports how they end."""
 
-    def __init__(self, python: str, env: dict[str, str]) -> None:
+    def __init__(self, python: str, env: dict[str, str], preload: tuple[str, ...] = ()) -> None:
         self.python = python
         self._process = subprocess.Popen(
-            [python, str(FORK_SERVER_SCRIPT)],
+            [python, str(FORK_SERVER_SCRIPT), *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -155,19 +155,23 @@ class ForkServer:
     async def fork(self, argv: list[str], cwd: str, env: dict[str, str]) -> int:
         """Fork a kernel with these arguments, working folder and environment; its pid."""
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        # A pipe write can block (a busy server, a full pipe): never on the event loop.
+        await asyncio.to_thread(self._send, {"argv": argv, "cwd": cwd, "env": env}, future)
+        return await asyncio.wrap_future(future)
+
+    def _send(self, request: dict[str, Any], future: concurrent.futures.Future[int]) -> None:
         with self._lock:
             if not self._alive:
                 raise ForkServerError("the fork server is not running")
             request_id = next(self._ids)
             self._pending[request_id] = future
-            line = json.dumps({"id": request_id, "argv": argv, "cwd": cwd, "env": env}) + "\n"
+            line = json.dumps({"id": request_id, **request}) + "\n"
             try:
                 self._stdin.write(line.encode())
                 self._stdin.flush()
             except OSError as error:
                 self._pending.pop(request_id, None)
                 raise ForkServerError(f"the fork server is gone: {error}") from error
-        return await asyncio.wrap_future(future)
 
     def exit_status(self, pid: int) -> int | None:
         """How kernel ``pid`` ended (negative: the signal), or None while it runs."""
@@ -199,69 +203,105 @@ class ForkServer:
             self._process.kill()
 
 
-_servers: dict[str, ForkServer] = {}
-_servers_lock = threading.Lock()
+class ForkServers:
+    """The fork servers of one owner (a ``LocalExecutor``): one per kernel Python.
 
+    A server starts on first use and is replaced if it dies after it was ready; one
+    that never got ready (the interpreter cannot import ipykernel, say) is not
+    retried, and its kernels spawn. ``close`` stops every server and the kernels they
+    still run; it also runs at interpreter exit.
 
-def _server_for(python: str, env: dict[str, str]) -> ForkServer:
-    with _servers_lock:
-        server = _servers.get(python)
-        # one that stopped after it was ready is replaced; one that never got ready is
-        # not retried (the interpreter cannot import ipykernel, say): kernels spawn
-        if server is None or (not server.alive and server.was_ready):
-            server = ForkServer(python, env)
-            _servers[python] = server
-    return server
-
-
-def fork_server(python: str, env: dict[str, str]) -> ForkServer:
-    """The running fork server for ``python``, started (and waited for) on first use."""
-    server = _server_for(python, env)
-    server.wait_ready()
-    return server
-
-
-def ready_fork_server(python: str, env: dict[str, str]) -> ForkServer | None:
-    """The fork server for ``python`` if it is ready; else start it and return None.
-
-    The server takes a second or two to import ipykernel: the kernels asked for
-    meanwhile start the usual way rather than wait for it, so a process that runs one
-    notebook pays nothing for it.
+    Example:
+        >>> servers = ForkServers(preload=("numpy",))
+        >>> with forking_with(servers):
+        ...     kc = await start_kernel(new_kernel_manager("python3", ipc), cwd)
+        >>> servers.close()
     """
-    server = _server_for(python, env)
-    return server if server.ready else None
+
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+        self.preload = preload
+        self._servers: dict[str, ForkServer] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        atexit.register(self.close)
+
+    def _server_for(self, python: str, env: dict[str, str]) -> ForkServer | None:
+        with self._lock:
+            if self._closed:
+                return None
+            server = self._servers.get(python)
+            if server is None or (not server.alive and server.was_ready):
+                server = ForkServer(python, env, self.preload)
+                self._servers[python] = server
+        return server
+
+    def wait_for(self, python: str, env: dict[str, str]) -> ForkServer:
+        """The running fork server for ``python``, started (and waited for) on first use.
+
+        Raises:
+            ForkServerError: These servers are closed, or the server did not start.
+        """
+        server = self._server_for(python, env)
+        if server is None:
+            raise ForkServerError("the fork servers are closed")
+        server.wait_ready()
+        return server
+
+    def ready(self, python: str, env: dict[str, str]) -> ForkServer | None:
+        """The fork server for ``python`` if it is ready; else start it and return None.
+
+        The server takes a second or two to import ipykernel: the kernels asked for
+        meanwhile start the usual way rather than wait for it, so an owner that runs
+        one notebook pays nothing for it.
+        """
+        server = self._server_for(python, env)
+        return server if server is not None and server.ready else None
+
+    def close(self) -> None:
+        """Stop every fork server (and the kernels they still run); no new ones start."""
+        with self._lock:
+            self._closed = True
+            servers = list(self._servers.values())
+            self._servers.clear()
+        for server in servers:
+            server.close()
+        atexit.unregister(self.close)
 
 
-def close_fork_servers() -> None:
-    """Stop every fork server this process started (and the kernels they still run)."""
-    with _servers_lock:
-        servers = list(_servers.values())
-        _servers.clear()
-    for server in servers:
-        server.close()
+current_fork_servers: ContextVar[ForkServers | None] = ContextVar(
+    "nbjobs_fork_servers", default=None
+)
 
 
-atexit.register(close_fork_servers)
+@contextlib.contextmanager
+def forking_with(servers: ForkServers | None) -> Iterator[None]:
+    """Kernels started in this block (in this task) fork from ``servers`` (None: spawn)."""
+    token = current_fork_servers.set(servers)
+    try:
+        yield
+    finally:
+        current_fork_servers.reset(token)
 
 
 class ForkingProvisioner(LocalProvisioner):
     """A kernel provisioner that forks ipykernel kernels from a warm fork server.
 
     Falls back to the local provisioner (a new process from scratch) for kernels it
-    cannot fork, when ``NBJOBS_KERNEL_LAUNCHER=spawn``, or when the fork server fails.
+    cannot fork, when no ``ForkServers`` is current, or when the fork server fails.
     """
 
     _server: ForkServer | None = None
     _forked: int | None = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        plan = fork_plan(cmd) if launcher() == "fork" else None
-        if plan is None:
+        servers = current_fork_servers.get()
+        plan = fork_plan(cmd) if servers is not None else None
+        if servers is None or plan is None:
             return await super().launch_kernel(cmd, **kwargs)
         python, argv = plan
         env = dict(kwargs.get("env") or os.environ)
         cwd = str(kwargs.get("cwd") or Path.cwd())
-        server = ready_fork_server(python, env)
+        server = servers.ready(python, env)
         if server is None:
             return await super().launch_kernel(cmd, **kwargs)
         try:
@@ -316,9 +356,9 @@ class ForkingProvisioner(LocalProvisioner):
 def use_forking_provisioner(kernel_spec: Any) -> None:
     """Have a kernel manager's spec launch through ``ForkingProvisioner``.
 
-    Only when forking is on and the spec names no provisioner of its own.
+    Only when a ``ForkServers`` is current and the spec names no provisioner of its own.
     """
-    if launcher() != "fork":
+    if current_fork_servers.get() is None:
         return
     metadata = kernel_spec.metadata
     if "kernel_provisioner" not in metadata:

@@ -106,7 +106,7 @@ def _run_kernel(
 
 
 def main() -> None:
-    # sys.path[0] is this script's folder (our tasks/): a notebook must not import from it
+    # sys.path[0] is this script's folder (tasks/engine/kernels/): no notebook imports from it
     # (Python resolves symbolic links there: notebook_jobs/tasks is a link to tasks/)
     if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
         del sys.path[0]
@@ -118,8 +118,8 @@ def main() -> None:
     environ_before = dict(os.environ)
     import ipykernel.kernelapp  # noqa: F401  the point of this process
 
-    preload = os.environ.get("NBJOBS_KERNEL_PRELOAD", "").split(",")
-    for name in [*WARM_MODULES, *filter(None, (n.strip() for n in preload))]:
+    preload = sys.argv[1:]  # NBJOBS_KERNEL_PRELOAD, as read by the parent's settings
+    for name in [*WARM_MODULES, *preload]:
         try:
             __import__(name)
         except Exception as error:  # a preload is an optimisation, never a failure

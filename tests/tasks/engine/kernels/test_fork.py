@@ -9,10 +9,12 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from notebook_jobs.tasks.engine.kernels.client import (
     StartedKernel,
@@ -22,11 +24,10 @@ from notebook_jobs.tasks.engine.kernels.client import (
     start_kernel,
 )
 from notebook_jobs.tasks.engine.kernels.fork import (
-    LAUNCHER_ENV,
     ForkingProvisioner,
-    close_fork_servers,
+    ForkServers,
     fork_plan,
-    fork_server,
+    forking_with,
 )
 
 PROBE = (
@@ -37,19 +38,24 @@ PROBE = (
     " 'pid': os.getpid(), 'pgid': os.getpgid(0), 'argv0': sys.argv[0],"
     " 'main': sorted(k for k in vars(sys.modules['__main__']) if not k.startswith('_'))}))"
 )
-# differ by design: who the parent is, and the switch itself
-ENV_EXPECTED_TO_DIFFER = {"JPY_PARENT_PID", LAUNCHER_ENV}
+# differs by design: who the parent is
+ENV_EXPECTED_TO_DIFFER = {"JPY_PARENT_PID"}
 
 
-async def started(launcher: str, cwd: Path) -> StartedKernel:
-    os.environ[LAUNCHER_ENV] = launcher
-    if launcher == "fork":  # kernels are forked once the server is ready: wait for it
-        await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
-    try:
+@pytest.fixture(scope="module")
+def servers() -> Iterator[ForkServers]:
+    owned = ForkServers()
+    yield owned
+    owned.close()
+
+
+async def started(servers: ForkServers | None, cwd: Path) -> StartedKernel:
+    """A kernel forked from ``servers`` (once ready), or spawned when None."""
+    if servers is not None:  # kernels are forked once the server is ready: wait for it
+        await asyncio.to_thread(servers.wait_for, sys.executable, kernel_environment())
+    with forking_with(servers):
         km = new_kernel_manager("python3", Path(tempfile.mkdtemp(prefix="nbjobs-t-")) / "k")
         return StartedKernel(km, await start_kernel(km, cwd))
-    finally:
-        os.environ.pop(LAUNCHER_ENV, None)
 
 
 async def run(kernel: StartedKernel, code: str, timeout: float = 30) -> tuple[dict[str, Any], str]:
@@ -94,10 +100,10 @@ def test_fork_plan_accepts_ipykernel_commands_only() -> None:
     assert fork_plan(["/no/such/python", "-m", "ipykernel_launcher", "-f", "k"]) is None
 
 
-def test_a_forked_kernel_looks_like_a_spawned_one(tmp_path: Path) -> None:
+def test_a_forked_kernel_looks_like_a_spawned_one(tmp_path: Path, servers: ForkServers) -> None:
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, str]:
-        spawned = await started("spawn", tmp_path)
-        forked = await started("fork", tmp_path)
+        spawned = await started(None, tmp_path)
+        forked = await started(servers, tmp_path)
         try:
             _, spawned_out = await run(spawned, PROBE)
             _, forked_out = await run(forked, PROBE)
@@ -120,9 +126,11 @@ def test_a_forked_kernel_looks_like_a_spawned_one(tmp_path: Path) -> None:
     assert forked["pid"] == forked["pgid"]  # its own process group, for signals
 
 
-def test_forked_kernels_are_interrupted_and_killed_like_any_other(tmp_path: Path) -> None:
+def test_forked_kernels_are_interrupted_and_killed_like_any_other(
+    tmp_path: Path, servers: ForkServers
+) -> None:
     async def scenario() -> tuple[dict[str, Any], int | None]:
-        kernel = await started("fork", tmp_path)
+        kernel = await started(servers, tmp_path)
         assert isinstance(kernel.km.provisioner, ForkingProvisioner)
         try:
             asyncio.get_running_loop().call_later(1.0, asyncio.ensure_future, interrupt(kernel))
@@ -142,9 +150,11 @@ def test_forked_kernels_are_interrupted_and_killed_like_any_other(tmp_path: Path
 
 
 def test_kernels_do_not_outlive_their_fork_server(tmp_path: Path) -> None:
+    servers = ForkServers()
+
     async def scenario() -> tuple[int, int, int]:
-        kernel = await started("fork", tmp_path)
-        server = fork_server(sys.executable, dict(os.environ))
+        kernel = await started(servers, tmp_path)
+        server = servers.wait_for(sys.executable, dict(os.environ))
         assert psutil.Process(kernel.km.provisioner.pid).ppid() == server.pid
         os.kill(server.pid, signal.SIGKILL)
         deadline = time.monotonic() + 15
@@ -153,25 +163,30 @@ def test_kernels_do_not_outlive_their_fork_server(tmp_path: Path) -> None:
         gone = not await kernel.km.is_alive()
         kernel.kc.stop_channels()
         # the next kernel gets a new fork server
-        replacement = await started("fork", tmp_path)
-        new_server = fork_server(sys.executable, dict(os.environ))
+        replacement = await started(servers, tmp_path)
+        new_server = servers.wait_for(sys.executable, dict(os.environ))
         await stop(replacement)
         return int(gone), server.pid, new_server.pid
 
-    gone, old_pid, new_pid = asyncio.run(scenario())
+    try:
+        gone, old_pid, new_pid = asyncio.run(scenario())
+    finally:
+        servers.close()
     assert gone and new_pid != old_pid
 
 
 def test_closing_the_fork_servers_stops_their_kernels(tmp_path: Path) -> None:
+    servers = ForkServers()
+
     async def scenario() -> int:
-        kernel = await started("fork", tmp_path)
+        kernel = await started(servers, tmp_path)
         pid = kernel.km.provisioner.pid
         kernel.kc.stop_channels()
         return int(pid)
 
     pid = asyncio.run(scenario())
     assert running(pid)
-    close_fork_servers()
+    servers.close()
     deadline = time.monotonic() + 10
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -179,22 +194,22 @@ def test_closing_the_fork_servers_stops_their_kernels(tmp_path: Path) -> None:
 
 
 def test_kernels_do_not_wait_for_a_fork_server_that_is_still_starting(tmp_path: Path) -> None:
-    close_fork_servers()
+    servers = ForkServers()
 
     async def scenario() -> tuple[int, int, int]:
-        os.environ[LAUNCHER_ENV] = "fork"
-        try:
+        with forking_with(servers):
             km = new_kernel_manager("python3", tmp_path / "k1")
             first = StartedKernel(km, await start_kernel(km, tmp_path))  # the server starts
-            server = await asyncio.to_thread(fork_server, sys.executable, kernel_environment())
+            server = await asyncio.to_thread(servers.wait_for, sys.executable, kernel_environment())
             km = new_kernel_manager("python3", tmp_path / "k2")
             second = StartedKernel(km, await start_kernel(km, tmp_path))
-        finally:
-            os.environ.pop(LAUNCHER_ENV, None)
         parents = [psutil.Process(k.km.provisioner.pid).ppid() for k in (first, second)]
         await asyncio.gather(stop(first), stop(second))
         return parents[0], parents[1], server.pid
 
-    first_parent, second_parent, server_pid = asyncio.run(scenario())
+    try:
+        first_parent, second_parent, server_pid = asyncio.run(scenario())
+    finally:
+        servers.close()
     assert first_parent == os.getpid()  # spawned as usual while the server was starting
     assert second_parent == server_pid  # forked once it was ready

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from notebook_jobs.blocks.exceptions import UnknownKernelError
-from notebook_jobs.tasks.engine.execution import ExecutionCancelled, execute_notebook_async
+from notebook_jobs.blocks.exceptions import RunCancelledError, UnknownKernelError
+from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
 from notebook_jobs.tasks.engine.staging import (
     fetch_notebook_source,
     inject_parameters,
     parse_notebook,
 )
-from tests.conftest import DATA, run_flow, state_outcome
+from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+from notebook_jobs.tasks.models import ExecutionOutcome, ExecutionReport
+from tests.conftest import DATA, state_outcome
 
 IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
 
@@ -85,7 +89,7 @@ def test_cancelling_a_run_on_a_pooled_kernel_stops_it_and_closing_the_pool_stops
 ) -> None:
     before = kernel_processes()
 
-    async def scenario() -> ExecutionCancelled:
+    async def scenario() -> RunCancelledError:
         pool = KernelPool("python3", size=2)
         nb = parse_notebook(fetch_notebook_source(str(DATA / "sleeps.ipynb")))
         nb, origin = inject_parameters(nb, {"seconds": 600}, "python3")
@@ -97,14 +101,15 @@ def test_cancelling_a_run_on_a_pooled_kernel_stops_it_and_closing_the_pool_stops
         run.cancel()
         try:
             await run
-        except ExecutionCancelled as stop:
+        except RunCancelledError as stop:
             await pool.close()
             return stop
         raise AssertionError("the run was not cancelled")
 
     stop = asyncio.run(scenario())
-    assert stop.report.status == "cancelled" and stop.report.error is not None
-    assert stop.report.error.cell_index == 2
+    report: ExecutionReport = ExecutionOutcome.model_validate(stop.execution).report
+    assert report.status == "cancelled" and report.error is not None
+    assert report.error.cell_index == stop.cell_index == 2
     assert kernel_processes() - before == set()
 
 
@@ -146,11 +151,21 @@ def test_a_pool_that_cannot_start_kernels_says_so_and_hands_the_run_none(
 def test_a_run_on_a_broken_pool_ends_with_the_reason_and_its_notebook(
     broken_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NBJOBS_KERNEL_POOL", "1")
+    from notebook_jobs.flows.run_notebook import run_notebook
+
     monkeypatch.setenv("NBJOBS_KERNEL_RETRIES", "0")
-    state = run_flow(
-        notebook=str(DATA / "params.ipynb"), kernel=broken_kernel, store=str(tmp_path / "s")
-    )
+
+    async def scenario() -> object:
+        async with LocalExecutor(pool_size=1) as executor:
+            with using_executor(executor):
+                return await run_notebook(
+                    notebook=str(DATA / "params.ipynb"),
+                    kernel=broken_kernel,
+                    store=str(tmp_path / "s"),
+                    return_state=True,
+                )
+
+    state: Any = asyncio.run(scenario())
     assert state.is_failed()
     assert "the kernel 'broken' failed to start: the kernel died before answering" in (
         state.message or ""
@@ -158,3 +173,35 @@ def test_a_run_on_a_broken_pool_ends_with_the_reason_and_its_notebook(
     result = state_outcome(state).result
     assert result["status"] == "kernel_died"
     assert Path(result["artefacts"]["notebook"]).exists()  # the unrun notebook, kept
+
+
+def test_an_executor_owns_its_pools_and_keeps_them_to_one_event_loop(tmp_path: Path) -> None:
+    """Pools were found by ``id(loop)``, which CPython reuses: a second ``asyncio.run``
+    could pick up the first loop's pool, whose queue and clients belonged to a dead loop."""
+    before = kernel_processes()
+    executor = LocalExecutor(pool_size=1)
+
+    async def first() -> tuple[KernelPool, dict[str, object]]:
+        pool = executor.pool("python3")
+        assert pool is not None
+        outputs = await run_on(pool, tmp_path / "a", {})
+        # a batch's executor borrows the fork servers; closing it leaves ours running
+        async with LocalExecutor(pool_size=1, fork_servers=executor.fork_servers) as batch:
+            assert batch.pool("python3") is not pool
+        assert not pool.closed
+        return pool, outputs  # the loop ends with its pool still open
+
+    async def on_another_loop() -> None:
+        executor.pool("python3")
+
+    pool, outputs = asyncio.run(first())
+    try:
+        with pytest.raises(RuntimeError, match="belong to another event loop"):
+            asyncio.run(on_another_loop())
+    finally:
+        asyncio.run(executor.close())
+    assert pool.started >= 1 and outputs["cwd"] == str(tmp_path / "a")
+    deadline = time.monotonic() + 15
+    while kernel_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert kernel_processes() - before == set()

@@ -1,0 +1,475 @@
+"""Executors: where the execute step of a run happens, the one place local and Slurm runs differ.
+
+Everything before (staging) and after (HTML, upload, artifacts, the result) is the same
+code for both. An executor takes a ``StagedNotebook``, runs it, leaves
+``notebook.ipynb`` (complete or partial) in the run folder and returns one
+``ExecutionOutcome``. Cell events reach the caller the same way from both.
+
+- ``LocalExecutor`` runs kernels on this machine. It owns its fork servers and its
+  kernel pools: a worker makes one for its whole life, a batch one for the batch (its
+  fork servers borrowed from the worker's, if any).
+- ``SlurmExecutor`` submits the run as a batch job to a ``SlurmCluster`` and owns the
+  ``SlurmCommands`` it speaks to it through.
+
+Whoever makes an executor hands it to runs explicitly: ``using_executor(executor)``
+makes it current (a ``ContextVar``, so it follows the asyncio tasks started inside),
+and the ``run-notebook`` flow takes the current one. Nothing is found through the
+environment, a loop id or a module-level registry.
+
+A run cancelled from outside (its flow run cancelled) is not an exception here: the
+kernel is stopped, or the job ``scancel``-ed and waited for, and the outcome's report
+says ``cancelled`` with the partial notebook in place, for the flow to store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Protocol
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+
+from notebook_jobs.blocks.exceptions import RunCancelledError, SlurmSubmissionError
+from notebook_jobs.blocks.settings import settings
+from notebook_jobs.blocks.slurm import (
+    RETRYABLE_STATES,
+    JobStatus,
+    SlurmCluster,
+    SlurmCommands,
+    render_batch_script,
+)
+from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.engine.kernels.client import installed_kernels, kernel_environment
+from notebook_jobs.tasks.engine.kernels.fork import ForkServers, fork_plan, forking_with
+from notebook_jobs.tasks.engine.kernels.pool import KernelPool
+from notebook_jobs.tasks.engine.layout import (
+    BATCH_SCRIPT_NAME,
+    EVENTS_NAME,
+    EXECUTED_NAME,
+    STAGED_NAME,
+    run_folder,
+)
+from notebook_jobs.tasks.engine.slurm_job import write_job_spec
+from notebook_jobs.tasks.engine.slurm_watch import (
+    job_report,
+    outcome_report,
+    read_events,
+    status_from_report,
+    tail,
+)
+from notebook_jobs.tasks.engine.staged import StagedNotebook
+from notebook_jobs.tasks.models import ExecutionOutcome, SlurmInfo
+
+# A job no command knows (sacct, squeue, scontrol) and that left no report of its own
+# is given up on after this many polls (with backoff, several minutes).
+UNKNOWN_JOB_POLLS = 30
+# sacct and squeue fail now and then on a busy controller; this many in a row end the run
+STATUS_FAILURES_TOLERATED = 5
+# After scancel, how long the job may take to write its partial notebook and end.
+CANCEL_WAIT_SECONDS = 60.0
+
+EventCallback = Callable[[CellEvent], Awaitable[None] | None]
+StatusCallback = Callable[[str], None]
+
+
+class Executor(Protocol):
+    """Where a staged notebook runs."""
+
+    checks_kernel_here: bool  # False: the kernel is checked where the job runs
+
+    def run_folder(self, run_key: str) -> Path:
+        """The run's folder: where it is staged, and where the notebook is written."""
+
+    def starting(self, staged: StagedNotebook) -> str:
+        """What the run is doing before its first cell, for its progress."""
+
+    def ended(self, outcome: ExecutionOutcome) -> str:
+        """How the run ended, for its progress."""
+
+    async def execute(
+        self,
+        staged: StagedNotebook,
+        *,
+        cell_timeout_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        on_event: EventCallback | None = None,
+        on_status: StatusCallback | None = None,
+        log: Any = None,
+    ) -> ExecutionOutcome:
+        """Run the notebook; ``notebook.ipynb`` is in the run folder afterwards."""
+
+
+_current: ContextVar[LocalExecutor | None] = ContextVar("nbjobs_executor", default=None)
+
+
+def current_executor() -> LocalExecutor | None:
+    """The executor made current by ``using_executor``, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def using_executor(executor: LocalExecutor | None) -> Iterator[None]:
+    """Runs started in this block (and the tasks it starts) use ``executor``."""
+    token = _current.set(executor)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+class LocalExecutor:
+    """Runs notebooks in kernels on this machine; owns its fork servers and kernel pools.
+
+    Args:
+        pool_size: Kernels of each kernel spec kept started ahead of demand (0: none).
+            A pool belongs to the event loop it first ran on.
+        fork: Fork ipykernels from warm fork servers (default: unless
+            ``NBJOBS_KERNEL_LAUNCHER=spawn``). Off for a process that runs one notebook.
+        fork_servers: Borrow these fork servers (another executor's) instead of owning.
+
+    Example:
+        >>> async with LocalExecutor(pool_size=2) as executor:
+        ...     with using_executor(executor):
+        ...         await run_notebook("examples/report.ipynb")
+    """
+
+    checks_kernel_here = True
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 0,
+        fork: bool | None = None,
+        fork_servers: ForkServers | None = None,
+    ) -> None:
+        self.pool_size = max(pool_size, 0)
+        self._owns_fork_servers = fork_servers is None
+        if fork_servers is None and (
+            fork if fork is not None else settings().kernel_launcher == "fork"
+        ):
+            fork_servers = ForkServers(settings().kernel_preload)
+        self.fork_servers = fork_servers
+        self._pools: dict[str, KernelPool] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        forking = "fork" if self.fork_servers else "spawn"
+        return f"LocalExecutor(pool_size={self.pool_size}, {forking})"
+
+    async def __aenter__(self) -> LocalExecutor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def run_folder(self, run_key: str) -> Path:
+        return run_folder(run_key)
+
+    def starting(self, staged: StagedNotebook) -> str:
+        return f"starting kernel {staged.kernel}"
+
+    def ended(self, outcome: ExecutionOutcome) -> str:
+        return outcome.report.status
+
+    def pool(self, kernel: str) -> KernelPool | None:
+        """This executor's pool for ``kernel``, made on first use; None without pools.
+
+        Raises:
+            RuntimeError: Called on another event loop than the pools' own.
+        """
+        if self.pool_size == 0:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "this LocalExecutor's kernel pools belong to another event loop: "
+                "make one executor per loop"
+            )
+        pool = self._pools.get(kernel)
+        if pool is None or pool.closed:
+            pool = self._pools[kernel] = KernelPool(kernel, self.pool_size, self.fork_servers)
+        return pool
+
+    def prestart(self, kernel: str = "python3") -> None:
+        """Start the pool for ``kernel`` now, or its fork server: not on the first run."""
+        specs = installed_kernels()
+        if kernel not in specs:
+            return
+        pool = self.pool(kernel)
+        if pool is not None:
+            pool.fill()
+        elif self.fork_servers is not None:
+            plan = fork_plan(KernelSpecManager().get_kernel_spec(kernel).argv)
+            if plan is not None:
+                self.fork_servers.ready(plan[0], kernel_environment())  # starts it
+
+    async def execute(
+        self,
+        staged: StagedNotebook,
+        *,
+        cell_timeout_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        on_event: EventCallback | None = None,
+        on_status: StatusCallback | None = None,
+        log: Any = None,
+    ) -> ExecutionOutcome:
+        notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
+        with forking_with(self.fork_servers):
+            pool = self.pool(staged.kernel)
+            started = await pool.acquire() if pool else None
+            try:
+                report = await execute_notebook_async(
+                    notebook,
+                    staged.cell_origin,
+                    kernel=staged.kernel,
+                    workdir=staged.workdir,
+                    selected=staged.selected,
+                    cell_timeout_seconds=cell_timeout_seconds,
+                    timeout_seconds=timeout_seconds,
+                    on_event=on_event,
+                    started=started,
+                    start_timeout_seconds=staged.start_timeout_seconds,
+                )
+            except RunCancelledError as cancelled:
+                report = ExecutionOutcome.model_validate(cancelled.execution).report
+        # shielded: a second cancellation must not lose the partial notebook
+        await asyncio.shield(
+            asyncio.to_thread(nbformat.write, notebook, staged.run_dir / EXECUTED_NAME)
+        )
+        return ExecutionOutcome(report=report)
+
+    async def close(self) -> None:
+        """Stop the pools' kernels and, if owned, the fork servers.
+
+        From another event loop than the pools' own (theirs has ended), their kernels
+        are killed instead: the pools' tasks cannot be awaited any more.
+        """
+        pools, self._pools = list(self._pools.values()), {}
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            for pool in pools:
+                pool.kill_now()
+        else:
+            await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        self._loop = None
+        if self._owns_fork_servers and self.fork_servers is not None:
+            await asyncio.to_thread(self.fork_servers.close)
+
+
+class SlurmExecutor:
+    """Runs the execute step as a Slurm job; owns the ``SlurmCommands`` it uses.
+
+    The job runs ``notebook_jobs.tasks.engine.slurm_job`` on a node: the same engine
+    as a local run. Resubmits after NODE_FAIL or PREEMPTED (up to
+    ``cluster.node_failure_retries``); cancels the job (``scancel``) only when the run
+    is cancelled, then waits for the job to write its partial notebook.
+
+    Example:
+        >>> executor = SlurmExecutor(SlurmCluster.load("hpc"))
+        >>> outcome = await executor.execute(staged)
+        >>> outcome.slurm.state
+        'COMPLETED'
+    """
+
+    checks_kernel_here = False
+
+    def __init__(self, cluster: SlurmCluster, commands: SlurmCommands | None = None) -> None:
+        self.cluster = cluster
+        self.commands = commands or SlurmCommands()
+
+    def __repr__(self) -> str:
+        return f"SlurmExecutor(work_dir={self.cluster.work_dir!r})"
+
+    def run_folder(self, run_key: str) -> Path:
+        # the job's folder must be on the filesystem the nodes share
+        return run_folder(run_key, self.cluster.work_dir)
+
+    def starting(self, staged: StagedNotebook) -> str:
+        return "submitting"
+
+    def ended(self, outcome: ExecutionOutcome) -> str:
+        info = outcome.slurm
+        return f"Slurm job {info.job_id} {info.state}" if info else outcome.report.status
+
+    def _prepare(
+        self, staged: StagedNotebook, cell_timeout: float | None, timeout: float | None
+    ) -> Path:
+        job_dir = staged.run_dir
+        nbformat.write(staged.notebook, job_dir / STAGED_NAME)
+        write_job_spec(
+            job_dir,
+            kernel=staged.kernel,
+            cell_origin=staged.cell_origin,
+            selected=staged.selected,
+            cell_timeout_seconds=cell_timeout,
+            timeout_seconds=timeout,
+        )
+        script = job_dir / BATCH_SCRIPT_NAME
+        script.write_text(
+            render_batch_script(
+                self.cluster, job_dir=str(job_dir), job_name=f"nbjobs-{staged.name}"
+            )
+        )
+        return script
+
+    async def execute(
+        self,
+        staged: StagedNotebook,
+        *,
+        cell_timeout_seconds: float | None = None,
+        timeout_seconds: float | None = None,
+        on_event: EventCallback | None = None,
+        on_status: StatusCallback | None = None,
+        log: Any = None,
+    ) -> ExecutionOutcome:
+        logger = log or logging.getLogger("nbjobs.slurm")
+        status_to = on_status or (lambda text: None)
+        job_dir = staged.run_dir
+        script = await asyncio.to_thread(
+            self._prepare, staged, cell_timeout_seconds, timeout_seconds
+        )
+        attempts = 0
+        while True:
+            attempts += 1
+            (job_dir / EVENTS_NAME).unlink(missing_ok=True)
+            job_id = await asyncio.to_thread(self.commands.submit, str(script))
+            status_to(f"Slurm job {job_id} submitted (attempt {attempts})")
+            try:
+                status = await self._follow(job_id, job_dir, on_event, status_to, logger)
+            except asyncio.CancelledError:
+                # The run is cancelled (and only then is the job): the job writes its
+                # partial notebook on SIGTERM, and is collected like any other.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    task.uncancel()
+                status = await asyncio.shield(self._cancel(job_id, job_dir, logger))
+                break
+            if status.state in RETRYABLE_STATES and attempts <= self.cluster.node_failure_retries:
+                logger.warning("Slurm job %s ended %s; resubmitting", job_id, status.state)
+                continue
+            break
+        return await asyncio.shield(
+            asyncio.to_thread(self._collect, staged, status, attempts, logger)
+        )
+
+    async def _follow(
+        self,
+        job_id: str,
+        job_dir: Path,
+        on_event: EventCallback | None,
+        on_status: StatusCallback,
+        logger: Any,
+    ) -> JobStatus:
+        """Poll the job with backoff until it ends, forwarding its cell events.
+
+        A failing status command is tolerated ``STATUS_FAILURES_TOLERATED`` times in a
+        row; a job no command knows is judged by its own report, if it wrote one.
+
+        Raises:
+            SlurmSubmissionError: The job's state could not be read, too many times in
+                a row (the job is left to Slurm: it may still be running).
+        """
+        interval = self.cluster.poll_interval_seconds
+        last: str | None = None
+        unknown = failures = 0
+        offset = 0
+        while True:
+            try:
+                status = await asyncio.to_thread(self.commands.status, job_id)
+                failures = 0
+            except SlurmSubmissionError as error:
+                failures += 1
+                if failures > STATUS_FAILURES_TOLERATED:
+                    raise SlurmSubmissionError(
+                        f"the state of Slurm job {job_id} could not be read {failures} times "
+                        f"in a row ({error}); the job was left to Slurm"
+                    ) from error
+                logger.warning("could not read the state of Slurm job %s: %s", job_id, error)
+                status = None
+            else:
+                if status is None:
+                    unknown += 1
+            events, offset = await asyncio.to_thread(read_events, job_dir / EVENTS_NAME, offset)
+            for event in events:
+                await _emit(on_event, event, logger)
+            if status is None and failures == 0:
+                written = await asyncio.to_thread(job_report, job_dir)
+                if written is not None:
+                    return status_from_report(job_id, written)
+                if unknown > UNKNOWN_JOB_POLLS:
+                    return JobStatus(job_id, "UNKNOWN")
+            if status is not None:
+                unknown = 0
+                if status.state != last:
+                    last = status.state
+                    where = f" on {status.node}" if status.node else ""
+                    on_status(f"Slurm job {job_id} {status.state}{where}")
+                    interval = self.cluster.poll_interval_seconds  # changed: look again soon
+                if status.finished:
+                    return status
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, self.cluster.max_poll_interval_seconds)
+
+    async def _cancel(self, job_id: str, job_dir: Path, logger: Any) -> JobStatus:
+        """``scancel`` the job and wait (bounded) until it has ended."""
+        await asyncio.to_thread(self.commands.cancel, job_id)
+        logger.warning("cancelled Slurm job %s", job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_SECONDS
+        while loop.time() < deadline:
+            status = None
+            with contextlib.suppress(SlurmSubmissionError):
+                status = await asyncio.to_thread(self.commands.status, job_id)
+                if status is not None and status.finished:
+                    return status
+            if status is None and (written := await asyncio.to_thread(job_report, job_dir)):
+                return status_from_report(job_id, written)
+            await asyncio.sleep(self.cluster.poll_interval_seconds)
+        return JobStatus(job_id, "CANCELLED")
+
+    def _collect(
+        self, staged: StagedNotebook, status: JobStatus, attempts: int, logger: Any
+    ) -> ExecutionOutcome:
+        """The outcome from what the job left in its folder (runs in a thread)."""
+        job_dir, job_id = staged.run_dir, status.job_id
+        stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
+        stderr_tail = tail(stderr)
+        report = outcome_report(
+            status, job_report(job_dir), kernel=staged.kernel, stderr_tail=stderr_tail
+        )
+        if not (job_dir / EXECUTED_NAME).exists():
+            logger.warning("the job wrote no notebook; storing the staged one")
+            shutil.copy(job_dir / STAGED_NAME, job_dir / EXECUTED_NAME)
+        archive = shutil.make_archive(str(job_dir.parent / f"job-{job_id}"), "zip", job_dir)
+        logs = {"slurm/job.zip": archive}
+        for path in (stdout, stderr):
+            if path.exists():
+                logs[f"slurm/{path.name}"] = str(path)
+        info = SlurmInfo(
+            job_id=job_id,
+            state=status.state,
+            exit_code=status.exit_code,
+            node=status.node,
+            attempts=attempts,
+            stdout=tail(stdout, 50),
+            stderr_tail=stderr_tail,
+        )
+        return ExecutionOutcome(report=report, logs=logs, slurm=info)
+
+
+async def _emit(callback: EventCallback | None, event: CellEvent, logger: Any) -> None:
+    if callback is None:
+        return
+    try:
+        outcome = callback(event)
+        if outcome is not None:
+            await outcome
+    except Exception as error:  # progress reporting must never end a job
+        logger.warning("could not report progress: %s", error)
