@@ -11,11 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from notebook_jobs.blocks.exceptions import LocalServerError
-from notebook_jobs.deployments.processes import wait_for
-from tests.processes import free_port, stop
+from tests.processes import free_port, start_prefect_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,27 +48,11 @@ def prefect_server(home: Path, database_url: str | None = None) -> Iterator[str]
     env.update(PREFECT_HOME=str(home / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
-    log = home / "prefect-server.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api_url}/health").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:  # the product's own start-and-wait loop (deployments/processes.py)
-        try:
-            wait_for(healthy, lambda: server.poll() is not None, "prefect server", log)
-        except LocalServerError as error:
-            raise SystemExit(str(error)) from None
+    try:
+        server = start_prefect_server(port, env, home / "prefect-server.log")
+    except LocalServerError as error:
+        raise SystemExit(str(error)) from None
+    try:
         yield api_url
     finally:
         stop(server)

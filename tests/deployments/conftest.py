@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import APIError, PrefectHTTP, auth_header
 from notebook_jobs.deployments.processes import wait_for
 from tests.conftest import service
-from tests.processes import free_port, stop
+from tests.processes import free_port, start_prefect_server, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -79,27 +78,11 @@ def http_stack(
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_UI_ENABLED": "true",
     }
-    server_log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env,
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def healthy() -> bool:
-        try:
-            return (
-                httpx.get(f"{api_url}/health", headers=auth_header(auth_string)).status_code == 200
-            )
-        except httpx.TransportError:
-            return False
-
-    try:  # the product's own start-and-wait loop (deployments/processes.py)
-        wait_for(healthy, lambda: server.poll() is not None, "prefect server", home / "server.log")
+    try:
+        server = start_prefect_server(
+            port, server_env, home / "server.log", auth_string=auth_string
+        )
     except LocalServerError as error:
-        stop(server)
         pytest.fail(f"{error}\n" + (home / "server.log").read_text()[-3000:])
 
     bucket = f"nbjobs-http-{uuid.uuid4().hex[:8]}"
@@ -146,7 +129,6 @@ def http_stack(
     stop(worker)
     stop(server)
     worker_log.close()
-    server_log.close()
 
 
 # --- the local server: the embedded default ---------------------------------------

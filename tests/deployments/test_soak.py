@@ -1,0 +1,38 @@
+"""The soak's short version: one long-lived worker on PostgreSQL, one fault of each kind.
+
+``benchmarks/soak.py`` runs it for 30 minutes (its numbers are in the README); here
+about 50 runs: a kernel SIGKILLed mid-cell, the artefact store down for 20 s, the
+Prefect server restarted, a run cancelled mid-cell. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.timeout(1500)
+def test_a_long_lived_worker_loses_nothing_and_leaks_nothing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from benchmarks.soak import Soak, print_report
+
+    report = Soak(tmp_path / "soak", runs=50, cancellations=1, sample_seconds=2.0).run()
+    print_report(report)
+    assert report["runs"] >= 50
+    # every run ended as it should have; none stuck, none without its stored result
+    # (runs that ended while the store was down were spilled, then uploaded by
+    # `nbjobs retry-uploads`), none run twice, none with another run's values
+    assert report["unexpected"] == []
+    assert (report["stuck"], report["lost"], report["run_twice"]) == ([], [], [])
+    assert report["wrong_output"] == []
+    assert any("spilled" in outcome for outcome in report["outcomes"]), report["outcomes"]
+    assert report["outcomes"].get("kill COMPLETED") == 1  # the dead kernel's run, retried
+    assert report["outcomes"].get("cancel CANCELLED") == 1
+    # nothing left behind: no kernel outlives the worker, and the idle worker holds
+    # no more file descriptors, threads or processes than after its first 10 runs
+    assert report["kernels_left"] == []
+    start, end = report["start"], report["end"]
+    assert end["fds"] <= start["fds"], (start, end)
+    assert end["children"] <= start["children"], (start, end)
