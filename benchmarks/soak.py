@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -186,6 +187,7 @@ class Soak:
         from benchmarks.common import postgres_url
 
         self.home.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto: a line per request
         database = f"nbjobs_soak_{uuid.uuid4().hex[:8]}"
         self.server = PrefectServer(self.home, postgres_url(database))
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
@@ -494,6 +496,9 @@ class Soak:
             "start": self.baseline or (self.samples[0] if self.samples else {}),
             "end": self.samples[-1] if self.samples else {},
             "events": self.events,
+            # uploads that failed while the store was down (retried, or spilled)
+            "upload_failures": (self.home / "serve.log").read_text().count("could not upload"),
+            "scheduled_again": (self.home / "serve.log").read_text().count("scheduled again"),
         }
 
 
@@ -544,6 +549,8 @@ def print_report(report: dict[str, Any]) -> None:
     for name in ("unexpected", "stuck", "lost", "run_twice", "wrong_output", "kernels_left"):
         print(f"{name}: {len(report[name])} {report[name][:5] if report[name] else ''}")
     start, end = report["start"], report["end"]
+    print(f"uploads that failed while the store was down: {report['upload_failures']}")
+    print(f"runs the worker could not start and scheduled again: {report['scheduled_again']}")
     print("worker          after 10 runs    end      max")
     for key in ("rss_mb", "fds", "threads", "children"):
         peak = max(s[key] for s in report["samples"])

@@ -370,6 +370,14 @@ class InProcessWorker(ProcessWorker):
         try:
             state = await execution
             status = 0 if state.is_completed() else 1
+        except Exception as error:
+            # The engine could not reach the server before the run started (a server
+            # restart): the run would stay PENDING, and no worker takes a PENDING run.
+            if not await schedule_again_if_pending(flow_run.id, error, self._logger):
+                raise
+            # Scheduled again: nothing crashed, and a non-zero status would have the
+            # worker propose Crashed for it
+            return ProcessWorkerResult(identifier=str(flow_run.id), status_code=0)
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -386,6 +394,44 @@ class InProcessWorker(ProcessWorker):
             ):
                 self.channel.publish(str(flow_run.id), await final_message(flow_run, state))
         return ProcessWorkerResult(identifier=str(flow_run.id), status_code=status)
+
+
+RECOVERY_SECONDS = 300.0  # how long a run that could not start waits for the server
+
+
+async def schedule_again_if_pending(run_id: Any, error: BaseException, logger: Any) -> bool:
+    """Put a run that never started back to Scheduled, so that a worker takes it again.
+
+    Only a run still PENDING: one that reached RUNNING has started and ends (or is
+    marked Crashed) by its own heartbeats. Waits up to ``RECOVERY_SECONDS`` for the
+    server to answer.
+
+    Returns:
+        Whether the run was scheduled again.
+    """
+    from prefect.states import Scheduled
+
+    deadline = asyncio.get_running_loop().time() + RECOVERY_SECONDS
+    delay = 1.0
+    while True:
+        try:
+            async with get_client() as client:
+                current = await client.read_flow_run(run_id)
+                if current.state is None or current.state.type != StateType.PENDING:
+                    return False
+                await client.set_flow_run_state(
+                    run_id,
+                    Scheduled(message=f"the worker could not start it ({error}); scheduled again"),
+                    force=True,
+                )
+                logger.warning("flow run %s could not start (%s); scheduled again", run_id, error)
+                return True
+        except Exception as failure:  # the server is still away: ask again
+            if asyncio.get_running_loop().time() > deadline:
+                logger.error("flow run %s stays PENDING: %s", run_id, failure)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 async def _cancel_when_asked(flow_run: FlowRun, execution: asyncio.Future[Any]) -> None:

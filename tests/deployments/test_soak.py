@@ -27,7 +27,7 @@ def test_a_long_lived_worker_loses_nothing_and_leaks_nothing(
     assert report["unexpected"] == []
     assert (report["stuck"], report["lost"], report["run_twice"]) == ([], [], [])
     assert report["wrong_output"] == []
-    assert any("spilled" in outcome for outcome in report["outcomes"]), report["outcomes"]
+    assert report["upload_failures"] >= 1  # the store outage was felt, and survived
     assert report["outcomes"].get("kill COMPLETED") == 1  # the dead kernel's run, retried
     assert report["outcomes"].get("cancel CANCELLED") == 1
     # nothing left behind: no kernel outlives the worker, and the idle worker holds
