@@ -110,7 +110,7 @@ class SlurmCluster(Block):
                 raise ValueError(f"extra directive {directive!r} must be one --option[=value]")
         return value
 
-    @field_validator("partition", "account", "qos", "time_limit", "memory", "gpus")
+    @field_validator("work_dir", "partition", "account", "qos", "time_limit", "memory", "gpus")
     @classmethod
     def _fits_a_directive(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:

@@ -21,12 +21,8 @@ from notebook_jobs.deployments.definitions import (
     notebook_spec,
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
-from notebook_jobs.tasks.engine.staging import (
-    check_json_value,
-    declared_parameters,
-    fetch_notebook_source,
-    parse_notebook,
-)
+from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.staging import check_json_value, declared_parameters
 from notebook_jobs.tasks.executors import LocalExecutor, using_executor
 from notebook_jobs.tasks.notebook import warm_up_html
 
@@ -197,7 +193,7 @@ async def serve(
 
     Args:
         poke_socket: A Unix socket on which local clients follow the runs they
-            created (``deployments.worker.RunChannel``); the local server's worker
+            created (``deployments.run_channel.RunChannel``); the local server's worker
             has one, and ``nbjobs run`` uses it.
         kernel_pool: Kernels kept started ahead of demand (in-process only). The
             worker's ``LocalExecutor`` owns them and its fork servers, for its life.

@@ -99,11 +99,8 @@ def inspect_command(args: argparse.Namespace) -> int:
         parameters = declared_parameters_light(args.notebook)
     if parameters is None:
         from notebook_jobs.blocks.exceptions import NotebookInputError
-        from notebook_jobs.tasks.engine.staging import (
-            declared_parameters,
-            fetch_notebook_source,
-            parse_notebook,
-        )
+        from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+        from notebook_jobs.tasks.engine.staging import declared_parameters
 
         try:
             nb = parse_notebook(fetch_notebook_source(args.notebook))

@@ -358,7 +358,7 @@ class LocalServer:
 
     def follow(self, flow_run_id: str) -> socket.socket | None:
         """A connection on which the worker streams this run's progress and outcome
-        (``deployments.worker.RunChannel``), or ``None`` where it cannot be reached (the
+        (``deployments.run_channel.RunChannel``), or ``None`` where it cannot be reached (the
         caller then polls the API; the worker's own polling picks the run up)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -274,12 +274,11 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     """
     import nbformat
 
+    from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
     from notebook_jobs.tasks.engine.staging import (
         check_parameters,
-        fetch_notebook_source,
         inject_parameters,
         kernel_name_of,
-        parse_notebook,
     )
 
     notebook = sys.stdin.read() if args.notebook == "-" else args.notebook

@@ -10,20 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import json
-import re
 import shutil
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-from prefect import Task, flow, get_client, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
 from prefect.exceptions import MissingResult
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
@@ -38,9 +33,9 @@ from notebook_jobs.blocks.exceptions import (
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import ArtefactStore, open_store, safe_key
+from notebook_jobs.flows.run_labels import label_run, merged_parameters, run_name
 from notebook_jobs.tasks.engine.layout import RESULT_NAME, run_key, run_prefix, runs_root
 from notebook_jobs.tasks.engine.staged import StagedNotebook
-from notebook_jobs.tasks.engine.staging import notebook_name
 from notebook_jobs.tasks.executors import (
     Executor,
     LocalExecutor,
@@ -101,80 +96,6 @@ def copy_files(source: Path, files: list[str], target: Path) -> None:
             shutil.copy2(source / name, destination)
         except FileNotFoundError:  # written, then removed again before the run ended
             continue
-
-
-def parameter_digest(parameters: dict[str, Any]) -> str:
-    """A short, stable digest of a run's parameters, for run names (``'p3fa2c1'``)."""
-    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
-    return "p" + hashlib.sha1(canonical.encode()).hexdigest()[:6]
-
-
-def notebook_label(notebook: Any) -> str:
-    """A notebook's stem for names and tags: ``s3://b/nb/report.ipynb`` gives ``report``."""
-    if isinstance(notebook, dict) or str(notebook).lstrip().startswith("{"):
-        return "inline"
-    stem = notebook_name(str(notebook)).removesuffix(".ipynb")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "notebook"
-
-
-def run_name() -> str:
-    """The flow run's name: the notebook and a digest of its parameters (``report-p3fa2c1``)."""
-    given = flow_run.get_parameters()
-    return (
-        f"{notebook_label(given.get('notebook'))}-{parameter_digest(given.get('parameters') or {})}"
-    )
-
-
-def trigger_of(tags: list[str], deployment_id: str | None) -> str:
-    """How a run was started: ``schedule`` (the scheduler), ``http`` (API or UI), ``cli``,
-    or ``batch`` (an item of ``run-notebooks``, tagged by it)."""
-    for tag in tags:
-        if tag.startswith("trigger:"):
-            return tag.removeprefix("trigger:")
-    if "auto-scheduled" in tags:
-        return "schedule"
-    return "http" if deployment_id else "cli"
-
-
-def current_deployment_id() -> str | None:
-    """This flow run's own deployment, if any, read from the run context.
-
-    ``prefect.runtime.deployment.get_id()`` asks the API with a blocking call (about
-    60 ms, holding up the event loop) whenever a run has no deployment, so on every
-    local run, and answers a subflow with its parent's deployment.
-    """
-    context = FlowRunContext.get()
-    found = context.flow_run.deployment_id if context and context.flow_run else None
-    return str(found) if found else None
-
-
-async def label_run(run_id: str, notebook: Any) -> None:
-    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable."""
-    tags = list(flow_run.get_tags())
-    wanted = [
-        f"notebook:{notebook_label(notebook)}",
-        f"trigger:{trigger_of(tags, current_deployment_id())}",
-    ]
-    missing = [tag for tag in wanted if tag not in tags]
-    if not missing:
-        return
-    async with get_client() as client:
-        await client.update_flow_run(UUID(run_id), tags=tags + missing)
-
-
-async def merged_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """A deployment's default notebook parameters, overridden name by name by the run's.
-
-    Prefect merges a run's parameters over the deployment's one level deep only, so a
-    run that sets ``parameters={"n": 3}`` would otherwise drop a deployment's
-    ``parameters={"label": "daily"}``.
-    """
-    deployment_id = current_deployment_id()
-    if not deployment_id:
-        return dict(parameters or {})
-    async with get_client() as client:
-        defaults = (await client.read_deployment(UUID(deployment_id))).parameters or {}
-    return {**(defaults.get("parameters") or {}), **(parameters or {})}
 
 
 @flow(name=FLOW_NAME, flow_run_name=run_name, log_prints=True)

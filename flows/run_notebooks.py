@@ -88,7 +88,8 @@ def batch_requests(
 
 
 async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
-    from notebook_jobs.flows.run_notebook import notebook_label, run_notebook, run_outcome
+    from notebook_jobs.flows.run_labels import notebook_label
+    from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
 
     # tagged when created, so the run needs no extra API call to tag itself
     with tags(f"notebook:{notebook_label(request.notebook)}", "trigger:batch"):

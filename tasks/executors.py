@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,16 +34,16 @@ from typing import Any, Protocol
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
 
-from notebook_jobs.blocks.exceptions import RunCancelledError, SlurmSubmissionError
+from notebook_jobs.blocks.exceptions import RunCancelledError
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import (
     RETRYABLE_STATES,
-    JobStatus,
     SlurmCluster,
     SlurmCommands,
     render_batch_script,
 )
-from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.engine.cells import EventCallback
+from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.kernels.client import installed_kernels, kernel_environment
 from notebook_jobs.tasks.engine.kernels.fork import ForkServers, fork_plan, forking_with
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
@@ -56,25 +55,10 @@ from notebook_jobs.tasks.engine.layout import (
     run_folder,
 )
 from notebook_jobs.tasks.engine.slurm_job import write_job_spec
-from notebook_jobs.tasks.engine.slurm_watch import (
-    job_report,
-    outcome_report,
-    read_events,
-    status_from_report,
-    tail,
-)
+from notebook_jobs.tasks.engine.slurm_watch import cancel_job, collect_job, follow_job
 from notebook_jobs.tasks.engine.staged import StagedNotebook
-from notebook_jobs.tasks.models import ExecutionOutcome, SlurmInfo
+from notebook_jobs.tasks.models import ExecutionOutcome
 
-# A job no command knows (sacct, squeue, scontrol) and that left no report of its own
-# is given up on after this many polls (with backoff, several minutes).
-UNKNOWN_JOB_POLLS = 30
-# sacct and squeue fail now and then on a busy controller; this many in a row end the run
-STATUS_FAILURES_TOLERATED = 5
-# After scancel, how long the job may take to write its partial notebook and end.
-CANCEL_WAIT_SECONDS = 60.0
-
-EventCallback = Callable[[CellEvent], Awaitable[None] | None]
 StatusCallback = Callable[[str], None]
 
 
@@ -342,134 +326,23 @@ class SlurmExecutor:
             job_id = await asyncio.to_thread(self.commands.submit, str(script))
             status_to(f"Slurm job {job_id} submitted (attempt {attempts})")
             try:
-                status = await self._follow(job_id, job_dir, on_event, status_to, logger)
+                status = await follow_job(
+                    self.commands, self.cluster, job_id, job_dir, on_event, status_to, logger
+                )
             except asyncio.CancelledError:
                 # The run is cancelled (and only then is the job): the job writes its
                 # partial notebook on SIGTERM, and is collected like any other.
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     task.uncancel()
-                status = await asyncio.shield(self._cancel(job_id, job_dir, logger))
+                status = await asyncio.shield(
+                    cancel_job(self.commands, self.cluster, job_id, job_dir, logger)
+                )
                 break
             if status.state in RETRYABLE_STATES and attempts <= self.cluster.node_failure_retries:
                 logger.warning("Slurm job %s ended %s; resubmitting", job_id, status.state)
                 continue
             break
         return await asyncio.shield(
-            asyncio.to_thread(self._collect, staged, status, attempts, logger)
+            asyncio.to_thread(collect_job, staged.run_dir, staged.kernel, status, attempts, logger)
         )
-
-    async def _follow(
-        self,
-        job_id: str,
-        job_dir: Path,
-        on_event: EventCallback | None,
-        on_status: StatusCallback,
-        logger: Any,
-    ) -> JobStatus:
-        """Poll the job with backoff until it ends, forwarding its cell events.
-
-        A failing status command is tolerated ``STATUS_FAILURES_TOLERATED`` times in a
-        row; a job no command knows is judged by its own report, if it wrote one.
-
-        Raises:
-            SlurmSubmissionError: The job's state could not be read, too many times in
-                a row (the job is left to Slurm: it may still be running).
-        """
-        interval = self.cluster.poll_interval_seconds
-        last: str | None = None
-        unknown = failures = 0
-        offset = 0
-        while True:
-            try:
-                status = await asyncio.to_thread(self.commands.status, job_id)
-                failures = 0
-            except SlurmSubmissionError as error:
-                failures += 1
-                if failures > STATUS_FAILURES_TOLERATED:
-                    raise SlurmSubmissionError(
-                        f"the state of Slurm job {job_id} could not be read {failures} times "
-                        f"in a row ({error}); the job was left to Slurm"
-                    ) from error
-                logger.warning("could not read the state of Slurm job %s: %s", job_id, error)
-                status = None
-            else:
-                if status is None:
-                    unknown += 1
-            events, offset = await asyncio.to_thread(read_events, job_dir / EVENTS_NAME, offset)
-            for event in events:
-                await _emit(on_event, event, logger)
-            if status is None and failures == 0:
-                written = await asyncio.to_thread(job_report, job_dir)
-                if written is not None:
-                    return status_from_report(job_id, written)
-                if unknown > UNKNOWN_JOB_POLLS:
-                    return JobStatus(job_id, "UNKNOWN")
-            if status is not None:
-                unknown = 0
-                if status.state != last:
-                    last = status.state
-                    where = f" on {status.node}" if status.node else ""
-                    on_status(f"Slurm job {job_id} {status.state}{where}")
-                    interval = self.cluster.poll_interval_seconds  # changed: look again soon
-                if status.finished:
-                    return status
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, self.cluster.max_poll_interval_seconds)
-
-    async def _cancel(self, job_id: str, job_dir: Path, logger: Any) -> JobStatus:
-        """``scancel`` the job and wait (bounded) until it has ended."""
-        await asyncio.to_thread(self.commands.cancel, job_id)
-        logger.warning("cancelled Slurm job %s", job_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CANCEL_WAIT_SECONDS
-        while loop.time() < deadline:
-            status = None
-            with contextlib.suppress(SlurmSubmissionError):
-                status = await asyncio.to_thread(self.commands.status, job_id)
-                if status is not None and status.finished:
-                    return status
-            if status is None and (written := await asyncio.to_thread(job_report, job_dir)):
-                return status_from_report(job_id, written)
-            await asyncio.sleep(self.cluster.poll_interval_seconds)
-        return JobStatus(job_id, "CANCELLED")
-
-    def _collect(
-        self, staged: StagedNotebook, status: JobStatus, attempts: int, logger: Any
-    ) -> ExecutionOutcome:
-        """The outcome from what the job left in its folder (runs in a thread)."""
-        job_dir, job_id = staged.run_dir, status.job_id
-        stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
-        stderr_tail = tail(stderr)
-        report = outcome_report(
-            status, job_report(job_dir), kernel=staged.kernel, stderr_tail=stderr_tail
-        )
-        if not (job_dir / EXECUTED_NAME).exists():
-            logger.warning("the job wrote no notebook; storing the staged one")
-            shutil.copy(job_dir / STAGED_NAME, job_dir / EXECUTED_NAME)
-        archive = shutil.make_archive(str(job_dir.parent / f"job-{job_id}"), "zip", job_dir)
-        logs = {"slurm/job.zip": archive}
-        for path in (stdout, stderr):
-            if path.exists():
-                logs[f"slurm/{path.name}"] = str(path)
-        info = SlurmInfo(
-            job_id=job_id,
-            state=status.state,
-            exit_code=status.exit_code,
-            node=status.node,
-            attempts=attempts,
-            stdout=tail(stdout, 50),
-            stderr_tail=stderr_tail,
-        )
-        return ExecutionOutcome(report=report, logs=logs, slurm=info)
-
-
-async def _emit(callback: EventCallback | None, event: CellEvent, logger: Any) -> None:
-    if callback is None:
-        return
-    try:
-        outcome = callback(event)
-        if outcome is not None:
-            await outcome
-    except Exception as error:  # progress reporting must never end a job
-        logger.warning("could not report progress: %s", error)

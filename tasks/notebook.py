@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from notebook_jobs.blocks.exceptions import KernelDiedError
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.tasks.engine.execution import CellEvent
+from notebook_jobs.tasks.engine.cells import CellEvent
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, HTML_NAME
 from notebook_jobs.tasks.engine.staged import StagedNotebook, stage
 from notebook_jobs.tasks.executors import Executor

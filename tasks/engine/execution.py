@@ -17,33 +17,29 @@ the report of what ran: from here on a cancellation is a typed error of our tree
 from __future__ import annotations
 
 import asyncio
-import inspect
-import os
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from stat import S_ISREG
 from typing import Any
 
-import nbformat
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbclient.exceptions import DeadKernelError
 from nbformat import NotebookNode
-from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
 
 from notebook_jobs.blocks.exceptions import KernelStartError, RunCancelledError
+from notebook_jobs.tasks.engine.cells import (
+    EventCallback,
+    RunProgress,
+    add_error_banners,
+    files_snapshot,
+    run_plan,
+)
 from notebook_jobs.tasks.engine.kernels.client import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     MAX_CELL_OUTPUT_BYTES,
     CappedClient,
-    MemoryPeak,
     StartedKernel,
-    cancelled_not_dead,
-    death_cause,
     ensure_kernel_installed,
     kernel_pid,
     measure_resources,
@@ -56,118 +52,10 @@ from notebook_jobs.tasks.engine.kernels.client import (
 from notebook_jobs.tasks.engine.outputs import read_scraps
 from notebook_jobs.tasks.models import (
     CellReport,
-    CellStatus,
     ErrorInfo,
     ExecutionOutcome,
     ExecutionReport,
-    Resources,
-    RunStatus,
 )
-
-LOG_STREAM_CHARS = 2000
-# A working folder of the user's own (``cwd``) can be large: the before/after
-# comparison that finds the files a run wrote skips hidden folders and stops here.
-MAX_SNAPSHOT_FILES = 20_000
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-@dataclass
-class CellEvent:
-    """Progress of a run, sent before and after each executed cell."""
-
-    phase: str  # "start" or "end"
-    index: int  # position in the input notebook
-    done: int  # cells finished so far
-    total: int  # cells that will run
-    report: CellReport | None = None
-    stdout: str = ""
-    stderr: str = ""
-
-
-EventCallback = Callable[[CellEvent], Awaitable[None] | None]
-
-
-def strip_ansi(text: str) -> str:
-    """Remove terminal colour codes (IPython tracebacks are coloured)."""
-    return _ANSI.sub("", text)
-
-
-@dataclass
-class _Progress:
-    status: RunStatus = "completed"
-    error: ErrorInfo | None = None
-    reports: dict[int, CellReport] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    kernel_start_seconds: float | None = None
-    resources: Resources = field(default_factory=Resources)
-    memory: MemoryPeak = field(default_factory=MemoryPeak)
-    error_position: int | None = None  # the failed cell's position in the notebook
-
-
-def _stream_text(cell: NotebookNode, name: str) -> str:
-    text = "".join(
-        o.get("text", "")
-        for o in cell.get("outputs", [])
-        if o.get("output_type") == "stream" and o.get("name") == name
-    )
-    return text if len(text) <= LOG_STREAM_CHARS else text[:LOG_STREAM_CHARS] + "... [truncated]"
-
-
-def _cell_traceback(cell: NotebookNode) -> str:
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            return strip_ansi("\n".join(output.get("traceback", [])))
-    return ""
-
-
-def _files_snapshot(folder: Path, notes: list[str] | None = None) -> dict[str, tuple[int, int]]:
-    """Each file under ``folder`` with its modification time and size.
-
-    Hidden folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are skipped;
-    past ``MAX_SNAPSHOT_FILES`` files the rest are not looked at, and ``notes`` says so.
-    """
-    snapshot: dict[str, tuple[int, int]] = {}
-    for root, folders, files in os.walk(folder):
-        folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
-        for name in files:
-            path = Path(root, name)
-            try:
-                stat = path.lstat()
-            except OSError:  # removed meanwhile
-                continue
-            if not S_ISREG(stat.st_mode):
-                continue
-            snapshot[path.relative_to(folder).as_posix()] = (stat.st_mtime_ns, stat.st_size)
-            if len(snapshot) >= MAX_SNAPSHOT_FILES:
-                if notes is not None:
-                    notes.append(
-                        f"the working folder {folder} holds more than {MAX_SNAPSHOT_FILES} "
-                        "files: files written beyond them were not stored"
-                    )
-                return snapshot
-    return snapshot
-
-
-def add_error_banners(nb: NotebookNode, position: int, execution_count: int | None) -> None:
-    """Papermill's two markdown cells for a failed run: a note at the top linking to an
-    anchor just before the cell that raised (``position``)."""
-    anchor = nbformat.v4.new_markdown_cell(ERROR_ANCHOR_MSG)
-    anchor.metadata["tags"] = [ERROR_MARKER_TAG]
-    message = nbformat.v4.new_markdown_cell(ERROR_MESSAGE_TEMPLATE % str(execution_count))
-    message.metadata["tags"] = [ERROR_MARKER_TAG]
-    nb.cells.insert(position, anchor)
-    nb.cells.insert(0, message)
-
-
-async def _emit(callback: EventCallback | None, event: CellEvent) -> None:
-    if callback is None:
-        return
-    try:
-        outcome = callback(event)
-        if inspect.isawaitable(outcome):
-            await outcome
-    except Exception:  # progress reporting must never break a run
-        pass
 
 
 async def execute_notebook_async(
@@ -209,8 +97,8 @@ async def execute_notebook_async(
     if started is None:
         ensure_kernel_installed(kernel)
     workdir.mkdir(parents=True, exist_ok=True)
-    progress = _Progress()
-    before = await asyncio.to_thread(_files_snapshot, workdir)
+    progress = RunProgress()
+    before = await asyncio.to_thread(files_snapshot, workdir)
     started_at = datetime.now(timezone.utc)
     t_start = time.perf_counter()
     startup_timeout = start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS
@@ -267,7 +155,7 @@ async def execute_notebook_async(
             pid = kernel_pid(client)
             sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
             try:
-                await _run_plan(client, runnable, total, progress, on_event, current)
+                await run_plan(client, runnable, total, progress, on_event, current)
             finally:
                 measured = measure_resources(pid, progress.memory) if pid else None
                 if measured is not None:
@@ -356,7 +244,7 @@ async def execute_notebook_async(
             meta.update(status=report.status, duration_seconds=report.duration_seconds)
         nb.cells[position].metadata["nbjobs"] = meta
 
-    after = await asyncio.to_thread(_files_snapshot, workdir, progress.notes)
+    after = await asyncio.to_thread(files_snapshot, workdir, progress.notes)
     written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
     if progress.status == "failed" and progress.error_position is not None:
         # as papermill marks a failed run (and not a timed-out one, which it stops)
@@ -398,125 +286,3 @@ async def execute_notebook_async(
             execution=ExecutionOutcome(report=outcome).model_dump(mode="json"),
         )
     return outcome
-
-
-async def _run_plan(
-    client: CappedClient,
-    plan: list[tuple[int, int | None]],
-    total: int,
-    progress: _Progress,
-    on_event: EventCallback | None,
-    current: dict[str, int | None],
-) -> None:
-    done = 0
-    for position, source_index in plan:
-        cell = client.nb.cells[position]
-        current["index"] = source_index
-        if source_index is not None:
-            await _emit(on_event, CellEvent("start", source_index, done, total))
-        t_cell = time.perf_counter()
-        status: CellStatus = "ok"
-        timeout_used = client._get_timeout(cell)
-        client.timed_out = False
-        try:
-            await client.async_execute_cell(cell, position)
-        except CellExecutionError as error:
-            if client.timed_out:  # interrupted at its timeout: the error is the interrupt
-                status = _cell_timed_out(
-                    progress,
-                    source_index,
-                    f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s",
-                    _cell_traceback(cell) or strip_ansi(error.traceback),
-                )
-            elif error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
-                progress.notes.append(
-                    f"the notebook stopped itself with sys.exit(0) in cell {source_index}; "
-                    "later cells were not run"
-                )
-                status = "ok"
-                _finish(progress, cell, source_index, status, t_cell)
-                break
-            else:
-                status = "error"
-                progress.status = "failed"
-                progress.error_position = position
-                where = "" if source_index is not None else " (in the injected parameters cell)"
-                progress.error = ErrorInfo(
-                    name=error.ename,
-                    message=error.evalue + where,
-                    cell_index=source_index,
-                    traceback=_cell_traceback(cell) or strip_ansi(error.traceback),
-                )
-        except CellTimeoutError as error:
-            # the kernel did not answer the interrupt: the cell still shows why it stopped
-            message = (
-                f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s "
-                "and did not answer an interrupt"
-            )
-            cell.setdefault("outputs", []).append(
-                nbformat.v4.new_output(
-                    "error", ename="CellTimeoutError", evalue=message, traceback=[message]
-                )
-            )
-            status = _cell_timed_out(progress, source_index, message, str(error))
-        except DeadKernelError:
-            if await cancelled_not_dead(client):
-                # nbclient reports a cancelled wait as a dead kernel; it is a cancellation
-                raise asyncio.CancelledError() from None
-            status = "error"
-            progress.status = "kernel_died"
-            progress.error = ErrorInfo(
-                name="KernelDiedError",
-                message=f"the kernel died while running cell {source_index}"
-                f"{await death_cause(client)}; its state is lost",
-                cell_index=source_index,
-            )
-        report = _finish(progress, cell, source_index, status, t_cell)
-        if source_index is not None:
-            done += 1
-            await _emit(
-                on_event,
-                CellEvent(
-                    "end",
-                    source_index,
-                    done,
-                    total,
-                    report,
-                    stdout=_stream_text(cell, "stdout"),
-                    stderr=_stream_text(cell, "stderr"),
-                ),
-            )
-        if status != "ok":
-            break
-    current["index"] = None
-
-
-def _cell_timed_out(
-    progress: _Progress, source_index: int | None, message: str, traceback: str
-) -> CellStatus:
-    """Record a cell that overran the per-cell timeout; its status."""
-    progress.status = "timed_out"
-    progress.error = ErrorInfo(
-        name="NotebookTimeoutError", message=message, cell_index=source_index, traceback=traceback
-    )
-    return "timed_out"
-
-
-def _finish(
-    progress: _Progress,
-    cell: NotebookNode,
-    source_index: int | None,
-    status: CellStatus,
-    t_cell: float,
-) -> CellReport | None:
-    if source_index is None:
-        return None
-    report = CellReport(
-        index=source_index,
-        status=status,
-        duration_seconds=round(time.perf_counter() - t_cell, 4),
-        execution_count=cell.get("execution_count"),
-        tags=list(cell.metadata.get("tags", [])),
-    )
-    progress.reports[source_index] = report
-    return report

@@ -29,7 +29,8 @@ from typing import Any
 import nbformat
 
 from notebook_jobs.blocks.exceptions import NotebookInputError, RunCancelledError
-from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
+from notebook_jobs.tasks.engine.cells import CellEvent
+from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.layout import (
     EVENTS_NAME,
     EXECUTED_NAME,

@@ -1,23 +1,50 @@
 """Following a Slurm job from the submitting machine, without Prefect.
 
-What the job writes in its folder (``tasks/engine/layout.py``) is read back here: its
-cell events as they come, its report once it ends, and the run's report from
-Slurm's verdict and that report. Talking to Slurm itself is ``blocks/slurm.py``'s.
+``follow_job`` polls a submitted job until it ends, and reads back what it writes in
+its folder (``tasks/engine/layout.py``): its cell events as they come, its report once
+it ends. ``cancel_job`` cancels it (only ever for a cancelled run); ``collect_job``
+makes the run's outcome from Slurm's verdict and what the job left. The commands
+themselves (sbatch, sacct, squeue, scontrol, scancel) are ``blocks/slurm.py``'s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from notebook_jobs.blocks.slurm import JobStatus
-from notebook_jobs.tasks.engine.execution import CellEvent
-from notebook_jobs.tasks.engine.layout import REPORT_NAME
-from notebook_jobs.tasks.models import CellReport, ErrorInfo, ExecutionReport, RunStatus
+from notebook_jobs.blocks.exceptions import SlurmSubmissionError
+from notebook_jobs.blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
+from notebook_jobs.tasks.engine.cells import CellEvent, EventCallback
+from notebook_jobs.tasks.engine.layout import (
+    EVENTS_NAME,
+    EXECUTED_NAME,
+    REPORT_NAME,
+    STAGED_NAME,
+)
+from notebook_jobs.tasks.models import (
+    CellReport,
+    ErrorInfo,
+    ExecutionOutcome,
+    ExecutionReport,
+    RunStatus,
+    SlurmInfo,
+)
 
 STDERR_TAIL_LINES = 30
+# A job no command knows (sacct, squeue, scontrol) and that left no report of its own
+# is given up on after this many polls (with backoff, several minutes).
+UNKNOWN_JOB_POLLS = 30
+# sacct and squeue fail now and then on a busy controller; this many in a row end the run
+STATUS_FAILURES_TOLERATED = 5
+# After scancel, how long the job may take to write its partial notebook and end.
+CANCEL_WAIT_SECONDS = 60.0
 log = logging.getLogger("nbjobs.slurm")
 
 
@@ -119,3 +146,124 @@ def outcome_report(
             status=run_status, error=error, kernel=kernel, started_at=stamp, finished_at=stamp
         )
     return report.model_copy(update={"status": run_status, "error": error})
+
+
+async def follow_job(
+    commands: SlurmCommands,
+    cluster: SlurmCluster,
+    job_id: str,
+    job_dir: Path,
+    on_event: EventCallback | None,
+    on_status: Callable[[str], None],
+    logger: Any,
+) -> JobStatus:
+    """Poll the job with backoff until it ends, forwarding its cell events.
+
+    A failing status command is tolerated ``STATUS_FAILURES_TOLERATED`` times in a
+    row; a job no command knows is judged by its own report, if it wrote one. Nothing
+    here cancels the job: only a cancelled run does (``cancel_job``).
+
+    Raises:
+        SlurmSubmissionError: The job's state could not be read, too many times in
+            a row (the job is left to Slurm: it may still be running).
+    """
+    interval = cluster.poll_interval_seconds
+    last: str | None = None
+    unknown = failures = 0
+    offset = 0
+    while True:
+        status: JobStatus | None = None
+        try:
+            status = await asyncio.to_thread(commands.status, job_id)
+            failures = 0
+        except SlurmSubmissionError as error:
+            failures += 1
+            if failures > STATUS_FAILURES_TOLERATED:
+                raise SlurmSubmissionError(
+                    f"the state of Slurm job {job_id} could not be read {failures} times "
+                    f"in a row ({error}); the job was left to Slurm"
+                ) from error
+            logger.warning("could not read the state of Slurm job %s: %s", job_id, error)
+        events, offset = await asyncio.to_thread(read_events, job_dir / EVENTS_NAME, offset)
+        for event in events:
+            await _emit(on_event, event, logger)
+        if status is None and failures == 0:
+            unknown += 1
+            written = await asyncio.to_thread(job_report, job_dir)
+            if written is not None:
+                return status_from_report(job_id, written)
+            if unknown > UNKNOWN_JOB_POLLS:
+                return JobStatus(job_id, "UNKNOWN")
+        if status is not None:
+            unknown = 0
+            if status.state != last:
+                last = status.state
+                where = f" on {status.node}" if status.node else ""
+                on_status(f"Slurm job {job_id} {status.state}{where}")
+                interval = cluster.poll_interval_seconds  # it changed: look again soon
+            if status.finished:
+                return status
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, cluster.max_poll_interval_seconds)
+
+
+async def cancel_job(
+    commands: SlurmCommands, cluster: SlurmCluster, job_id: str, job_dir: Path, logger: Any
+) -> JobStatus:
+    """``scancel`` the job and wait (up to ``CANCEL_WAIT_SECONDS``) until it has ended.
+
+    The job writes its partial notebook and its report on SIGTERM.
+    """
+    await asyncio.to_thread(commands.cancel, job_id)
+    logger.warning("cancelled Slurm job %s", job_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CANCEL_WAIT_SECONDS
+    while loop.time() < deadline:
+        status = None
+        with contextlib.suppress(SlurmSubmissionError):
+            status = await asyncio.to_thread(commands.status, job_id)
+        if status is not None and status.finished:
+            return status
+        if status is None and (written := await asyncio.to_thread(job_report, job_dir)):
+            return status_from_report(job_id, written)
+        await asyncio.sleep(cluster.poll_interval_seconds)
+    return JobStatus(job_id, "CANCELLED")
+
+
+def collect_job(
+    job_dir: Path, kernel: str, status: JobStatus, attempts: int, logger: Any
+) -> ExecutionOutcome:
+    """The run's outcome from what the ended job left in its folder (blocking: a thread)."""
+    job_id = status.job_id
+    stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
+    stderr_tail = tail(stderr)
+    report = outcome_report(status, job_report(job_dir), kernel=kernel, stderr_tail=stderr_tail)
+    if not (job_dir / EXECUTED_NAME).exists():
+        logger.warning("the job wrote no notebook; storing the staged one")
+        shutil.copy(job_dir / STAGED_NAME, job_dir / EXECUTED_NAME)
+    archive = shutil.make_archive(str(job_dir.parent / f"job-{job_id}"), "zip", job_dir)
+    logs = {"slurm/job.zip": archive}
+    for path in (stdout, stderr):
+        if path.exists():
+            logs[f"slurm/{path.name}"] = str(path)
+    info = SlurmInfo(
+        job_id=job_id,
+        state=status.state,
+        exit_code=status.exit_code,
+        node=status.node,
+        attempts=attempts,
+        stdout=tail(stdout, 50),
+        stderr_tail=stderr_tail,
+    )
+    return ExecutionOutcome(report=report, logs=logs, slurm=info)
+
+
+async def _emit(callback: EventCallback | None, event: CellEvent, logger: Any) -> None:
+    if callback is None:
+        return
+    try:
+        outcome = callback(event)
+        if outcome is not None:
+            await outcome
+    except Exception as error:  # progress reporting must never end a job
+        logger.warning("could not report progress: %s", error)

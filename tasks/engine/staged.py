@@ -11,16 +11,18 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from notebook_jobs.blocks.exceptions import WorkingFolderError
+from notebook_jobs.tasks.engine.fetch import (
+    fetch_notebook_source,
+    parse_notebook,
+    stage_input_files,
+)
 from notebook_jobs.tasks.engine.kernels.client import ensure_kernel_installed
 from notebook_jobs.tasks.engine.layout import INPUT_NAME, WORK_FOLDER
 from notebook_jobs.tasks.engine.staging import (
     check_parameters,
-    fetch_notebook_source,
     inject_parameters,
     kernel_name_of,
-    parse_notebook,
     select_cells,
-    stage_input_files,
 )
 from notebook_jobs.tasks.models import NotebookRequest
 

@@ -1,8 +1,7 @@
-"""Read, check and parameterise a notebook before any kernel starts.
+"""Check and parameterise a notebook before any kernel starts.
 
-Pure functions over notebook documents, plus ``fetch_notebook_source`` which is the
-one place that reads a notebook from a path, URL or S3. Everything here raises a
-``NotebookInputError`` subclass with a message that says what to fix.
+Pure functions over notebook documents (reading them is ``fetch.py``'s). Everything
+here raises a ``NotebookInputError`` subclass with a message that says what to fix.
 """
 
 from __future__ import annotations
@@ -10,12 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import nbformat
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from nbformat import NotebookNode
@@ -25,14 +20,9 @@ from papermill.translators import translate_parameters
 
 from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
-    NotebookFormatError,
-    NotebookNotFoundError,
     ParameterValueError,
     UnknownParameterError,
-    WorkingFolderError,
 )
-from notebook_jobs.blocks.retry import retry_busy
-from notebook_jobs.blocks.store import read_s3_object
 from notebook_jobs.tasks.engine.parameters import (
     PARAMETERS_TAG,
     literal_type,
@@ -42,138 +32,10 @@ from notebook_jobs.tasks.engine.parameters import (
     parse_parameters,
 )
 
-HTTP_FETCH_TIMEOUT_SECONDS = 30.0
-HTTP_FETCH_ATTEMPTS = 5
-HTTP_BACKOFF_SECONDS = 0.5
 MAX_PARAMETER_DEPTH = 64
 
 INJECTED_TAG = "injected-parameters"
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-
-
-@dataclass
-class NotebookSource:
-    """A notebook's raw bytes and where they came from."""
-
-    name: str
-    data: bytes
-    origin: str = field(default="inline")
-
-
-def notebook_name(origin: str) -> str:
-    """A short display name for a notebook, from its path or URL ('report.ipynb')."""
-    tail = origin.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
-    return tail or "notebook.ipynb"
-
-
-def _get_with_retries(url: str) -> httpx.Response:
-    """GET ``url``, retrying 503 and 429 (a busy server) with exponential backoff."""
-    response = retry_busy(
-        lambda: httpx.get(url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS),
-        lambda response: response.status_code,
-        attempts=HTTP_FETCH_ATTEMPTS,
-        backoff_seconds=HTTP_BACKOFF_SECONDS,
-    )
-    response.raise_for_status()
-    return response
-
-
-def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
-    """Read the notebook named by ``notebook``: JSON itself, a path, a URL or an S3 URI.
-
-    Args:
-        notebook: The ``notebook`` field of a request.
-
-    Returns:
-        The notebook's bytes and a display name.
-
-    Raises:
-        NotebookNotFoundError: The file, URL or object cannot be read.
-        NotebookFormatError: ``notebook`` is neither a notebook nor a location.
-    """
-    if isinstance(notebook, dict):
-        return NotebookSource("notebook.ipynb", json.dumps(notebook).encode(), "inline")
-    text = notebook.strip()
-    if text.startswith("{"):
-        return NotebookSource("notebook.ipynb", text.encode(), "inline")
-    if text.startswith(("http://", "https://")):
-        try:
-            response = _get_with_retries(text)
-        except httpx.HTTPError as error:
-            raise NotebookNotFoundError(
-                f"could not fetch notebook {text}: {type(error).__name__}: {error}", source=text
-            ) from error
-        return NotebookSource(notebook_name(text), response.content, text)
-    if text.startswith("s3://"):
-        try:
-            data = read_s3_object(text)
-        except Exception as error:
-            raise NotebookNotFoundError(
-                f"could not read notebook {text}: {type(error).__name__}: {error}", source=text
-            ) from error
-        return NotebookSource(notebook_name(text), data, text)
-    if "://" in text:
-        raise NotebookNotFoundError(
-            f"unsupported notebook location {text!r}: give a path, an http(s):// URL, "
-            "an s3:// URI or the notebook JSON",
-            source=text,
-        )
-    path = Path(text).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as error:
-        raise NotebookNotFoundError(
-            f"notebook not found: {path} (working folder {Path.cwd()})", source=text
-        ) from error
-    except OSError as error:
-        raise NotebookNotFoundError(
-            f"could not read notebook {path}: {error.strerror}", source=text
-        ) from error
-    return NotebookSource(path.name, data, str(path.resolve()))
-
-
-def parse_notebook(source: NotebookSource) -> NotebookNode:
-    """Parse and validate notebook bytes, upgrading older nbformat versions to v4.
-
-    Raises:
-        NotebookFormatError: Not UTF-8 JSON, not a notebook, or an invalid notebook.
-    """
-    try:
-        document = json.loads(source.data.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise NotebookFormatError(
-            f"{source.name} is not UTF-8 text (byte {error.start}); is it a notebook?",
-            source=source.origin,
-        ) from error
-    except json.JSONDecodeError as error:
-        raise NotebookFormatError(
-            f"{source.name} is not valid JSON: {error.msg} at line {error.lineno} "
-            f"column {error.colno}; the file may be truncated or not a notebook",
-            source=source.origin,
-        ) from error
-    if not isinstance(document, dict) or ("cells" not in document and "worksheets" not in document):
-        raise NotebookFormatError(
-            f"{source.name} is JSON but not a Jupyter notebook (no 'cells'); "
-            "send the .ipynb document itself",
-            source=source.origin,
-        )
-    try:
-        nb = nbformat.reads(json.dumps(document), as_version=4)
-        # to nbformat 4.5, as papermill loads every notebook: cells get ids, which the
-        # injected cell has too; in a 4.0-4.4 notebook that id would make it invalid
-        nb = nbformat.v4.upgrade(nb)
-        nbformat.validate(nb)
-    except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise NotebookFormatError(
-            f"{source.name} is not a valid notebook: {type(error).__name__}: {first_line}",
-            source=source.origin,
-        ) from error
-    for cell in nb.cells:
-        # papermill's helpers expect every cell to carry a tags list
-        cell.metadata.setdefault("tags", [])
-    notebook: NotebookNode = nb
-    return notebook
 
 
 def kernel_name_of(nb: NotebookNode, requested: str | None) -> str:
@@ -409,58 +271,3 @@ def inject_parameters(
             if cell.cell_type == "code":
                 cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     return nb, origin
-
-
-def stage_input_files(items: list[str], workdir: Path, *, replace: bool = True) -> list[str]:
-    """Copy input files into the notebook's working folder, by their base names.
-
-    Args:
-        items: Local files or folders, ``s3://`` URIs or ``http(s)://`` URLs.
-        workdir: The notebook's working folder.
-        replace: Whether an existing file of the same name may be replaced; not in a
-            folder of the user's own (``cwd``), where it would be lost.
-
-    Returns:
-        The names they have in ``workdir``.
-
-    Raises:
-        NotebookNotFoundError: An input cannot be read.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
-    for item in items:
-        name = notebook_name(item)
-        if not name or name in (".", ".."):
-            raise NotebookNotFoundError(f"input file {item!r} has no usable name", source=item)
-        target = workdir / name
-        if not replace and target.exists():
-            raise WorkingFolderError(
-                f"input file {item!r} would replace {target} in the working folder; "
-                "leave it out (the notebook reads the one there) or rename one of them",
-                path=str(workdir),
-            )
-        if item.startswith(("http://", "https://")):
-            try:
-                target.write_bytes(_get_with_retries(item).content)
-            except httpx.HTTPError as error:
-                raise NotebookNotFoundError(
-                    f"could not fetch input file {item}: {error}", source=item
-                ) from error
-        elif item.startswith("s3://"):
-            try:
-                target.write_bytes(read_s3_object(item))
-            except Exception as error:
-                raise NotebookNotFoundError(
-                    f"could not read input file {item}: {type(error).__name__}: {error}",
-                    source=item,
-                ) from error
-        else:
-            source = Path(item).expanduser()
-            if source.is_dir():
-                shutil.copytree(source, target, dirs_exist_ok=True)
-            elif source.is_file():
-                shutil.copy2(source, target)
-            else:
-                raise NotebookNotFoundError(f"input file not found: {source}", source=item)
-        names.append(name)
-    return names

@@ -13,11 +13,8 @@ from typing import Any
 import pytest
 
 from notebook_jobs.deployments.papermill_args import read_parameters, resolve_type
-from notebook_jobs.tasks.engine.staging import (
-    fetch_notebook_source,
-    inject_parameters,
-    parse_notebook,
-)
+from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.staging import inject_parameters
 from tests.conftest import DATA
 
 PAPERMILL = str(Path(sys.executable).parent / "papermill")

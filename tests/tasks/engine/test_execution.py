@@ -10,13 +10,10 @@ import nbformat
 import pytest
 
 from notebook_jobs.blocks.exceptions import UnknownKernelError
-from notebook_jobs.tasks.engine.execution import CellEvent, execute_notebook_async
-from notebook_jobs.tasks.engine.staging import (
-    fetch_notebook_source,
-    inject_parameters,
-    parse_notebook,
-    select_cells,
-)
+from notebook_jobs.tasks.engine.cells import CellEvent
+from notebook_jobs.tasks.engine.execution import execute_notebook_async
+from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.staging import inject_parameters, select_cells
 from notebook_jobs.tasks.models import ExecutionReport
 from tests.conftest import DATA
 

@@ -16,14 +16,12 @@ from notebook_jobs.blocks.exceptions import (
     ParameterValueError,
     UnknownParameterError,
 )
+from notebook_jobs.tasks.engine.fetch import NotebookSource, fetch_notebook_source, parse_notebook
 from notebook_jobs.tasks.engine.staging import (
-    NotebookSource,
     check_parameters,
     declared_parameters,
-    fetch_notebook_source,
     inject_parameters,
     kernel_name_of,
-    parse_notebook,
     select_cells,
 )
 from tests.conftest import DATA, invalid_notebooks

@@ -13,12 +13,9 @@ import pytest
 
 from notebook_jobs.blocks.exceptions import RunCancelledError, UnknownKernelError
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
+from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
-from notebook_jobs.tasks.engine.staging import (
-    fetch_notebook_source,
-    inject_parameters,
-    parse_notebook,
-)
+from notebook_jobs.tasks.engine.staging import inject_parameters
 from notebook_jobs.tasks.executors import LocalExecutor, using_executor
 from notebook_jobs.tasks.models import ExecutionOutcome, ExecutionReport
 from tests.conftest import DATA, state_outcome

@@ -1,0 +1,264 @@
+"""The cells of a run, one by one: each executed, timed, reported and read back.
+
+``run_plan`` executes the planned cells in order through nbclient and records how
+each went in a ``RunProgress``, sending a ``CellEvent`` before and after each one. Also
+here: what a cell leaves (its streams and traceback, for the log and the error),
+papermill's error banners on a failed run, and the files a run wrote in its working
+folder. The kernel's life around it is ``execution.py``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from stat import S_ISREG
+
+import nbformat
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE
+
+from notebook_jobs.tasks.engine.kernels.client import (
+    CappedClient,
+    MemoryPeak,
+    cancelled_not_dead,
+    death_cause,
+)
+from notebook_jobs.tasks.models import CellReport, CellStatus, ErrorInfo, Resources, RunStatus
+
+LOG_STREAM_CHARS = 2000
+# A working folder of the user's own (``cwd``) can be large: the before/after
+# comparison that finds the files a run wrote skips hidden folders and stops here.
+MAX_SNAPSHOT_FILES = 20_000
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """Remove terminal colour codes (IPython tracebacks are coloured)."""
+    return _ANSI.sub("", text)
+
+
+def stream_text(cell: NotebookNode, name: str) -> str:
+    """A cell's ``stdout`` or ``stderr`` as one text, cut at ``LOG_STREAM_CHARS`` (for logs)."""
+    text = "".join(
+        o.get("text", "")
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream" and o.get("name") == name
+    )
+    return text if len(text) <= LOG_STREAM_CHARS else text[:LOG_STREAM_CHARS] + "... [truncated]"
+
+
+def cell_traceback(cell: NotebookNode) -> str:
+    """The traceback a cell shows, without colour codes; '' if it raised nothing."""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return strip_ansi("\n".join(output.get("traceback", [])))
+    return ""
+
+
+def files_snapshot(folder: Path, notes: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Each file under ``folder`` with its modification time and size.
+
+    Hidden folders (``.git``, ``.ipynb_checkpoints``) and ``__pycache__`` are skipped;
+    past ``MAX_SNAPSHOT_FILES`` files the rest are not looked at, and ``notes`` says so.
+    """
+    snapshot: dict[str, tuple[int, int]] = {}
+    for root, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".") and f != "__pycache__"]
+        for name in files:
+            path = Path(root, name)
+            try:
+                stat = path.lstat()
+            except OSError:  # removed meanwhile
+                continue
+            if not S_ISREG(stat.st_mode):
+                continue
+            snapshot[path.relative_to(folder).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+            if len(snapshot) >= MAX_SNAPSHOT_FILES:
+                if notes is not None:
+                    notes.append(
+                        f"the working folder {folder} holds more than {MAX_SNAPSHOT_FILES} "
+                        "files: files written beyond them were not stored"
+                    )
+                return snapshot
+    return snapshot
+
+
+def add_error_banners(nb: NotebookNode, position: int, execution_count: int | None) -> None:
+    """Papermill's two markdown cells for a failed run: a note at the top linking to an
+    anchor just before the cell that raised (``position``)."""
+    anchor = nbformat.v4.new_markdown_cell(ERROR_ANCHOR_MSG)
+    anchor.metadata["tags"] = [ERROR_MARKER_TAG]
+    message = nbformat.v4.new_markdown_cell(ERROR_MESSAGE_TEMPLATE % str(execution_count))
+    message.metadata["tags"] = [ERROR_MARKER_TAG]
+    nb.cells.insert(position, anchor)
+    nb.cells.insert(0, message)
+
+
+@dataclass
+class CellEvent:
+    """Progress of a run, sent before and after each executed cell."""
+
+    phase: str  # "start" or "end"
+    index: int  # position in the input notebook
+    done: int  # cells finished so far
+    total: int  # cells that will run
+    report: CellReport | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+EventCallback = Callable[[CellEvent], Awaitable[None] | None]
+
+
+@dataclass
+class RunProgress:
+    """How the run is going, filled in as cells end."""
+
+    status: RunStatus = "completed"
+    error: ErrorInfo | None = None
+    reports: dict[int, CellReport] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    kernel_start_seconds: float | None = None
+    resources: Resources = field(default_factory=Resources)
+    memory: MemoryPeak = field(default_factory=MemoryPeak)
+    error_position: int | None = None  # the failed cell's position in the notebook
+
+
+async def emit(callback: EventCallback | None, event: CellEvent) -> None:
+    if callback is None:
+        return
+    try:
+        outcome = callback(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception:  # progress reporting must never break a run
+        pass
+
+
+async def run_plan(
+    client: CappedClient,
+    plan: list[tuple[int, int | None]],
+    total: int,
+    progress: RunProgress,
+    on_event: EventCallback | None,
+    current: dict[str, int | None],
+) -> None:
+    done = 0
+    for position, source_index in plan:
+        cell = client.nb.cells[position]
+        current["index"] = source_index
+        if source_index is not None:
+            await emit(on_event, CellEvent("start", source_index, done, total))
+        t_cell = time.perf_counter()
+        status: CellStatus = "ok"
+        timeout_used = client._get_timeout(cell)
+        client.timed_out = False
+        try:
+            await client.async_execute_cell(cell, position)
+        except CellExecutionError as error:
+            if client.timed_out:  # interrupted at its timeout: the error is the interrupt
+                status = _cell_timed_out(
+                    progress,
+                    source_index,
+                    f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s",
+                    cell_traceback(cell) or strip_ansi(error.traceback),
+                )
+            elif error.ename == "SystemExit" and error.evalue.strip() in ("", "0", "None"):
+                progress.notes.append(
+                    f"the notebook stopped itself with sys.exit(0) in cell {source_index}; "
+                    "later cells were not run"
+                )
+                status = "ok"
+                _finish(progress, cell, source_index, status, t_cell)
+                break
+            else:
+                status = "error"
+                progress.status = "failed"
+                progress.error_position = position
+                where = "" if source_index is not None else " (in the injected parameters cell)"
+                progress.error = ErrorInfo(
+                    name=error.ename,
+                    message=error.evalue + where,
+                    cell_index=source_index,
+                    traceback=cell_traceback(cell) or strip_ansi(error.traceback),
+                )
+        except CellTimeoutError as error:
+            # the kernel did not answer the interrupt: the cell still shows why it stopped
+            message = (
+                f"cell {source_index} exceeded the per-cell timeout of {timeout_used:g} s "
+                "and did not answer an interrupt"
+            )
+            cell.setdefault("outputs", []).append(
+                nbformat.v4.new_output(
+                    "error", ename="CellTimeoutError", evalue=message, traceback=[message]
+                )
+            )
+            status = _cell_timed_out(progress, source_index, message, str(error))
+        except DeadKernelError:
+            if await cancelled_not_dead(client):
+                # nbclient reports a cancelled wait as a dead kernel; it is a cancellation
+                raise asyncio.CancelledError() from None
+            status = "error"
+            progress.status = "kernel_died"
+            progress.error = ErrorInfo(
+                name="KernelDiedError",
+                message=f"the kernel died while running cell {source_index}"
+                f"{await death_cause(client)}; its state is lost",
+                cell_index=source_index,
+            )
+        report = _finish(progress, cell, source_index, status, t_cell)
+        if source_index is not None:
+            done += 1
+            await emit(
+                on_event,
+                CellEvent(
+                    "end",
+                    source_index,
+                    done,
+                    total,
+                    report,
+                    stdout=stream_text(cell, "stdout"),
+                    stderr=stream_text(cell, "stderr"),
+                ),
+            )
+        if status != "ok":
+            break
+    current["index"] = None
+
+
+def _cell_timed_out(
+    progress: RunProgress, source_index: int | None, message: str, traceback: str
+) -> CellStatus:
+    """Record a cell that overran the per-cell timeout; its status."""
+    progress.status = "timed_out"
+    progress.error = ErrorInfo(
+        name="NotebookTimeoutError", message=message, cell_index=source_index, traceback=traceback
+    )
+    return "timed_out"
+
+
+def _finish(
+    progress: RunProgress,
+    cell: NotebookNode,
+    source_index: int | None,
+    status: CellStatus,
+    t_cell: float,
+) -> CellReport | None:
+    if source_index is None:
+        return None
+    report = CellReport(
+        index=source_index,
+        status=status,
+        duration_seconds=round(time.perf_counter() - t_cell, 4),
+        execution_count=cell.get("execution_count"),
+        tags=list(cell.metadata.get("tags", [])),
+    )
+    progress.reports[source_index] = report
+    return report
