@@ -178,6 +178,7 @@ class Soak:
     sample_seconds: float = SAMPLE_SECONDS
     planned: list[Planned] = field(default_factory=list)
     baseline: dict[str, float] | None = None  # the worker once 10 runs have ended
+    started: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
@@ -273,7 +274,7 @@ class Soak:
     # -- driving -----------------------------------------------------------------
 
     def _drive(self) -> None:
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         end = started + (self.minutes or 0) * 60 if self.runs is None else float("inf")
         total = self.runs or 10**9
         # the faults' moments, as fractions of the soak
@@ -450,7 +451,7 @@ class Soak:
         )
         self.events.append(f"retry-uploads: exit {retry.returncode} {retry.stdout.strip()[-300:]}")
         time.sleep(2 * self.sample_seconds)  # the worker's idle state, after everything ended
-        self._sample(0.0)
+        self._sample(self.started)
 
     def _stored(self, run_id: str) -> tuple[dict[str, Any] | None, int]:
         """The run's result.json in the store, and how many attempts stored one."""
