@@ -326,7 +326,7 @@ def _prepare_only(args: argparse.Namespace) -> int:
 
 
 def _retry_uploads() -> int:
-    from notebook_jobs.tasks.storage import retry_spilled_uploads
+    from notebook_jobs.tasks.store.spill import retry_spilled_uploads
 
     outcomes = retry_spilled_uploads()
     if not outcomes:

@@ -30,7 +30,7 @@ class RunChannel:
     def attach(self) -> None:
         """Start routing cell events and run log records to followers."""
         from notebook_jobs.tasks.notebook import add_progress_listener
-        from notebook_jobs.tasks.storage import add_result_listener
+        from notebook_jobs.tasks.store.artefacts import add_result_listener
 
         self._loop = asyncio.get_running_loop()
         add_progress_listener(self._on_cell)
@@ -40,7 +40,7 @@ class RunChannel:
 
     def detach(self) -> None:
         from notebook_jobs.tasks.notebook import remove_progress_listener
-        from notebook_jobs.tasks.storage import remove_result_listener
+        from notebook_jobs.tasks.store.artefacts import remove_result_listener
 
         remove_progress_listener(self._on_cell)
         remove_result_listener(self._on_result)

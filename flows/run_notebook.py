@@ -55,13 +55,9 @@ from notebook_jobs.tasks.notebook import (
     kernel_retries,
     stage_notebook,
 )
-from notebook_jobs.tasks.storage import (
-    publish_result,
-    result_document,
-    spill_run,
-    store_artefacts,
-    store_result,
-)
+from notebook_jobs.tasks.publish import publish_result
+from notebook_jobs.tasks.store.artefacts import result_document, store_artefacts, store_result
+from notebook_jobs.tasks.store.spill import spill_run
 
 FLOW_NAME = "run-notebook"
 

@@ -36,12 +36,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from notebook_jobs.blocks.exceptions import RunCancelledError
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.slurm import (
-    RETRYABLE_STATES,
-    SlurmCluster,
-    SlurmCommands,
-    render_batch_script,
-)
+from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.cells import EventCallback
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.kernels.client import installed_kernels, kernel_environment
@@ -54,8 +49,10 @@ from notebook_jobs.tasks.engine.layout import (
     STAGED_NAME,
     run_folder,
 )
-from notebook_jobs.tasks.engine.slurm_job import write_job_spec
-from notebook_jobs.tasks.engine.slurm_watch import cancel_job, collect_job, follow_job
+from notebook_jobs.tasks.engine.slurm.commands import RETRYABLE_STATES, SlurmCommands
+from notebook_jobs.tasks.engine.slurm.job import write_job_spec
+from notebook_jobs.tasks.engine.slurm.script import render_batch_script
+from notebook_jobs.tasks.engine.slurm.watch import cancel_job, collect_job, follow_job
 from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.models import ExecutionOutcome
 
@@ -250,7 +247,7 @@ class LocalExecutor:
 class SlurmExecutor:
     """Runs the execute step as a Slurm job; owns the ``SlurmCommands`` it uses.
 
-    The job runs ``notebook_jobs.tasks.engine.slurm_job`` on a node: the same engine
+    The job runs ``notebook_jobs.tasks.engine.slurm.job`` on a node: the same engine
     as a local run. Resubmits after NODE_FAIL or PREEMPTED (up to
     ``cluster.node_failure_retries``); cancels the job (``scancel``) only when the run
     is cancelled, then waits for the job to write its partial notebook.

@@ -47,7 +47,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.endswith(".dist-info/RECORD")}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"notebook_jobs"}
-    assert "notebook_jobs/tasks/engine/slurm_job.py" in names
+    assert "notebook_jobs/tasks/engine/slurm/job.py" in names
     assert not [name for name in names if "__pycache__" in name]
 
 

@@ -22,8 +22,9 @@ from notebook_jobs.blocks.exceptions import (
     SlurmJobError,
     SlurmSubmissionError,
 )
-from notebook_jobs.blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
-from notebook_jobs.tasks.engine.slurm_watch import outcome_report
+from notebook_jobs.blocks.slurm import SlurmCluster
+from notebook_jobs.tasks.engine.slurm.commands import JobStatus, SlurmCommands
+from notebook_jobs.tasks.engine.slurm.watch import outcome_report
 from notebook_jobs.tasks.engine.staged import stage
 from notebook_jobs.tasks.executors import SlurmExecutor
 from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest, NotebookResult

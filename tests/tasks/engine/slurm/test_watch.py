@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from notebook_jobs.tasks.engine.slurm_watch import read_events
+from notebook_jobs.tasks.engine.slurm.watch import read_events
 
 
 def line(phase: str, index: int, done: int) -> str:

@@ -1,4 +1,4 @@
-"""The execute step as a Slurm job: ``python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR``.
+"""The execute step as a Slurm job: ``python -m notebook_jobs.tasks.engine.slurm.job JOB_DIR``.
 
 Runs on the compute node the same code a local run does (``execute_notebook_async``),
 without Prefect. The job folder (``tasks/engine/layout.py``) holds, on the shared
@@ -125,14 +125,14 @@ async def run_job(job_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR``.
+    """Entry point: ``python -m notebook_jobs.tasks.engine.slurm.job JOB_DIR``.
 
     One kernel per job, spawned: no fork servers are current here (a fork server
     would cost more than it saves).
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m notebook_jobs.tasks.engine.slurm_job JOB_DIR", file=sys.stderr)
+        print("usage: python -m notebook_jobs.tasks.engine.slurm.job JOB_DIR", file=sys.stderr)
         return 2
     return asyncio.run(run_job(Path(args[0])))
 

@@ -4,7 +4,7 @@
 its folder (``tasks/engine/layout.py``): its cell events as they come, its report once
 it ends. ``cancel_job`` cancels it (only ever for a cancelled run); ``collect_job``
 makes the run's outcome from Slurm's verdict and what the job left. The commands
-themselves (sbatch, sacct, squeue, scontrol, scancel) are ``blocks/slurm.py``'s.
+themselves (sbatch, sacct, squeue, scontrol, scancel) are ``commands.py``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
-from notebook_jobs.blocks.slurm import JobStatus, SlurmCluster, SlurmCommands
+from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.cells import CellEvent, EventCallback
 from notebook_jobs.tasks.engine.layout import (
     EVENTS_NAME,
@@ -28,6 +28,7 @@ from notebook_jobs.tasks.engine.layout import (
     REPORT_NAME,
     STAGED_NAME,
 )
+from notebook_jobs.tasks.engine.slurm.commands import JobStatus, SlurmCommands
 from notebook_jobs.tasks.models import (
     CellReport,
     ErrorInfo,

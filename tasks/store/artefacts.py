@@ -1,0 +1,163 @@
+"""Store a run's artefacts: the notebooks, the files it wrote, job logs and ``result.json``.
+
+Uploads happen on every outcome, failures included: the partial notebook is the
+first thing a user looks at when a nightly run broke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.store import ArtefactStore, safe_key
+from notebook_jobs.tasks.engine.layout import FILES_FOLDER, MAIN_ARTEFACTS, RESULT_NAME
+from notebook_jobs.tasks.models import Artefacts, NotebookResult
+from notebook_jobs.tasks.notebook import render_html
+
+UPLOAD_THREADS = 8
+
+
+def upload_run_folder(
+    store: ArtefactStore,
+    run_dir: Path,
+    prefix: str,
+    files: list[str],
+    workdir: Path,
+    logs: dict[str, Path] | None = None,
+) -> Artefacts:
+    """Upload the run folder's notebooks, the files the notebook wrote, and job logs.
+
+    ``logs`` maps artefact names (``slurm/slurm-12.out``) to local files.
+
+    Returns:
+        Their URIs, plus links (presigned for S3) to the notebook, HTML and result.
+    """
+    jobs: list[tuple[str, str, Path]] = []
+    for field, name in MAIN_ARTEFACTS.items():
+        if (run_dir / name).exists():
+            jobs.append((field, safe_key(prefix, name), run_dir / name))
+    for relative in files:
+        source = workdir / relative
+        if source.is_file():
+            jobs.append((f"files:{relative}", safe_key(prefix, FILES_FOLDER, relative), source))
+    for name, source in (logs or {}).items():
+        if source.is_file():
+            jobs.append((f"logs:{name}", safe_key(prefix, name), source))
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
+    result_key = safe_key(prefix, RESULT_NAME)
+    return artefacts_from(
+        [(field, key, uri) for (field, key, _), uri in zip(jobs, uris, strict=True)],
+        prefix=store.uri(prefix),
+        result=(store.uri(result_key), store.link(result_key)),
+        link=store.link,
+    )
+
+
+def artefacts_from(
+    located: list[tuple[str, str, str]],
+    *,
+    prefix: str,
+    result: tuple[str, str],
+    link: Callable[[str], str],
+) -> Artefacts:
+    """The ``Artefacts`` of a run from where each one is, in a store or a spill folder.
+
+    Args:
+        located: ``(what, key, uri)``: ``what`` is a main artefact (``notebook``...),
+            ``files:<path>`` or ``logs:<name>``.
+        prefix: The run's prefix (or folder).
+        result: Where ``result.json`` is, and its link.
+        link: A browsable link for a key (main artefacts are linked).
+    """
+    artefacts = Artefacts(prefix=prefix, result=result[0])
+    for what, key, uri in located:
+        if what.startswith("files:"):
+            artefacts.files[what.removeprefix("files:")] = uri
+        elif what.startswith("logs:"):
+            artefacts.logs[what.removeprefix("logs:")] = uri
+        else:
+            setattr(artefacts, what, uri)
+            artefacts.links[what] = link(key)
+    artefacts.links["result"] = result[1]
+    return artefacts
+
+
+@task(name="store-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+async def store_artefacts(
+    store: ArtefactStore,
+    run_dir: Path,
+    prefix: str,
+    files: list[str],
+    workdir: Path,
+    logs: dict[str, Path] | None = None,
+) -> Artefacts:
+    """Render the executed notebook as HTML, then upload the run folder's artefacts.
+
+    The input, the executed notebook, its HTML, the files the notebook wrote and any
+    job logs. A rendering error is logged, not fatal: the notebook itself is stored.
+
+    Example:
+        >>> artefacts = await store_artefacts(open_store("s3://runs"), run_dir, prefix, [], work)
+        >>> artefacts.notebook
+        's3://runs/run-notebook/0b6f.../notebook.ipynb'
+    """
+    logger = get_run_logger()
+    try:
+        await asyncio.to_thread(render_html, run_dir)
+    except Exception as error:  # a broken rendering must not lose the run
+        logger.warning("could not render HTML: %s: %s", type(error).__name__, error)
+    artefacts = await asyncio.to_thread(
+        upload_run_folder, store, run_dir, prefix, files, workdir, logs
+    )
+    logger.info("stored artefacts under %s", artefacts.prefix)
+    return artefacts
+
+
+def result_document(result: NotebookResult) -> bytes:
+    """``result.json``: the result model as indented JSON."""
+    return json.dumps(result.model_dump(mode="json"), indent=2).encode()
+
+
+ResultListener = Callable[[NotebookResult], None]
+_result_listeners: list[ResultListener] = []
+
+
+def add_result_listener(listener: ResultListener) -> None:
+    """Call ``listener`` with each run's result once ``result.json`` is stored, before the
+    Prefect artifacts are published (the local worker hands it to ``nbjobs run`` then)."""
+    _result_listeners.append(listener)
+
+
+def remove_result_listener(listener: ResultListener) -> None:
+    """Stop calling ``listener``."""
+    if listener in _result_listeners:
+        _result_listeners.remove(listener)
+
+
+async def write_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> None:
+    """Write ``result.json`` under ``prefix`` in ``store``."""
+    await asyncio.to_thread(store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result))
+
+
+async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> bool:
+    """Write ``result.json`` and tell the result listeners, before any Prefect artifact.
+
+    Returns:
+        False when the write failed; ``publish_result`` then writes it again, with
+        its retries.
+    """
+    try:
+        await write_result(result, store, prefix)
+    except ArtefactStoreError:
+        return False
+    for listener in list(_result_listeners):
+        listener(result)
+    return True
