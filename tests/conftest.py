@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.loop_guard import no_blocking_calls  # noqa: F401  (a fixture for every test folder)
+
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -170,7 +170,7 @@ async def execute_notebook_async(
             else:
                 # leave client.kc set: nbclient's own watcher task may still look at it
                 await shutdown_kernel(km, client.kc)
-            shutil.rmtree(ipc_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, ipc_dir, ignore_errors=True)
 
     # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
     # nbclient raise DeadKernelError, which wait_for would report instead of the timeout.

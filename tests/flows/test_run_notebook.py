@@ -43,6 +43,7 @@ async def artifacts_of(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a for a in found}
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_example_runs_with_parameters_into_a_local_store(tmp_path: Path) -> None:
     state = run_flow(
         notebook=str(EXAMPLES / "report.ipynb"),
@@ -119,6 +120,7 @@ def test_a_raising_notebook_fails_after_storing_everything(tmp_path: Path) -> No
     assert "ValueError" in summary and "bad value 42" in summary
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_notebook_from_s3_with_artefacts_in_s3(bucket: str, s3: Any) -> None:
     s3.put_object(
         Bucket=bucket, Key="in/report.ipynb", Body=(EXAMPLES / "report.ipynb").read_bytes()

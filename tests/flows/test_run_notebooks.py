@@ -28,6 +28,7 @@ def test_expand_grid() -> None:
     assert expand_grid({}) == [{}]
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
     batch = asyncio.run(
         run_notebooks(
@@ -77,6 +78,7 @@ def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_the_batch_spreads_over_a_dask_local_cluster(
     tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,6 +64,7 @@ def test_outcome_mapping_is_pure() -> None:
     assert died.error is not None and died.error.message.endswith(": ModuleNotFoundError: tasks")
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_a_parameterised_notebook_runs_as_a_job_with_input_files(
     slurm_cluster: str, bucket: str, s3: Any, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def test_a_job_past_its_time_limit_ends_timeout(
     assert partial.cells[2].outputs[0]["text"] == "started\n"  # written by the job on SIGTERM
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_cancelling_the_flow_run_cancels_the_job(slurm_cluster: str, tmp_path: Path) -> None:
     from notebook_jobs.flows.run_notebook import run_notebook
 

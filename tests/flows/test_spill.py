@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.usefixtures("no_blocking_calls")
 def test_an_unreachable_store_spills_and_retry_uploads_completes(
     prefect_server: str, nbjobs_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

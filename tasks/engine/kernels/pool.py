@@ -147,7 +147,7 @@ class KernelPool:
             return_exceptions=True,
         )
         self._all.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self._dir, ignore_errors=True)
         atexit.unregister(self.kill_now)
 
     def kill_now(self) -> None:
