@@ -12,7 +12,9 @@ base class, or the branch they care about::
     │   ├── ParameterValueError       value cannot be carried as JSON
     │   ├── CellSelectionError        ``cells`` names no cell, or a cell out of range
     │   ├── WorkingFolderError        ``cwd`` is not a folder here, or not for Slurm
-    │   └── SlurmClusterError         no such SlurmCluster block, or one with bad values
+    │   ├── SlurmClusterError         no such SlurmCluster block, or one with bad values
+    │   ├── RequestTooLargeError      a notebook or parameters over their limits
+    │   └── FixedParameterError       a caller set what the deployment fixes
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
@@ -129,6 +131,28 @@ class SlurmClusterError(NotebookInputError):
     def __init__(self, message: str, *, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class RequestTooLargeError(NotebookInputError):
+    """A notebook or its parameters are over a limit (``what``: ``size`` > ``limit``)."""
+
+    def __init__(self, what: str, size: int, limit: int, unit: str = "bytes") -> None:
+        super().__init__(f"{what} is {size:,} {unit}, over the limit of {limit:,} {unit}")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+class FixedParameterError(NotebookInputError):
+    """A run of a notebook deployment set a parameter its deployer fixed."""
+
+    def __init__(self, name: str, deployment: str) -> None:
+        super().__init__(
+            f"{name!r} is fixed by the deployment {deployment!r}; its deployer can open it "
+            f"with `nbjobs deploy ... --allow {name}`"
+        )
+        self.name = name
+        self.deployment = deployment
 
 
 # --- a kernel ran ----------------------------------------------------------------

@@ -146,6 +146,13 @@ class Settings:
         90.0,
         "heartbeat silence after which a run is marked Crashed",
     )
+    max_notebook_bytes: int = _setting(
+        "NBJOBS_MAX_NOTEBOOK_BYTES",
+        _count,
+        "a whole number >= 0 (bytes)",
+        50_000_000,
+        "the largest notebook a run accepts, inline or fetched; larger ones are refused",
+    )
     server_start_timeout_seconds: float = _setting(
         "NBJOBS_SERVER_START_TIMEOUT",
         _seconds,

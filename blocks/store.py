@@ -32,7 +32,7 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 from pydantic import ValidationError
 
-from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.exceptions import ArtefactStoreError, RequestTooLargeError
 from notebook_jobs.blocks.settings import (
     BARE_BLOCK_NAME,
     BLOCK_SPEC,
@@ -285,10 +285,18 @@ def open_store(spec: str | None = None) -> ArtefactStore:
     return ArtefactStore(spec, LocalFileSystem(basepath=str(path)))
 
 
-def read_s3_object(uri: str) -> bytes:
-    """Read one object named by an ``s3://bucket/key`` URI (used to fetch notebooks)."""
+def read_s3_object(uri: str, max_bytes: int | None = None) -> bytes:
+    """Read one object named by an ``s3://bucket/key`` URI (used to fetch notebooks).
+
+    Raises:
+        RequestTooLargeError: The object is over ``max_bytes`` (asked before reading it).
+    """
     bucket, key = parse_s3_uri(uri)
     fs = _s3_bucket(bucket, "")
+    if max_bytes is not None:
+        head = fs.credentials.get_s3_client().head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] > max_bytes:
+            raise RequestTooLargeError(f"the notebook {uri}", head["ContentLength"], max_bytes)
     data: bytes = _io(fs).read_path(key, _sync=True)
     return data
 

@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a default kept as a string",
     )
     deploy.add_argument("--store", help="where the notebook and its runs' artefacts are stored")
+    deploy.add_argument("-k", "--kernel", help="the kernel every run uses")
+    deploy.add_argument("--cluster", help="a SlurmCluster block: every run is a Slurm job")
+    deploy.add_argument(
+        "--allow",
+        default="",
+        metavar="NAMES",
+        help="technical parameters callers may set, comma-separated (e.g. "
+        "timeout_seconds,cells); all others are fixed to this deployment's values",
+    )
     deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
     deploy.add_argument("--concurrency-limit", type=int, help="most runs at the same time")
 
@@ -174,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--pool", default="notebook-jobs", help="process work pool")
     serve.add_argument("--limit", type=int, help="most flow runs at the same time")
+    adhoc = serve.add_mutually_exclusive_group()
+    adhoc.add_argument(
+        "--allow-adhoc",
+        dest="adhoc",
+        action="store_const",
+        const=True,
+        help="register run-notebook/adhoc (runs any notebook it is sent) even when the API "
+        "is reachable beyond this machine without auth",
+    )
+    adhoc.add_argument(
+        "--no-adhoc",
+        dest="adhoc",
+        action="store_const",
+        const=False,
+        help="do not serve run-notebook/adhoc (an earlier one is removed)",
+    )
     serve.add_argument(
         "--kernel-pool",
         type=int,
@@ -273,7 +298,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         socket = Path(args.local_socket) if args.local_socket else None
         kernel_pool = settings().kernel_pool if args.kernel_pool is None else args.kernel_pool
-        asyncio.run(serve(args.pool, args.limit, args.isolation, socket, kernel_pool))
+        asyncio.run(serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc))
         return EXIT_OK
     if args.command in ("run", "deploy"):
         try:
@@ -346,6 +371,8 @@ async def _deploy(args: argparse.Namespace) -> int:
             name=args.name,
             defaults=args.parameter_values,
             store=args.store,
+            fixed={"kernel": args.kernel, "cluster": args.cluster},
+            allow=[name.strip() for name in args.allow.split(",") if name.strip()],
             cron=args.cron,
             timezone=args.timezone if args.cron else None,
             pool=args.pool,

@@ -7,8 +7,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_logger
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
 
 from notebook_jobs.blocks.exceptions import UnknownParameterError
 from notebook_jobs.blocks.settings import settings
@@ -16,6 +20,7 @@ from notebook_jobs.blocks.store import open_store, safe_key
 from notebook_jobs.deployments.definitions import (
     POOL_NAME,
     apply_spec,
+    check_allowed,
     content_hash,
     general_spec,
     notebook_spec,
@@ -44,6 +49,8 @@ async def deploy_notebook(
     name: str,
     defaults: dict[str, Any] | None = None,
     store: str | None = None,
+    fixed: dict[str, Any] | None = None,
+    allow: list[str] | None = None,
     cron: str | None = None,
     timezone: str | None = None,
     pool: str = POOL_NAME,
@@ -51,10 +58,15 @@ async def deploy_notebook(
 ) -> Deployed:
     """Store the notebook under its content hash and create or update its deployment.
 
+    Callers of the deployment send the notebook's parameters; every technical
+    parameter is fixed to ``store``, ``fixed`` or the flow's default, except the
+    names in ``allow`` (``definitions.notebook_spec``).
+
     Raises:
         NotebookInputError: The notebook cannot be read, or a default is not declared.
         ArtefactStoreError: The notebook could not be uploaded.
     """
+    check_allowed(list(allow or []))
     source = fetch_notebook_source(notebook)
     nb = parse_notebook(source)
     declared = declared_parameters(nb)
@@ -77,6 +89,8 @@ async def deploy_notebook(
         declared=declared,
         defaults=defaults,
         store=store,
+        fixed=fixed,
+        allow=allow,
         cron=cron,
         timezone=timezone,
         concurrency_limit=concurrency_limit,
@@ -175,12 +189,53 @@ async def _wait_for_api(client: Any) -> None:
         await asyncio.sleep(HEALTH_POLL_SECONDS)
 
 
+logger = get_logger("nbjobs.serve")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def adhoc_decision(api_url: str, auth: bool, asked: bool | None) -> tuple[bool, str]:
+    """Whether ``nbjobs serve`` registers ``adhoc``, and why, for its log.
+
+    ``adhoc`` runs any notebook it is sent: code execution for whoever can reach the
+    API. It is registered when the API is on this machine's loopback, or asks for
+    credentials (an auth string or an API key), or when ``--allow-adhoc`` says so;
+    ``--no-adhoc`` leaves it out whatever the API.
+
+    Example:
+        >>> adhoc_decision("http://10.0.0.5:4200/api", auth=False, asked=None)
+        (False, 'the API at http://10.0.0.5:4200/api is not on the loopback and has no auth: ...')
+    """
+    if asked is not None:
+        return asked, "--allow-adhoc" if asked else "--no-adhoc"
+    host = urlparse(api_url).hostname or ""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return True, f"the API at {api_url} is on this machine's loopback"
+    if auth:
+        return True, f"the API at {api_url} asks for credentials"
+    return False, (
+        f"the API at {api_url} is not on the loopback and has no auth: run-notebook/adhoc "
+        "would run any notebook for anyone who reaches it (--allow-adhoc registers it anyway)"
+    )
+
+
+async def remove_adhoc(client: Any, pool: str) -> bool:
+    """Delete ``pool``'s ``adhoc`` deployment an earlier ``serve`` left; True if one was there."""
+    name = general_spec(pool).name
+    try:
+        found = await client.read_deployment_by_name(f"run-notebook/{name}")
+    except ObjectNotFound:
+        return False
+    await client.delete_deployment(found.id)
+    return True
+
+
 async def serve(
     pool: str = POOL_NAME,
     limit: int | None = None,
     isolation: str = "in-process",
     poke_socket: Path | None = None,
     kernel_pool: int = 0,
+    adhoc: bool | None = None,
 ) -> None:
     """Register the general deployment and run a worker for ``pool`` until stopped.
 
@@ -197,6 +252,9 @@ async def serve(
             has one, and ``nbjobs run`` uses it.
         kernel_pool: Kernels kept started ahead of demand (in-process only). The
             worker's ``LocalExecutor`` owns them and its fork servers, for its life.
+        adhoc: Register ``run-notebook/adhoc`` (True), leave it out and remove an
+            earlier one (False), or decide from the API's address and auth (None,
+            ``adhoc_decision``).
     """
     from prefect.workers.process import ProcessWorker
 
@@ -215,7 +273,22 @@ async def serve(
     async with get_client() as client:
         if poke_socket is not None:
             await _wait_for_api(client)  # the local server may still be starting
-        await apply_spec(client, general_spec(pool), pool)
+        wanted, why = adhoc_decision(
+            str(client.api_url),
+            bool(PREFECT_API_AUTH_STRING.value() or PREFECT_API_KEY.value()),
+            adhoc,
+        )
+        if wanted:
+            await apply_spec(client, general_spec(pool), pool)
+            logger.info("registered run-notebook/%s: %s", general_spec(pool).name, why)
+        else:
+            removed = await remove_adhoc(client, pool)
+            logger.warning(
+                "run-notebook/%s is not served (%s)%s",
+                general_spec(pool).name,
+                why,
+                "; the one an earlier serve registered was removed" if removed else "",
+            )
         if poke_socket is None:
             await ensure_zombie_automation(client)
         else:

@@ -9,7 +9,11 @@ notebook-jobs installed, not a checkout in a particular folder.
 A notebook deployment fixes ``notebook`` to a copy of the notebook stored under its
 content hash and turns the notebook's ``parameters`` cell into the JSON schema of the
 ``parameters`` object: the UI shows a typed form, and the server (enforced parameter
-schema) refuses unknown names and wrong types before anything runs.
+schema) refuses unknown names and wrong types before anything runs. Every technical
+parameter (store, cluster, kernel, input files, timeouts...) is fixed to the
+deployer's value unless opened with ``--allow``: the schema shows only the notebook's
+parameters and the opened ones, and the server refuses the rest with HTTP 409 (the
+flow checks again at run time, ``flows/deployment_rules.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema as callable_parameter_schema
 
-from notebook_jobs.flows.run_notebook import FLOW_NAME, run_notebook
+from notebook_jobs.blocks.exceptions import NotebookInputError
+from notebook_jobs.flows.deployment_rules import ALLOW_TAG
+from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
 
 POOL_NAME = "notebook-jobs"
 GENERAL_DEPLOYMENT = "adhoc"
@@ -116,6 +122,26 @@ class DeploymentSpec:
     work_queue_name: str | None = None
 
 
+def technical_parameters() -> list[str]:
+    """``run-notebook``'s parameters other than ``notebook`` and ``parameters``."""
+    return [name for name in FLOW_DEFAULTS if name != "parameters"]
+
+
+def check_allowed(allow: list[str]) -> None:
+    """Refuse an ``--allow`` name that is not a technical parameter of ``run-notebook``.
+
+    Raises:
+        NotebookInputError: Lists the names that can be opened.
+    """
+    known = technical_parameters()
+    unknown = [name for name in allow if name not in known]
+    if unknown:
+        raise NotebookInputError(
+            f"--allow {','.join(unknown)}: not a parameter that can be opened; "
+            f"these can: {', '.join(known)}"
+        )
+
+
 def flow_schema() -> dict[str, Any]:
     """The parameter schema Prefect derives from ``run_notebook``'s signature."""
     schema: dict[str, Any] = callable_parameter_schema(run_notebook.fn).model_dump(
@@ -146,35 +172,60 @@ def notebook_spec(
     declared: list[dict[str, Any]],
     defaults: dict[str, Any] | None = None,
     store: str | None = None,
+    fixed: dict[str, Any] | None = None,
+    allow: list[str] | None = None,
     cron: str | None = None,
     timezone: str | None = None,
     concurrency_limit: int | None = None,
 ) -> DeploymentSpec:
-    """A deployment for one stored notebook, its parameters cell as a typed schema."""
-    schema = flow_schema()
-    schema["properties"]["notebook"] = {
-        "title": "notebook",
-        "type": "string",
-        "description": f"{notebook_name}, stored under its content hash {digest}.",
-        "default": notebook_uri,
-        "enum": [notebook_uri],
-        "readOnly": True,
-        "position": 0,
+    """A deployment for one stored notebook, its parameters cell as a typed schema.
+
+    Args:
+        fixed: Technical parameters set by the deployer (``kernel``, ``cluster``...);
+            ``store`` too. Callers cannot change them.
+        allow: Technical parameters callers may set (``timeout_seconds``...); the
+            schema shows them, validated as the flow's signature types them.
+
+    The schema lists ``parameters`` and the opened names only, so the UI's form shows
+    nothing else. What the deployment fixes is checked without being shown: any
+    other name is refused (``propertyNames``), and a fixed value can only be sent
+    unchanged (``const`` under ``allOf``). Both make the server answer HTTP 409.
+    """
+    allow = list(allow or [])
+    check_allowed(allow)
+    parameters: dict[str, Any] = {
+        "notebook": notebook_uri,
+        "parameters": dict(defaults or {}),
+        **{key: value for key, value in (fixed or {}).items() if value is not None},
     }
-    schema["properties"]["parameters"] = {
-        **parameter_schema(declared, defaults),
-        "position": 1,
-    }
-    schema["required"] = []
-    parameters: dict[str, Any] = {"notebook": notebook_uri, "parameters": dict(defaults or {})}
     if store:
         parameters["store"] = store
+    signature = flow_schema()
+    properties: dict[str, Any] = {
+        "parameters": {**parameter_schema(declared, defaults), "position": 0},
+    }
+    for position, opened in enumerate(allow, start=1):
+        properties[opened] = {**signature["properties"][opened], "position": position}
+    hidden = {key: {"const": value} for key, value in parameters.items() if key not in properties}
+    schema = {
+        "title": "Parameters",
+        "type": "object",
+        "properties": properties,
+        "required": [],
+        "definitions": signature.get("definitions", {}),
+        "propertyNames": {"enum": sorted({*parameters, *properties})},
+        "allOf": [{"properties": hidden}],
+    }
     return DeploymentSpec(
         name=name,
         parameters=parameters,
         schema=schema,
         description=f"Runs {notebook_name} (version {digest}).",
-        tags=[NOTEBOOK_TAG, f"notebook:{notebook_name.removesuffix('.ipynb')}"],
+        tags=[
+            NOTEBOOK_TAG,
+            f"notebook:{notebook_name.removesuffix('.ipynb')}",
+            *(f"{ALLOW_TAG}{opened}" for opened in allow),
+        ],
         version=digest,
         cron=cron,
         timezone=timezone,

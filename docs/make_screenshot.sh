@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders docs/flow-run.png: a run of examples/report.ipynb in the Prefect UI, with
-# its artifacts. Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
+# its artifacts; and docs/deploy-form.png: that deployment's run form, which shows
+# the notebook's parameters and the one technical parameter opened (--allow). Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
 # triggers one run over HTTP, and screenshots the run page with headless Chromium
 # (Debian's `chromium` package: apt-get install chromium).
 set -euo pipefail
@@ -14,7 +15,7 @@ server=$!
 trap 'kill -- -$server 2>/dev/null; kill -- -$worker 2>/dev/null; rm -rf "$home"' EXIT
 until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.5; done
 export PREFECT_API_URL="http://127.0.0.1:$port/api"
-.venv/bin/nbjobs deploy examples/report.ipynb --name report -p label weekly >/dev/null
+.venv/bin/nbjobs deploy examples/report.ipynb --name report -p label weekly --allow timeout_seconds >/dev/null
 setsid .venv/bin/nbjobs serve >"$home/serve.log" 2>&1 &
 worker=$!
 run_id="$(.venv/bin/python - <<'PY'
@@ -27,9 +28,17 @@ for n in (5, 12):
 print(run_id)
 PY
 )"
+deployment_id="$(curl -s "$PREFECT_API_URL/deployments/name/run-notebook/report" |
+  .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
   --virtual-time-budget=20000 --screenshot=docs/flow-run.png \
   "http://127.0.0.1:$port/runs/flow-run/$run_id?tab=Artifacts" 2>/dev/null
 echo "docs/flow-run.png: run $run_id"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$home/chromium" --window-size=1400,960 --hide-scrollbars \
+  --virtual-time-budget=15000 --screenshot=docs/deploy-form.png \
+  "http://127.0.0.1:$port/deployments/deployment/$deployment_id/run" 2>/dev/null
+echo "docs/deploy-form.png: deployment $deployment_id"

@@ -1,4 +1,4 @@
-"""What a ``run-notebook`` flow run is called and tagged, and which parameters it runs with.
+"""What a ``run-notebook`` flow run is called and tagged.
 
 Hundreds of runs stay browsable in the UI: each is named after its notebook and a
 digest of its parameters (``report-p3fa2c1``) and tagged with its notebook and how it
@@ -77,18 +77,3 @@ async def label_run(run_id: str, notebook: Any) -> None:
         return
     async with get_client() as client:
         await client.update_flow_run(UUID(run_id), tags=tags + missing)
-
-
-async def merged_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """A deployment's default notebook parameters, overridden name by name by the run's.
-
-    Prefect merges a run's parameters over the deployment's one level deep only, so a
-    run that sets ``parameters={"n": 3}`` would otherwise drop a deployment's
-    ``parameters={"label": "daily"}``.
-    """
-    deployment_id = current_deployment_id()
-    if not deployment_id:
-        return dict(parameters or {})
-    async with get_client() as client:
-        defaults = (await client.read_deployment(UUID(deployment_id))).parameters or {}
-    return {**(defaults.get("parameters") or {}), **(parameters or {})}

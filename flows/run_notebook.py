@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import (
     ArtefactStoreError,
+    FixedParameterError,
     KernelDiedError,
     NotebookInputError,
     WorkingFolderError,
@@ -33,7 +35,12 @@ from notebook_jobs.blocks.exceptions import (
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import ArtefactStore, open_store, safe_key
-from notebook_jobs.flows.run_labels import label_run, merged_parameters, run_name
+from notebook_jobs.flows.deployment_rules import (
+    merged_parameters,
+    refused_parameter,
+    run_deployment,
+)
+from notebook_jobs.flows.run_labels import label_run, run_name
 from notebook_jobs.tasks.engine.layout import RESULT_NAME, run_key, run_prefix, runs_root
 from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.executors import (
@@ -151,10 +158,32 @@ async def run_notebook(
     logger = get_run_logger()
     t_start = time.perf_counter()
     started_at = datetime.now(timezone.utc)
+    deployment = await run_deployment()
+    if deployment is not None:
+        given = {
+            "notebook": notebook,
+            "kernel": kernel,
+            "cells": cells,
+            "cell_timeout_seconds": cell_timeout_seconds,
+            "timeout_seconds": timeout_seconds,
+            "store": store,
+            "cluster": cluster,
+            "input_files": input_files,
+            "cwd": cwd,
+            "language": language,
+            "report_mode": report_mode,
+            "start_timeout_seconds": start_timeout_seconds,
+            "strict_parameters": strict_parameters,
+        }
+        refused = refused_parameter(
+            deployment.parameters or {}, deployment.tags or [], given, FLOW_DEFAULTS
+        )
+        if refused is not None:
+            raise FixedParameterError(refused, deployment.name)
     try:
         request = NotebookRequest(
             notebook=notebook,
-            parameters=await merged_parameters(parameters),
+            parameters=merged_parameters(deployment, parameters),
             kernel=kernel,
             cells=cells,
             cell_timeout_seconds=cell_timeout_seconds,
@@ -181,6 +210,14 @@ async def run_notebook(
                 await labelling
             except Exception as error:  # a missing tag must not fail a run
                 logger.warning("could not tag the flow run: %s", error)
+
+
+# what a deployment that does not set a parameter fixes it to
+FLOW_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(run_notebook.fn).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
 
 
 async def _run(

@@ -20,9 +20,11 @@ from nbformat import NotebookNode
 from notebook_jobs.blocks.exceptions import (
     NotebookFormatError,
     NotebookNotFoundError,
+    RequestTooLargeError,
     WorkingFolderError,
 )
 from notebook_jobs.blocks.retry import retry_busy
+from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import read_s3_object
 
 HTTP_FETCH_TIMEOUT_SECONDS = 30.0
@@ -45,10 +47,28 @@ def notebook_name(origin: str) -> str:
     return tail or "notebook.ipynb"
 
 
-def _get_with_retries(url: str) -> httpx.Response:
+def _within_limit(what: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise RequestTooLargeError(what, size, limit)
+
+
+def _get_limited(url: str, limit: int | None) -> httpx.Response:
+    """GET ``url``, reading no more than ``limit`` bytes of its body (None: no limit)."""
+    what = f"the notebook at {url}"
+    with httpx.stream("GET", url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS) as r:
+        body = bytearray()
+        if r.status_code < 400:
+            _within_limit(what, int(r.headers.get("content-length") or 0), limit)
+            for chunk in r.iter_bytes():
+                body += chunk
+                _within_limit(what, len(body), limit)
+        return httpx.Response(r.status_code, content=bytes(body), request=r.request)
+
+
+def _get_with_retries(url: str, limit: int | None = None) -> httpx.Response:
     """GET ``url``, retrying 503 and 429 (a busy server) with exponential backoff."""
     response = retry_busy(
-        lambda: httpx.get(url, follow_redirects=True, timeout=HTTP_FETCH_TIMEOUT_SECONDS),
+        lambda: _get_limited(url, limit),
         lambda response: response.status_code,
         attempts=HTTP_FETCH_ATTEMPTS,
         backoff_seconds=HTTP_BACKOFF_SECONDS,
@@ -69,15 +89,20 @@ def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
     Raises:
         NotebookNotFoundError: The file, URL or object cannot be read.
         NotebookFormatError: ``notebook`` is neither a notebook nor a location.
+        RequestTooLargeError: It is over ``$NBJOBS_MAX_NOTEBOOK_BYTES`` (read no further).
     """
+    limit = settings().max_notebook_bytes
     if isinstance(notebook, dict):
-        return NotebookSource("notebook.ipynb", json.dumps(notebook).encode(), "inline")
+        data = json.dumps(notebook).encode()
+        _within_limit("the notebook sent in the request", len(data), limit)
+        return NotebookSource("notebook.ipynb", data, "inline")
     text = notebook.strip()
     if text.startswith("{"):
+        _within_limit("the notebook sent in the request", len(text.encode()), limit)
         return NotebookSource("notebook.ipynb", text.encode(), "inline")
     if text.startswith(("http://", "https://")):
         try:
-            response = _get_with_retries(text)
+            response = _get_with_retries(text, limit)
         except httpx.HTTPError as error:
             raise NotebookNotFoundError(
                 f"could not fetch notebook {text}: {type(error).__name__}: {error}", source=text
@@ -85,7 +110,9 @@ def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
         return NotebookSource(notebook_name(text), response.content, text)
     if text.startswith("s3://"):
         try:
-            data = read_s3_object(text)
+            data = read_s3_object(text, max_bytes=limit)
+        except RequestTooLargeError:
+            raise
         except Exception as error:
             raise NotebookNotFoundError(
                 f"could not read notebook {text}: {type(error).__name__}: {error}", source=text
@@ -99,6 +126,7 @@ def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
         )
     path = Path(text).expanduser()
     try:
+        _within_limit(f"the notebook {path}", path.stat().st_size, limit)
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise NotebookNotFoundError(

@@ -21,6 +21,7 @@ from papermill.translators import translate_parameters
 from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
     ParameterValueError,
+    RequestTooLargeError,
     UnknownParameterError,
 )
 from notebook_jobs.tasks.engine.parameters import (
@@ -32,7 +33,11 @@ from notebook_jobs.tasks.engine.parameters import (
     parse_parameters,
 )
 
-MAX_PARAMETER_DEPTH = 64
+# Limits on what a caller sends, checked before any kernel starts: a request within
+# them is one no notebook needs more than, and one beyond them is an attack or a bug.
+MAX_PARAMETER_DEPTH = 32
+MAX_PARAMETERS = 1000
+MAX_PARAMETERS_JSON_BYTES = 10_000_000
 
 INJECTED_TAG = "injected-parameters"
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -125,6 +130,29 @@ def check_json_value(name: str, value: Any, depth: int = 0) -> None:
     )
 
 
+def check_parameter_limits(parameters: dict[str, Any]) -> None:
+    """Refuse values that cannot travel as JSON, and requests over the limits.
+
+    Over ``MAX_PARAMETERS`` names, nested deeper than ``MAX_PARAMETER_DEPTH``, or
+    over ``MAX_PARAMETERS_JSON_BYTES`` as JSON.
+
+    Raises:
+        RequestTooLargeError: Says which limit, and by how much.
+        ParameterValueError: A value that is not JSON, or nested too deep.
+    """
+    if len(parameters) > MAX_PARAMETERS:
+        raise RequestTooLargeError(
+            "the request's parameters", len(parameters), MAX_PARAMETERS, "names"
+        )
+    for name, value in parameters.items():
+        check_json_value(name, value)  # depth first: json.dumps would recurse without bound
+    size = len(json.dumps(parameters, default=str).encode())
+    if size > MAX_PARAMETERS_JSON_BYTES:
+        raise RequestTooLargeError(
+            "the request's parameters as JSON", size, MAX_PARAMETERS_JSON_BYTES
+        )
+
+
 def check_parameters(
     nb: NotebookNode,
     parameters: dict[str, Any],
@@ -147,11 +175,11 @@ def check_parameters(
             dunder), or a value that cannot be carried as JSON.
         UnknownParameterError: ``strict``, and a name is not declared.
     """
-    for name, value in parameters.items():
+    for name in parameters:
         problem = name_problem(name)
         if problem:
             raise ParameterValueError(name, problem)
-        check_json_value(name, value)
+    check_parameter_limits(parameters)
     if not parameters:
         return []
     names = ", ".join(repr(name) for name in parameters)

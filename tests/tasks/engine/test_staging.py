@@ -14,6 +14,7 @@ from notebook_jobs.blocks.exceptions import (
     NotebookFormatError,
     NotebookNotFoundError,
     ParameterValueError,
+    RequestTooLargeError,
     UnknownParameterError,
 )
 from notebook_jobs.tasks.engine.fetch import NotebookSource, fetch_notebook_source, parse_notebook
@@ -81,6 +82,50 @@ def test_notebook_from_s3(bucket: str, s3: Any) -> None:
     assert fetch_notebook_source(f"s3://{bucket}/nb/params.ipynb").name == "params.ipynb"
     with pytest.raises(NotebookNotFoundError, match="could not read notebook"):
         fetch_notebook_source(f"s3://{bucket}/nb/absent.ipynb")
+
+
+def test_a_notebook_over_the_limit_is_refused_from_every_place(
+    tmp_path: Path,
+    http_notebooks: str,
+    bucket: str,
+    s3: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = (DATA / "params.ipynb").read_bytes()
+    monkeypatch.setenv("NBJOBS_MAX_NOTEBOOK_BYTES", str(len(data) - 10))
+    s3.put_object(Bucket=bucket, Key="nb/params.ipynb", Body=data)
+    for where in (
+        str(DATA / "params.ipynb"),
+        f"{http_notebooks}/params.ipynb",
+        f"s3://{bucket}/nb/params.ipynb",
+        data.decode(),
+    ):
+        with pytest.raises(RequestTooLargeError, match="over the limit of") as refused:
+            fetch_notebook_source(where)
+        assert refused.value.limit == len(data) - 10
+    monkeypatch.setenv("NBJOBS_MAX_NOTEBOOK_BYTES", str(len(data)))
+    assert fetch_notebook_source(f"{http_notebooks}/params.ipynb").data == data
+
+
+def deeply(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("parameters", "refused"),
+    [
+        ({f"p{i}": i for i in range(1001)}, "1,001 names, over the limit of 1,000 names"),
+        ({"x": "y" * 10_000_000}, "parameters as JSON is 10,000,009 bytes"),
+        ({"x": deeply(33)}, "nested deeper than 32 levels"),
+    ],
+)
+def test_requests_over_the_limits_are_refused(parameters: dict[str, Any], refused: str) -> None:
+    with pytest.raises((RequestTooLargeError, ParameterValueError), match=refused):
+        check_parameters(load("params.ipynb"), parameters, "python3")
+    check_parameters(load("params.ipynb"), {"x": deeply(32)}, "python3")  # the deepest allowed
 
 
 def test_notebook_json_itself_is_accepted() -> None:
