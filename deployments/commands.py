@@ -16,6 +16,7 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
 
 from notebook_jobs.blocks.exceptions import UnknownParameterError
 from notebook_jobs.blocks.settings import settings
+from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.blocks.store import open_store, safe_key
 from notebook_jobs.deployments.definitions import (
     POOL_NAME,
@@ -278,6 +279,8 @@ async def serve(
             bool(PREFECT_API_AUTH_STRING.value() or PREFECT_API_KEY.value()),
             adhoc,
         )
+        # the Blocks catalog lists SlurmCluster even on a server in another environment
+        await SlurmCluster.aregister_type_and_schema(client=client)
         if wanted:
             await apply_spec(client, general_spec(pool), pool)
             logger.info("registered run-notebook/%s: %s", general_spec(pool).name, why)

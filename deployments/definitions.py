@@ -158,7 +158,10 @@ def general_spec(pool: str = POOL_NAME) -> DeploymentSpec:
     """
     return DeploymentSpec(
         name=GENERAL_DEPLOYMENT if pool == POOL_NAME else f"{GENERAL_DEPLOYMENT}-{pool}",
-        description="Run any notebook: a path, an s3:// or http(s):// URI, or its JSON.",
+        description=(
+            "Runs any notebook it is sent (a path, an s3:// or http(s):// URI, or its JSON), "
+            "with any settings: whoever can create its runs can run code on the worker."
+        ),
         tags=["nbjobs"],
     )
 

@@ -33,7 +33,7 @@ deployment_id="$(curl -s "$PREFECT_API_URL/deployments/name/run-notebook/report"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
-  --virtual-time-budget=20000 --screenshot=docs/flow-run.png \
+  --virtual-time-budget=40000 --screenshot=docs/flow-run.png \
   "http://127.0.0.1:$port/runs/flow-run/$run_id?tab=Artifacts" 2>/dev/null
 echo "docs/flow-run.png: run $run_id"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \

@@ -1,13 +1,13 @@
 """What a ``run-notebook`` flow run is called and tagged.
 
-Hundreds of runs stay browsable in the UI: each is named after its notebook and a
-digest of its parameters (``report-p3fa2c1``) and tagged with its notebook and how it
-was started (``trigger:http``, ``schedule``, ``cli``, ``batch``).
+Hundreds of runs stay browsable in the UI: each is named after its notebook, its
+parameters and its id (``report n=20 label=monthly · 3f2a``) and tagged with its
+notebook and how it was started (``trigger:api``, ``schedule``, ``cli``, ``batch``);
+all of them carry the one tag ``nbjobs``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any
@@ -19,11 +19,27 @@ from prefect.runtime import flow_run
 
 from notebook_jobs.tasks.engine.fetch import notebook_name
 
+COMMON_TAG = "nbjobs"  # on every notebook run, whatever started it
 
-def parameter_digest(parameters: dict[str, Any]) -> str:
-    """A short, stable digest of a run's parameters, for run names (``'p3fa2c1'``)."""
-    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
-    return "p" + hashlib.sha1(canonical.encode()).hexdigest()[:6]
+
+MAX_NAME_CHARS = 80  # the runs list shows about this much of a name
+
+
+def readable_name(notebook: Any, parameters: dict[str, Any], run_id: str | None) -> str:
+    """A run's name: its notebook, its parameters as ``name=value``, its id's first characters.
+
+    Example:
+        >>> readable_name("reports/report.ipynb", {"n": 20, "label": "monthly"}, "3f2a9c...")
+        'report n=20 label=monthly · 3f2a'
+    """
+    values = " ".join(
+        f"{name}={value if isinstance(value, str) else json.dumps(value, default=str)}"
+        for name, value in parameters.items()
+    )
+    text = f"{notebook_label(notebook)} {values}".strip()
+    if len(text) > MAX_NAME_CHARS:
+        text = text[: MAX_NAME_CHARS - 1] + "…"
+    return f"{text} · {run_id[:4]}" if run_id else text
 
 
 def notebook_label(notebook: Any) -> str:
@@ -35,22 +51,20 @@ def notebook_label(notebook: Any) -> str:
 
 
 def run_name() -> str:
-    """The flow run's name: the notebook and a digest of its parameters (``report-p3fa2c1``)."""
+    """The flow run's name (``report n=20 label=monthly · 3f2a``): unique, and readable."""
     given = flow_run.get_parameters()
-    return (
-        f"{notebook_label(given.get('notebook'))}-{parameter_digest(given.get('parameters') or {})}"
-    )
+    return readable_name(given.get("notebook"), given.get("parameters") or {}, flow_run.get_id())
 
 
 def trigger_of(tags: list[str], deployment_id: str | None) -> str:
-    """How a run was started: ``schedule`` (the scheduler), ``http`` (API or UI), ``cli``,
+    """How a run was started: ``schedule`` (the scheduler), ``api`` (API or UI), ``cli``,
     or ``batch`` (an item of ``run-notebooks``, tagged by it)."""
     for tag in tags:
         if tag.startswith("trigger:"):
             return tag.removeprefix("trigger:")
     if "auto-scheduled" in tags:
         return "schedule"
-    return "http" if deployment_id else "cli"
+    return "api" if deployment_id else "cli"
 
 
 def current_deployment_id() -> str | None:
@@ -69,6 +83,7 @@ async def label_run(run_id: str, notebook: Any) -> None:
     """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable."""
     tags = list(flow_run.get_tags())
     wanted = [
+        COMMON_TAG,
         f"notebook:{notebook_label(notebook)}",
         f"trigger:{trigger_of(tags, current_deployment_id())}",
     ]

@@ -41,8 +41,15 @@ from notebook_jobs.flows.deployment_rules import (
     run_deployment,
 )
 from notebook_jobs.flows.run_labels import label_run, run_name
-from notebook_jobs.tasks.engine.layout import RESULT_NAME, run_key, run_prefix, runs_root
+from notebook_jobs.tasks.engine.layout import (
+    EXECUTED_NAME,
+    RESULT_NAME,
+    run_key,
+    run_prefix,
+    runs_root,
+)
 from notebook_jobs.tasks.engine.staged import StagedNotebook
+from notebook_jobs.tasks.engine.staging import notebook_defaults
 from notebook_jobs.tasks.executors import (
     Executor,
     LocalExecutor,
@@ -322,6 +329,7 @@ async def _store(
         flow_run_id=run_id,
         flow_name=FLOW_NAME,
         parameters=request.parameters,
+        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **request.parameters},
         kernel=report.kernel,
         error=report.error,
         cells=report.cells,
@@ -342,10 +350,12 @@ async def _store(
     if spilled is None:
         # result.json first: `nbjobs run` reports it while the artifacts are published
         stored = await store_result(result, artefact_store, prefix)
-        await publish_result(result, keys, None if stored else artefact_store, prefix)
+        await publish_result(
+            result, keys, None if stored else artefact_store, prefix, run_dir / EXECUTED_NAME
+        )
     else:
         await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
-        await publish_result(result, keys)
+        await publish_result(result, keys, executed=spilled / EXECUTED_NAME)
     if spilled is not None:
         raise ArtefactStoreError(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")

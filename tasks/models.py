@@ -149,6 +149,17 @@ class ExecutionReport(BaseModel):
         return self.status == "completed"
 
 
+class DisplayOutput(BaseModel):
+    """A rich output of a cell (a plot, a table, data), stored as ``outputs/cell-5-0.png``."""
+
+    cell: int = Field(description="The cell's position in the input notebook.")
+    output: int = Field(description="The output's position among the cell's outputs.")
+    content_type: str = Field(description="Its MIME type: image/png, text/html, ...")
+    size_bytes: int
+    uri: str = ""
+    link: str = Field(default="", description="A link a browser opens (presigned for S3).")
+
+
 class Artefacts(BaseModel):
     """Where a run's artefacts are (store URIs) and browser links to the main ones."""
 
@@ -162,6 +173,10 @@ class Artefacts(BaseModel):
         default_factory=dict, description="Slurm job stdout, stderr and the job folder as a zip."
     )
     links: dict[str, str] = Field(default_factory=dict)
+    displays: list[DisplayOutput] = Field(
+        default_factory=list,
+        description="Plots, tables and data the cells displayed, each stored on its own.",
+    )
 
 
 class SlurmInfo(BaseModel):
@@ -207,7 +222,16 @@ class NotebookResult(BaseModel):
     notebook: str = Field(description="The notebook's name.")
     flow_run_id: str | None = None
     flow_name: str = "run-notebook"
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="What the run was given (and its deployment's)."
+    )
+    parameters_used: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "What the notebook ran with: its own defaults (those written as literals), "
+            "overridden by the parameters given."
+        ),
+    )
     kernel: str
     error: ErrorInfo | None = None
     cells: list[CellReport] = Field(default_factory=list)

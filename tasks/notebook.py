@@ -10,6 +10,7 @@ retries of dead kernels.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import warnings
@@ -140,7 +141,9 @@ async def execute_notebook(
         report = event.report
         if report is None:
             return
-        logger.info(
+        # a failing cell is an ERROR line, so filtering the run's log to errors finds it
+        logger.log(
+            logging.INFO if report.status in ("ok", "skipped") else logging.ERROR,
             "cell %d (%d/%d) %s in %.3f s",
             event.index,
             event.done,

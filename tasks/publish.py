@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
-from prefect import task
+import nbformat
+from nbformat import NotebookNode
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     acreate_link_artifact,
     acreate_markdown_artifact,
@@ -14,12 +18,14 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from notebook_jobs.blocks.store import ArtefactStore
+from notebook_jobs.tasks.engine.notebook_markdown import notebook_markdown
 from notebook_jobs.tasks.models import NotebookResult
 from notebook_jobs.tasks.store.artefacts import write_result
 
 
-def summary_markdown(result: NotebookResult) -> str:
-    """The run summary shown in the Prefect UI: status, error, cells, outputs, links."""
+def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = None) -> str:
+    """The run summary shown in the Prefect UI: status, error, parameters, links, cells,
+    and the executed notebook itself when ``notebook`` is given."""
     lines = [f"# {result.notebook}: {result.status}", ""]
     if result.error:
         where = f" in cell {result.error.cell_index}" if result.error.cell_index is not None else ""
@@ -32,9 +38,13 @@ def summary_markdown(result: NotebookResult) -> str:
         f"({timings.execute_seconds:.2f} s executing).",
         "",
     ]
-    if result.parameters:
-        lines += ["| parameter | value |", "|---|---|"]
-        lines += [f"| {k} | `{json.dumps(v)[:200]}` |" for k, v in result.parameters.items()]
+    used = result.parameters_used or result.parameters
+    if used:
+        lines += ["| parameter | value | from |", "|---|---|---|"]
+        lines += [
+            f"| {k} | `{json.dumps(v)[:200]}` | {'run' if k in result.parameters else 'default'} |"
+            for k, v in used.items()
+        ]
         lines.append("")
     lines += ["| cell | status | seconds |", "|---:|---|---:|"]
     for cell in result.cells:
@@ -43,14 +53,39 @@ def summary_markdown(result: NotebookResult) -> str:
     lines.append("")
     for name, link in result.artefacts.links.items():
         lines.append(f"- [{name}]({link})")
+    if any(link.startswith("file:") for link in result.artefacts.links.values()):
+        lines.append(
+            "- (a local store: these links open on the machine that stores the runs, "
+            "not from this page)"
+        )
+    if notebook is not None:
+        links = {(d.cell, d.output): d.link for d in result.artefacts.displays}
+        failed = result.error.cell_index if result.status == "failed" and result.error else None
+        lines += ["", "## The notebook", ""]
+        lines.append(notebook_markdown(notebook, failed_cell=failed, links=links))
+        return "\n".join(lines)
+    for shown in result.artefacts.displays:
+        what = f"cell {shown.cell}, output {shown.output}: {shown.content_type}"
+        if shown.content_type.startswith("image/") and shown.link.startswith("http"):
+            lines += ["", f"![{what}]({shown.link})"]
+        else:
+            lines.append(f"- [{what}]({shown.link or shown.uri})")
     for note in result.notes:
         lines.append(f"- note: {note}")
     return "\n".join(lines)
 
 
 def outputs_table(outputs: dict[str, Any]) -> list[dict[str, str]]:
-    """The notebook's reported values as table rows (values as JSON text)."""
-    return [{"name": k, "value": json.dumps(v)[:1000]} for k, v in outputs.items()]
+    """The notebook's reported values as table rows: a string as itself, others as JSON.
+
+    Example:
+        >>> outputs_table({"label": "monthly", "total": 30})
+        [{'name': 'label', 'value': 'monthly'}, {'name': 'total', 'value': '30'}]
+    """
+    return [
+        {"name": k, "value": (v if isinstance(v, str) else json.dumps(v))[:1000]}
+        for k, v in outputs.items()
+    ]
 
 
 @task(name="publish-result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
@@ -59,6 +94,7 @@ async def publish_result(
     key_of: dict[str, str],
     store: ArtefactStore | None = None,
     prefix: str | None = None,
+    executed: Path | None = None,
 ) -> None:
     """Write ``result.json`` to the store, then publish what the Prefect UI shows.
 
@@ -71,13 +107,20 @@ async def publish_result(
             ``outputs``), stable per notebook so the UI keeps each notebook's history.
         store: Where ``result.json`` goes (None: it was written elsewhere, e.g. spilled).
         prefix: The run's key prefix in ``store``.
+        executed: The executed notebook, rendered into the summary.
     """
     if store is not None and prefix is not None:
         await write_result(result, store, prefix)
+    notebook = None
+    if executed is not None and executed.exists():
+        try:
+            notebook = await asyncio.to_thread(nbformat.read, executed, as_version=4)
+        except Exception as error:  # the summary without the notebook, not no summary
+            get_run_logger().warning("could not read %s for the summary: %s", executed, error)
     # One after the other: on Prefect's SQLite server, five concurrent creations took
     # 141 ms against 100 ms in sequence (writes queue for the database lock).
     await acreate_markdown_artifact(
-        summary_markdown(result),
+        summary_markdown(result, notebook),
         key=key_of["summary"],
         description=f"{result.notebook} run summary",
     )

@@ -37,6 +37,7 @@ HTML_NAME = "notebook.html"
 WORK_FOLDER = "work"
 RESULT_NAME = "result.json"
 FILES_FOLDER = "files"
+DISPLAYS_FOLDER = "outputs"  # rich outputs of cells: outputs/cell-5-0.png
 SPILL_MANIFEST = "spill.json"
 # the artefacts every run has, by their field in ``Artefacts``
 MAIN_ARTEFACTS = {"input": INPUT_NAME, "notebook": EXECUTED_NAME, "html": HTML_NAME}

@@ -6,6 +6,7 @@ here raises a ``NotebookInputError`` subclass with a message that says what to f
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -88,6 +89,18 @@ def declared_parameters(
         }
         for p in found
     ]
+
+
+def notebook_defaults(nb: NotebookNode, kernel: str | None = None) -> dict[str, Any]:
+    """The defaults the ``parameters`` cell writes as literals (``n = 10``; not ``today()``)."""
+    defaults: dict[str, Any] = {}
+    for declared in declared_parameters(nb, kernel):
+        try:
+            value = ast.literal_eval(declared.get("default") or "")
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        defaults[declared["name"]] = list(value) if isinstance(value, tuple) else value
+    return defaults
 
 
 def has_parameters_cell(nb: NotebookNode) -> bool:

@@ -12,13 +12,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nbformat
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.store import ArtefactStore, safe_key
-from notebook_jobs.tasks.engine.layout import FILES_FOLDER, MAIN_ARTEFACTS, RESULT_NAME
-from notebook_jobs.tasks.models import Artefacts, NotebookResult
+from notebook_jobs.tasks.engine.layout import (
+    DISPLAYS_FOLDER,
+    EXECUTED_NAME,
+    FILES_FOLDER,
+    MAIN_ARTEFACTS,
+    RESULT_NAME,
+)
+from notebook_jobs.tasks.engine.outputs import display_of, write_displays
+from notebook_jobs.tasks.models import Artefacts, DisplayOutput, NotebookResult
 from notebook_jobs.tasks.notebook import render_html
 
 UPLOAD_THREADS = 8
@@ -50,15 +58,43 @@ def upload_run_folder(
     for name, source in (logs or {}).items():
         if source.is_file():
             jobs.append((f"logs:{name}", safe_key(prefix, name), source))
+    for source in display_files(run_dir):
+        jobs.append(
+            (f"displays:{source.name}", safe_key(prefix, DISPLAYS_FOLDER, source.name), source)
+        )
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         uris = list(pool.map(lambda job: store.put_file(job[1], job[2]), jobs))
     result_key = safe_key(prefix, RESULT_NAME)
-    return artefacts_from(
-        [(field, key, uri) for (field, key, _), uri in zip(jobs, uris, strict=True)],
+    located = [(field, key, uri) for (field, key, _), uri in zip(jobs, uris, strict=True)]
+    artefacts = artefacts_from(
+        located,
         prefix=store.uri(prefix),
         result=(store.uri(result_key), store.link(result_key)),
         link=store.link,
     )
+    artefacts.displays = displays_from(run_dir, located, store.link)
+    return artefacts
+
+
+def display_files(run_dir: Path) -> list[Path]:
+    """The rich outputs ``store_artefacts`` wrote into the run folder, in name order."""
+    folder = run_dir / DISPLAYS_FOLDER
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def displays_from(
+    run_dir: Path, located: list[tuple[str, str, str]], link: Callable[[str], str]
+) -> list[DisplayOutput]:
+    """The ``DisplayOutput`` of each stored rich output, in notebook order."""
+    displays: list[DisplayOutput] = []
+    for what, key, uri in located:
+        if not what.startswith("displays:"):
+            continue
+        name = what.removeprefix("displays:")
+        facts = display_of(name, (run_dir / DISPLAYS_FOLDER / name).stat().st_size)
+        if facts is not None:
+            displays.append(DisplayOutput(**facts, uri=uri, link=link(key)))
+    return sorted(displays, key=lambda d: (d.cell, d.output))
 
 
 def artefacts_from(
@@ -79,6 +115,8 @@ def artefacts_from(
     """
     artefacts = Artefacts(prefix=prefix, result=result[0])
     for what, key, uri in located:
+        if what.startswith("displays:"):
+            continue  # with their facts, by ``displays_from``
         if what.startswith("files:"):
             artefacts.files[what.removeprefix("files:")] = uri
         elif what.startswith("logs:"):
@@ -114,11 +152,25 @@ async def store_artefacts(
         await asyncio.to_thread(render_html, run_dir)
     except Exception as error:  # a broken rendering must not lose the run
         logger.warning("could not render HTML: %s: %s", type(error).__name__, error)
+    try:
+        await asyncio.to_thread(extract_displays, run_dir)
+    except Exception as error:  # nor a broken output: the notebook holds it anyway
+        logger.warning(
+            "could not store the cells' rich outputs: %s: %s", type(error).__name__, error
+        )
     artefacts = await asyncio.to_thread(
         upload_run_folder, store, run_dir, prefix, files, workdir, logs
     )
     logger.info("stored artefacts under %s", artefacts.prefix)
     return artefacts
+
+
+def extract_displays(run_dir: Path) -> list[str]:
+    """Write the executed notebook's rich outputs (plots, tables, data) as files of their own."""
+    executed = run_dir / EXECUTED_NAME
+    if not executed.exists():
+        return []
+    return write_displays(nbformat.read(executed, as_version=4), run_dir / DISPLAYS_FOLDER)
 
 
 def result_document(result: NotebookResult) -> bytes:

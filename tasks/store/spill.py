@@ -18,7 +18,13 @@ from notebook_jobs.tasks.engine.layout import (
     spill_root,
 )
 from notebook_jobs.tasks.models import Artefacts, NotebookResult
-from notebook_jobs.tasks.store.artefacts import artefacts_from, result_document, upload_run_folder
+from notebook_jobs.tasks.store.artefacts import (
+    artefacts_from,
+    display_files,
+    displays_from,
+    result_document,
+    upload_run_folder,
+)
 
 
 class SpillManifest(BaseModel):
@@ -77,6 +83,7 @@ def spill_run(
     ]
     located += [(f"files:{f}", "", str(target / workdir_name / f)) for f in files]
     located += [(f"logs:{name}", "", path) for name, path in kept_logs.items()]
+    located += [(f"displays:{p.name}", str(p), str(p)) for p in display_files(target)]
     result = target / RESULT_NAME
     artefacts = artefacts_from(
         located,
@@ -84,6 +91,7 @@ def spill_run(
         result=(str(result), result.as_uri()),
         link=lambda path: Path(path).as_uri(),
     )
+    artefacts.displays = displays_from(target, located, lambda path: Path(path).as_uri())
     return target, artefacts
 
 

@@ -163,3 +163,11 @@ nb([params('leak = False  # set True to leave state behind'),
 
 # the benchmark's notebook: three small cells, as in the measurements the issue quotes
 nb([params('run = 0  # which run of a batch'), new_code_cell('x = sum(range(1000))'), new_code_cell('print(x)')], "benchmarks/three_cells.ipynb")
+
+# rich outputs: a matplotlib figure, a DataFrame, data as JSON (stored one file each)
+nb([new_markdown_cell("# Rich outputs"),
+    params('points = 5  # how many points to plot'),
+    new_code_cell('import matplotlib\nmatplotlib.use("module://matplotlib_inline.backend_inline")\nimport matplotlib.pyplot as plt\n\nfig, ax = plt.subplots(figsize=(3, 2))\nax.plot(range(points), [i * i for i in range(points)])\nplt.show()'),
+    new_code_cell('import pandas as pd\n\npd.DataFrame({"i": range(points), "square": [i * i for i in range(points)]})'),
+    new_code_cell('from IPython.display import JSON, display\n\ndisplay(JSON({"points": points, "squares": [i * i for i in range(points)]}))')],
+   "tests/data/displays.ipynb")

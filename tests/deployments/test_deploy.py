@@ -114,7 +114,7 @@ def test_a_notebook_deployment_is_typed_and_the_server_enforces_it(http_stack: H
         4,
         "deployed",
     )  # run values over deployment defaults, per name
-    assert {"notebook:params", "trigger:http", "nbjobs-notebook"} <= set(run["tags"])
+    assert {"notebook:params", "trigger:api", "nbjobs-notebook"} <= set(run["tags"])
 
 
 def test_cron_schedule_with_a_timezone_pause_and_resume(http_stack: HTTPStack) -> None:

@@ -66,6 +66,13 @@ def test_calls_without_the_auth_string_get_401(http_stack: HTTPStack) -> None:
     assert httpx.get(url, headers=http_stack.headers()).status_code == 200
 
 
+def test_the_blocks_catalog_lists_the_slurm_cluster(http_stack: HTTPStack) -> None:
+    found = httpx.get(
+        f"{http_stack.api_url}/block_types/slug/slurm-cluster", headers=http_stack.headers()
+    )
+    assert found.status_code == 200 and found.json()["name"] == "Slurm Cluster"
+
+
 def test_trigger_with_parameters_then_fetch_notebook_and_result(http_stack: HTTPStack) -> None:
     run_id, run, seen = trigger_and_wait(
         http_stack,
@@ -74,7 +81,11 @@ def test_trigger_with_parameters_then_fetch_notebook_and_result(http_stack: HTTP
     )
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert seen[0] in {"SCHEDULED", "PENDING", "RUNNING"} and seen[-1] == "COMPLETED"
-    assert run["name"].startswith("report-p") and "trigger:http" in run["tags"]
+    assert run["name"] == f"report n=5 label=http · {run_id[:4]}" and {
+        "trigger:api",
+        "nbjobs",
+        "notebook:report",
+    } <= set(run["tags"])
     found = artifacts(http_stack, run_id)
     result = httpx.get(link_target(found["report-result"]["data"])).json()
     assert result["success"] and result["outputs"] == {"total": 55, "label": "http"}

@@ -286,38 +286,35 @@ def test_adhoc_is_served_only_where_it_is_safe_or_asked_for(
 
 
 def test_no_adhoc_leaves_it_out_and_removes_an_earlier_one(http_stack: HTTPStack) -> None:
+    # the session's worker (loopback, with auth) registered run-notebook/adhoc; another
+    # pool gets one as an earlier `serve` would have left it, then `serve --no-adhoc`
     pool = f"lp-{uuid.uuid4().hex[:6]}"
-
-    def serve(*flags: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(BIN / "nbjobs"), "serve", "--pool", pool, "--kernel-pool", "0", *flags],
-            env=http_stack.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def adhoc_status() -> int:
-        return httpx.get(
-            f"{http_stack.api_url}/deployments/name/run-notebook/adhoc-{pool}",
-            headers=http_stack.headers(),
-        ).status_code
-
-    def wait_until(condition: Any) -> bool:
+    url = f"{http_stack.api_url}/deployments/name/run-notebook/adhoc-{pool}"
+    flow = http_stack.api.request("POST", "/flows/", json={"name": "run-notebook"}).json()
+    http_stack.api.request("POST", "/work_pools/", json={"name": pool, "type": "process"})
+    http_stack.api.request(
+        "POST",
+        "/deployments/",
+        json={
+            "name": f"adhoc-{pool}",
+            "flow_id": flow["id"],
+            "work_pool_name": pool,
+            "entrypoint": ENTRYPOINT,
+        },
+    )
+    assert httpx.get(url, headers=http_stack.headers()).status_code == 200
+    worker = subprocess.Popen(
+        [str(BIN / "nbjobs"), "serve", "--pool", pool, "--kernel-pool", "0", "--no-adhoc"],
+        env=http_stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if condition():
-                return True
+        while httpx.get(url, headers=http_stack.headers()).status_code != 404:
+            assert worker.poll() is None, "nbjobs serve --no-adhoc exited"
+            assert time.monotonic() < deadline, "adhoc was not removed"
             time.sleep(0.5)
-        return False
-
-    worker = serve()  # the API is on the loopback, with auth: adhoc is served
-    try:
-        assert wait_until(lambda: adhoc_status() == 200)
-    finally:
-        stop(worker)
-    worker = serve("--no-adhoc")
-    try:
-        assert wait_until(lambda: adhoc_status() == 404)
     finally:
         stop(worker)

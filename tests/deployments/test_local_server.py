@@ -96,7 +96,7 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
         assert page.status == 200 and b"<html" in page.read().lower()
     # nbjobs run returns once the result is stored; Prefect's final state follows
     run = PrefectHTTP(local.status()["api_url"]).wait(run_id, timeout=120)
-    assert run["state"]["type"] == "COMPLETED" and "trigger:cli" in run["tags"]
+    assert run["state"]["type"] == "COMPLETED" and {"trigger:cli", "nbjobs"} <= set(run["tags"])
     rendered = subprocess.run(
         [
             chromium,

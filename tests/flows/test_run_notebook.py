@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ async def artifacts_of(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a for a in found}
 
 
+@pytest.mark.usefixtures("no_blocking_calls")
 @pytest.mark.usefixtures("no_blocking_calls")
 def test_example_runs_with_parameters_into_a_local_store(tmp_path: Path) -> None:
     state = run_flow(
@@ -94,13 +96,21 @@ def test_artifacts_are_published_with_stable_keys(tmp_path: Path) -> None:
     }
     assert artifacts["report-progress"].data == 100.0
     assert "| 4 | ok |" in artifacts["report-summary"].data
+    # what the notebook ran with: the value given, and the notebook's own default
+    assert result.parameters == {"n": 3}
+    assert result.parameters_used == {"n": 3, "label": "squares"}
+    summary = artifacts["report-summary"].data
+    assert "| n | `3` | run |" in summary and '| label | `"squares"` | default |' in summary
     assert artifacts["report-notebook"].data.startswith("[")  # a markdown link
     assert result.artefacts.links["notebook"] in artifacts["report-notebook"].data
     table = json.loads(artifacts["report-outputs"].data)
     assert {"name": "total", "value": "14"} in table
+    assert {"name": "label", "value": result.outputs["label"]} in table  # a value, not JSON
 
 
-def test_a_raising_notebook_fails_after_storing_everything(tmp_path: Path) -> None:
+def test_a_raising_notebook_fails_after_storing_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state = run_flow(notebook=str(DATA / "raises.ipynb"), store=str(tmp_path))
     assert state.is_failed()
     assert "ValueError: bad value 42 in cell 3" in state.message
@@ -118,6 +128,19 @@ def test_a_raising_notebook_fails_after_storing_everything(tmp_path: Path) -> No
     assert json.loads((prefix / "result.json").read_text())["status"] == "failed"
     summary = asyncio.run(artifacts_of(result.flow_run_id))["raises-summary"].data
     assert "ValueError" in summary and "bad value 42" in summary
+    # the notebook itself, in the summary: the failing cell marked, its source, the
+    # output before it and the notebook's own traceback
+    notebook = summary.split("## The notebook", 1)[1]
+    failing = notebook.split("#### cell 3 · error · In[4] · **failed here**", 1)[1]
+    assert failing.split("#### cell 4", 1)[0].count("bad value") >= 2  # source and traceback
+    assert 'raise ValueError(f"bad value {value}")' in failing
+    assert "cell 2 ran" in notebook and "Traceback" not in notebook.split("#### cell 3", 1)[0]
+    # the failing cell's line is an ERROR, found by filtering the run's log to errors
+    assert [
+        r.getMessage()[:7]
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.getMessage().startswith("cell ")
+    ] == ["cell 3 "]
 
 
 @pytest.mark.usefixtures("no_blocking_calls")
@@ -147,6 +170,44 @@ def test_notebook_from_s3_with_artefacts_in_s3(bucket: str, s3: Any) -> None:
     assert stored["outputs"]["total"] == 5
     # the links in the result and the artifacts are presigned HTTP(S) URLs a browser can open
     assert httpx.get(result.artefacts.links["result"]).json()["flow_run_id"] == result.flow_run_id
+
+
+def test_plots_tables_and_data_are_stored_one_file_each(bucket: str, s3: Any) -> None:
+    state = run_flow(notebook=str(DATA / "displays.ipynb"), store=f"s3://{bucket}/runs")
+    result: NotebookResult = state_outcome(state)
+    assert result.success, result.error
+    shown = result.artefacts.displays
+    assert [(d.cell, d.output, d.content_type) for d in shown] == [
+        (2, 0, "image/png"),
+        (3, 0, "text/html"),
+        (4, 0, "application/json"),
+    ]
+    key = f"runs/run-notebook/{result.flow_run_id}/outputs"
+    stored = {
+        d.content_type: s3.get_object(Bucket=bucket, Key=d.uri.split(f"s3://{bucket}/", 1)[1])[
+            "Body"
+        ].read()
+        for d in shown
+    }
+    assert [d.uri for d in shown] == [
+        f"s3://{bucket}/{key}/cell-{cell}-0.{ext}"
+        for cell, ext in ((2, "png"), (3, "html"), (4, "json"))
+    ]
+    assert stored["image/png"].startswith(b"\x89PNG\r\n")
+    assert b"<table" in stored["text/html"] and b"square" in stored["text/html"]
+    assert json.loads(stored["application/json"]) == {"points": 5, "squares": [0, 1, 4, 9, 16]}
+    assert [d.size_bytes for d in shown] == [len(stored[d.content_type]) for d in shown]
+    # listed in result.json as in the result, each with a link a browser opens
+    document = json.loads(
+        s3.get_object(Bucket=bucket, Key=f"runs/run-notebook/{result.flow_run_id}/result.json")[
+            "Body"
+        ].read()
+    )
+    assert document["artefacts"]["displays"] == [d.model_dump(mode="json") for d in shown]
+    assert httpx.get(shown[0].link).content == stored["image/png"]
+    summary = asyncio.run(artifacts_of(result.flow_run_id))["displays-summary"].data
+    assert f"![cell 2, output 0]({shown[0].link})" in summary  # the plot, in the notebook
+    assert "| 0 | 0 |" in summary  # the DataFrame, as a table
 
 
 def test_notebook_json_itself_and_a_cell_selection(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
             ]
 
     for tags in asyncio.run(item_tags()):  # browsable by notebook and by how they started
-        assert {"notebook:params", "trigger:batch"} <= set(tags), tags
+        assert {"nbjobs", "notebook:params", "trigger:batch"} <= set(tags), tags
 
 
 def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:

@@ -1,0 +1,30 @@
+"""A spilled run keeps its rich outputs, and says where they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+from notebook_jobs.tasks.store.spill import spill_run
+
+
+def test_a_spilled_run_lists_its_rich_outputs(tmp_path: Path, nbjobs_home: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "outputs").mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), run_dir / "notebook.ipynb")
+    (run_dir / "outputs" / "cell-2-0.png").write_bytes(b"\x89PNG\r\n-a-plot")
+    target, artefacts = spill_run(
+        run_dir,
+        store_spec="s3://gone/runs",
+        prefix=f"run-notebook/{tmp_path.name}",
+        files=[],
+        workdir_name="work",
+        logs={},
+        reason="the store did not answer",
+    )
+    (shown,) = artefacts.displays
+    kept = target / "outputs" / "cell-2-0.png"
+    assert (shown.cell, shown.output, shown.content_type) == (2, 0, "image/png")
+    assert (shown.uri, shown.link, shown.size_bytes) == (str(kept), kept.as_uri(), 13)
+    assert kept.read_bytes() == b"\x89PNG\r\n-a-plot"
