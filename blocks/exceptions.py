@@ -204,8 +204,10 @@ class NotebookExecutionError(NotebookRunError):
         traceback: list[str] | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        where = f" in cell {cell_index}" if cell_index is not None else ""
-        super().__init__(f"{ename}: {evalue}{where}", cell_index=cell_index, result=result)
+        # the cell first: a state message is cut in lists and tables, and Prefect puts
+        # "Flow run encountered an exception: NotebookExecutionError: " before it
+        where = f"cell {cell_index}: " if cell_index is not None else ""
+        super().__init__(f"{where}{ename}: {evalue}", cell_index=cell_index, result=result)
         self.ename = ename
         self.evalue = evalue
         self.traceback = traceback or []

@@ -127,7 +127,16 @@ class PrefectHTTP:
                 )
                 self._connection = kind(self._netloc, timeout=self._timeout)
             try:
-                self._connection.request(method, target, body=body, headers=headers)
+                try:
+                    self._connection.request(method, target, body=body, headers=headers)
+                except BrokenPipeError as error:
+                    # the server closed the connection before reading this request (a
+                    # kept-alive one it timed out): nothing arrived, so even a request
+                    # that must not arrive twice is sent again, once
+                    self.close()
+                    if attempt:
+                        raise APIError(f"{method} {self.api_url}: {error}") from error
+                    continue
                 answer = self._connection.getresponse()
                 self._local.used = time.monotonic()
                 return Response(answer.status, answer.read())

@@ -28,7 +28,11 @@ from notebook_jobs.deployments.definitions import (
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
-from notebook_jobs.tasks.engine.staging import check_json_value, declared_parameters
+from notebook_jobs.tasks.engine.staging import (
+    check_json_value,
+    declared_parameters,
+    notebook_defaults,
+)
 from notebook_jobs.tasks.executors import LocalExecutor, using_executor
 from notebook_jobs.tasks.notebook import warm_up_html
 
@@ -77,6 +81,9 @@ async def deploy_notebook(
         raise UnknownParameterError(unknown, [p["name"] for p in declared])
     for key, value in defaults.items():
         check_json_value(key, value)
+    # the notebook's own literal defaults too, so the deployment's Parameters tab, and
+    # every run's (scheduled ones included), shows what the notebook runs with
+    defaults = {**notebook_defaults(nb), **defaults}
     digest = content_hash(source.data)
     artefact_store = open_store(store)
     key = safe_key("notebooks", digest, source.name)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Renders docs/flow-run.png: a run of examples/report.ipynb in the Prefect UI, with
-# its artifacts; and docs/deploy-form.png: that deployment's run form, which shows
-# the notebook's parameters and the one technical parameter opened (--allow). Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
+# Renders, from a throwaway Prefect server and `nbjobs serve` on 127.0.0.1:
+#   docs/flow-run.png     a run of examples/report.ipynb in the Prefect UI, with its artifacts;
+#   docs/deploy-form.png  that deployment's run form: the notebook's parameters and the
+#                         one technical parameter opened (--allow);
+#   docs/run-summary.png  a failed run's summary: the executed notebook, the failing cell marked;
+#   docs/batch-table.png  a batch of six as one table. Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
 # triggers one run over HTTP, and screenshots the run page with headless Chromium
 # (Debian's `chromium` package: apt-get install chromium).
 set -euo pipefail
@@ -23,7 +26,7 @@ import os
 from notebook_jobs.deployments.api import PrefectHTTP
 api = PrefectHTTP(os.environ["PREFECT_API_URL"])
 for n in (5, 12):
-    run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}})
+    run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}}, idempotency_key=f"shot-{n}")
     api.wait(run_id)
 print(run_id)
 PY
@@ -42,3 +45,44 @@ chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --virtual-time-budget=15000 --screenshot=docs/deploy-form.png \
   "http://127.0.0.1:$port/deployments/deployment/$deployment_id/run" 2>/dev/null
 echo "docs/deploy-form.png: deployment $deployment_id"
+ids="$(.venv/bin/python - <<'PY' 2>/dev/null
+import asyncio
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
+
+from notebook_jobs.flows.run_notebook import run_notebook
+from notebook_jobs.flows.run_notebooks import run_notebooks
+
+
+async def main() -> None:
+    state = await run_notebook("tests/data/raises.ipynb", return_state=True)
+    await run_notebooks(notebook="examples/report.ipynb", grid={"n": [1, 2, 3], "label": ["a", "b"]},
+                        return_state=True)
+    async with get_client() as client:
+        summary = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=["raises-summary"])))
+        (batch,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-batch"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    print(summary[0].id, batch.id)
+
+
+asyncio.run(main())
+PY
+)"
+set -- $ids
+for shot in "run-summary:$1" "batch-table:$2"; do
+  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$home/chromium" --window-size=1400,1500 --hide-scrollbars \
+    --virtual-time-budget=40000 --screenshot="docs/${shot%%:*}.png" \
+    "http://127.0.0.1:$port/artifacts/artifact/${shot#*:}" 2>/dev/null
+  echo "docs/${shot%%:*}.png: ${shot#*:}"
+done

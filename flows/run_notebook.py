@@ -255,12 +255,21 @@ async def _run(
             request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
         )
         stage_seconds = time.perf_counter() - t_start
-        try:
-            outcome = await execute_task(kernel_retries())(
-                staged, executor, request.cell_timeout_seconds, request.timeout_seconds
-            )
-        except KernelDiedError as error:  # retried as often as allowed: store what ran
-            outcome = ExecutionOutcome.model_validate(error.execution)
+        # the task ends Failed when the notebook failed; its outcome is the state's data
+        state = await execute_task(kernel_retries())(
+            staged,
+            executor,
+            request.cell_timeout_seconds,
+            request.timeout_seconds,
+            return_state=True,
+        )
+        ended = await state.aresult(raise_on_failure=False)
+        if isinstance(ended, KernelDiedError):  # retried as often as allowed: store what ran
+            outcome = ExecutionOutcome.model_validate(ended.execution)
+        elif isinstance(ended, BaseException):
+            raise ended
+        else:
+            outcome = ended
     # A cancelled run is stored as any other (shielded: a second cancellation must not
     # lose it) and then ends Cancelled.
     timings = Timings(
@@ -381,7 +390,16 @@ def _end(result: NotebookResult, name: str) -> NotebookResult:
         return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
     if not result.success:
         failure = error_for_result(result)
-        logger.error("%s: %s; partial notebook at %s", result.status, failure, artefacts.notebook)
+        # the notebook's own traceback, where filtering the log to errors finds it (the
+        # framework's follows, from Prefect's engine, for the flow's raise)
+        traceback = result.error.traceback if result.error else ""
+        logger.error(
+            "%s: %s%s\npartial notebook at %s",
+            result.status,
+            failure,
+            f"\n{traceback}" if traceback else "",
+            artefacts.notebook,
+        )
         raise failure
     logger.info("completed %s; notebook at %s", name, artefacts.notebook)
     return result

@@ -24,11 +24,14 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field
 
 from notebook_jobs.blocks.exceptions import BatchError
 from notebook_jobs.tasks.executors import LocalExecutor, current_executor, using_executor
 from notebook_jobs.tasks.models import NotebookRequest
+from notebook_jobs.tasks.notebook import artifact_key
+from notebook_jobs.tasks.publish import BatchTable
 
 BATCH_FLOW_NAME = "run-notebooks"
 
@@ -159,6 +162,21 @@ async def run_notebooks(
     items = batch_requests(requests, notebook, grid, parameters, store)
     limit = max(max_concurrency, 1)
     logger.info("running %d notebooks, %d at a time (%s)", len(items), limit, executor)
+    from notebook_jobs.flows.run_labels import notebook_label
+
+    labels = {notebook_label(r.notebook) for r in items}
+    table = BatchTable(
+        artifact_key(labels.pop() if len(labels) == 1 else "batch", "batch"),
+        items,
+        PREFECT_UI_URL.value(),
+    )
+    await table.publish(final=True)  # every item, pending
+
+    async def finished(item: BatchItem) -> BatchItem:
+        table.record(item)
+        await table.publish()
+        return item
+
     if executor == "dask":
         from prefect_dask.task_runners import DaskTaskRunner
 
@@ -172,17 +190,19 @@ async def run_notebooks(
                 runner.submit(run_batch_item, parameters={"index": i, "request": r})
                 for i, r in enumerate(items)
             ]
-            # a future's result() blocks: waited for in threads, not on the event loop
-            outcomes = list(
-                await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
-            )
+
+            async def waited(future: Any) -> BatchItem:
+                # a future's result() blocks: waited for in a thread, not on the event loop
+                return await finished(await asyncio.to_thread(future.result))
+
+            outcomes = list(await asyncio.gather(*(waited(future) for future in futures)))
     else:
         parent = current_executor()
         gate = asyncio.Semaphore(limit)
 
         async def gated(index: int, request: NotebookRequest) -> BatchItem:
             async with gate:
-                return await _run_item(index, request)
+                return await finished(await _run_item(index, request))
 
         async with LocalExecutor(
             pool_size=limit if kernel_pool else 0,
@@ -190,6 +210,7 @@ async def run_notebooks(
         ) as batch_executor:
             with using_executor(batch_executor):
                 outcomes = await asyncio.gather(*(gated(i, r) for i, r in enumerate(items)))
+    await table.publish(final=True)
     batch = BatchResult(
         total=len(outcomes),
         succeeded=sum(1 for o in outcomes if o.success),

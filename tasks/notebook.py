@@ -21,6 +21,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.states import Failed
 
 from notebook_jobs.blocks.exceptions import KernelDiedError
 from notebook_jobs.blocks.settings import settings
@@ -104,13 +105,14 @@ async def execute_notebook(
     executor: Executor,
     cell_timeout_seconds: float | None = None,
     timeout_seconds: float | None = None,
-) -> ExecutionOutcome:
+) -> ExecutionOutcome | State[ExecutionOutcome]:
     """Execute a staged notebook through ``executor``; ``notebook.ipynb`` is written in any case.
 
     Publishes a progress artifact updated after every cell and logs one line per cell
     with its stdout and stderr, wherever the notebook runs. A dead kernel raises
-    ``KernelDiedError`` (retried); every other outcome, a notebook's own exception and
-    a cancelled run included, is returned.
+    ``KernelDiedError`` (retried). A notebook that raised or timed out ends this task
+    **Failed** (so its box in the run's graph says where the run failed), with the
+    outcome as the state's data; every other outcome is returned.
 
     Example:
         >>> outcome = await execute_notebook(staged, LocalExecutor(), timeout_seconds=600)
@@ -183,6 +185,10 @@ async def execute_notebook(
             cell_index=error.cell_index if error else None,
             execution=outcome.model_dump(mode="json"),
         )
+    if report.status in ("failed", "timed_out") and report.error is not None:
+        error = report.error
+        where = f"cell {error.cell_index}: " if error.cell_index is not None else ""
+        return Failed(message=f"{where}{error.name}: {error.message}"[:500], data=outcome)
     return outcome
 
 

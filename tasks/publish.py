@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,69 @@ async def publish_result(
             key=key_of["outputs"],
             description=f"Values {result.notebook} reported",
         )
+
+
+BATCH_TABLE_INTERVAL_SECONDS = 2.0  # a batch of a thousand makes tens of versions, not 1,000
+
+
+def _cell(value: Any) -> str:
+    return (value if isinstance(value, str) else json.dumps(value, default=str))[:200]
+
+
+class BatchTable:
+    """A batch as one table artifact: a row per item, updated as items finish.
+
+    Columns: the item, its parameters, status, seconds, each glued output, and its run
+    in the UI. A new version of the artifact (same key) is published at most every
+    ``BATCH_TABLE_INTERVAL_SECONDS`` and once at the end, so the Artifacts page shows
+    the batch filling in.
+    """
+
+    def __init__(self, key: str, requests: list[Any], ui_url: str | None) -> None:
+        self.key = key
+        self.ui_url = (ui_url or "").rstrip("/")
+        self.rows: list[dict[str, str]] = [
+            {"item": str(i), "parameters": _parameters_text(r.parameters), "status": "pending"}
+            for i, r in enumerate(requests)
+        ]
+        self._published = 0.0
+
+    def record(self, item: Any) -> None:
+        """Fill in the row of a finished ``BatchItem``."""
+        row = self.rows[item.index]
+        row["status"] = item.status
+        result = item.result or {}
+        seconds = (result.get("timings") or {}).get("total_seconds")
+        row["seconds"] = f"{seconds:.2f}" if isinstance(seconds, (int, float)) else ""
+        for name, value in (result.get("outputs") or {}).items():
+            row[f"output {name}"] = _cell(value)
+        if item.error:
+            row["error"] = item.error[:200]
+        if item.flow_run_id:
+            row["run"] = (
+                f"{self.ui_url}/runs/flow-run/{item.flow_run_id}"
+                if self.ui_url
+                else item.flow_run_id
+            )
+
+    def table(self) -> list[dict[str, str]]:
+        """The rows with every column each row has, in a stable order."""
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [name for name in row if name not in columns]
+        return [{name: row.get(name, "") for name in columns} for row in self.rows]
+
+    async def publish(self, *, final: bool = False) -> None:
+        """Publish the table now if ``final`` or if the last version is old enough."""
+        now = time.monotonic()
+        if not final and now - self._published < BATCH_TABLE_INTERVAL_SECONDS:
+            return
+        self._published = now
+        done = sum(1 for row in self.rows if row["status"] != "pending")
+        await acreate_table_artifact(
+            self.table(), key=self.key, description=f"{done} of {len(self.rows)} notebooks done"
+        )
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
+    return " ".join(f"{name}={_cell(value)}" for name, value in parameters.items())[:300]

@@ -78,7 +78,7 @@ def test_run_errors_keep_their_facts_through_pickling() -> None:
         3,
         {"status": "failed"},
     )
-    assert str(copy) == "ValueError: bad in cell 3"
+    assert str(copy) == "cell 3: ValueError: bad"
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -83,6 +83,16 @@ def test_a_notebook_deployment_is_typed_and_the_server_enforces_it(http_stack: H
     }
     assert properties["name"]["default"] == "deployed" and properties["config"]["type"] == "object"
     # the notebook is stored under its content hash, where any worker can fetch it
+    # the deployment's (and every run's) Parameters tab shows what the notebook runs with
+    assert found["parameters"]["parameters"] == {
+        "x": 1,
+        "name": "deployed",
+        "ratio": 0.5,
+        "flag": False,
+        "items": [1, 2],
+        "config": {"a": 1},
+        "nothing": None,
+    }
     notebook_uri = found["parameters"]["notebook"]
     assert notebook_uri == f"s3://{http_stack.bucket}/runs/notebooks/{digest}/params.ipynb"
     s3 = boto3.client("s3", endpoint_url=http_stack.env["AWS_ENDPOINT_URL_S3"])

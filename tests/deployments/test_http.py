@@ -115,7 +115,7 @@ def test_a_failing_notebook_ends_failed_and_its_partial_notebook_is_fetchable(
 ) -> None:
     run_id, run, _ = trigger_and_wait(http_stack, "adhoc", {"notebook": str(DATA / "raises.ipynb")})
     assert run["state"]["type"] == "FAILED"
-    assert "ValueError: bad value 42 in cell 3" in run["state"]["message"]
+    assert "cell 3: ValueError: bad value 42" in run["state"]["message"]
     found = artifacts(http_stack, run_id)
     partial = nbformat.reads(
         httpx.get(link_target(found["raises-notebook"]["data"])).text, as_version=4

@@ -22,7 +22,7 @@ CASES: list[tuple[str, dict[str, Any], str, str | None, str]] = [
         {"notebook": DATA / "raises.ipynb"},
         "FAILED",
         "failed",
-        "NotebookExecutionError: ValueError: bad value 42 in cell 3",
+        "NotebookExecutionError: cell 3: ValueError: bad value 42",
     ),
     (
         "sys.exit(0) is a clean stop",
@@ -36,7 +36,7 @@ CASES: list[tuple[str, dict[str, Any], str, str | None, str]] = [
         {"notebook": DATA / "exits.ipynb", "parameters": {"code": 1}},
         "FAILED",
         "failed",
-        "SystemExit: 1 in cell 2",
+        "cell 2: SystemExit: 1",
     ),
     (
         "loops forever: whole-run timeout",

@@ -45,6 +45,22 @@ async def artifacts_of(flow_run_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("no_blocking_calls")
+async def task_states(flow_run_id: str) -> dict[str, tuple[str, str]]:
+    """Each task run's state type and message, by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {
+        run.name.rsplit("-", 1)[0]: (run.state.type.value, run.state.message or "")
+        for run in runs
+        if run.state is not None
+    }
+
+
 @pytest.mark.usefixtures("no_blocking_calls")
 def test_example_runs_with_parameters_into_a_local_store(tmp_path: Path) -> None:
     state = run_flow(
@@ -113,7 +129,7 @@ def test_a_raising_notebook_fails_after_storing_everything(
 ) -> None:
     state = run_flow(notebook=str(DATA / "raises.ipynb"), store=str(tmp_path))
     assert state.is_failed()
-    assert "ValueError: bad value 42 in cell 3" in state.message
+    assert "cell 3: ValueError: bad value 42" in state.message
     error = state_outcome(state)
     assert isinstance(error, NotebookExecutionError) and error.cell_index == 3
     result = NotebookResult.model_validate(error.result)
@@ -135,12 +151,23 @@ def test_a_raising_notebook_fails_after_storing_everything(
     assert failing.split("#### cell 4", 1)[0].count("bad value") >= 2  # source and traceback
     assert 'raise ValueError(f"bad value {value}")' in failing
     assert "cell 2 ran" in notebook and "Traceback" not in notebook.split("#### cell 3", 1)[0]
+    # the task that ran the failing cell ends Failed, the others Completed
+    assert asyncio.run(task_states(result.flow_run_id)) == {
+        "stage-notebook": ("COMPLETED", ""),
+        "execute-notebook": ("FAILED", "cell 3: ValueError: bad value 42"),
+        "store-artefacts": ("COMPLETED", ""),
+        "publish-result": ("COMPLETED", ""),
+    }
     # the failing cell's line is an ERROR, found by filtering the run's log to errors
     assert [
         r.getMessage()[:7]
         for r in caplog.records
         if r.levelno == logging.ERROR and r.getMessage().startswith("cell ")
     ] == ["cell 3 "]
+    # and the run's failure line carries the notebook's own traceback
+    (failure,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed: ")]
+    assert failure.startswith("failed: cell 3: ValueError: bad value 42\n")
+    assert 'raise ValueError(f"bad value {value}")' in failure and "partial notebook at" in failure
 
 
 @pytest.mark.usefixtures("no_blocking_calls")

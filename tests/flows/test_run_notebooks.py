@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -61,6 +62,30 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
 
     for tags in asyncio.run(item_tags()):  # browsable by notebook and by how they started
         assert {"nbjobs", "notebook:params", "trigger:batch"} <= set(tags), tags
+
+    async def batch_table() -> Any:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        async with get_client() as client:
+            (latest,) = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["params-batch"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+        return latest
+
+    # the batch as one table: a row per item, its values, status and outputs, its run
+    table = asyncio.run(batch_table())
+    assert table.description == "6 of 6 notebooks done"
+    rows = json.loads(table.data)
+    assert len(rows) == 6 and {row["status"] for row in rows} == {"completed"}
+    by_item = {int(row["item"]): row for row in rows}
+    for item in batch.items:
+        row = by_item[item.index]
+        assert row["parameters"] == " ".join(f"{k}={v}" for k, v in item.parameters.items())
+        assert json.loads(row["output echo"])["x"] == item.parameters["x"]
+        assert row["run"].endswith(f"/runs/flow-run/{item.flow_run_id}")
 
 
 def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def test_a_raising_notebook_fails_with_its_partial_notebook_and_slurm_state(
     state = run_flow(
         notebook=str(DATA / "raises.ipynb"), cluster=slurm_cluster, store=f"s3://{bucket}/runs"
     )
-    assert state.is_failed() and "ValueError: bad value 42 in cell 3" in state.message
+    assert state.is_failed() and "cell 3: ValueError: bad value 42" in state.message
     error = state_outcome(state)
     assert isinstance(error, NotebookExecutionError)  # the notebook's own error, not the cluster's
     result = NotebookResult.model_validate(error.result)
