@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import shutil
 import time
 import uuid
 from datetime import datetime, timezone
@@ -70,7 +69,13 @@ from notebook_jobs.tasks.notebook import (
     stage_notebook,
 )
 from notebook_jobs.tasks.publish import publish_result
-from notebook_jobs.tasks.store.artefacts import result_document, store_artefacts, store_result
+from notebook_jobs.tasks.store.artefacts import (
+    copy_files,
+    remove_run_folder,
+    result_document,
+    store_artefacts,
+    store_result,
+)
 from notebook_jobs.tasks.store.spill import spill_run
 
 FLOW_NAME = "run-notebook"
@@ -95,17 +100,6 @@ def execute_task(retries: int) -> Task[..., Any]:
 def store_task(retries: int) -> Task[..., Any]:
     """``store_artefacts`` with this many retries of a failed upload (made once per value)."""
     return store_artefacts.with_options(retries=retries)
-
-
-def copy_files(source: Path, files: list[str], target: Path) -> None:
-    """Copy ``files`` (paths relative to ``source``) to the same paths under ``target``."""
-    for name in files:
-        destination = target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copy2(source / name, destination)
-        except FileNotFoundError:  # written, then removed again before the run ended
-            continue
 
 
 @flow(name=FLOW_NAME, flow_run_name=run_name, log_prints=True)
@@ -162,26 +156,13 @@ async def run_notebook(
         >>> result.outputs["total"]
         55
     """
+    # every argument but the notebook's own parameters, checked against the deployment
+    given = {name: value for name, value in locals().items() if name != "parameters"}
     logger = get_run_logger()
     t_start = time.perf_counter()
     started_at = datetime.now(timezone.utc)
     deployment = await run_deployment()
     if deployment is not None:
-        given = {
-            "notebook": notebook,
-            "kernel": kernel,
-            "cells": cells,
-            "cell_timeout_seconds": cell_timeout_seconds,
-            "timeout_seconds": timeout_seconds,
-            "store": store,
-            "cluster": cluster,
-            "input_files": input_files,
-            "cwd": cwd,
-            "language": language,
-            "report_mode": report_mode,
-            "start_timeout_seconds": start_timeout_seconds,
-            "strict_parameters": strict_parameters,
-        }
         refused = refused_parameter(
             deployment.parameters or {}, deployment.tags or [], given, FLOW_DEFAULTS
         )
@@ -370,14 +351,8 @@ async def _store(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
         )
     if not settings().keep_run_dirs:
-        await asyncio.to_thread(_remove_run_folder, run_dir, list(logs.values()))
+        await asyncio.to_thread(remove_run_folder, run_dir, list(logs.values()))
     return result
-
-
-def _remove_run_folder(run_dir: Path, logs: list[Path]) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for path in logs:
-        path.unlink(missing_ok=True)  # the job's zip lies beside its folder
 
 
 def _end(result: NotebookResult, name: str) -> NotebookResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -213,3 +214,21 @@ async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str
     for listener in list(_result_listeners):
         listener(result)
     return True
+
+
+def copy_files(source: Path, files: list[str], target: Path) -> None:
+    """Copy ``files`` (paths relative to ``source``) to the same paths under ``target``."""
+    for name in files:
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(source / name, destination)
+        except FileNotFoundError:  # written, then removed again before the run ended
+            continue
+
+
+def remove_run_folder(run_dir: Path, logs: list[Path]) -> None:
+    """Remove a run's folder, once stored, and its job logs beside it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for path in logs:
+        path.unlink(missing_ok=True)  # the job's zip lies beside its folder

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
-
 from notebook_jobs.flows.deployment_rules import refused_parameter
-from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, run_notebook
+from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS
 
 NOTEBOOK = "s3://runs/notebooks/0123/report.ipynb"
 
@@ -30,12 +28,3 @@ def test_a_notebook_deployment_holds_every_technical_parameter_to_its_own_value(
 def test_a_general_deployment_takes_anything() -> None:
     given = {"notebook": "/anywhere.ipynb", "store": "/tmp/x", "kernel": "ir"}
     assert refused_parameter({}, [], given, FLOW_DEFAULTS) is None
-
-
-def test_the_flow_checks_every_parameter_of_its_signature() -> None:
-    """A parameter added to run-notebook is fixed in notebook deployments from day one."""
-    source = inspect.getsource(run_notebook.fn)
-    checked = source.split("given = {", 1)[1].split("}", 1)[0]
-    for name in inspect.signature(run_notebook.fn).parameters:
-        if name != "parameters":
-            assert f'"{name}": {name},' in checked, name
