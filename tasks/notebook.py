@@ -71,10 +71,10 @@ async def stage_notebook(
     """
     staged = await asyncio.to_thread(stage, request, run_dir, check_kernel=check_kernel)
     get_run_logger().info(
-        "staged %s (kernel %s, %d cells, parameters: %s, working folder %s)",
+        "staged %s (kernel %s, %d code cells to run, parameters: %s, working folder %s)",
         staged.name,
         staged.kernel,
-        len(staged.notebook.cells),
+        staged.cells_to_run,
         ", ".join(sorted(request.parameters)) or "none",
         staged.cwd or "of its own",
     )

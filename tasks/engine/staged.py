@@ -59,6 +59,18 @@ class StagedNotebook:
         self.start_timeout_seconds = start_timeout_seconds
         self.notes = notes or []
 
+    @property
+    def cells_to_run(self) -> int:
+        """The input notebook's code cells this run executes: the total in each cell's
+        log line (``cell 3 (3/12)``); the injected parameters cell is not counted."""
+        return sum(
+            1
+            for cell, origin in zip(self.notebook.cells, self.cell_origin, strict=True)
+            if cell.cell_type == "code"
+            and origin is not None
+            and (self.selected is None or origin in self.selected)
+        )
+
     def __repr__(self) -> str:
         return f"StagedNotebook(name={self.name!r}, kernel={self.kernel!r}, run_dir={self.run_dir})"
 

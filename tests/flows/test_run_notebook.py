@@ -164,6 +164,14 @@ def test_a_raising_notebook_fails_after_storing_everything(
         for r in caplog.records
         if r.levelno == logging.ERROR and r.getMessage().startswith("cell ")
     ] == ["cell 3 "]
+    # the staging line counts the cells the cell lines count
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith("staged raises.ipynb (kernel python3, 5 code cells to run") for m in messages
+    )
+    assert {m.split(")", 1)[0].split("/")[-1] for m in messages if re.match(r"cell \d+ \(", m)} == {
+        "5"
+    }
     # and the run's failure line carries the notebook's own traceback
     (failure,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed: ")]
     assert failure.startswith("failed: cell 3: ValueError: bad value 42\n")
