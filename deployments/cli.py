@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
     deploy.add_argument("--concurrency-limit", type=int, help="most runs at the same time")
 
+    diff = commands.add_parser(
+        "diff", help="what changed between two runs: parameters, outputs, cells, text, files"
+    )
+    diff.add_argument("run_a", help="a flow run id, or the path or URI of a result.json")
+    diff.add_argument("run_b", help="the run to compare with, the same way")
+    diff.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
     commands.add_parser(
         "retry-uploads",
         help="upload the artefacts of runs whose store was unreachable ($NBJOBS_HOME/spill)",
@@ -316,6 +323,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return inspect_command(args)
     if args.command == "run" and args.prepare_only:
         return _prepare_only(args)
+    if args.command == "diff":
+        return asyncio.run(_diff(args))
     if args.command == "deploy":
         args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))
@@ -359,6 +368,25 @@ def _retry_uploads() -> int:
     for folder, error in outcomes:
         print(f"{folder.name}: {'uploaded' if error is None else 'still spilled: ' + error}")
     return EXIT_STORE_FAILED if any(error for _, error in outcomes) else EXIT_OK
+
+
+async def _diff(args: argparse.Namespace) -> int:
+    import json
+
+    from notebook_jobs.blocks.exceptions import NotebookInputError
+    from notebook_jobs.tasks.engine.compare import comparison_markdown
+
+    if any(not ref.endswith(".json") for ref in (args.run_a, args.run_b)):
+        _use_local_server()  # run ids are looked up on the server
+    from notebook_jobs.flows.run_diff import compare
+
+    try:
+        found = await compare(args.run_a, args.run_b)
+    except NotebookInputError as error:
+        print(f"nbjobs: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(found, indent=2, default=str) if args.json else comparison_markdown(found))
+    return EXIT_OK
 
 
 async def _deploy(args: argparse.Namespace) -> int:
