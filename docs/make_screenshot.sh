@@ -4,7 +4,8 @@
 #   docs/deploy-form.png  that deployment's run form: the notebook's parameters and the
 #                         one technical parameter opened (--allow);
 #   docs/run-summary.png  a failed run's summary: the executed notebook, the failing cell marked;
-#   docs/batch-table.png  a batch of six as one table. Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
+#   docs/batch-table.png  a batch of six as one table;
+#   docs/diff.png         what changed between two of its runs (the diff-runs flow). Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
 # triggers one run over HTTP, and screenshots the run page with headless Chromium
 # (Debian's `chromium` package: apt-get install chromium).
 set -euo pipefail
@@ -57,28 +58,34 @@ from prefect.client.schemas.filters import (
 )
 
 from notebook_jobs.flows.run_notebook import run_notebook
+from notebook_jobs.flows.run_diff import run_diff
 from notebook_jobs.flows.run_notebooks import run_notebooks
 
 
 async def main() -> None:
     state = await run_notebook("tests/data/raises.ipynb", return_state=True)
-    await run_notebooks(notebook="examples/report.ipynb", grid={"n": [1, 2, 3], "label": ["a", "b"]},
-                        return_state=True)
+    batch = await run_notebooks(notebook="examples/report.ipynb",
+                                grid={"n": [1, 2, 3], "label": ["a", "b"]})
+    items = sorted(batch.items, key=lambda item: item.index)
+    diffed = await run_diff(str(items[0].flow_run_id), str(items[5].flow_run_id), return_state=True)
     async with get_client() as client:
         summary = await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
             key=ArtifactFilterKey(any_=["raises-summary"])))
-        (batch,) = await client.read_artifacts(
+        (table,) = await client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-batch"])),
             sort=ArtifactSort.CREATED_DESC, limit=1)
-    print(summary[0].id, batch.id)
+        (diff,) = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[diffed.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=["diff"])))
+    print(summary[0].id, table.id, diff.id)
 
 
 asyncio.run(main())
 PY
 )"
 set -- $ids
-for shot in "run-summary:$1" "batch-table:$2"; do
+for shot in "run-summary:$1" "batch-table:$2" "diff:$3"; do
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --user-data-dir="$home/chromium" --window-size=1400,1500 --hide-scrollbars \
