@@ -287,7 +287,10 @@ async def serve(
             adhoc,
         )
         # the Blocks catalog lists SlurmCluster even on a server in another environment
-        await SlurmCluster.aregister_type_and_schema(client=client)
+        try:
+            await SlurmCluster.aregister_type_and_schema(client=client)
+        except Exception as error:  # a catalog entry is not worth a worker that won't start
+            logger.warning("could not register the SlurmCluster block type: %s", error)
         if wanted:
             await apply_spec(client, general_spec(pool), pool)
             logger.info("registered run-notebook/%s: %s", general_spec(pool).name, why)
