@@ -153,6 +153,14 @@ class Settings:
         50_000_000,
         "the largest notebook a run accepts, inline or fetched; larger ones are refused",
     )
+    files_url: str | None = _setting(
+        "NBJOBS_FILES_URL",
+        lambda text: text.strip().rstrip("/"),
+        "a URL",
+        None,
+        "where `nbjobs serve --files-port` serves local stores: their links point there "
+        "(set by that command for the runs it executes)",
+    )
     server_start_timeout_seconds: float = _setting(
         "NBJOBS_SERVER_START_TIMEOUT",
         _seconds,

@@ -33,6 +33,7 @@ from prefect_aws.client_parameters import AwsClientParameters
 from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError, RequestTooLargeError
+from notebook_jobs.blocks.local_links import signed_link
 from notebook_jobs.blocks.settings import (
     BARE_BLOCK_NAME,
     BLOCK_SPEC,
@@ -164,13 +165,18 @@ class ArtefactStore:
         return data
 
     def link(self, key: str) -> str:
-        """A link a browser can open: presigned HTTPS for S3, ``file://`` for folders.
+        """A link a browser can open: presigned HTTPS for S3; for folders, a signed
+        link to the file server of ``nbjobs serve --files-port`` where one serves the
+        runs (``$NBJOBS_FILES_URL``), else ``file://``.
 
         Falls back to the ``s3://`` URI when the credentials cannot presign.
         """
         key = safe_key(key)
         fs = self.filesystem
         if isinstance(fs, LocalFileSystem):
+            files_url = settings().files_url
+            if files_url:
+                return signed_link(files_url, Path(self.uri(key)))
             return Path(self.uri(key)).as_uri()
         object_key = "/".join(p for p in (str(fs.bucket_folder or "").strip("/"), key) if p)
         try:

@@ -3,9 +3,10 @@
 It uses the standard library only (no Prefect client, no httpx), so it doubles as a
 reference for callers in any language, and ``nbjobs run`` can use it without paying
 for imports: look the deployment up by name, create a flow run with parameters, poll
-its state, read its logs and artifacts, and fetch the stored result through the link
-artifact. Every request retries HTTP 503 (Prefect's answer when its database is
-busy, e.g. SQLite's ``database is locked``) and 429 with exponential backoff.
+its state, read its logs and artifacts, and fetch the stored result through the
+``result`` link of the run's summary artifact. Every request retries HTTP 503
+(Prefect's answer when its database is busy, e.g. SQLite's ``database is locked``)
+and 429 with exponential backoff.
 
 Example:
     >>> api = PrefectHTTP("http://127.0.0.1:4200/api", auth_string="admin:pass")
@@ -285,16 +286,21 @@ class PrefectHTTP:
         return {a["key"]: a for a in found if a.get("key")}
 
     def result(self, run_id: str) -> dict[str, Any]:
-        """The run's ``result.json``, fetched through its ``*-result`` link artifact.
+        """The run's ``result.json``, fetched through the ``result`` link of its summary.
 
         Raises:
-            LookupError: The run has no result link (it was refused before anything
-                was stored, or it has not finished).
+            LookupError: The run has no summary with a result link (it was refused
+                before anything was stored, or it has not finished).
         """
-        links = [a["data"] for key, a in self.artifacts(run_id).items() if key.endswith("-result")]
-        if not links:
-            raise LookupError(f"flow run {run_id} has no result artifact")
-        document: dict[str, Any] = self.request("GET", link_target(links[0])).json()
+        from notebook_jobs.tasks.models import summary_links  # pydantic: only here
+
+        summaries = [
+            a["data"] for key, a in self.artifacts(run_id).items() if key.endswith("-summary")
+        ]
+        links = [summary_links(text or "").get("result") for text in summaries]
+        if not any(links):
+            raise LookupError(f"flow run {run_id} has no result link in its summary")
+        document: dict[str, Any] = self.request("GET", next(url for url in links if url)).json()
         return document
 
 
@@ -311,11 +317,6 @@ def fetch(url: str, timeout: float = 30.0) -> Response:
             return Response(getattr(answer, "status", None) or 200, answer.read())
     except OSError as error:  # URLError and HTTPError are OSErrors
         raise APIError(f"GET {url}: {error}", status_code=getattr(error, "code", None)) from error
-
-
-def link_target(markdown_link: str) -> str:
-    """The URL inside a link artifact's data, ``[text](url)``."""
-    return markdown_link.rsplit("(", 1)[-1].rstrip(")")
 
 
 def _dumps(value: Any) -> bytes:

@@ -25,6 +25,7 @@ kernel started (bad notebook, parameter, kernel...); 3 the artefact store failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -213,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernels kept started ahead of demand, one per run (0: off; in-process only; "
         "default: $NBJOBS_KERNEL_POOL, else 2)",
     )
+    serve.add_argument(
+        "--files-port",
+        type=int,
+        metavar="PORT",
+        help="serve the runs' local-store artefacts read-only on 127.0.0.1:PORT, so their "
+        "links in the Prefect UI open in a browser on this machine (signed links only)",
+    )
     # the local server's worker: `nbjobs run` follows its runs here (deployments/worker.py)
     serve.add_argument("--local-socket", help=argparse.SUPPRESS)
     serve.add_argument(
@@ -305,7 +313,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         socket = Path(args.local_socket) if args.local_socket else None
         kernel_pool = settings().kernel_pool if args.kernel_pool is None else args.kernel_pool
-        asyncio.run(serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc))
+        with contextlib.ExitStack() as files:
+            if args.files_port is not None:
+                from notebook_jobs.deployments.file_server import FILES_URL_ENV, serving_files
+
+                try:
+                    os.environ[FILES_URL_ENV] = files.enter_context(serving_files(args.files_port))
+                except OSError as error:
+                    print(
+                        f"nbjobs: cannot serve files on 127.0.0.1:{args.files_port} "
+                        f"({error.strerror}); choose another --files-port",
+                        file=sys.stderr,
+                    )
+                    return EXIT_BAD_INPUT
+            asyncio.run(
+                serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc)
+            )
         return EXIT_OK
     if args.command in ("run", "deploy"):
         try:

@@ -57,6 +57,11 @@ def server_command(args: argparse.Namespace) -> int:
             if status["worker_pid"]
             else "not running (`nbjobs run` or `nbjobs server start` starts it)"
         )
+        + (
+            f"\n  files      {status['files_url']} (local-store links in the UI open here)"
+            if status.get("files_url")
+            else ""
+        )
         + f"\n  database   {status['database']}\n"
         f"  logs       {status['server_log']}, {status['worker_log']}\n"
         f"  stop it:   nbjobs server stop"

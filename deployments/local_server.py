@@ -58,6 +58,7 @@ from notebook_jobs.deployments.processes import (
 )
 
 DEFAULT_PORT = 4200
+FILES_PORT = 4280  # the worker's file server (local-store links)
 PORTS_TRIED = 20
 # a follower that hears nothing for this long asks the API whether the run ended
 FOLLOW_SILENCE_SECONDS = 2.0
@@ -101,6 +102,7 @@ class ServerState:
     server_started: float | None = None  # the process's create_time, against pid reuse
     worker_pid: int | None = None
     worker_started: float | None = None
+    files_port: int | None = None  # the worker's file server: local-store links open there
 
 
 class LocalServer:
@@ -248,6 +250,19 @@ class LocalServer:
             "use; free one, or set PREFECT_API_URL to a Prefect server you run yourself"
         )
 
+    def _pick_files_port(self, state: ServerState) -> int:
+        """The worker's file server port: the one used before (links in earlier summaries
+        keep working), else the first free one from ``FILES_PORT``."""
+        if state.files_port and port_free(state.files_port):
+            return state.files_port
+        for port in range(FILES_PORT, FILES_PORT + PORTS_TRIED):
+            if port != state.port and port_free(port):
+                return port
+        raise LocalServerError(
+            f"ports {FILES_PORT} to {FILES_PORT + PORTS_TRIED - 1} on 127.0.0.1 are all in "
+            "use; free one for the local worker's file server"
+        )
+
     def _spawn(
         self, command: list[str], env: dict[str, str], log_path: Path
     ) -> subprocess.Popen[bytes]:
@@ -330,6 +345,7 @@ class LocalServer:
         env = self._child_env(state.port)
         env["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = WORKER_LOG_INTERVAL_SECONDS
         env["PREFECT_WORKER_QUERY_SECONDS"] = WORKER_POLL_SECONDS
+        state.files_port = self._pick_files_port(state)
         command = [
             sys.executable,
             "-m",
@@ -339,6 +355,8 @@ class LocalServer:
             LOCAL_POOL,
             "--local-socket",
             str(self.socket),
+            "--files-port",
+            str(state.files_port),
         ]
         process = self._spawn(command, env, self.worker_log)
         state.worker_pid = process.pid
@@ -381,7 +399,7 @@ class LocalServer:
                 stopped.append(f"worker (pid {state.worker_pid})")
             if stop_process_tree(state.server_pid, state.server_started):
                 stopped.append(f"server (pid {state.server_pid})")
-            self._save(ServerState(port=state.port))
+            self._save(ServerState(port=state.port, files_port=state.files_port))
             with contextlib.suppress(OSError):
                 self.socket.unlink()
         return stopped
@@ -403,6 +421,9 @@ class LocalServer:
             "worker_pid": state.worker_pid if worker_up else None,
             "worker_uptime_seconds": round(now - state.worker_started, 1)
             if worker_up and state.worker_started
+            else None,
+            "files_url": f"http://127.0.0.1:{state.files_port}"
+            if worker_up and state.files_port
             else None,
             "database": str(self.database),
             "server_log": str(self.server_log),

@@ -5,9 +5,11 @@
 #                         one technical parameter opened (--allow);
 #   docs/run-summary.png  a failed run's summary: the executed notebook, the failing cell marked;
 #   docs/batch-table.png  a batch of six as one table;
-#   docs/diff.png         what changed between two of its runs (the diff-runs flow). Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1,
-# triggers one run over HTTP, and screenshots the run page with headless Chromium
-# (Debian's `chromium` package: apt-get install chromium).
+#   docs/diff.png         what changed between two of its runs (the diff-runs flow);
+#   docs/run-plots.png    the summary of a run with a plot, a DataFrame and a dict, its
+#                         local-store links served by `nbjobs serve --files-port`.
+# Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1, triggers runs over
+# HTTP, and screenshots with headless Chromium (Debian's `chromium` package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=4391
@@ -20,7 +22,7 @@ trap 'kill -- -$server 2>/dev/null; kill -- -$worker 2>/dev/null; rm -rf "$home"
 until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.5; done
 export PREFECT_API_URL="http://127.0.0.1:$port/api"
 .venv/bin/nbjobs deploy examples/report.ipynb --name report -p label weekly --allow timeout_seconds >/dev/null
-setsid .venv/bin/nbjobs serve >"$home/serve.log" 2>&1 &
+setsid .venv/bin/nbjobs serve --files-port $((port + 1)) >"$home/serve.log" 2>&1 &
 worker=$!
 run_id="$(.venv/bin/python - <<'PY'
 import os
@@ -29,9 +31,13 @@ api = PrefectHTTP(os.environ["PREFECT_API_URL"])
 for n in (5, 12):
     run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}}, idempotency_key=f"shot-{n}")
     api.wait(run_id)
-print(run_id)
+plots = api.trigger("run-notebook", "adhoc", {"notebook": os.path.abspath("tests/data/displays.ipynb")})
+api.wait(plots)
+print(run_id, api.artifacts(plots)["displays-summary"]["id"])
 PY
 )"
+plots_summary="${run_id#* }"
+run_id="${run_id%% *}"
 deployment_id="$(curl -s "$PREFECT_API_URL/deployments/name/run-notebook/report" |
   .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
@@ -85,7 +91,7 @@ asyncio.run(main())
 PY
 )"
 set -- $ids
-for shot in "run-summary:$1" "batch-table:$2" "diff:$3"; do
+for shot in "run-summary:$1" "batch-table:$2" "diff:$3" "run-plots:$plots_summary"; do
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --user-data-dir="$home/chromium" --window-size=1400,1500 --hide-scrollbars \

@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from notebook_jobs.blocks.exceptions import NotebookNotFoundError
 from notebook_jobs.blocks.store import read_s3_object
 from notebook_jobs.tasks.engine.compare import compare_runs, comparison_markdown
+from notebook_jobs.tasks.models import summary_links
 
 MAX_FILES_COMPARED = 200  # checksums read per run; a run that wrote more is compared in part
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -46,13 +47,13 @@ async def _result_of_run(run_id: str) -> dict[str, Any]:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
         )
-    links = [a.data for a in found if a.key and a.key.endswith("-result") and a.data]
+    summaries = [a.data for a in found if a.key and a.key.endswith("-summary") and a.data]
+    links = [url for text in summaries if (url := summary_links(str(text)).get("result"))]
     if not links:
         raise NotebookNotFoundError(
             f"flow run {run_id} has no result: has it finished?", source=run_id
         )
-    target = str(links[0]).rsplit("(", 1)[-1].rstrip(")")
-    document: dict[str, Any] = json.loads(await asyncio.to_thread(read_location, target))
+    document: dict[str, Any] = json.loads(await asyncio.to_thread(read_location, links[0]))
     return document
 
 

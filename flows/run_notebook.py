@@ -34,12 +34,13 @@ from notebook_jobs.blocks.exceptions import (
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import ArtefactStore, open_store, safe_key
+from notebook_jobs.flows import log_filters
 from notebook_jobs.flows.deployment_rules import (
     merged_parameters,
     refused_parameter,
     run_deployment,
 )
-from notebook_jobs.flows.run_labels import label_run, run_name
+from notebook_jobs.flows.run_labels import label_run, run_name, show_parameters
 from notebook_jobs.tasks.engine.layout import (
     EXECUTED_NAME,
     RESULT_NAME,
@@ -79,6 +80,7 @@ from notebook_jobs.tasks.store.artefacts import (
 from notebook_jobs.tasks.store.spill import spill_run
 
 FLOW_NAME = "run-notebook"
+log_filters.install()  # the notebook's traceback in the log, not the framework's
 
 
 def store_retries() -> int:
@@ -118,6 +120,7 @@ async def run_notebook(
     report_mode: bool = False,
     start_timeout_seconds: float | None = None,
     strict_parameters: bool = False,
+    name: str | None = None,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
@@ -142,6 +145,9 @@ async def run_notebook(
         start_timeout_seconds: Limit for the kernel to start (default 60 s).
         strict_parameters: Refuse names the notebook does not declare (by default
             they are injected with a warning in the result's notes, as papermill does).
+        name: What to call the notebook in run names, tags, artifacts and the result;
+            default: its file name, or for a notebook sent inline its metadata's
+            ``name`` or ``title``, else ``notebook``.
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -184,12 +190,15 @@ async def run_notebook(
             report_mode=report_mode,
             start_timeout_seconds=start_timeout_seconds,
             strict_parameters=strict_parameters,
+            name=name,
         )
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
     # tags are one more API call: made while the notebook runs, not before
-    labelling = asyncio.ensure_future(label_run(run_id, notebook)) if flow_run.get_id() else None
+    labelling = (
+        asyncio.ensure_future(label_run(run_id, notebook, name)) if flow_run.get_id() else None
+    )
     try:
         return await _run(request, run_id, t_start, started_at)
     finally:
@@ -346,6 +355,11 @@ async def _store(
     else:
         await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
         await publish_result(result, keys, executed=spilled / EXECUTED_NAME)
+    if flow_run.get_id():
+        try:
+            await show_parameters(run_id, result.parameters_used, artefacts.input)
+        except Exception as error:  # the Parameters tab is not worth a failed run
+            logger.warning("could not show the parameters used on the flow run: %s", error)
     if spilled is not None:
         raise ArtefactStoreError(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
@@ -365,8 +379,8 @@ def _end(result: NotebookResult, name: str) -> NotebookResult:
         return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
     if not result.success:
         failure = error_for_result(result)
-        # the notebook's own traceback, where filtering the log to errors finds it (the
-        # framework's follows, from Prefect's engine, for the flow's raise)
+        # the notebook's own traceback, where filtering the log to errors finds it
+        # (Prefect's engine logs the raise below without its traceback: log_filters)
         traceback = result.error.traceback if result.error else ""
         logger.error(
             "%s: %s%s\npartial notebook at %s",
@@ -396,6 +410,6 @@ async def run_outcome(state: State[Any], store: str | None) -> Any:
         return NotebookResult.model_validate_json(data)
 
 
-_ARTIFACT_KINDS = ("summary", "notebook", "html", "result", "outputs")
+_ARTIFACT_KINDS = ("summary", "outputs")
 
 __all__ = ["FLOW_NAME", "run_notebook", "run_outcome", "runs_root"]

@@ -95,7 +95,7 @@ async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
     from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
 
     # tagged when created, so the run needs no extra API call to tag itself
-    with tags(f"notebook:{notebook_label(request.notebook)}", "trigger:batch"):
+    with tags(f"notebook:{notebook_label(request.notebook, request.name)}", "trigger:batch"):
         state = await run_notebook(**request.model_dump(), return_state=True)
     outcome = await run_outcome(state, request.store)
     if isinstance(outcome, BaseException):

@@ -8,6 +8,7 @@ returns and stores as ``result.json``.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -44,6 +45,16 @@ class NotebookRequest(BaseModel):
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Values injected into the cell tagged 'parameters' (JSON values only).",
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=80,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_. -]*$",
+        description=(
+            "What to call the notebook in run names, tags, artifacts and the result; "
+            "default: its file name, or for a notebook sent inline its metadata's "
+            "'name' or 'title', else 'notebook'."
+        ),
     )
     kernel: str | None = Field(
         default=None, description="Kernel name; defaults to the notebook's own kernelspec."
@@ -161,7 +172,11 @@ class DisplayOutput(BaseModel):
 
 
 class Artefacts(BaseModel):
-    """Where a run's artefacts are (store URIs) and browser links to the main ones."""
+    """Where a run's artefacts are (store URIs) and browser links to the main ones.
+
+    ``links`` holds the input, notebook, HTML and result by kind, and the first
+    ``MAX_LINKED_FILES`` files the notebook wrote as ``files/<path>``.
+    """
 
     prefix: str
     input: str | None = None
@@ -177,6 +192,24 @@ class Artefacts(BaseModel):
         default_factory=list,
         description="Plots, tables and data the cells displayed, each stored on its own.",
     )
+
+
+MAX_LINKED_FILES = 20  # files the notebook wrote that get a browser link each
+
+# How a run summary lists its main artefacts, one per line: ``- [result](https://...)``.
+# It is the one artifact a caller needs: ``summary_links`` reads the links back.
+SUMMARY_LINK = "- [{kind}]({url})"
+_SUMMARY_LINK = re.compile(r"^- \[([a-z]+)\]\((\S+?)\)", re.MULTILINE)
+
+
+def summary_links(summary: str) -> dict[str, str]:
+    """The main artefacts' links in a run summary, by kind (``notebook``, ``html``, ``result``...).
+
+    Example:
+        >>> summary_links("# report: completed\n- [result](https://s3/r.json) result.json")
+        {'result': 'https://s3/r.json'}
+    """
+    return {kind: url for kind, url in _SUMMARY_LINK.findall(summary)}
 
 
 class SlurmInfo(BaseModel):

@@ -5,28 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
-from prefect import get_run_logger, task
-from prefect.artifacts import (
-    acreate_link_artifact,
-    acreate_markdown_artifact,
-    acreate_table_artifact,
-)
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
 from notebook_jobs.blocks.store import ArtefactStore
+from notebook_jobs.tasks.engine.layout import FILES_FOLDER
 from notebook_jobs.tasks.engine.notebook_markdown import notebook_markdown
-from notebook_jobs.tasks.models import NotebookResult
+from notebook_jobs.tasks.models import SUMMARY_LINK, NotebookResult
 from notebook_jobs.tasks.store.artefacts import write_result
+
+LINK_TEXT = {
+    "html": "the executed notebook, as a web page",
+    "notebook": "the executed notebook (.ipynb)",
+    "result": "result.json: status, outputs, timings and where every artefact is",
+    "input": "the notebook as it was sent",
+}
+LOCAL_HOSTS = ("file:", "http://127.0.0.1", "http://localhost")
 
 
 def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = None) -> str:
-    """The run summary shown in the Prefect UI: status, error, parameters, links, cells,
-    and the executed notebook itself when ``notebook`` is given."""
+    """The run summary shown in the Prefect UI: status, error, parameters, outputs, links,
+    cells, files, and the executed notebook itself when ``notebook`` is given.
+
+    The main artefacts are listed one per line as ``SUMMARY_LINK`` (``- [result](url)``),
+    which ``summary_links`` reads back: callers over HTTP find ``result.json`` there.
+    """
     lines = [f"# {result.notebook}: {result.status}", ""]
     if result.error:
         where = f" in cell {result.error.cell_index}" if result.error.cell_index is not None else ""
@@ -43,37 +52,74 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     if used:
         lines += ["| parameter | value | from |", "|---|---|---|"]
         lines += [
-            f"| {k} | `{json.dumps(v)[:200]}` | {'run' if k in result.parameters else 'default'} |"
+            f"| {k} | `{_table_text(json.dumps(v), 200)}` | "
+            f"{'run' if k in result.parameters else 'default'} |"
             for k, v in used.items()
         ]
         lines.append("")
+    if result.outputs:
+        lines += ["| output | value |", "|---|---|"]
+        lines += [
+            f"| {row['name']} | {_table_text(row['value'], 200)} |"
+            for row in outputs_table(result.outputs)
+        ]
+        lines.append("")
+    links = result.artefacts.links
+    for kind, text in LINK_TEXT.items():
+        if links.get(kind):
+            lines.append(f"{SUMMARY_LINK.format(kind=kind, url=links[kind])} {text}")
+    lines.append("")
     lines += ["| cell | status | seconds |", "|---:|---|---:|"]
     for cell in result.cells:
         seconds = f"{cell.duration_seconds:.3f}" if cell.duration_seconds is not None else ""
         lines.append(f"| {cell.index} | {cell.status} | {seconds} |")
     lines.append("")
-    for name, link in result.artefacts.links.items():
-        lines.append(f"- [{name}]({link})")
-    if any(link.startswith("file:") for link in result.artefacts.links.values()):
-        lines.append(
-            "- (a local store: these links open on the machine that stores the runs, "
-            "not from this page)"
-        )
+    written = [(name, url) for name, url in links.items() if name.startswith(f"{FILES_FOLDER}/")]
+    if result.artefacts.files:
+        lines.append(f"Files the notebook wrote ({len(result.artefacts.files)}):")
+        lines += [f"- [{name.removeprefix(FILES_FOLDER + '/')}]({url})" for name, url in written]
+        if len(result.artefacts.files) > len(written):
+            lines.append(
+                f"- and {len(result.artefacts.files) - len(written)} more, listed in result.json"
+            )
+        lines.append("")
+    if any(url.startswith(LOCAL_HOSTS) for url in links.values()):
+        lines.append(_local_note(links))
     if notebook is not None:
-        links = {(d.cell, d.output): d.link for d in result.artefacts.displays}
+        shown = {(d.cell, d.output): d.link for d in result.artefacts.displays}
         failed = result.error.cell_index if result.status == "failed" and result.error else None
         lines += ["", "## The notebook", ""]
-        lines.append(notebook_markdown(notebook, failed_cell=failed, links=links))
+        lines.append(notebook_markdown(notebook, failed_cell=failed, links=shown))
         return "\n".join(lines)
-    for shown in result.artefacts.displays:
-        what = f"cell {shown.cell}, output {shown.output}: {shown.content_type}"
-        if shown.content_type.startswith("image/") and shown.link.startswith("http"):
-            lines += ["", f"![{what}]({shown.link})"]
+    for display in result.artefacts.displays:
+        what = f"cell {display.cell}, output {display.output}: {display.content_type}"
+        if display.content_type.startswith("image/") and display.link.startswith("http"):
+            lines += ["", f"![{what}]({display.link})"]
         else:
-            lines.append(f"- [{what}]({shown.link or shown.uri})")
+            lines.append(f"- [{what}]({display.link or display.uri})")
     for note in result.notes:
         lines.append(f"- note: {note}")
     return "\n".join(lines)
+
+
+def _local_note(links: dict[str, str]) -> str:
+    if any(url.startswith("file:") for url in links.values()):
+        return (
+            "_A local store: these `file://` links open on the machine that stores the runs, "
+            "not from this page (`nbjobs server start` serves them over HTTP)._"
+        )
+    return (
+        "_A local store, served by the local server's worker on 127.0.0.1: these links open "
+        "in a browser on the machine that runs it, while it runs._"
+    )
+
+
+def _table_text(text: str, limit: int) -> str:
+    """``text`` as one markdown table cell: one line, pipes escaped, cut at ``limit``."""
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return flat.replace("|", "\\|")
 
 
 def outputs_table(outputs: dict[str, Any]) -> list[dict[str, str]]:
@@ -89,7 +135,22 @@ def outputs_table(outputs: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
-@task(name="publish-result", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+PUBLISH_RETRY_DELAYS_SECONDS = (1.0, 5.0)
+
+
+async def _retrying(call: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Await ``call()``, again after each of ``PUBLISH_RETRY_DELAYS_SECONDS`` if it raises."""
+    for delay in (*PUBLISH_RETRY_DELAYS_SECONDS, None):
+        try:
+            await call()
+            return
+        except Exception as error:
+            if delay is None:
+                raise
+            get_run_logger().warning("%s failed (%s); trying again in %.0f s", what, error, delay)
+            await asyncio.sleep(delay)
+
+
 async def publish_result(
     result: NotebookResult,
     key_of: dict[str, str],
@@ -99,46 +160,41 @@ async def publish_result(
 ) -> None:
     """Write ``result.json`` to the store, then publish what the Prefect UI shows.
 
-    The Prefect artifacts: the summary, links to the stored notebook, HTML and result,
-    and the notebook's outputs as a table.
+    Two artifacts, keyed per notebook so the UI keeps each notebook's history: the
+    summary (with the links, the outputs and the executed notebook folded in) and the
+    outputs as a table. Called in the flow run itself, not in a task, so both belong to
+    the flow run; each call is tried again twice if it fails.
 
     Args:
         result: The run's result.
-        key_of: Artifact keys by kind (``summary``, ``notebook``, ``html``, ``result``,
-            ``outputs``), stable per notebook so the UI keeps each notebook's history.
+        key_of: Artifact keys by kind (``summary``, ``outputs``).
         store: Where ``result.json`` goes (None: it was written elsewhere, e.g. spilled).
         prefix: The run's key prefix in ``store``.
         executed: The executed notebook, rendered into the summary.
     """
     if store is not None and prefix is not None:
-        await write_result(result, store, prefix)
+        await _retrying(lambda: write_result(result, store, prefix), "writing result.json")
     notebook = None
     if executed is not None and executed.exists():
         try:
             notebook = await asyncio.to_thread(nbformat.read, executed, as_version=4)
         except Exception as error:  # the summary without the notebook, not no summary
             get_run_logger().warning("could not read %s for the summary: %s", executed, error)
-    # One after the other: on Prefect's SQLite server, five concurrent creations took
-    # 141 ms against 100 ms in sequence (writes queue for the database lock).
-    await acreate_markdown_artifact(
-        summary_markdown(result, notebook),
-        key=key_of["summary"],
-        description=f"{result.notebook} run summary",
+    summary = summary_markdown(result, notebook)
+    await _retrying(
+        lambda: acreate_markdown_artifact(
+            summary, key=key_of["summary"], description=f"{result.notebook} run summary"
+        ),
+        "publishing the summary",
     )
-    for kind in ("notebook", "html", "result"):
-        link = result.artefacts.links.get(kind)
-        if link:
-            await acreate_link_artifact(
-                link,
-                link_text=f"{result.notebook}: {kind}",
-                key=key_of[kind],
-                description=f"The run's {kind} in the artefact store",
-            )
     if result.outputs:
-        await acreate_table_artifact(
-            outputs_table(result.outputs),
-            key=key_of["outputs"],
-            description=f"Values {result.notebook} reported",
+        await _retrying(
+            lambda: acreate_table_artifact(
+                outputs_table(result.outputs),
+                key=key_of["outputs"],
+                description=f"Values {result.notebook} reported",
+            ),
+            "publishing the outputs",
         )
 
 

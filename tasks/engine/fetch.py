@@ -8,6 +8,7 @@ here raises a ``NotebookInputError`` subclass with a message that says what to f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,34 @@ def notebook_name(origin: str) -> str:
     """A short display name for a notebook, from its path or URL ('report.ipynb')."""
     tail = origin.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     return tail or "notebook.ipynb"
+
+
+def display_name(notebook: str | dict[str, Any], name: str | None = None) -> str:
+    """The one name of a run's notebook (``report.ipynb``), everywhere it is shown.
+
+    ``name`` if given; else the file name of a path or URL; else, for a notebook sent
+    inline, its metadata's ``name`` or ``title``; else ``notebook.ipynb``.
+
+    Example:
+        >>> display_name({"cells": [], "metadata": {"name": "Weekly sales"}})
+        'Weekly-sales.ipynb'
+    """
+    if not name:
+        document: Any = notebook
+        if isinstance(notebook, str):
+            if not notebook.lstrip().startswith("{"):
+                return notebook_name(notebook.strip())
+            try:
+                document = json.loads(notebook)
+            except ValueError:
+                document = {}
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        if isinstance(metadata, dict):
+            found = metadata.get("name") or metadata.get("title")
+            name = found if isinstance(found, str) else None
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.")[:80]
+    stem = stem.removesuffix(".ipynb") or "notebook"
+    return f"{stem}.ipynb"
 
 
 def _within_limit(what: str, size: int, limit: int | None) -> None:
@@ -95,11 +124,11 @@ def fetch_notebook_source(notebook: str | dict[str, Any]) -> NotebookSource:
     if isinstance(notebook, dict):
         data = json.dumps(notebook).encode()
         _within_limit("the notebook sent in the request", len(data), limit)
-        return NotebookSource("notebook.ipynb", data, "inline")
+        return NotebookSource(display_name(notebook), data, "inline")
     text = notebook.strip()
     if text.startswith("{"):
         _within_limit("the notebook sent in the request", len(text.encode()), limit)
-        return NotebookSource("notebook.ipynb", text.encode(), "inline")
+        return NotebookSource(display_name(text), text.encode(), "inline")
     if text.startswith(("http://", "https://")):
         try:
             response = _get_with_retries(text, limit)

@@ -12,6 +12,7 @@ from nbformat import NotebookNode
 
 from notebook_jobs.blocks.exceptions import WorkingFolderError
 from notebook_jobs.tasks.engine.fetch import (
+    display_name,
     fetch_notebook_source,
     parse_notebook,
     stage_input_files,
@@ -117,7 +118,7 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
     stage_input_files(request.input_files, cwd or run_dir / WORK_FOLDER, replace=cwd is None)
     (run_dir / INPUT_NAME).write_bytes(source.data)
     return StagedNotebook(
-        name=source.name,
+        name=display_name(request.notebook, request.name) if request.name else source.name,
         origin=source.origin,
         kernel=kernel,
         notebook=parameterised,

@@ -27,7 +27,12 @@ from notebook_jobs.tasks.engine.layout import (
     RESULT_NAME,
 )
 from notebook_jobs.tasks.engine.outputs import display_of, write_displays
-from notebook_jobs.tasks.models import Artefacts, DisplayOutput, NotebookResult
+from notebook_jobs.tasks.models import (
+    MAX_LINKED_FILES,
+    Artefacts,
+    DisplayOutput,
+    NotebookResult,
+)
 from notebook_jobs.tasks.notebook import render_html
 
 UPLOAD_THREADS = 8
@@ -119,7 +124,10 @@ def artefacts_from(
         if what.startswith("displays:"):
             continue  # with their facts, by ``displays_from``
         if what.startswith("files:"):
-            artefacts.files[what.removeprefix("files:")] = uri
+            written = what.removeprefix("files:")
+            artefacts.files[written] = uri
+            if len(artefacts.files) <= MAX_LINKED_FILES:
+                artefacts.links[f"{FILES_FOLDER}/{written}"] = link(key)
         elif what.startswith("logs:"):
             artefacts.logs[what.removeprefix("logs:")] = uri
         else:

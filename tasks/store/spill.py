@@ -81,7 +81,10 @@ def spill_run(
         for what, name in MAIN_ARTEFACTS.items()
         if (target / name).exists()
     ]
-    located += [(f"files:{f}", "", str(target / workdir_name / f)) for f in files]
+    located += [
+        (f"files:{f}", str(target / workdir_name / f), str(target / workdir_name / f))
+        for f in files
+    ]
     located += [(f"logs:{name}", "", path) for name, path in kept_logs.items()]
     located += [(f"displays:{p.name}", str(p), str(p)) for p in display_files(target)]
     result = target / RESULT_NAME

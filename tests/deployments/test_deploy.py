@@ -180,7 +180,7 @@ def test_cron_schedule_with_a_timezone_pause_and_resume(http_stack: HTTPStack) -
 
 
 def test_scheduled_runs_are_executed_by_nbjobs_serve(http_stack: HTTPStack) -> None:
-    done = http_stack.nbjobs("deploy", str(DATA / "trivial.ipynb"), "--name", "every-few-seconds")
+    done = http_stack.nbjobs("deploy", str(DATA / "params.ipynb"), "--name", "every-few-seconds")
     assert done.returncode == 0, done.stderr
     found = deployment(http_stack, "every-few-seconds")
     added = httpx.post(
@@ -192,19 +192,34 @@ def test_scheduled_runs_are_executed_by_nbjobs_serve(http_stack: HTTPStack) -> N
     try:
         deadline = time.monotonic() + 150
         completed: list[dict[str, Any]] = []
-        while not completed and time.monotonic() < deadline:
+        while len(completed) < 3 and time.monotonic() < deadline:
             completed = runs_of(http_stack, found["id"], "COMPLETED")
             time.sleep(1)
-        assert completed, "no scheduled run completed"
-        assert {"auto-scheduled", "trigger:schedule", "notebook:trivial"} <= set(
-            completed[0]["tags"]
-        )
+        assert len(completed) >= 3, f"{len(completed)} scheduled runs completed"
     finally:
         paused = httpx.post(
             f"{http_stack.api_url}/deployments/{found['id']}/pause_deployment",
             headers=http_stack.headers(),
         )
         assert paused.status_code in (200, 204), paused.text
+    # three runs, three names, each readable: the notebook, its values, the run's id
+    names = [run["name"] for run in completed]
+    assert len(set(names)) == len(names), names
+    for run in completed:
+        # (the values in the order the server keeps them: PostgreSQL's JSONB sorts keys)
+        assert run["name"].startswith("params ") and {"x=1", "name=world", "ratio=0.5"} <= set(
+            run["name"].split()
+        ), run["name"]
+        assert run["name"].endswith(f" · {run['id'][-6:]}")
+        assert {"nbjobs", "auto-scheduled", "trigger:schedule", "notebook:params"} <= set(
+            run["tags"]
+        )
+    # the parameters it ran with, in its Parameters tab and in its summary
+    run = completed[0]
+    assert run["parameters"]["parameters"]["name"] == "world"
+    assert run["parameters"]["parameters"]["items"] == [1, 2]
+    summary = http_stack.api.artifacts(run["id"])["params-summary"]["data"]
+    assert '| name | `"world"` |' in summary and "| items | `[1, 2]` |" in summary
 
 
 def test_prefect_yaml_deploys_and_a_worker_gets_the_notebook_from_git(

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import nbformat
 
-from notebook_jobs.deployments.api import link_target
+from notebook_jobs.tasks.models import summary_links
 from tests.conftest import DATA, EXAMPLES
 from tests.deployments.conftest import BIN, HTTPStack
 
@@ -81,33 +81,68 @@ def test_trigger_with_parameters_then_fetch_notebook_and_result(http_stack: HTTP
     )
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert seen[0] in {"SCHEDULED", "PENDING", "RUNNING"} and seen[-1] == "COMPLETED"
-    assert run["name"] == f"report n=5 label=http · {run_id[:4]}" and {
+    assert run["name"] == f"report n=5 label=http · {run_id[-6:]}" and {
         "trigger:api",
         "nbjobs",
         "notebook:report",
     } <= set(run["tags"])
     found = artifacts(http_stack, run_id)
-    result = httpx.get(link_target(found["report-result"]["data"])).json()
+    result = httpx.get(summary_links(found["report-summary"]["data"])["result"]).json()
     assert result["success"] and result["outputs"] == {"total": 55, "label": "http"}
     assert result["artefacts"]["notebook"].startswith(
         f"s3://{http_stack.bucket}/runs/run-notebook/{run_id}/"
     )
     executed = nbformat.reads(
-        httpx.get(link_target(found["report-notebook"]["data"])).text, as_version=4
+        httpx.get(summary_links(found["report-summary"]["data"])["notebook"]).text, as_version=4
     )
     assert executed.cells[2].metadata["tags"] == ["injected-parameters"]
-    assert "<html" in httpx.get(link_target(found["report-html"]["data"])).text[:300].lower()
+    assert (
+        "<html"
+        in httpx.get(summary_links(found["report-summary"]["data"])["html"]).text[:300].lower()
+    )
     assert found["report-progress"]["data"] == 100.0
+
+
+def test_a_run_from_the_ui_form_is_tagged_ui(http_stack: HTTPStack) -> None:
+    # the request the UI's Run button sends (Prefect's UI bundle: createDeploymentFlowRun)
+    api, headers = http_stack.api_url, http_stack.headers()
+    deployment_id = http_stack.api.deployment_id("run-notebook", "adhoc")
+    created = httpx.post(
+        f"{api}/deployments/{deployment_id}/create_flow_run",
+        json={
+            "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"},
+            "parameters": {"notebook": str(DATA / "trivial.ipynb")},
+        },
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    run = http_stack.api.wait(created.json()["id"], timeout=180)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert {"nbjobs", "trigger:ui", "notebook:trivial"} <= set(run["tags"]), run["tags"]
 
 
 def test_the_notebook_itself_sent_as_json(http_stack: HTTPStack) -> None:
     document = json.loads((DATA / "params.ipynb").read_text())
+    document["metadata"]["name"] = "Weekly sales"
     run_id, run, _ = trigger_and_wait(
         http_stack, "adhoc", {"notebook": document, "parameters": {"x": 41}}
     )
     assert run["state"]["type"] == "COMPLETED", run["state"]
     result = http_stack.api.result(run_id)
-    assert result["outputs"]["echo"]["x"] == 41 and result["notebook"] == "notebook.ipynb"
+    assert result["outputs"]["echo"]["x"] == 41
+    # one name everywhere, from the notebook's metadata: run, tag, artifacts, result
+    assert result["notebook"] == "Weekly-sales.ipynb"
+    assert run["name"].startswith("Weekly-sales x=41") and "notebook:Weekly-sales" in run["tags"]
+    assert {"weekly-sales-summary", "weekly-sales-progress"} <= set(artifacts(http_stack, run_id))
+    # the Parameters tab shows the stored copy, not the notebook's JSON, and the values used
+    shown = http_stack.api.flow_run(run_id)["parameters"]
+    assert shown["notebook"] == result["artefacts"]["input"]
+    assert shown["notebook"].startswith(f"s3://{http_stack.bucket}/")
+    assert shown["parameters"] == result["parameters_used"] and shown["parameters"]["x"] == 41
+    # or from the request's name field
+    run_id, run, _ = trigger_and_wait(http_stack, "adhoc", {"notebook": document, "name": "daily"})
+    assert run["name"].startswith("daily ") and "notebook:daily" in run["tags"]
+    assert http_stack.api.result(run_id)["notebook"] == "daily.ipynb"
 
 
 def test_a_failing_notebook_ends_failed_and_its_partial_notebook_is_fetchable(
@@ -118,10 +153,10 @@ def test_a_failing_notebook_ends_failed_and_its_partial_notebook_is_fetchable(
     assert "cell 3: ValueError: bad value 42" in run["state"]["message"]
     found = artifacts(http_stack, run_id)
     partial = nbformat.reads(
-        httpx.get(link_target(found["raises-notebook"]["data"])).text, as_version=4
+        httpx.get(summary_links(found["raises-summary"]["data"])["notebook"]).text, as_version=4
     )
     assert partial.cells[3].outputs[0]["text"] == "cell 2 ran\n"  # after the banner
-    result = httpx.get(link_target(found["raises-result"]["data"])).json()
+    result = httpx.get(summary_links(found["raises-summary"]["data"])["result"]).json()
     assert (result["status"], result["error"]["cell_index"]) == ("failed", 3)
 
 
@@ -208,8 +243,8 @@ def test_cancelling_a_run_through_the_api_stops_its_kernel_and_keeps_the_partial
     assert "cancelled while running cell 2" in run["state"]["message"]
     found = artifacts(http_stack, run_id)
     partial = nbformat.reads(
-        httpx.get(link_target(found["sleeps-notebook"]["data"])).text, as_version=4
+        httpx.get(summary_links(found["sleeps-summary"]["data"])["notebook"]).text, as_version=4
     )
     assert partial.cells[2].outputs[0]["text"] == "started\n"
-    result = httpx.get(link_target(found["sleeps-result"]["data"])).json()
+    result = httpx.get(summary_links(found["sleeps-summary"]["data"])["result"]).json()
     assert result["status"] == "cancelled" and result["cells"][2]["status"] == "cancelled"

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.tasks.models import summary_links
 from tests.conftest import DATA, EXAMPLES, service
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 
@@ -122,6 +124,40 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
     assert run["name"] in rendered.stdout, rendered.stdout[-2000:]
     assert "Something went wrong" not in rendered.stdout
     assert "params" in rendered.stdout
+
+
+def test_a_local_store_run_opens_from_the_ui_through_signed_links(local: Local) -> None:
+    done = local.nbjobs("run", str(DATA / "displays.ipynb"))
+    assert done.returncode == 0, done.stderr
+    run_id = UI_LINE.search(done.stdout).group(2)  # type: ignore[union-attr]
+    api = PrefectHTTP(local.status()["api_url"])
+    assert api.wait(run_id, timeout=120)["state"]["type"] == "COMPLETED"
+    summary = api.artifacts(run_id)["displays-summary"]["data"]
+    files_url = local.status()["files_url"]
+    links = summary_links(summary)
+    assert "served by the local server's worker on 127.0.0.1" in summary
+    opened = {}
+    for kind in ("html", "notebook", "result", "input"):
+        assert links[kind].startswith(f"{files_url}/files/"), links[kind]
+        with urllib.request.urlopen(links[kind], timeout=30) as answer:
+            opened[kind] = (answer.headers["Content-Type"], answer.read())
+    assert opened["html"][0] == "text/html" and b"<html" in opened["html"][1][:300].lower()
+    assert json.loads(opened["result"][1])["flow_run_id"] == run_id
+    assert json.loads(opened["notebook"][1])["nbformat"] == 4
+    # the plot, shown in the summary from the same server
+    image = re.search(r"!\[cell 2, output 0\]\((\S+)\)", summary).group(1)  # type: ignore[union-attr]
+    with urllib.request.urlopen(image, timeout=30) as answer:
+        assert answer.headers["Content-Type"] == "image/png"
+        assert answer.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a link changed by hand, or to a file nobody linked, opens nothing
+    for wrong in (
+        links["result"].replace("result.json", "notebook.ipynb"),
+        f"{files_url}/files/{'0' * 32}/etc/passwd",
+        f"{files_url}/",
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=30)
+        assert refused.value.code == 404
 
 
 def sleeping_run(local: Local) -> subprocess.Popen[str]:

@@ -1,14 +1,22 @@
-"""Run names: readable, unique, short enough for the runs list (pure)."""
+"""Run names, notebook names and triggers: readable, unique, one per run (pure)."""
 
 from __future__ import annotations
 
-from notebook_jobs.flows.run_labels import MAX_NAME_CHARS, readable_name
+import json
+
+from notebook_jobs.flows.run_labels import (
+    MAX_NAME_CHARS,
+    notebook_label,
+    readable_name,
+    trigger_of,
+)
+from notebook_jobs.tasks.engine.fetch import display_name
 
 
 def test_a_name_says_the_notebook_its_values_and_which_run() -> None:
-    name = readable_name("s3://b/nb/report.ipynb", {"n": 20, "label": "monthly"}, "3f2a9c01")
-    assert name == "report n=20 label=monthly · 3f2a"
-    assert readable_name("report.ipynb", {}, "3f2a9c01") == "report · 3f2a"
+    name = readable_name("s3://b/nb/report.ipynb", {"n": 20, "label": "monthly"}, "01a2-9c3f2a")
+    assert name == "report n=20 label=monthly · 9c3f2a"
+    assert readable_name("report.ipynb", {}, "01a2-9c3f2a") == "report · 9c3f2a"
     # two runs with the same values differ by their ids
     assert readable_name("r.ipynb", {"n": 1}, "aaaa-1") != readable_name(
         "r.ipynb", {"n": 1}, "bbbb-2"
@@ -16,5 +24,23 @@ def test_a_name_says_the_notebook_its_values_and_which_run() -> None:
 
 
 def test_long_values_are_cut() -> None:
-    name = readable_name("report.ipynb", {"text": "x" * 500, "items": [1, 2]}, "3f2a9c01")
-    assert len(name) <= MAX_NAME_CHARS + len(" · 3f2a") and name.endswith("… · 3f2a")
+    name = readable_name("report.ipynb", {"text": "x" * 500, "items": [1, 2]}, "01a2-9c3f2a")
+    assert len(name) <= MAX_NAME_CHARS + len(" · 9c3f2a") and name.endswith("… · 9c3f2a")
+
+
+def test_an_inline_notebook_has_one_name_from_its_request_or_metadata() -> None:
+    document = {"cells": [], "metadata": {"title": "Weekly sales / EU"}}
+    assert notebook_label(document) == "Weekly-sales-EU"
+    assert display_name(document) == "Weekly-sales-EU.ipynb"  # the result's, the artifacts'
+    assert notebook_label(json.dumps(document)) == "Weekly-sales-EU"  # sent as a string
+    assert notebook_label(document, "daily") == "daily"  # the request's name first
+    assert notebook_label({"cells": [], "metadata": {}}) == "notebook"
+    assert notebook_label("s3://b/nb/my report.ipynb") == "my-report"
+
+
+def test_the_trigger_is_told_from_tags_the_schedule_and_the_first_state() -> None:
+    assert trigger_of(["trigger:batch"], "d1") == "batch"
+    assert trigger_of(["auto-scheduled"], "d1") == "schedule"
+    assert trigger_of([], None) == "cli"
+    assert trigger_of([], "d1", "Run from the Prefect UI with defaults") == "ui"
+    assert trigger_of([], "d1", "") == "api"

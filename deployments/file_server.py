@@ -1,0 +1,105 @@
+"""The read-only file server of ``nbjobs serve --files-port``: local-store links that open
+from the Prefect UI.
+
+It answers ``GET`` and ``HEAD`` on 127.0.0.1 for the signed links of
+``blocks.local_links`` (404 for anything else, and for a bad signature: nothing says
+which files exist), in threads of its own beside the worker's event loop.
+
+Example:
+    >>> with serving_files(4280):          # the worker runs inside
+    ...     asyncio.run(serve(...))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import shutil
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from notebook_jobs.blocks.local_links import links_key, signed_path
+
+HOST = "127.0.0.1"
+FILES_URL_ENV = "NBJOBS_FILES_URL"
+CONTENT_TYPES = {
+    ".ipynb": "application/json",  # shown as text by a browser, not downloaded
+    ".json": "application/json",
+    ".csv": "text/plain; charset=utf-8",
+    ".log": "text/plain; charset=utf-8",
+    ".out": "text/plain; charset=utf-8",
+    ".err": "text/plain; charset=utf-8",
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _FileServer
+    server_version = "nbjobs-files"
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _answer(self, *, body: bool) -> None:
+        url_path = urllib.parse.urlsplit(self.path).path
+        path = signed_path(url_path, self.server.key)
+        if path is None or not path.is_file():
+            self.send_error(HTTPStatus.NOT_FOUND, "no such file, or the link is not signed")
+            return
+        content_type = CONTENT_TYPES.get(path.suffix.lower()) or (
+            mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
+        try:
+            handle = path.open("rb")
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND, "the file cannot be read")
+            return
+        with handle:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(path.stat().st_size))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if content_type.startswith("text/html"):
+                # a notebook's HTML may hold any script its outputs had: an origin of its own
+                self.send_header("Content-Security-Policy", "sandbox allow-scripts allow-popups")
+            self.end_headers()
+            if body:
+                with contextlib.suppress(ConnectionError):
+                    shutil.copyfileobj(handle, self.wfile)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per image of a summary page would drown the worker's log
+
+
+class _FileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, key: bytes) -> None:
+        self.key = key
+        super().__init__((HOST, port), _Handler)
+
+
+@contextlib.contextmanager
+def serving_files(port: int, home: Path | None = None) -> Iterator[str]:
+    """Serve signed local-store links on 127.0.0.1:``port`` while the block runs; yields
+    the base URL (``http://127.0.0.1:4280``), which ``$NBJOBS_FILES_URL`` must name for
+    the runs' links to point here.
+
+    Raises:
+        OSError: The port cannot be bound.
+    """
+    server = _FileServer(port, links_key(home))
+    thread = threading.Thread(target=server.serve_forever, name="nbjobs-files", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
