@@ -24,6 +24,7 @@ base class, or the branch they care about::
     ├── BatchError                    items of a batch failed (``batch`` holds them all)
     ├── ArtefactStoreError            the store is unreachable or refused a write
     ├── LocalServerError              the local Prefect server or its worker cannot start
+    ├── EndpointServerError           the endpoints' Kernel Gateway stopped or never listened
     ├── SettingsError                 an NBJOBS_* variable holds a value it cannot take
     └── SlurmError
         ├── SlurmSubmissionError      sbatch/sacct unreachable or refused the job
@@ -288,6 +289,18 @@ class LocalServerError(NotebookJobError):
     def __init__(self, message: str, *, log: Path | None = None) -> None:
         super().__init__(message)
         self.log = log
+
+
+class EndpointServerError(NotebookJobError):
+    """The Kernel Gateway serving a notebook's endpoints stopped, or never listened.
+
+    Attributes:
+        output: The gateway's last lines of output.
+    """
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class SettingsError(NotebookJobError, ValueError):

@@ -31,6 +31,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from notebook_jobs.deployments.endpoints import add_endpoints_parser
 from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "own kernel) or each in a Python subprocess",
     )
 
+    add_endpoints_parser(commands)
+
     server = commands.add_parser(
         "server",
         help="the local Prefect server and worker that run and record notebooks on this machine",
@@ -348,6 +351,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _prepare_only(args)
     if args.command == "diff":
         return asyncio.run(_diff(args))
+    if args.command == "endpoints":
+        from notebook_jobs.deployments.endpoints import endpoints_command
+
+        _use_local_server()
+        return endpoints_command(args)
     if args.command == "deploy":
         args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))

@@ -41,6 +41,9 @@ ENTRYPOINT = "notebook_jobs.flows.run_notebook.run_notebook"
 # what deployments made before the package had one name of its own point at: the
 # worker runs them as it runs ENTRYPOINT (the flow itself, in its own process)
 ENTRYPOINTS = frozenset({ENTRYPOINT, "flows.run_notebook.run_notebook"})
+# the notebook endpoints' gateway: a long run, cancelled to stop it (flows/serve_endpoints.py)
+ENDPOINTS_ENTRYPOINT = "notebook_jobs.flows.serve_endpoints.run_endpoints"
+IN_PROCESS_ENTRYPOINTS = ENTRYPOINTS | {ENDPOINTS_ENTRYPOINT}
 NOTEBOOK_TAG = "nbjobs-notebook"
 _JSON_TYPES = {
     "int": "integer",

@@ -39,7 +39,11 @@ from prefect.flow_engine import run_flow
 from prefect.states import Cancelled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
-from notebook_jobs.deployments.definitions import ENTRYPOINTS
+from notebook_jobs.deployments.definitions import (
+    ENDPOINTS_ENTRYPOINT,
+    ENTRYPOINTS,
+    IN_PROCESS_ENTRYPOINTS,
+)
 from notebook_jobs.deployments.run_channel import RunChannel
 
 CANCEL_POLL_SECONDS = 1.0
@@ -108,7 +112,7 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
         worker_name: str | None = None,
         worker_id: Any = None,
     ) -> None:
-        if deployment is not None and deployment.entrypoint in ENTRYPOINTS:
+        if deployment is not None and deployment.entrypoint in IN_PROCESS_ENTRYPOINTS:
             return
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
@@ -116,7 +120,8 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
 
 
 class InProcessWorker(ProcessWorker):
-    """Runs ``flows.run_notebook.run_notebook`` deployments in-process; others as subprocesses."""
+    """Runs ``run-notebook`` and ``serve-endpoints`` deployments in-process; others as
+    subprocesses."""
 
     job_configuration = InProcessJobConfiguration
     _entrypoints: dict[str, str | None]
@@ -210,15 +215,19 @@ class InProcessWorker(ProcessWorker):
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> ProcessWorkerResult:
         """Run the flow run in this process, or delegate to a subprocess for other flows."""
-        if flow_run.deployment_id is None or await self._entrypoint_of(flow_run) not in ENTRYPOINTS:
+        entrypoint = await self._entrypoint_of(flow_run) if flow_run.deployment_id else None
+        if entrypoint not in IN_PROCESS_ENTRYPOINTS:
             return await super().run(flow_run, configuration, task_status)
-        from notebook_jobs.flows.run_notebook import run_notebook
+        chosen: Any
+        if entrypoint == ENDPOINTS_ENTRYPOINT:
+            from notebook_jobs.flows.serve_endpoints import run_endpoints as chosen
+        else:
+            from notebook_jobs.flows.run_notebook import run_notebook as chosen
 
         if task_status is not None:
             task_status.started(os.getpid())
-        execution = asyncio.ensure_future(
-            run_flow(run_notebook, flow_run=flow_run, return_type="state")  # type: ignore[arg-type]
-        )
+        running: Any = run_flow(chosen, flow_run=flow_run, return_type="state")
+        execution: asyncio.Future[Any] = asyncio.ensure_future(running)
         watcher = asyncio.ensure_future(_cancel_when_asked(flow_run, execution))
         state: Any = None
         try:
