@@ -43,7 +43,9 @@ ENTRYPOINT = "notebook_jobs.flows.run_notebook.run_notebook"
 ENTRYPOINTS = frozenset({ENTRYPOINT, "flows.run_notebook.run_notebook"})
 # the notebook endpoints' gateway: a long run, cancelled to stop it (flows/serve_endpoints.py)
 ENDPOINTS_ENTRYPOINT = "notebook_jobs.flows.serve_endpoints.run_endpoints"
-IN_PROCESS_ENTRYPOINTS = ENTRYPOINTS | {ENDPOINTS_ENTRYPOINT}
+# one call of one endpoint as a job (flows/run_endpoint.py)
+ENDPOINT_JOB_ENTRYPOINT = "notebook_jobs.flows.run_endpoint.run_endpoint"
+IN_PROCESS_ENTRYPOINTS = ENTRYPOINTS | {ENDPOINTS_ENTRYPOINT, ENDPOINT_JOB_ENTRYPOINT}
 NOTEBOOK_TAG = "nbjobs-notebook"
 _JSON_TYPES = {
     "int": "integer",

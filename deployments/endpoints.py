@@ -1,5 +1,8 @@
 """``nbjobs endpoints``: a notebook's annotated cells as an HTTP API, run and watched by Prefect.
 
+``deploy`` makes the same endpoints jobs instead: a deployment per annotated cell
+(``endpoint/post-echo``), each call a run with its artefacts and ``response.json``.
+
 ``serve`` deploys ``serve-endpoints/<name>`` and starts it (a flow run that stays
 Running while Kernel Gateway serves); ``stop`` cancels that run (the gateway and its
 kernels stop); ``restart`` cancels it and starts a new one, which reads the notebook
@@ -26,7 +29,7 @@ STOP_TIMEOUT_SECONDS = 60.0
 
 
 def add_endpoints_parser(commands: Any) -> None:
-    """``nbjobs endpoints serve|stop|restart|status``."""
+    """``nbjobs endpoints serve|stop|restart|status|deploy``."""
     endpoints = commands.add_parser(
         "endpoints",
         help="serve a notebook's `# METHOD /path` cells as an HTTP API (Kernel Gateway)",
@@ -49,6 +52,11 @@ def add_endpoints_parser(commands: Any) -> None:
     serve.add_argument("--kernel", help="kernel name (default: the notebook's)")
     for action in ("stop", "restart", "status"):
         actions.add_parser(action, help=f"{action} the API").add_argument("name")
+    deploy = actions.add_parser(
+        "deploy", help="one deployment per endpoint (endpoint/post-echo): each call a tracked run"
+    )
+    deploy.add_argument("notebook", help="a notebook path, s3:// URI or URL")
+    deploy.add_argument("--store", help="where each call's artefacts and response.json go")
 
 
 def endpoints_command(args: argparse.Namespace) -> int:
@@ -75,9 +83,7 @@ async def _serve(args: argparse.Namespace) -> str:
     from notebook_jobs.tasks.engine.endpoints import find_endpoints
     from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
 
-    notebook = args.notebook
-    if "://" not in notebook:
-        notebook = str(Path(notebook).expanduser().resolve())
+    notebook = _located(args.notebook)
     # refused here, in one line, rather than in a run that fails
     find_endpoints(parse_notebook(fetch_notebook_source(notebook)))
     parameters: dict[str, Any] = {
@@ -258,4 +264,54 @@ def raise_input(message: str) -> Any:
     raise NotebookInputError(message)
 
 
-_ACTIONS = {"serve": _serve, "stop": _stop, "restart": _restart, "status": _status}
+async def _deploy(args: argparse.Namespace) -> str:
+    from prefect import get_client
+
+    from notebook_jobs.deployments.definitions import (
+        ENDPOINT_JOB_ENTRYPOINT,
+        POOL_NAME,
+        ensure_pool,
+    )
+    from notebook_jobs.flows.run_endpoint import FLOW_NAME, run_endpoint
+    from notebook_jobs.tasks.engine.endpoints import find_endpoints
+    from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+
+    notebook = _located(args.notebook)
+    endpoints = find_endpoints(parse_notebook(fetch_notebook_source(notebook)))
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(run_endpoint.fn).model_dump_for_openapi()
+    lines = []
+    async with get_client() as client:
+        await ensure_pool(client, POOL_NAME)
+        flow_id = await client.create_flow_from_name(FLOW_NAME)
+        for endpoint in endpoints:
+            await client.create_deployment(
+                flow_id=flow_id,
+                name=endpoint.slug,
+                parameters={"notebook": notebook, "endpoint": endpoint.route, "store": args.store},
+                description=f"{endpoint.route} of {notebook}, as a job: send `request` "
+                "(body, args, path, headers, as Kernel Gateway's REQUEST)",
+                tags=["nbjobs", "nbjobs-endpoint"],
+                entrypoint=ENDPOINT_JOB_ENTRYPOINT,
+                work_pool_name=POOL_NAME,
+                pull_steps=[],
+                parameter_openapi_schema=schema,
+                enforce_parameter_schema=True,
+            )
+            lines.append(f"  {FLOW_NAME}/{endpoint.slug}  {endpoint.route}")
+    return f"deployed {len(endpoints)} endpoints of {notebook} as jobs:\n" + "\n".join(lines)
+
+
+def _located(notebook: str) -> str:
+    """A notebook argument as workers find it: URIs as given, paths made absolute."""
+    return notebook if "://" in notebook else str(Path(notebook).expanduser().resolve())
+
+
+_ACTIONS = {
+    "serve": _serve,
+    "stop": _stop,
+    "restart": _restart,
+    "status": _status,
+    "deploy": _deploy,
+}

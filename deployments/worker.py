@@ -40,6 +40,7 @@ from prefect.states import Cancelled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from notebook_jobs.deployments.definitions import (
+    ENDPOINT_JOB_ENTRYPOINT,
     ENDPOINTS_ENTRYPOINT,
     ENTRYPOINTS,
     IN_PROCESS_ENTRYPOINTS,
@@ -221,6 +222,8 @@ class InProcessWorker(ProcessWorker):
         chosen: Any
         if entrypoint == ENDPOINTS_ENTRYPOINT:
             from notebook_jobs.flows.serve_endpoints import run_endpoints as chosen
+        elif entrypoint == ENDPOINT_JOB_ENTRYPOINT:
+            from notebook_jobs.flows.run_endpoint import run_endpoint as chosen
         else:
             from notebook_jobs.flows.run_notebook import run_notebook as chosen
 

@@ -21,6 +21,7 @@ import nbformat
 import psutil
 import pytest
 
+from notebook_jobs.tasks.models import summary_links
 from tests.conftest import DATA, EXAMPLES
 from tests.deployments.conftest import BIN, HTTPStack
 from tests.processes import free_port
@@ -210,3 +211,49 @@ def test_bad_input_is_one_line(http_stack: HTTPStack, args: list[str], says: str
     done = http_stack.nbjobs("endpoints", "serve", target, *args)
     assert done.returncode == 2 and says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def call_job(stack: HTTPStack, slug: str, parameters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A run of ``endpoint/<slug>`` over Prefect's REST API, polled to its end."""
+    deployment = stack.api.deployment_id("endpoint", slug)
+    created = stack.api.request(
+        "POST", f"/deployments/{deployment}/create_flow_run", json={"parameters": parameters}
+    ).json()
+    return created["id"], stack.api.wait(created["id"], timeout=180)
+
+
+JOBS = [
+    ("get-prices-item", {"path": {"item": "pear"}, "args": {"count": ["4"]}}, "GET", "/prices/pear?count=4", {}),
+    ("get-prices-item", {"path": {"item": "kiwi"}}, "GET", "/prices/kiwi", {}),
+    ("post-echo", {"body": {"a": [1, 2], "b": "c"}, "args": {"x": ["2", "3"]}}, "POST", "/echo?x=2&x=3", {"json": {"a": [1, 2], "b": "c"}}),
+    ("post-divide", {"body": {"a": 1, "b": 0}}, "POST", "/divide", {"json": {"a": 1, "b": 0}}),
+]  # fmt: skip
+
+
+def test_each_endpoint_is_a_job_over_prefects_api(http_stack: HTTPStack, bare_gateway: int) -> None:
+    done = http_stack.nbjobs("endpoints", "deploy", str(EXAMPLES / "endpoints.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert "endpoint/get-prices-item  GET /prices/:item" in done.stdout
+    for slug, request, method, path, extra in JOBS:
+        run_id, run = call_job(http_stack, slug, {"request": request})
+        summary = http_stack.api.artifacts(run_id)[f"{slug}-response"]["data"]
+        response = httpx.get(summary_links(summary)["response"], timeout=30).json()
+        theirs = httpx.request(
+            method, f"http://127.0.0.1:{bare_gateway}{path}", timeout=60, **extra
+        )
+        # what the gateway answers, from a run of its own with the notebook stored
+        assert (response["status"], response["headers"]["Content-Type"], response["body"]) == (
+            compared(theirs)
+        ), slug
+        expected = "FAILED" if theirs.status_code == 500 else "COMPLETED"
+        assert run["state"]["type"] == expected, run["state"]
+        notebook_run = summary_links(summary)["notebook"]
+        executed = nbformat.reads(httpx.get(notebook_run, timeout=30).text, as_version=4)
+        assert any("REQUEST = " in cell.source for cell in executed.cells)
+    # the deployment's notebook is the one that runs: a caller cannot send another
+    run_id, run = call_job(
+        http_stack, "post-echo", {"request": {}, "notebook": str(DATA / "trivial.ipynb")}
+    )
+    assert run["state"]["type"] == "FAILED" and "is fixed by the deployment" in str(
+        run["state"]["message"]
+    )
