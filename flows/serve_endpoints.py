@@ -43,6 +43,7 @@ DEFAULT_PORT = 8890
 LISTEN_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 OUTPUT_LINES_KEPT = 40
+REQUEST_LOG_SECONDS = 1.0  # requests are logged together at most this often
 # tornado's access log: "[I 261203 17:19:22 web:2591] 200 POST /echo?x=2 (127.0.0.1) 32.70ms"
 _ACCESS = re.compile(r"^\[([IWE]) [^]]* web:\d+\] (\d{3}) (\S+) (\S+) \(([^)]*)\) ([\d.]+ms)")
 
@@ -114,7 +115,7 @@ async def run_endpoints(
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         cwd=str(seed.parent),
-        start_new_session=True,
+        # in the worker's process group: whatever stops the worker's group stops it too
     )
     recent: list[str] = []
     pump = asyncio.ensure_future(_pump(process, logger, recent))
@@ -153,9 +154,31 @@ def _write_seed(notebook: Any, path: Path) -> None:
 
 
 async def _pump(process: asyncio.subprocess.Process, logger: Any, recent: list[str]) -> None:
-    """Stream the gateway's output into the run's log, a request per line."""
+    """Stream the gateway's output into the run's log: its own lines one by one, and the
+    requests (``POST /echo -> 200 in 3.1ms``) one line each, gathered into one record
+    per ``REQUEST_LOG_SECONDS`` (a record per request cost the served API 5 to 8 % of
+    its throughput on 2 cores, in the worker and the Prefect server's log inserts)."""
     assert process.stdout is not None
-    async for raw in process.stdout:
+    requests: list[str] = []
+    failed = False
+    flushed = time.monotonic()
+
+    def flush() -> None:
+        nonlocal failed, flushed
+        if requests:
+            logger.log(30 if failed else 20, "%s", "\n".join(requests))
+            requests.clear()
+        failed, flushed = False, time.monotonic()
+
+    while True:
+        try:
+            raw = await asyncio.wait_for(process.stdout.readline(), timeout=REQUEST_LOG_SECONDS)
+        except TimeoutError:
+            flush()
+            continue
+        if not raw:
+            flush()
+            return
         line = raw.decode(errors="replace").rstrip()
         if not line:
             continue
@@ -164,10 +187,13 @@ async def _pump(process: asyncio.subprocess.Process, logger: Any, recent: list[s
         request = _ACCESS.match(line)
         if request:
             _, status, method, path, _client, took = request.groups()
-            level = 30 if status.startswith(("4", "5")) else 20
-            logger.log(level, "request %s %s -> %s in %s", method, path, status, took)
+            requests.append(f"request {method} {path} -> {status} in {took}")
+            failed = failed or status.startswith(("4", "5"))
         elif "Kernel is running over TCP without encryption" not in line:
+            flush()
             logger.info("gateway: %s", line)
+        if time.monotonic() - flushed >= REQUEST_LOG_SECONDS:
+            flush()
 
 
 async def _wait_listening(
