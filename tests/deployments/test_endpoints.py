@@ -118,13 +118,14 @@ def test_served_authenticated_logged_restarted_and_stopped(
     shutil.copy(EXAMPLES / "endpoints.ipynb", notebook)
     save_secret(http_stack, "endpoints-password", PASSWORD)
     port = free_port()
+    # with Kernel Gateway's own options passed through: a base URL, kernels started ahead
     done = http_stack.nbjobs(
         "endpoints", "serve", str(notebook), "--name", "demo", "--port", str(port),
-        "--auth-secret", "endpoints-password",
+        "--auth-secret", "endpoints-password", "--base-url", "/demo", "--prespawn", "2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert f"demo: serving at http://127.0.0.1:{port}" in done.stdout
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}/demo"
+    assert f"demo: serving at {url}" in done.stdout
     with (
         httpx.Client(auth=("nbjobs", PASSWORD), timeout=60) as ours,
         httpx.Client(timeout=60) as bare,
@@ -139,6 +140,7 @@ def test_served_authenticated_logged_restarted_and_stopped(
         }  # fmt: skip
         assert ours.get(url + "/prices/kiwi").status_code == 404
         assert ours.post(url + "/divide", json={"a": 1, "b": 0}).status_code == 500
+        assert len(gateway_processes(port)) >= 3  # the gateway and its two kernels
         # the password, by basic auth or the gateway's token; nothing without it
         assert httpx.get(url + "/prices/pear").status_code == 401
         assert httpx.get(url + "/prices/pear", auth=("nbjobs", "wrong")).status_code == 401
@@ -147,9 +149,9 @@ def test_served_authenticated_logged_restarted_and_stopped(
     # every request is in the run's log, the raising cell's error too
     run_id = _running_run(http_stack)
     expected = [
-        "request POST /echo?x=2&x=3 -> 200",
-        "request GET /prices/pear -> 401",
-        "request POST /divide -> 500",
+        "request POST /demo/echo?x=2&x=3 -> 200",
+        "request GET /demo/prices/pear -> 401",
+        "request POST /demo/divide -> 500",
     ]
     deadline = time.monotonic() + 30
     lines: list[str] = []
