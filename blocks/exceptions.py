@@ -14,7 +14,10 @@ base class, or the branch they care about::
     │   ├── WorkingFolderError        ``cwd`` is not a folder here, or not for Slurm
     │   ├── SlurmClusterError         no such SlurmCluster block, or one with bad values
     │   ├── RequestTooLargeError      a notebook or parameters over their limits
-    │   └── FixedParameterError       a caller set what the deployment fixes
+    │   ├── FixedParameterError       a caller set what the deployment fixes
+    │   ├── SecretParameterError      a secret reference names no Secret block, or a
+    │   │                             parameter declared secret was sent as a value
+    │   └── AlertConditionError       an alert's condition cannot be read
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
@@ -154,6 +157,23 @@ class FixedParameterError(NotebookInputError):
         )
         self.name = name
         self.deployment = deployment
+
+
+class SecretParameterError(NotebookInputError):
+    """A secret parameter cannot be resolved, or a declared secret came as a plain value."""
+
+    def __init__(self, message: str, *, parameter: str, block: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.block = block
+
+
+class AlertConditionError(NotebookInputError):
+    """An alert condition (``outputs.error_rate > 0.05``) that cannot be read."""
+
+    def __init__(self, message: str, *, condition: str) -> None:
+        super().__init__(message)
+        self.condition = condition
 
 
 # --- a kernel ran ----------------------------------------------------------------

@@ -31,6 +31,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from notebook_jobs.deployments.alerts import add_alert_parser
 from notebook_jobs.deployments.endpoints import add_endpoints_parser
 from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
@@ -69,6 +70,16 @@ def _add_parameter_options(parser: argparse.ArgumentParser, p_help: str, r_help:
             metavar=("NAME", "VALUE"),
             help=text,
         )
+    parser.add_argument(
+        "-s",
+        "--secret",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "BLOCK"),
+        help="a secret parameter: the value of this Prefect Secret block, loaded by the "
+        "run and masked in everything it stores and shows",
+    )
     yaml_options: tuple[tuple[tuple[str, str], str], ...] = (
         (("-y", "--parameters_yaml"), "parameters as a YAML mapping"),
         (("-f", "--parameters_file"), "a YAML file of parameters"),
@@ -131,6 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cell_timeout",
         type=float,
         help="limit for any one cell, in seconds (the cell is interrupted)",
+    )
+    run.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse a completed run with the same code cells, parameters, kernel, input "
+        "files and environment instead of running again",
+    )
+    run.add_argument(
+        "--cache-expiration",
+        type=float,
+        metavar="SECONDS",
+        help="with --cache: how long a completed run may be reused (default: while its key holds)",
+    )
+    run.add_argument(
+        "--refresh", action="store_true", help="with --cache: run anyway, and cache this run"
+    )
+    run.add_argument(
+        "--cache-fingerprint",
+        metavar="TEXT",
+        help="with --cache: the environment in the key (default: the hash of the lock file "
+        "beside the notebook, else of the installed packages)",
     )
     run.add_argument(
         "--json", action="store_true", help="print result.json on stdout, nothing else"
@@ -233,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_endpoints_parser(commands)
+    add_alert_parser(commands)
 
     server = commands.add_parser(
         "server",
@@ -246,15 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
-    from notebook_jobs.blocks.exceptions import LocalServerError, SettingsError
+    from notebook_jobs.blocks.exceptions import (
+        EndpointServerError,
+        LocalServerError,
+        NotebookInputError,
+        SettingsError,
+    )
     from notebook_jobs.deployments.api import APIError
 
     try:
         return _dispatch(args)
-    except SettingsError as error:
+    except (SettingsError, NotebookInputError) as error:  # what to fix, in one line
         print(f"nbjobs: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except LocalServerError as error:
+    except (LocalServerError, EndpointServerError) as error:
         print(f"nbjobs: {error}", file=sys.stderr)
         return EXIT_SERVER_FAILED
     except APIError as error:
@@ -356,6 +394,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _use_local_server()
         return endpoints_command(args)
+    if args.command == "alert":
+        from notebook_jobs.deployments.alerts import alert_command
+
+        _use_local_server()
+        return alert_command(args)
     if args.command == "deploy":
         args.api_was_set = _use_local_server() is None
         return asyncio.run(_deploy(args))
@@ -470,6 +513,8 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
         f=args.parameters_file,
         b=args.parameters_base64,
     )
+    for name, block in args.secret:
+        parameters[name] = {"$secret": block}  # tasks/engine/secrets.py: a reference
     for name, value in parameters.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(

@@ -86,6 +86,10 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "report_mode": args.report_mode,
         "start_timeout_seconds": args.start_timeout,
         "strict_parameters": args.strict_parameters,
+        "cache": args.cache or args.refresh,
+        "cache_expiration_seconds": args.cache_expiration,
+        "refresh_cache": args.refresh,
+        "cache_fingerprint": args.cache_fingerprint,
     }
     # left out when unset; not `in (None, [], False)`, which would drop a 0 too (0 == False)
     return {

@@ -28,6 +28,8 @@ from notebook_jobs.deployments.definitions import (
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.secrets import declared_secrets, secret_reference
+from notebook_jobs.tasks.engine.staged import with_declared_secrets
 from notebook_jobs.tasks.engine.staging import (
     check_json_value,
     declared_parameters,
@@ -83,7 +85,12 @@ async def deploy_notebook(
         check_json_value(key, value)
     # the notebook's own literal defaults too, so the deployment's Parameters tab, and
     # every run's (scheduled ones included), shows what the notebook runs with
-    defaults = {**notebook_defaults(nb), **defaults}
+    # a declared secret's default is a Secret block (given, or named in the notebook)
+    # or none: never the notebook's literal; a value given for one is refused
+    defaults = {**notebook_defaults(nb), **with_declared_secrets(nb, defaults)}
+    for secret in declared_secrets(nb):
+        if secret_reference(defaults.get(secret)) is None:
+            defaults.pop(secret, None)
     digest = content_hash(source.data)
     artefact_store = open_store(store)
     key = safe_key("notebooks", digest, source.name)

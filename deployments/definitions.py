@@ -34,6 +34,7 @@ from prefect.utilities.callables import parameter_schema as callable_parameter_s
 from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.flows.deployment_rules import ALLOW_TAG
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
+from notebook_jobs.tasks.engine.secrets import SECRET_KEY, reference, secret_declaration
 
 POOL_NAME = "notebook-jobs"
 GENERAL_DEPLOYMENT = "adhoc"
@@ -55,6 +56,14 @@ _JSON_TYPES = {
     "list": "array",
     "tuple": "array",
     "dict": "object",
+}
+
+
+SECRET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {SECRET_KEY: {"type": "string", "title": "Secret block"}},
+    "required": [SECRET_KEY],
+    "additionalProperties": False,
 }
 
 
@@ -92,6 +101,16 @@ def parameter_schema(
             prop["type"] = json_type
         if item.get("help"):
             prop["description"] = item["help"]
+        secret, block = secret_declaration(item.get("help") or "")
+        if secret:  # the value is a Secret block's name, never the secret
+            prop.update(SECRET_SCHEMA)
+            prop["description"] = f"secret: a Secret block's name ({item.get('help')})"
+            if block:
+                prop["default"] = reference(block)
+            if name in defaults:
+                prop["default"] = defaults[name]
+            properties[name] = prop
+            continue
         if name in defaults:
             prop["default"] = defaults[name]
         else:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_FAILED
+from notebook_jobs.deployments.exit_codes import EXIT_OK
 
 ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING")
 START_TIMEOUT_SECONDS = 120.0
@@ -60,18 +59,12 @@ def add_endpoints_parser(commands: Any) -> None:
 
 
 def endpoints_command(args: argparse.Namespace) -> int:
-    """Run ``nbjobs endpoints ACTION`` (Prefect is configured: the caller saw to it)."""
-    from notebook_jobs.blocks.exceptions import EndpointServerError, NotebookInputError
+    """Run ``nbjobs endpoints ACTION`` (Prefect is configured: the caller saw to it).
 
-    try:
-        message = asyncio.run(_ACTIONS[args.action](args))
-    except NotebookInputError as error:
-        print(f"nbjobs: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except EndpointServerError as error:
-        print(f"nbjobs: {error}", file=sys.stderr)
-        return EXIT_SERVER_FAILED
-    print(message)
+    A ``NotebookInputError`` (exit 2) or ``EndpointServerError`` (exit 4) is reported
+    by ``cli.main`` in one line.
+    """
+    print(asyncio.run(_ACTIONS[args.action](args)))
     return EXIT_OK
 
 

@@ -275,6 +275,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     import nbformat
 
     from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+    from notebook_jobs.tasks.engine.secrets import MASK, secret_reference
     from notebook_jobs.tasks.engine.staging import (
         check_parameters,
         inject_parameters,
@@ -285,6 +286,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     source = fetch_notebook_source(notebook)
     nb = parse_notebook(source)
     kernel = kernel_name_of(nb, args.kernel)
+    parameters = {name: MASK if secret_reference(v) else v for name, v in parameters.items()}
     warnings = check_parameters(
         nb, parameters, kernel, language=args.language, strict=args.strict_parameters
     )

@@ -151,6 +151,9 @@ def summary(document: dict[str, Any], url: str | None = None) -> str:
         f"{document['notebook']}: {document['status']} "
         f"in {timings.get('total_seconds', 0):.2f} s (kernel {document.get('kernel')})"
     ]
+    if document.get("cached_from"):
+        key = (document.get("cache") or {}).get("key", "")
+        lines[0] += f", cached: the result of run {document['cached_from']} (key {key[:16]})"
     error = document.get("error")
     if error:
         where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""

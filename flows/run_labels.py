@@ -18,6 +18,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from notebook_jobs.tasks.engine.fetch import display_name
+from notebook_jobs.tasks.engine.secrets import secret_reference
 
 COMMON_TAG = "nbjobs"  # on every notebook run, whatever started it
 
@@ -38,14 +39,17 @@ def readable_name(
         >>> readable_name("reports/report.ipynb", {"n": 20, "label": "monthly"}, "...9c3f2a")
         'report n=20 label=monthly · 9c3f2a'
     """
-    values = " ".join(
-        f"{key}={value if isinstance(value, str) else json.dumps(value, default=str)}"
-        for key, value in parameters.items()
-    )
+    values = " ".join(f"{key}={_shown(value)}" for key, value in parameters.items())
     text = f"{notebook_label(notebook, name)} {values}".strip()
     if len(text) > MAX_NAME_CHARS:
         text = text[: MAX_NAME_CHARS - 1] + "…"
     return f"{text} · {run_id[-ID_CHARS:]}" if run_id else text
+
+
+def _shown(value: Any) -> str:
+    if secret_reference(value):
+        return "<secret>"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def notebook_label(notebook: Any, name: str | None = None) -> str:

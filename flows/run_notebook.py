@@ -21,7 +21,7 @@ from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.exceptions import MissingResult
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Completed
 from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import (
@@ -40,7 +40,8 @@ from notebook_jobs.flows.deployment_rules import (
     refused_parameter,
     run_deployment,
 )
-from notebook_jobs.flows.run_labels import label_run, run_name, show_parameters
+from notebook_jobs.flows.run_labels import label_run, notebook_label, run_name, show_parameters
+from notebook_jobs.tasks.cache import expiry, find_cached, key_of, relinked, remember_run
 from notebook_jobs.tasks.engine.layout import (
     EXECUTED_NAME,
     RESULT_NAME,
@@ -50,6 +51,7 @@ from notebook_jobs.tasks.engine.layout import (
 )
 from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.engine.staging import notebook_defaults
+from notebook_jobs.tasks.events import emit_run_event
 from notebook_jobs.tasks.executors import (
     Executor,
     LocalExecutor,
@@ -57,9 +59,11 @@ from notebook_jobs.tasks.executors import (
     current_executor,
 )
 from notebook_jobs.tasks.models import (
+    CacheInfo,
     ExecutionOutcome,
     NotebookRequest,
     NotebookResult,
+    Resources,
     Timings,
     error_for_result,
 )
@@ -72,6 +76,7 @@ from notebook_jobs.tasks.notebook import (
 from notebook_jobs.tasks.publish import publish_result
 from notebook_jobs.tasks.store.artefacts import (
     copy_files,
+    mask_files,
     remove_run_folder,
     result_document,
     store_artefacts,
@@ -121,6 +126,10 @@ async def run_notebook(
     start_timeout_seconds: float | None = None,
     strict_parameters: bool = False,
     name: str | None = None,
+    cache: bool = False,
+    cache_expiration_seconds: float | None = None,
+    refresh_cache: bool = False,
+    cache_fingerprint: str | None = None,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
@@ -148,6 +157,13 @@ async def run_notebook(
         name: What to call the notebook in run names, tags, artifacts and the result;
             default: its file name, or for a notebook sent inline its metadata's
             ``name`` or ``title``, else ``notebook``.
+        cache: Reuse a completed run with the same cache key instead of running:
+            nothing executes, the result is that run's with ``cached_from`` set.
+        cache_expiration_seconds: How long a completed run may be reused (default:
+            as long as its key holds).
+        refresh_cache: Run even when a cached run matches, and cache this one.
+        cache_fingerprint: The environment in the key; default: the hash of the lock
+            file beside the notebook, else of the installed packages.
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -191,6 +207,10 @@ async def run_notebook(
             start_timeout_seconds=start_timeout_seconds,
             strict_parameters=strict_parameters,
             name=name,
+            cache=cache,
+            cache_expiration_seconds=cache_expiration_seconds,
+            refresh_cache=refresh_cache,
+            cache_fingerprint=cache_fingerprint,
         )
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
@@ -245,6 +265,15 @@ async def _run(
             request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
         )
         stage_seconds = time.perf_counter() - t_start
+        caching: CacheInfo | None = None
+        if request.cache:
+            caching = await asyncio.to_thread(key_of, request, staged)
+            cached = None if request.refresh_cache else await find_cached(artefact_store, caching)
+            if cached is not None:  # nothing executes
+                return await _cached_run(
+                    request, artefact_store, run_id, key, staged, cached, t_start, started_at
+                )
+            caching.expires_at = expiry(request.cache_expiration_seconds)
         # the task ends Failed when the notebook failed; its outcome is the state's data
         state = await execute_task(kernel_retries())(
             staged,
@@ -271,13 +300,84 @@ async def _run(
         execute_seconds=outcome.report.execute_seconds,
     )
     storing = asyncio.ensure_future(
-        _store(request, artefact_store, run_id, key, staged, outcome, t_start, timings)
+        _store(request, artefact_store, run_id, key, staged, outcome, t_start, timings, caching)
     )
     if outcome.report.status == "cancelled":
         result = await asyncio.shield(storing)
     else:
         result = await storing
+    if caching is not None and result.success:  # a failed run is never reused
+        try:
+            await remember_run(artefact_store, caching, result, run_prefix(FLOW_NAME, key))
+        except Exception as error:  # the run itself is stored: say so, do not fail it
+            get_run_logger().warning("could not record the run in the cache: %s", error)
+    await _announce(result, staged.name)
     return _end(result, staged.name)
+
+
+async def _announce(result: NotebookResult, name: str) -> None:
+    """Emit the run's ``nbjobs.notebook.*`` event; log the alerts that hold."""
+    logger = get_run_logger()
+    try:
+        held = await emit_run_event(result, notebook_label(name), flow_run.get_name())
+    except Exception as error:  # an alert must never fail the run it reports on
+        logger.warning("could not emit the run's event: %s", error)
+        return
+    for line in held:
+        logger.warning("alert: %s", line)
+
+
+async def _cached_run(
+    request: NotebookRequest,
+    artefact_store: ArtefactStore,
+    run_id: str,
+    key: str,
+    staged: StagedNotebook,
+    cached: NotebookResult,
+    t_start: float,
+    started_at: datetime,
+) -> NotebookResult:
+    """A cache hit: the cached run's result and artefacts, as this run's; nothing ran."""
+    logger = get_run_logger()
+    info = cached.cache
+    assert info is not None
+    note = (
+        f"cached: the result of run {cached.flow_run_id} (cache key {info.key[:16]}), "
+        "nothing was executed; refresh_cache (--refresh) runs it again"
+    )
+    logger.info("%s", note)
+    result = relinked(cached, artefact_store).model_copy(
+        update={
+            "flow_run_id": run_id,
+            "cached_from": cached.flow_run_id,
+            "parameters": request.parameters,
+            "parameters_used": {
+                **notebook_defaults(staged.notebook, staged.kernel),
+                **staged.parameters,
+            },
+            "timings": Timings(
+                started_at=started_at,
+                finished_at=datetime.now(timezone.utc),
+                total_seconds=round(time.perf_counter() - t_start, 4),
+                stage_seconds=round(time.perf_counter() - t_start, 4),
+            ),
+            "resources": Resources(),
+            "slurm": None,
+            "notes": [note],
+        }
+    )
+    prefix = run_prefix(FLOW_NAME, key)
+    keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
+    stored = await store_result(result, artefact_store, prefix)  # this run's own result.json
+    await publish_result(result, keys, None if stored else artefact_store, prefix)
+    if flow_run.get_id():
+        try:
+            await show_parameters(run_id, result.parameters_used, cached.artefacts.input)
+        except Exception as error:
+            logger.warning("could not show the parameters used on the flow run: %s", error)
+    await asyncio.to_thread(remove_run_folder, staged.run_dir, [])
+    await _announce(result, staged.name)
+    return Completed(name="Cached", message=note, data=result)  # type: ignore[return-value]
 
 
 async def _store(
@@ -289,6 +389,7 @@ async def _store(
     outcome: ExecutionOutcome,
     t_start: float,
     timings: Timings,
+    caching: CacheInfo | None = None,
 ) -> NotebookResult:
     """Store the run's artefacts and result, and publish its artifacts."""
     logger = get_run_logger()
@@ -296,6 +397,8 @@ async def _store(
     t_store = time.perf_counter()
     if staged.cwd is not None:  # the files the run wrote in the user's folder, kept as they are
         await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
+    if staged.secrets is not None:  # the stored copies of what the notebook wrote
+        await asyncio.to_thread(mask_files, staged.secrets, staged.files_dir, report.files)
     prefix = run_prefix(FLOW_NAME, key)
     logs = {name: Path(path) for name, path in outcome.logs.items()}
     spilled: Path | None = None
@@ -328,7 +431,7 @@ async def _store(
         flow_run_id=run_id,
         flow_name=FLOW_NAME,
         parameters=request.parameters,
-        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **request.parameters},
+        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **staged.parameters},
         kernel=report.kernel,
         error=report.error,
         cells=report.cells,
@@ -344,6 +447,7 @@ async def _store(
         resources=report.resources,
         slurm=outcome.slurm,
         notes=notes,
+        cache=caching if report.success else None,
     )
     keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
     if spilled is None:

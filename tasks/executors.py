@@ -46,6 +46,7 @@ from notebook_jobs.tasks.engine.layout import (
     BATCH_SCRIPT_NAME,
     EVENTS_NAME,
     EXECUTED_NAME,
+    SECRETS_NAME,
     STAGED_NAME,
     run_folder,
 )
@@ -218,6 +219,7 @@ class LocalExecutor:
                     on_event=on_event,
                     started=started,
                     start_timeout_seconds=staged.start_timeout_seconds,
+                    secrets=staged.secrets,
                 )
             except RunCancelledError as cancelled:
                 report = ExecutionOutcome.model_validate(cancelled.execution).report
@@ -284,6 +286,10 @@ class SlurmExecutor:
     ) -> Path:
         job_dir = staged.run_dir
         nbformat.write(staged.notebook, job_dir / STAGED_NAME)
+        if staged.secrets is not None:  # made 0600 before the values are written
+            secrets_file = job_dir / SECRETS_NAME
+            secrets_file.touch(mode=0o600)
+            secrets_file.write_text(staged.secrets.to_json())
         write_job_spec(
             job_dir,
             kernel=staged.kernel,
@@ -341,5 +347,13 @@ class SlurmExecutor:
                 continue
             break
         return await asyncio.shield(
-            asyncio.to_thread(collect_job, staged.run_dir, staged.kernel, status, attempts, logger)
+            asyncio.to_thread(
+                collect_job,
+                staged.run_dir,
+                staged.kernel,
+                status,
+                attempts,
+                logger,
+                staged.secrets,
+            )
         )

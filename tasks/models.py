@@ -108,6 +108,31 @@ class NotebookRequest(BaseModel):
             "with a warning as papermill does."
         ),
     )
+    cache: bool = Field(
+        default=False,
+        description=(
+            "Reuse a completed run with the same cache key (code cells, parameters with "
+            "secrets by reference, kernel, input files' checksums, environment "
+            "fingerprint) instead of running again."
+        ),
+    )
+    cache_expiration_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a completed run may be reused; by default, until its key changes.",
+    )
+    refresh_cache: bool = Field(
+        default=False, description="Run even when a cached run matches, and cache this one."
+    )
+    cache_fingerprint: str | None = Field(
+        default=None,
+        max_length=500,
+        description=(
+            "The environment's fingerprint in the cache key; by default the hash of the "
+            "lock file beside the notebook (uv.lock, poetry.lock, ...), else of the "
+            "installed packages."
+        ),
+    )
 
 
 class CellReport(BaseModel):
@@ -247,6 +272,17 @@ class Timings(BaseModel):
     store_seconds: float = 0.0
 
 
+class CacheInfo(BaseModel):
+    """How a run with ``cache`` on used the cache."""
+
+    key: str = Field(description="The cache key: a SHA-256 of everything the run depends on.")
+    hit: bool = Field(description="True when this run reused a completed run's result.")
+    fingerprint: str = Field(description="The environment fingerprint, and where it came from.")
+    expires_at: datetime | None = Field(
+        default=None, description="When the cached result stops being reused."
+    )
+
+
 class NotebookResult(BaseModel):
     """The result of a run; ``result.json`` in the store is this document."""
 
@@ -274,6 +310,11 @@ class NotebookResult(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     slurm: SlurmInfo | None = None
     notes: list[str] = Field(default_factory=list)
+    cached_from: str | None = Field(
+        default=None,
+        description="The flow run whose result and artefacts this cached run returns.",
+    )
+    cache: CacheInfo | None = None
 
 
 def error_for_result(result: NotebookResult) -> NotebookRunError | SlurmJobError:

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.states import Failed
 
-from notebook_jobs.blocks.exceptions import KernelDiedError
+from notebook_jobs.blocks.exceptions import KernelDiedError, SecretParameterError
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.tasks.engine.cells import CellEvent
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, HTML_NAME
@@ -69,18 +69,46 @@ async def stage_notebook(
         >>> await stage_notebook(NotebookRequest(notebook="examples/report.ipynb"), Path("/tmp/r"))
         StagedNotebook(name='report.ipynb', ...)
     """
-    staged = await asyncio.to_thread(stage, request, run_dir, check_kernel=check_kernel)
+    loop = asyncio.get_running_loop()
+
+    def resolve(parameter: str, block: str) -> Any:  # from the staging thread, on this loop
+        return asyncio.run_coroutine_threadsafe(load_secret(parameter, block), loop).result()
+
+    staged = await asyncio.to_thread(
+        stage, request, run_dir, check_kernel=check_kernel, resolve=resolve
+    )
     get_run_logger().info(
         "staged %s (kernel %s, %d code cells to run, parameters: %s, working folder %s)",
         staged.name,
         staged.kernel,
         staged.cells_to_run,
-        ", ".join(sorted(request.parameters)) or "none",
+        ", ".join(sorted(staged.parameters)) or "none",
         staged.cwd or "of its own",
     )
     for note in staged.notes:
         get_run_logger().warning("%s", note)
     return staged
+
+
+async def load_secret(parameter: str, block: str) -> Any:
+    """The value a Prefect ``Secret`` block holds, for a secret parameter.
+
+    Raises:
+        SecretParameterError: No Secret block has that name.
+    """
+    from prefect.blocks.system import Secret
+
+    try:
+        secret: Secret[Any] = await Secret.aload(block)
+    except ValueError as error:  # Prefect's "Unable to find block document named ..."
+        raise SecretParameterError(
+            f"parameter {parameter!r} refers to the Secret block {block!r}, which does not "
+            f"exist on this Prefect server; create it: Secret(value=...).save({block!r}) or "
+            "`prefect block create secret`",
+            parameter=parameter,
+            block=block,
+        ) from error
+    return secret.get()
 
 
 def retry_if_retryable(task: Any, task_run: TaskRun, state: State[Any]) -> bool:

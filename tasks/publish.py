@@ -37,6 +37,13 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     which ``summary_links`` reads back: callers over HTTP find ``result.json`` there.
     """
     lines = [f"# {result.notebook}: {result.status}", ""]
+    if result.cached_from and result.cache:
+        lines += [
+            f"**Cached**: the result of run `{result.cached_from}` (cache key "
+            f"`{result.cache.key[:16]}`); nothing was executed, and the links below are "
+            "that run's artefacts.",
+            "",
+        ]
     if result.error:
         where = f" in cell {result.error.cell_index}" if result.error.cell_index is not None else ""
         lines += [f"**{result.error.name}**{where}: {result.error.message}", ""]

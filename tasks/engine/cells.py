@@ -30,6 +30,7 @@ from notebook_jobs.tasks.engine.kernels.client import (
     cancelled_not_dead,
     death_cause,
 )
+from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.models import CellReport, CellStatus, ErrorInfo, Resources, RunStatus
 
 LOG_STREAM_CHARS = 2000
@@ -149,6 +150,7 @@ async def run_plan(
     progress: RunProgress,
     on_event: EventCallback | None,
     current: dict[str, int | None],
+    secrets: RunSecrets | None = None,
 ) -> None:
     done = 0
     for position, source_index in plan:
@@ -160,8 +162,16 @@ async def run_plan(
         status: CellStatus = "ok"
         timeout_used = client._get_timeout(cell)
         client.timed_out = False
+        shown = cell.source
+        real = secrets.sources.get(position) if secrets is not None else None
         try:
-            await client.async_execute_cell(cell, position)
+            if real is not None:
+                # the value in the kernel only: the cell keeps its masked source, and
+                # IPython's history database (on disk) never sees this one
+                cell.source = real
+                await client.async_execute_cell(cell, position, store_history=False)
+            else:
+                await client.async_execute_cell(cell, position)
         except CellExecutionError as error:
             if client.timed_out:  # interrupted at its timeout: the error is the interrupt
                 status = _cell_timed_out(
@@ -213,6 +223,14 @@ async def run_plan(
                 f"{await death_cause(client)}; its state is lost",
                 cell_index=source_index,
             )
+        finally:
+            cell.source = shown
+        if secrets is not None:  # before anything reads the outputs
+            secrets.mask_cell(cell)
+            if progress.error is not None:
+                progress.error = ErrorInfo.model_validate(
+                    secrets.mask_value(progress.error.model_dump())
+                )
         report = _finish(progress, cell, source_index, status, t_cell)
         if source_index is not None:
             done += 1

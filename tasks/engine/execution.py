@@ -50,6 +50,7 @@ from notebook_jobs.tasks.engine.kernels.client import (
     start_kernel,
 )
 from notebook_jobs.tasks.engine.outputs import read_scraps
+from notebook_jobs.tasks.engine.secrets import MIN_MASKED_CHARS, RunSecrets
 from notebook_jobs.tasks.models import (
     CellReport,
     ErrorInfo,
@@ -71,6 +72,7 @@ async def execute_notebook_async(
     started: StartedKernel | None = None,
     max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
     start_timeout_seconds: float | None = None,
+    secrets: RunSecrets | None = None,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
 
@@ -87,6 +89,8 @@ async def execute_notebook_async(
         started: An already-started kernel to use (shut down afterwards).
         max_output_bytes: Output one cell may keep; the rest is dropped with a note.
         start_timeout_seconds: Limit for the kernel to start (default 60 s).
+        secrets: Secret parameters: the injected cell's real source, run in place of
+            the masked one, and the values masked in every output.
 
     Returns:
         The report; ``nb`` holds the executed (possibly partial) notebook.
@@ -155,7 +159,7 @@ async def execute_notebook_async(
             pid = kernel_pid(client)
             sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
             try:
-                await run_plan(client, runnable, total, progress, on_event, current)
+                await run_plan(client, runnable, total, progress, on_event, current, secrets)
             finally:
                 measured = measure_resources(pid, progress.memory) if pid else None
                 if measured is not None:
@@ -253,6 +257,17 @@ async def execute_notebook_async(
             progress.error_position,
             nb.cells[progress.error_position].get("execution_count"),
         )
+    if secrets is not None:  # a cell cut short (timeout, cancel) was not masked yet
+        secrets.mask_notebook(nb)
+        if progress.error is not None:
+            progress.error = ErrorInfo.model_validate(
+                secrets.mask_value(progress.error.model_dump())
+            )
+        if secrets.unmasked:
+            progress.notes.append(
+                f"secret parameter(s) {', '.join(secrets.unmasked)} are shorter than "
+                f"{MIN_MASKED_CHARS} characters and were not masked in the outputs"
+            )
     outputs, scrap_notes = read_scraps(nb)
     progress.notes.extend(scrap_notes)
     if client._truncated:

@@ -29,6 +29,7 @@ from notebook_jobs.blocks.store import safe_key
 INPUT_NAME = "input.ipynb"
 STAGED_NAME = "staged.ipynb"
 JOB_SPEC_NAME = "job.json"
+SECRETS_NAME = "secrets.json"  # a Slurm job's secret parameters: 0600, deleted when read
 BATCH_SCRIPT_NAME = "job.sbatch"
 EVENTS_NAME = "events.jsonl"
 REPORT_NAME = "execution.json"

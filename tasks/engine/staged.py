@@ -6,11 +6,14 @@ it returns is all an executor needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nbformat import NotebookNode
+from papermill.translators import translate_parameters
 
-from notebook_jobs.blocks.exceptions import WorkingFolderError
+from notebook_jobs.blocks.exceptions import SecretParameterError, WorkingFolderError
 from notebook_jobs.tasks.engine.fetch import (
     display_name,
     fetch_notebook_source,
@@ -19,6 +22,14 @@ from notebook_jobs.tasks.engine.fetch import (
 )
 from notebook_jobs.tasks.engine.kernels.client import ensure_kernel_installed
 from notebook_jobs.tasks.engine.layout import INPUT_NAME, WORK_FOLDER
+from notebook_jobs.tasks.engine.parameters import notebook_language
+from notebook_jobs.tasks.engine.secrets import (
+    MASK,
+    RunSecrets,
+    declared_secrets,
+    reference,
+    secret_reference,
+)
 from notebook_jobs.tasks.engine.staging import (
     check_parameters,
     inject_parameters,
@@ -48,6 +59,9 @@ class StagedNotebook:
         cwd: Path | None = None,
         start_timeout_seconds: float | None = None,
         notes: list[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        secrets: RunSecrets | None = None,
+        input_names: list[str] | None = None,
     ) -> None:
         self.name = name
         self.origin = origin
@@ -59,6 +73,10 @@ class StagedNotebook:
         self.cwd = cwd
         self.start_timeout_seconds = start_timeout_seconds
         self.notes = notes or []
+        # what was injected, secrets as references (a `# secret: block` default included)
+        self.parameters = parameters or {}
+        self.secrets = secrets
+        self.input_names = input_names or []  # the input files' names in the working folder
 
     @property
     def cells_to_run(self) -> int:
@@ -86,8 +104,23 @@ class StagedNotebook:
         return self.run_dir / WORK_FOLDER
 
 
-def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True) -> StagedNotebook:
+SecretResolver = Callable[[str, str], Any]  # (parameter, block) -> the Secret block's value
+
+
+def stage(
+    request: NotebookRequest,
+    run_dir: Path,
+    *,
+    check_kernel: bool = True,
+    resolve: SecretResolver | None = None,
+) -> StagedNotebook:
     """Fetch, check and parameterise a notebook; write ``input.ipynb`` to ``run_dir``.
+
+    Args:
+        request: The run's request.
+        run_dir: The run's folder.
+        check_kernel: Check that the kernel is installed here.
+        resolve: Loads a Secret block's value, for secret parameters.
 
     Raises:
         NotebookInputError: Anything about the request that must be fixed first.
@@ -98,24 +131,33 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
     cwd = working_folder(request.cwd)
     if check_kernel:
         ensure_kernel_installed(kernel)
+    parameters = with_declared_secrets(nb, request.parameters)
+    # the notebook shows MASK where a secret goes; the kernel runs the value
+    shown = {name: MASK if secret_reference(v) else v for name, v in parameters.items()}
     notes = check_parameters(
-        nb,
-        request.parameters,
-        kernel,
-        language=request.language,
-        strict=request.strict_parameters,
+        nb, shown, kernel, language=request.language, strict=request.strict_parameters
     )
     selected = select_cells(nb, request.cells)
     parameterised, cell_origin = inject_parameters(
         nb,
-        request.parameters,
+        shown,
         kernel,
         language=request.language,
         report_mode=request.report_mode,
     )
+    parameterised.metadata.papermill["parameters"] = parameters
     parameterised.metadata.papermill["input_path"] = source.origin
+    secrets = resolve_secrets(parameters, shown, resolve)
+    if secrets is not None:
+        language = request.language or notebook_language(nb)
+        position = cell_origin.index(None)  # the injected cell
+        secrets.sources[position] = translate_parameters(
+            kernel, language, {**shown, **secrets.values}, "Parameters"
+        )
     (run_dir / WORK_FOLDER).mkdir(parents=True, exist_ok=True)
-    stage_input_files(request.input_files, cwd or run_dir / WORK_FOLDER, replace=cwd is None)
+    inputs = stage_input_files(
+        request.input_files, cwd or run_dir / WORK_FOLDER, replace=cwd is None
+    )
     (run_dir / INPUT_NAME).write_bytes(source.data)
     return StagedNotebook(
         name=display_name(request.notebook, request.name) if request.name else source.name,
@@ -128,7 +170,57 @@ def stage(request: NotebookRequest, run_dir: Path, *, check_kernel: bool = True)
         cwd=cwd,
         start_timeout_seconds=request.start_timeout_seconds,
         notes=notes,
+        parameters=parameters,
+        secrets=secrets,
+        input_names=inputs,
     )
+
+
+def with_declared_secrets(nb: NotebookNode, given: dict[str, Any]) -> dict[str, Any]:
+    """The parameters with the notebook's declared secrets checked and defaulted.
+
+    A name the notebook declares ``# secret: block`` and the caller leaves out refers
+    to that block.
+
+    Raises:
+        SecretParameterError: A declared secret was sent as a plain value: it would be
+            in the flow run's parameters, in Prefect's database.
+    """
+    parameters = dict(given)
+    for name, block in declared_secrets(nb).items():
+        if name not in parameters:
+            if block:
+                parameters[name] = reference(block)
+        elif secret_reference(parameters[name]) is None:
+            raise SecretParameterError(
+                f"parameter {name!r} is declared secret in the notebook: send the name of a "
+                f"Secret block holding it, not the value (nbjobs run -s {name} BLOCK; over "
+                f'HTTP "{name}": {{"$secret": "BLOCK"}})',
+                parameter=name,
+            )
+    return parameters
+
+
+def resolve_secrets(
+    parameters: dict[str, Any], shown: dict[str, Any], resolve: SecretResolver | None
+) -> RunSecrets | None:
+    """Load the values of the secret parameters; ``None`` when there are none.
+
+    Raises:
+        SecretParameterError: No resolver here (nothing to load Secret blocks from).
+    """
+    references = {n: secret_reference(v) for n, v in parameters.items() if secret_reference(v)}
+    if not references:
+        return None
+    if resolve is None:
+        name = next(iter(references))
+        raise SecretParameterError(
+            f"parameter {name!r} refers to a Secret block, which only a run on a Prefect "
+            "server can load",
+            parameter=name,
+            block=references[name],
+        )
+    return RunSecrets({name: resolve(name, str(block)) for name, block in references.items()})
 
 
 def working_folder(cwd: str | None) -> Path | None:

@@ -27,6 +27,7 @@ from notebook_jobs.tasks.engine.layout import (
     RESULT_NAME,
 )
 from notebook_jobs.tasks.engine.outputs import display_of, write_displays
+from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.models import (
     MAX_LINKED_FILES,
     Artefacts,
@@ -233,6 +234,20 @@ def copy_files(source: Path, files: list[str], target: Path) -> None:
             shutil.copy2(source / name, destination)
         except FileNotFoundError:  # written, then removed again before the run ended
             continue
+
+
+def mask_files(secrets: RunSecrets, folder: Path, files: list[str]) -> list[str]:
+    """Mask secret values in the text files a run wrote (``folder``, our own copy).
+
+    Returns:
+        The files that held a value.
+    """
+    masked = []
+    for name in files:
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and secrets.mask_file(path):
+            masked.append(name)
+    return masked
 
 
 def remove_run_folder(run_dir: Path, logs: list[Path]) -> None:

@@ -171,3 +171,17 @@ nb([new_markdown_cell("# Rich outputs"),
     new_code_cell('import pandas as pd\n\npd.DataFrame({"i": range(points), "square": [i * i for i in range(points)]})'),
     new_code_cell('from IPython.display import JSON, display\n\ndisplay(JSON({"points": points, "squares": [i * i for i in range(points)]}))')],
    "tests/data/displays.ipynb")
+
+nb([params('password = ""  # secret: the warehouse password\nuser = "analyst"  # who connects\nfail = False  # raise at the end, with the password in the message'),
+    new_code_cell(GLUE),
+    new_code_cell('import json, sys\nprint("connecting as", user, "with", password)\nprint(repr(password))\nprint(json.dumps({"password": password}))\nprint(password, file=sys.stderr)'),
+    new_code_cell('from IPython.display import HTML, display\ndisplay(HTML(f"<b>{password}</b>"))\nglue("password", password)\nglue("length", len(password))\nwith open("credentials.txt", "w") as f:\n    f.write(f"{user}:{password}\\n")\n{"password": password}'),
+    new_code_cell('if fail:\n    raise ValueError(f"the warehouse refused {password!r}")'),
+   ], "tests/data/secret.ipynb")
+
+# counts its executions in a file outside its run folder: a cached run adds no line
+nb([params('marker = "runs.txt"  # a file that counts executions\nn = 1  # a number\nfail = False  # raise at the end'),
+    new_code_cell(GLUE),
+    new_code_cell('with open(marker, "a") as f:\n    f.write("ran\\n")\nglue("n", n)'),
+    new_code_cell('if fail:\n    raise ValueError("asked to fail")'),
+   ], "tests/data/counts.ipynb")

@@ -111,3 +111,49 @@ def test_inspect_lists_parameters() -> None:
         "default": '"world"',
         "help": "who to greet",
     }
+
+
+def test_a_secret_from_the_command_line_is_masked_and_a_plain_value_refused(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    import uuid
+
+    from prefect.blocks.system import Secret
+
+    value, block = f"cli-secret-{uuid.uuid4().hex}", f"cli-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(block)
+    notebook = str(DATA / "secret.ipynb")
+    store, work = tmp_path / "store", tmp_path / "work"  # it writes credentials.txt in work
+    work.mkdir()
+    done = nbjobs(
+        "run",
+        notebook,
+        "-s",
+        "password",
+        block,
+        "--store",
+        str(store),
+        "--cwd",
+        str(work),
+        "-v",
+        env=server_env,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert f"output length = {len(value)}" in done.stdout
+    assert 'output password = "********"' in done.stdout
+    assert value not in done.stdout + done.stderr
+    assert "cell 2 stdout" in done.stderr  # the log was shown, masked
+    stored = [p.read_bytes() for p in store.rglob("*") if p.is_file()]
+    assert (work / "credentials.txt").read_text() == f"analyst:{value}\n"  # the user's own
+    assert stored and not [data for data in stored if value.encode() in data]
+    refused = nbjobs(
+        "run", notebook, "-p", "password", value, "--store", str(tmp_path), env=server_env
+    )
+    assert refused.returncode == EXIT_BAD_INPUT
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.endswith(
+        "parameter 'password' is declared secret in the notebook: send the name of a "
+        "Secret block holding it, not the value (nbjobs run -s password BLOCK; over HTTP "
+        '"password": {"$secret": "BLOCK"})'
+    )
+    assert value not in refused.stdout + refused.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -248,3 +249,58 @@ def test_cancelling_a_run_through_the_api_stops_its_kernel_and_keeps_the_partial
     assert partial.cells[2].outputs[0]["text"] == "started\n"
     result = httpx.get(summary_links(found["sleeps-summary"]["data"])["result"]).json()
     assert result["status"] == "cancelled" and result["cells"][2]["status"] == "cancelled"
+
+
+def test_a_secret_parameter_over_http_is_nowhere_but_in_the_kernel(
+    http_stack: HTTPStack, s3: Any
+) -> None:
+    """A deployed notebook that declares ``# secret``, run with ``{"$secret": block}``."""
+    value = f"http-secret-{uuid.uuid4().hex}"
+    block = f"warehouse-{uuid.uuid4().hex[:8]}"
+    saved = subprocess.run(
+        [
+            str(BIN / "python"),
+            "-c",
+            "import sys; from prefect.blocks.system import Secret; "
+            "Secret(value=sys.stdin.read()).save(sys.argv[1])",
+            block,
+        ],
+        input=value,
+        env=http_stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert saved.returncode == 0, saved.stderr
+    name = f"secret-{uuid.uuid4().hex[:6]}"
+    deployed = http_stack.nbjobs("deploy", str(DATA / "secret.ipynb"), "--name", name)
+    assert deployed.returncode == 0, deployed.stderr
+    deployment = http_stack.api.request("GET", f"/deployments/name/run-notebook/{name}").json()
+    schema = deployment["parameter_openapi_schema"]["properties"]["parameters"]
+    assert schema["properties"]["password"]["required"] == ["$secret"]
+    run_id, run, _ = trigger_and_wait(
+        http_stack, name, {"parameters": {"password": {"$secret": block}, "fail": True}}
+    )
+    assert run["state"]["type"] == "FAILED"
+    result = http_stack.api.result(run_id)
+    assert result["outputs"]["length"] == len(value)
+    listed = s3.list_objects_v2(Bucket=http_stack.bucket, Prefix=f"runs/run-notebook/{run_id}/")
+    stored = [
+        s3.get_object(Bucket=http_stack.bucket, Key=o["Key"])["Body"]
+        .read()
+        .decode(errors="replace")
+        for o in listed["Contents"]
+    ]
+    deadline = time.monotonic() + 60  # the worker ships its logs every few seconds
+    while "partial notebook at" not in json.dumps(logs := http_stack.api.logs(run_id)):
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.5)
+    shown = [
+        json.dumps(http_stack.api.flow_run(run_id)),
+        json.dumps(logs),
+        json.dumps(artifacts(http_stack, run_id)),
+        json.dumps(result),
+    ]
+    assert len(stored) >= 5 and "cell 2 stdout" in shown[1]
+    assert [text for text in stored + shown if value in text] == []
+    assert {"password": {"$secret": block}}.items() <= run["parameters"]["parameters"].items()

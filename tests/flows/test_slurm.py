@@ -408,3 +408,36 @@ def test_a_job_accounting_does_not_know_is_judged_by_its_own_report(
     outcome = asyncio.run(SlurmExecutor(cluster, NoAccounting()).execute(staged))
     assert outcome.slurm.state == "FAILED"  # the notebook's own error, from its report
     assert outcome.report.status == "failed" and outcome.report.error.name == "ValueError"
+
+
+def test_a_secret_parameter_reaches_the_job_and_no_stored_file(
+    slurm_cluster: str, bucket: str, s3: Any
+) -> None:
+    """The job reads the value from a 0600 file it deletes; the job's zip holds no value."""
+    import io
+    import uuid
+    import zipfile
+
+    from prefect.blocks.system import Secret
+
+    value, block = f"slurm-secret-{uuid.uuid4().hex}", f"slurm-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(block)
+    state = run_flow(
+        notebook=str(DATA / "secret.ipynb"),
+        parameters={"password": {"$secret": block}},
+        cluster=slurm_cluster,
+        store=f"s3://{bucket}/runs",
+    )
+    assert state.is_completed(), state.message
+    result: NotebookResult = state_outcome(state)
+    assert result.outputs["length"] == len(value)
+    prefix = f"runs/run-notebook/{result.flow_run_id}"
+    objects = {
+        o["Key"]: stored(s3, bucket, o["Key"])
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    }
+    archive = zipfile.ZipFile(io.BytesIO(objects[f"{prefix}/slurm/job.zip"]))
+    inside = {name: archive.read(name) for name in archive.namelist() if not name.endswith("/")}
+    assert "secrets.json" not in inside and "work/credentials.txt" in inside
+    everything = {**objects, **inside}
+    assert [name for name, data in everything.items() if value.encode() in data] == []

@@ -36,9 +36,11 @@ from notebook_jobs.tasks.engine.layout import (
     EXECUTED_NAME,
     JOB_SPEC_NAME,
     REPORT_NAME,
+    SECRETS_NAME,
     STAGED_NAME,
     WORK_FOLDER,
 )
+from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.models import ErrorInfo, ExecutionOutcome, ExecutionReport
 
 
@@ -72,6 +74,11 @@ async def run_job(job_dir: Path) -> int:
     """Execute the job folder's notebook; return the process exit code."""
     spec = json.loads((job_dir / JOB_SPEC_NAME).read_text())
     notebook = nbformat.read(job_dir / STAGED_NAME, as_version=4)
+    secrets_file = job_dir / SECRETS_NAME
+    secrets = None
+    if secrets_file.exists():  # read once, then gone from the shared filesystem
+        secrets = RunSecrets.from_json(secrets_file.read_text())
+        secrets_file.unlink()
     events = (job_dir / EVENTS_NAME).open("a", encoding="utf-8")
 
     def on_event(event: CellEvent) -> None:
@@ -98,6 +105,7 @@ async def run_job(job_dir: Path) -> int:
             cell_timeout_seconds=spec["cell_timeout_seconds"],
             timeout_seconds=spec["timeout_seconds"],
             on_event=on_event,
+            secrets=secrets,
         )
     )
     loop = asyncio.get_running_loop()

@@ -26,8 +26,10 @@ from notebook_jobs.tasks.engine.layout import (
     EVENTS_NAME,
     EXECUTED_NAME,
     REPORT_NAME,
+    SECRETS_NAME,
     STAGED_NAME,
 )
+from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.engine.slurm.commands import JobStatus, SlurmCommands
 from notebook_jobs.tasks.models import (
     CellReport,
@@ -232,11 +234,25 @@ async def cancel_job(
 
 
 def collect_job(
-    job_dir: Path, kernel: str, status: JobStatus, attempts: int, logger: Any
+    job_dir: Path,
+    kernel: str,
+    status: JobStatus,
+    attempts: int,
+    logger: Any,
+    secrets: RunSecrets | None = None,
 ) -> ExecutionOutcome:
-    """The run's outcome from what the ended job left in its folder (blocking: a thread)."""
+    """The run's outcome from what the ended job left in its folder (blocking: a thread).
+
+    With secret parameters, the secrets file is removed (a job that never started
+    left it) and every text file of the folder is masked before it is archived.
+    """
     job_id = status.job_id
     stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
+    if secrets is not None:
+        (job_dir / SECRETS_NAME).unlink(missing_ok=True)
+        for path in job_dir.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                secrets.mask_file(path)
     stderr_tail = tail(stderr)
     report = outcome_report(status, job_report(job_dir), kernel=kernel, stderr_tail=stderr_tail)
     if not (job_dir / EXECUTED_NAME).exists():
