@@ -363,7 +363,7 @@ async def _cached_run(
             ),
             "resources": Resources(),
             "slurm": None,
-            "notes": [note],
+            "notes": [],  # cached_from and cache say it
         }
     )
     prefix = run_prefix(FLOW_NAME, key)

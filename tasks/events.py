@@ -189,7 +189,9 @@ async def emit_run_event(result: NotebookResult, label: str, run_name: str | Non
         line = evaluate(condition, payload, history)
         if line is None:
             continue
-        held[alert["slug"]] = f"{alert['name'].removeprefix(ALERT_PREFIX)}: {line}"
+        name = alert["name"].removeprefix(ALERT_PREFIX)
+        # an alert named by default is its notebook and condition: the line says both
+        held[alert["slug"]] = f"{label if name == f'{label} {condition.text}' else name}: {line}"
         related.append(
             {
                 "prefect.resource.id": alert_resource_id(alert["slug"]),

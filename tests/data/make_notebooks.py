@@ -185,3 +185,8 @@ nb([params('marker = "runs.txt"  # a file that counts executions\nn = 1  # a num
     new_code_cell('with open(marker, "a") as f:\n    f.write("ran\\n")\nglue("n", n)'),
     new_code_cell('if fail:\n    raise ValueError("asked to fail")'),
    ], "tests/data/counts.ipynb")
+
+# the cache benchmark's notebook: an analysis that computes for `seconds`
+nb([params('seconds = 5.0  # how long the analysis computes'),
+    new_code_cell('import time\n\nstart, rounds = time.perf_counter(), 0\nwhile time.perf_counter() - start < seconds:\n    total = sum(i * i for i in range(10_000))\n    rounds += 1\nprint(f"{rounds} rounds in {seconds} s")'),
+   ], "benchmarks/analysis.ipynb")
