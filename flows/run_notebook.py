@@ -14,44 +14,37 @@ import inspect
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.exceptions import MissingResult
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed
 from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import (
-    ArtefactStoreError,
     FixedParameterError,
     KernelDiedError,
     NotebookInputError,
     WorkingFolderError,
 )
-from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import load_cluster
-from notebook_jobs.blocks.store import ArtefactStore, open_store, safe_key
+from notebook_jobs.blocks.store import open_store, safe_key
 from notebook_jobs.flows import log_filters
 from notebook_jobs.flows.deployment_rules import (
     merged_parameters,
     refused_parameter,
     run_deployment,
 )
-from notebook_jobs.flows.run_labels import label_run, notebook_label, run_name, show_parameters
-from notebook_jobs.tasks.cache import expiry, find_cached, key_of, relinked, remember_run
+from notebook_jobs.flows.run_ending import announce, cached_run, end_run, store_run
+from notebook_jobs.flows.run_labels import label_run, run_name
+from notebook_jobs.tasks.cache import expiry, find_cached, key_of, remember_run
 from notebook_jobs.tasks.engine.layout import (
-    EXECUTED_NAME,
     RESULT_NAME,
     run_key,
     run_prefix,
     runs_root,
 )
-from notebook_jobs.tasks.engine.staged import StagedNotebook
-from notebook_jobs.tasks.engine.staging import notebook_defaults
-from notebook_jobs.tasks.events import emit_run_event
 from notebook_jobs.tasks.executors import (
     Executor,
     LocalExecutor,
@@ -63,34 +56,16 @@ from notebook_jobs.tasks.models import (
     ExecutionOutcome,
     NotebookRequest,
     NotebookResult,
-    Resources,
     Timings,
-    error_for_result,
 )
 from notebook_jobs.tasks.notebook import (
-    artifact_key,
     execute_notebook,
     kernel_retries,
     stage_notebook,
 )
-from notebook_jobs.tasks.publish import publish_result
-from notebook_jobs.tasks.store.artefacts import (
-    copy_files,
-    mask_files,
-    remove_run_folder,
-    result_document,
-    store_artefacts,
-    store_result,
-)
-from notebook_jobs.tasks.store.spill import spill_run
 
 FLOW_NAME = "run-notebook"
 log_filters.install()  # the notebook's traceback in the log, not the framework's
-
-
-def store_retries() -> int:
-    """Retries of a failed upload before spilling (``$NBJOBS_STORE_RETRIES``, default 2)."""
-    return settings().store_retries
 
 
 @functools.cache
@@ -101,12 +76,6 @@ def execute_task(retries: int) -> Task[..., Any]:
     milliseconds of CPU that a batch of runs would pay per run.
     """
     return execute_notebook.with_options(retries=retries)
-
-
-@functools.cache
-def store_task(retries: int) -> Task[..., Any]:
-    """``store_artefacts`` with this many retries of a failed upload (made once per value)."""
-    return store_artefacts.with_options(retries=retries)
 
 
 @flow(name=FLOW_NAME, flow_run_name=run_name, log_prints=True)
@@ -261,6 +230,7 @@ async def _run(
                 local = await owned.enter_async_context(LocalExecutor(fork=False))
             executor = local
         key = run_key(run_id, max(flow_run.get_run_count(), 1))
+        prefix = run_prefix(FLOW_NAME, key)
         staged = await stage_notebook(
             request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
         )
@@ -270,8 +240,8 @@ async def _run(
             caching = await asyncio.to_thread(key_of, request, staged)
             cached = None if request.refresh_cache else await find_cached(artefact_store, caching)
             if cached is not None:  # nothing executes
-                return await _cached_run(
-                    request, artefact_store, run_id, key, staged, cached, t_start, started_at
+                return await cached_run(
+                    request, artefact_store, run_id, prefix, staged, cached, t_start, started_at
                 )
             caching.expires_at = expiry(request.cache_expiration_seconds)
         # the task ends Failed when the notebook failed; its outcome is the state's data
@@ -300,7 +270,9 @@ async def _run(
         execute_seconds=outcome.report.execute_seconds,
     )
     storing = asyncio.ensure_future(
-        _store(request, artefact_store, run_id, key, staged, outcome, t_start, timings, caching)
+        store_run(
+            request, artefact_store, run_id, prefix, staged, outcome, t_start, timings, caching
+        )
     )
     if outcome.report.status == "cancelled":
         result = await asyncio.shield(storing)
@@ -308,194 +280,11 @@ async def _run(
         result = await storing
     if caching is not None and result.success:  # a failed run is never reused
         try:
-            await remember_run(artefact_store, caching, result, run_prefix(FLOW_NAME, key))
+            await remember_run(artefact_store, caching, result, prefix)
         except Exception as error:  # the run itself is stored: say so, do not fail it
             get_run_logger().warning("could not record the run in the cache: %s", error)
-    await _announce(result, staged.name)
-    return _end(result, staged.name)
-
-
-async def _announce(result: NotebookResult, name: str) -> None:
-    """Emit the run's ``nbjobs.notebook.*`` event; log the alerts that hold."""
-    logger = get_run_logger()
-    try:
-        held = await emit_run_event(result, notebook_label(name), flow_run.get_name())
-    except Exception as error:  # an alert must never fail the run it reports on
-        logger.warning("could not emit the run's event: %s", error)
-        return
-    for line in held:
-        logger.warning("alert: %s", line)
-
-
-async def _cached_run(
-    request: NotebookRequest,
-    artefact_store: ArtefactStore,
-    run_id: str,
-    key: str,
-    staged: StagedNotebook,
-    cached: NotebookResult,
-    t_start: float,
-    started_at: datetime,
-) -> NotebookResult:
-    """A cache hit: the cached run's result and artefacts, as this run's; nothing ran."""
-    logger = get_run_logger()
-    info = cached.cache
-    assert info is not None
-    note = (
-        f"cached: the result of run {cached.flow_run_id} (cache key {info.key[:16]}), "
-        "nothing was executed; refresh_cache (--refresh) runs it again"
-    )
-    logger.info("%s", note)
-    result = relinked(cached, artefact_store).model_copy(
-        update={
-            "flow_run_id": run_id,
-            "cached_from": cached.flow_run_id,
-            "parameters": request.parameters,
-            "parameters_used": {
-                **notebook_defaults(staged.notebook, staged.kernel),
-                **staged.parameters,
-            },
-            "timings": Timings(
-                started_at=started_at,
-                finished_at=datetime.now(timezone.utc),
-                total_seconds=round(time.perf_counter() - t_start, 4),
-                stage_seconds=round(time.perf_counter() - t_start, 4),
-            ),
-            "resources": Resources(),
-            "slurm": None,
-            "notes": [],  # cached_from and cache say it
-        }
-    )
-    prefix = run_prefix(FLOW_NAME, key)
-    keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
-    stored = await store_result(result, artefact_store, prefix)  # this run's own result.json
-    await publish_result(result, keys, None if stored else artefact_store, prefix)
-    if flow_run.get_id():
-        try:
-            await show_parameters(run_id, result.parameters_used, cached.artefacts.input)
-        except Exception as error:
-            logger.warning("could not show the parameters used on the flow run: %s", error)
-    await asyncio.to_thread(remove_run_folder, staged.run_dir, [])
-    await _announce(result, staged.name)
-    return Completed(name="Cached", message=note, data=result)  # type: ignore[return-value]
-
-
-async def _store(
-    request: NotebookRequest,
-    artefact_store: ArtefactStore,
-    run_id: str,
-    key: str,
-    staged: StagedNotebook,
-    outcome: ExecutionOutcome,
-    t_start: float,
-    timings: Timings,
-    caching: CacheInfo | None = None,
-) -> NotebookResult:
-    """Store the run's artefacts and result, and publish its artifacts."""
-    logger = get_run_logger()
-    report, run_dir = outcome.report, staged.run_dir
-    t_store = time.perf_counter()
-    if staged.cwd is not None:  # the files the run wrote in the user's folder, kept as they are
-        await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
-    if staged.secrets is not None:  # the stored copies of what the notebook wrote
-        await asyncio.to_thread(mask_files, staged.secrets, staged.files_dir, report.files)
-    prefix = run_prefix(FLOW_NAME, key)
-    logs = {name: Path(path) for name, path in outcome.logs.items()}
-    spilled: Path | None = None
-    notes = staged.notes + list(report.notes)
-    try:
-        artefacts = await store_task(store_retries())(
-            artefact_store, run_dir, prefix, report.files, staged.files_dir, logs
-        )
-    except ArtefactStoreError as error:
-        # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
-        spilled, artefacts = await asyncio.to_thread(
-            spill_run,
-            run_dir,
-            store_spec=artefact_store.spec,
-            prefix=prefix,
-            files=report.files,
-            workdir_name=staged.files_dir.name,
-            logs=logs,
-            reason=str(error),
-        )
-        notes.append(
-            f"the artefact store {artefact_store.root} could not be reached ({error}); the "
-            f"artefacts are kept in the spill folder {spilled}; run `nbjobs retry-uploads`"
-        )
-        logger.error("%s", notes[-1])
-    result = NotebookResult(
-        success=report.success,
-        status=report.status,
-        notebook=staged.name,
-        flow_run_id=run_id,
-        flow_name=FLOW_NAME,
-        parameters=request.parameters,
-        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **staged.parameters},
-        kernel=report.kernel,
-        error=report.error,
-        cells=report.cells,
-        outputs=report.outputs,
-        artefacts=artefacts,
-        timings=timings.model_copy(
-            update={
-                "finished_at": datetime.now(timezone.utc),
-                "total_seconds": round(time.perf_counter() - t_start, 4),
-                "store_seconds": round(time.perf_counter() - t_store, 4),
-            }
-        ),
-        resources=report.resources,
-        slurm=outcome.slurm,
-        notes=notes,
-        cache=caching if report.success else None,
-    )
-    keys = {kind: artifact_key(staged.name, kind) for kind in _ARTIFACT_KINDS}
-    if spilled is None:
-        # result.json first: `nbjobs run` reports it while the artifacts are published
-        stored = await store_result(result, artefact_store, prefix)
-        await publish_result(
-            result, keys, None if stored else artefact_store, prefix, run_dir / EXECUTED_NAME
-        )
-    else:
-        await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
-        await publish_result(result, keys, executed=spilled / EXECUTED_NAME)
-    if flow_run.get_id():
-        try:
-            await show_parameters(run_id, result.parameters_used, artefacts.input)
-        except Exception as error:  # the Parameters tab is not worth a failed run
-            logger.warning("could not show the parameters used on the flow run: %s", error)
-    if spilled is not None:
-        raise ArtefactStoreError(
-            notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
-        )
-    if not settings().keep_run_dirs:
-        await asyncio.to_thread(remove_run_folder, run_dir, list(logs.values()))
-    return result
-
-
-def _end(result: NotebookResult, name: str) -> NotebookResult:
-    """End the flow run as the notebook ended: Completed, Cancelled, or Failed (raises)."""
-    logger = get_run_logger()
-    artefacts = result.artefacts
-    if result.status == "cancelled":
-        message = f"{result.error.message if result.error else 'cancelled'}; partial notebook at "
-        logger.warning("%s%s", message, artefacts.notebook)
-        return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
-    if not result.success:
-        failure = error_for_result(result)
-        # the notebook's own traceback, where filtering the log to errors finds it
-        # (Prefect's engine logs the raise below without its traceback: log_filters)
-        traceback = result.error.traceback if result.error else ""
-        logger.error(
-            "%s: %s%s\npartial notebook at %s",
-            result.status,
-            failure,
-            f"\n{traceback}" if traceback else "",
-            artefacts.notebook,
-        )
-        raise failure
-    logger.info("completed %s; notebook at %s", name, artefacts.notebook)
-    return result
+    await announce(result, staged.name)
+    return end_run(result, staged.name)
 
 
 async def run_outcome(state: State[Any], store: str | None) -> Any:
@@ -513,7 +302,5 @@ async def run_outcome(state: State[Any], store: str | None) -> Any:
         data = await asyncio.to_thread(open_store(store).get_bytes, key)
         return NotebookResult.model_validate_json(data)
 
-
-_ARTIFACT_KINDS = ("summary", "outputs")
 
 __all__ = ["FLOW_NAME", "run_notebook", "run_outcome", "runs_root"]

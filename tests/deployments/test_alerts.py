@@ -199,3 +199,34 @@ def test_an_unreadable_condition_or_a_missing_block_is_one_line(
     assert missing.returncode == EXIT_BAD_INPUT and len(missing.stderr.strip().splitlines()) == 1
     assert "--webhook-block nope: does not exist; notification blocks here: " in missing.stderr
     assert f"custom-webhook/{webhook[1]}" in missing.stderr
+
+
+def test_the_command_line_caches_and_its_runs_emit_events(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """``nbjobs run --cache`` in its own process: a hit, and both runs' events stored."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventResourceFilter
+
+    notebook = tmp_path / f"cli-{uuid.uuid4().hex[:6]}.ipynb"
+    notebook.write_bytes((DATA / "counts.ipynb").read_bytes())
+    marker = tmp_path / "runs.txt"
+    command = ["run", str(notebook), "-p", "marker", str(marker), "--store", str(tmp_path / "s")]
+    first = nbjobs(*command, "--cache", "--json", env=cli_env(prefect_server))
+    assert first.returncode == EXIT_OK, first.stderr
+    second = nbjobs(*command, "--cache", env=cli_env(prefect_server))
+    assert second.returncode == EXIT_OK, second.stderr
+    first_id = json.loads(first.stdout)["flow_run_id"]
+    assert f"cached: the result of run {first_id}" in second.stdout
+    assert marker.read_text() == "ran\n"
+
+    async def events() -> list[Any]:
+        wanted = EventFilter(resource=EventResourceFilter(id=[f"nbjobs.notebook.{notebook.stem}"]))
+        async with get_client() as client:
+            return list((await client.read_events(filter=wanted, limit=10)).events)
+
+    deadline = time.monotonic() + 30
+    while len(found := asyncio.run(events())) < 2:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+    assert sorted(str(e.payload["cached_from"]) for e in found) == sorted([first_id, "None"])

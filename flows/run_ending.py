@@ -1,0 +1,243 @@
+"""How a ``run-notebook`` run ends: stored, published, announced, and its final state.
+
+``store_run`` stores what an executed run left (always, also on failure) and publishes
+its artifacts; ``cached_run`` does the same for a cache hit, from the cached run's
+result; ``announce`` emits the run's event with the alerts that hold; ``end_run``
+gives the final state: Completed, Cancelled, or Failed (raised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed
+
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.settings import settings
+from notebook_jobs.blocks.store import ArtefactStore
+from notebook_jobs.flows.run_labels import notebook_label, show_parameters
+from notebook_jobs.tasks.cache import relinked
+from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
+from notebook_jobs.tasks.engine.staged import StagedNotebook
+from notebook_jobs.tasks.engine.staging import notebook_defaults
+from notebook_jobs.tasks.events import emit_run_event
+from notebook_jobs.tasks.models import (
+    CacheInfo,
+    ExecutionOutcome,
+    NotebookRequest,
+    NotebookResult,
+    Resources,
+    Timings,
+    error_for_result,
+)
+from notebook_jobs.tasks.notebook import artifact_key
+from notebook_jobs.tasks.publish import publish_result
+from notebook_jobs.tasks.store.artefacts import (
+    copy_files,
+    mask_files,
+    remove_run_folder,
+    result_document,
+    store_artefacts,
+    store_result,
+)
+from notebook_jobs.tasks.store.spill import spill_run
+
+ARTIFACT_KINDS = ("summary", "outputs")
+
+
+def store_retries() -> int:
+    """Retries of a failed upload before spilling (``$NBJOBS_STORE_RETRIES``, default 2)."""
+    return settings().store_retries
+
+
+@functools.cache
+def store_task(retries: int) -> Task[..., Any]:
+    """``store_artefacts`` with this many retries of a failed upload (made once per value)."""
+    return store_artefacts.with_options(retries=retries)
+
+
+async def announce(result: NotebookResult, name: str) -> None:
+    """Emit the run's ``nbjobs.notebook.*`` event; log the alerts that hold."""
+    logger = get_run_logger()
+    try:
+        held = await emit_run_event(result, notebook_label(name), flow_run.get_name())
+    except Exception as error:  # an alert must never fail the run it reports on
+        logger.warning("could not emit the run's event: %s", error)
+        return
+    for line in held:
+        logger.warning("alert: %s", line)
+
+
+async def cached_run(
+    request: NotebookRequest,
+    artefact_store: ArtefactStore,
+    run_id: str,
+    prefix: str,
+    staged: StagedNotebook,
+    cached: NotebookResult,
+    t_start: float,
+    started_at: datetime,
+) -> NotebookResult:
+    """A cache hit: the cached run's result and artefacts, as this run's; nothing ran."""
+    logger = get_run_logger()
+    info = cached.cache
+    assert info is not None
+    note = (
+        f"cached: the result of run {cached.flow_run_id} (cache key {info.key[:16]}), "
+        "nothing was executed; refresh_cache (--refresh) runs it again"
+    )
+    logger.info("%s", note)
+    result = relinked(cached, artefact_store).model_copy(
+        update={
+            "flow_run_id": run_id,
+            "cached_from": cached.flow_run_id,
+            "parameters": request.parameters,
+            "parameters_used": {
+                **notebook_defaults(staged.notebook, staged.kernel),
+                **staged.parameters,
+            },
+            "timings": Timings(
+                started_at=started_at,
+                finished_at=datetime.now(timezone.utc),
+                total_seconds=round(time.perf_counter() - t_start, 4),
+                stage_seconds=round(time.perf_counter() - t_start, 4),
+            ),
+            "resources": Resources(),
+            "slurm": None,
+            "notes": [],  # cached_from and cache say it
+        }
+    )
+    keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
+    stored = await store_result(result, artefact_store, prefix)  # this run's own result.json
+    await publish_result(result, keys, None if stored else artefact_store, prefix)
+    if flow_run.get_id():
+        try:
+            await show_parameters(run_id, result.parameters_used, cached.artefacts.input)
+        except Exception as error:
+            logger.warning("could not show the parameters used on the flow run: %s", error)
+    await asyncio.to_thread(remove_run_folder, staged.run_dir, [])
+    await announce(result, staged.name)
+    return Completed(name="Cached", message=note, data=result)  # type: ignore[return-value]
+
+
+async def store_run(
+    request: NotebookRequest,
+    artefact_store: ArtefactStore,
+    run_id: str,
+    prefix: str,
+    staged: StagedNotebook,
+    outcome: ExecutionOutcome,
+    t_start: float,
+    timings: Timings,
+    caching: CacheInfo | None = None,
+) -> NotebookResult:
+    """Store the run's artefacts and result, and publish its artifacts."""
+    logger = get_run_logger()
+    report, run_dir = outcome.report, staged.run_dir
+    t_store = time.perf_counter()
+    if staged.cwd is not None:  # the files the run wrote in the user's folder, kept as they are
+        await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
+    if staged.secrets is not None:  # the stored copies of what the notebook wrote
+        await asyncio.to_thread(mask_files, staged.secrets, staged.files_dir, report.files)
+    logs = {name: Path(path) for name, path in outcome.logs.items()}
+    spilled: Path | None = None
+    notes = staged.notes + list(report.notes)
+    try:
+        artefacts = await store_task(store_retries())(
+            artefact_store, run_dir, prefix, report.files, staged.files_dir, logs
+        )
+    except ArtefactStoreError as error:
+        # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
+        spilled, artefacts = await asyncio.to_thread(
+            spill_run,
+            run_dir,
+            store_spec=artefact_store.spec,
+            prefix=prefix,
+            files=report.files,
+            workdir_name=staged.files_dir.name,
+            logs=logs,
+            reason=str(error),
+        )
+        notes.append(
+            f"the artefact store {artefact_store.root} could not be reached ({error}); the "
+            f"artefacts are kept in the spill folder {spilled}; run `nbjobs retry-uploads`"
+        )
+        logger.error("%s", notes[-1])
+    result = NotebookResult(
+        success=report.success,
+        status=report.status,
+        notebook=staged.name,
+        flow_run_id=run_id,
+        parameters=request.parameters,
+        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **staged.parameters},
+        kernel=report.kernel,
+        error=report.error,
+        cells=report.cells,
+        outputs=report.outputs,
+        artefacts=artefacts,
+        timings=timings.model_copy(
+            update={
+                "finished_at": datetime.now(timezone.utc),
+                "total_seconds": round(time.perf_counter() - t_start, 4),
+                "store_seconds": round(time.perf_counter() - t_store, 4),
+            }
+        ),
+        resources=report.resources,
+        slurm=outcome.slurm,
+        notes=notes,
+        cache=caching if report.success else None,
+    )
+    keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
+    if spilled is None:
+        # result.json first: `nbjobs run` reports it while the artifacts are published
+        stored = await store_result(result, artefact_store, prefix)
+        await publish_result(
+            result, keys, None if stored else artefact_store, prefix, run_dir / EXECUTED_NAME
+        )
+    else:
+        await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
+        await publish_result(result, keys, executed=spilled / EXECUTED_NAME)
+    if flow_run.get_id():
+        try:
+            await show_parameters(run_id, result.parameters_used, artefacts.input)
+        except Exception as error:  # the Parameters tab is not worth a failed run
+            logger.warning("could not show the parameters used on the flow run: %s", error)
+    if spilled is not None:
+        raise ArtefactStoreError(
+            notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
+        )
+    if not settings().keep_run_dirs:
+        await asyncio.to_thread(remove_run_folder, run_dir, list(logs.values()))
+    return result
+
+
+def end_run(result: NotebookResult, name: str) -> NotebookResult:
+    """End the flow run as the notebook ended: Completed, Cancelled, or Failed (raises)."""
+    logger = get_run_logger()
+    artefacts = result.artefacts
+    if result.status == "cancelled":
+        message = f"{result.error.message if result.error else 'cancelled'}; partial notebook at "
+        logger.warning("%s%s", message, artefacts.notebook)
+        return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
+    if not result.success:
+        failure = error_for_result(result)
+        # the notebook's own traceback, where filtering the log to errors finds it
+        # (Prefect's engine logs the raise below without its traceback: log_filters)
+        traceback = result.error.traceback if result.error else ""
+        logger.error(
+            "%s: %s%s\npartial notebook at %s",
+            result.status,
+            failure,
+            f"\n{traceback}" if traceback else "",
+            artefacts.notebook,
+        )
+        raise failure
+    logger.info("completed %s; notebook at %s", name, artefacts.notebook)
+    return result
