@@ -204,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="technical parameters callers may set, comma-separated (e.g. "
         "timeout_seconds,cells); all others are fixed to this deployment's values",
     )
+    deploy.add_argument(
+        "--cache",
+        action="store_true",
+        help="every run reuses a completed run with the same cache key (README: cached runs)",
+    )
+    deploy.add_argument(
+        "--cache-expiration", type=float, metavar="SECONDS", help="with --cache: how long"
+    )
     deploy.add_argument("--pool", default="notebook-jobs", help="process work pool")
     deploy.add_argument("--concurrency-limit", type=int, help="most runs at the same time")
 
@@ -473,7 +481,12 @@ async def _deploy(args: argparse.Namespace) -> int:
             name=args.name,
             defaults=args.parameter_values,
             store=args.store,
-            fixed={"kernel": args.kernel, "cluster": args.cluster},
+            fixed={
+                "kernel": args.kernel,
+                "cluster": args.cluster,
+                "cache": args.cache or None,
+                "cache_expiration_seconds": args.cache_expiration,
+            },
             allow=[name.strip() for name in args.allow.split(",") if name.strip()],
             cron=args.cron,
             timezone=args.timezone if args.cron else None,

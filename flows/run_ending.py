@@ -21,7 +21,7 @@ from prefect.states import Cancelled, Completed
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.store import ArtefactStore
+from notebook_jobs.blocks.store import ArtefactStore, safe_key
 from notebook_jobs.flows.run_labels import notebook_label, show_parameters
 from notebook_jobs.tasks.cache import relinked
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
@@ -114,8 +114,12 @@ async def cached_run(
             "notes": [],  # cached_from and cache say it
         }
     )
+    # the cached run's notebook, HTML and files; this run's own result.json (cached_from)
+    own = safe_key(prefix, RESULT_NAME)
+    result.artefacts.result = artefact_store.uri(own)
+    result.artefacts.links["result"] = await asyncio.to_thread(artefact_store.link, own)
     keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
-    stored = await store_result(result, artefact_store, prefix)  # this run's own result.json
+    stored = await store_result(result, artefact_store, prefix)
     await publish_result(result, keys, None if stored else artefact_store, prefix)
     if flow_run.get_id():
         try:

@@ -147,7 +147,7 @@ def stage(
     )
     parameterised.metadata.papermill["parameters"] = parameters
     parameterised.metadata.papermill["input_path"] = source.origin
-    secrets = resolve_secrets(parameters, shown, resolve)
+    secrets = resolve_secrets(parameters, resolve)
     if secrets is not None:
         language = request.language or notebook_language(nb)
         position = cell_origin.index(None)  # the injected cell
@@ -202,7 +202,7 @@ def with_declared_secrets(nb: NotebookNode, given: dict[str, Any]) -> dict[str, 
 
 
 def resolve_secrets(
-    parameters: dict[str, Any], shown: dict[str, Any], resolve: SecretResolver | None
+    parameters: dict[str, Any], resolve: SecretResolver | None
 ) -> RunSecrets | None:
     """Load the values of the secret parameters; ``None`` when there are none.
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -252,3 +254,21 @@ def test_prefect_yaml_deploys_and_a_worker_gets_the_notebook_from_git(
     assert run["state"]["type"] == "COMPLETED", run["state"]
     result = http_stack.api.result(run_id)
     assert result["outputs"] == {"total": 2870, "label": "weekday-report"}
+
+
+def test_a_deployment_with_cache_reuses_its_completed_runs(http_stack: HTTPStack) -> None:
+    """`nbjobs deploy --cache`: the second identical call over HTTP executes nothing."""
+    name = f"cached-{uuid.uuid4().hex[:6]}"
+    done = http_stack.nbjobs("deploy", str(DATA / "counts.ipynb"), "--name", name, "--cache")
+    assert done.returncode == 0, done.stderr
+    assert deployment(http_stack, name)["parameters"]["cache"] is True
+    marker = f"/tmp/nbjobs-cached-{uuid.uuid4().hex}.txt"  # the worker is on this machine
+    first_id, first, _ = trigger_and_wait(http_stack, name, {"parameters": {"marker": marker}})
+    second_id, second, _ = trigger_and_wait(http_stack, name, {"parameters": {"marker": marker}})
+    assert first["state"]["type"] == second["state"]["type"] == "COMPLETED"
+    assert second["state"]["name"] == "Cached"
+    result = http_stack.api.result(second_id)
+    assert result["cached_from"] == first_id and result["cache"]["hit"] is True
+    assert result["artefacts"]["html"] == http_stack.api.result(first_id)["artefacts"]["html"]
+    assert Path(marker).read_text() == "ran\n"
+    Path(marker).unlink()

@@ -65,7 +65,9 @@ def test_a_second_identical_run_is_a_hit_and_executes_nothing(
     assert state.name == "Cached" and state.is_completed()
     summary = asyncio.run(summary_of(second.flow_run_id))
     assert f"**Cached**: the result of run `{first.flow_run_id}`" in summary
-    assert {"notebook", "html", "result"} <= summary_links(summary).keys()
+    links = summary_links(summary)
+    assert links["html"] == second.artefacts.links["html"] and "result" in links
+    assert f"{second.flow_run_id}/result.json" in links["result"]  # its own, with cached_from
     if where == "local":  # this run's result.json, pointing at the cached run
         own = tmp_path / "store" / "run-notebook" / second.flow_run_id / "result.json"
         assert NotebookResult.model_validate_json(own.read_bytes()).cached_from == first.flow_run_id
