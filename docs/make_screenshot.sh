@@ -7,7 +7,10 @@
 #   docs/batch-table.png  a batch of six as one table;
 #   docs/diff.png         what changed between two of its runs (the diff-runs flow);
 #   docs/run-plots.png    the summary of a run with a plot, a DataFrame and a dict, its
-#                         local-store links served by `nbjobs serve --files-port`.
+#                         local-store links served by `nbjobs serve --files-port`;
+#   docs/run-cached.png   a cache hit: the run in state Cached, its summary linking the
+#                         cached run's artefacts;
+#   docs/alerts.png       an alert made by `nbjobs alert add`, in the Automations page.
 # Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1, triggers runs over
 # HTTP, and screenshots with headless Chromium (Debian's `chromium` package).
 set -euo pipefail
@@ -99,3 +102,33 @@ for shot in "run-summary:$1" "batch-table:$2" "diff:$3" "run-plots:$plots_summar
     "http://127.0.0.1:$port/artifacts/artifact/${shot#*:}" 2>/dev/null
   echo "docs/${shot%%:*}.png: ${shot#*:}"
 done
+cached="$(.venv/bin/python - <<'PY'
+import os
+from notebook_jobs.deployments.api import PrefectHTTP
+api = PrefectHTTP(os.environ["PREFECT_API_URL"])
+request = {"notebook": os.path.abspath("examples/report.ipynb"), "parameters": {"n": 7}, "cache": True}
+for _ in range(2):
+    run_id = api.trigger("run-notebook", "adhoc", request)
+    api.wait(run_id)
+print(run_id)
+PY
+)"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
+  --virtual-time-budget=40000 --screenshot=docs/run-cached.png \
+  "http://127.0.0.1:$port/runs/flow-run/$cached?tab=Artifacts" 2>/dev/null
+echo "docs/run-cached.png: run $cached"
+.venv/bin/python -c "
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+CustomWebhookNotificationBlock(name='ops', url='http://127.0.0.1:9/hook',
+    json_data={'text': '{{subject}}'}).save('ops')" >/dev/null
+.venv/bin/nbjobs alert add report --when 'outputs.total > 100' --webhook-block ops >/dev/null
+.venv/bin/nbjobs alert add report --when 'cells[3].duration > 3x median' --webhook-block ops \
+  --name 'report: slow squares' >/dev/null
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$home/chromium" --window-size=1400,900 --hide-scrollbars \
+  --virtual-time-budget=20000 --screenshot=docs/alerts.png \
+  "http://127.0.0.1:$port/automations" 2>/dev/null
+echo "docs/alerts.png"
