@@ -200,7 +200,27 @@ def prepare(args: argparse.Namespace, parameters: dict[str, Any]) -> dict[str, A
     elif not args.cluster and not args.prepare_only:
         found = default_cwd(args.notebook)
         args.cwd = str(found) if found else None
+    refuse_local_plain_secrets(args.notebook, parameters)
     return parameters
+
+
+def refuse_local_plain_secrets(notebook: str, parameters: dict[str, Any]) -> None:
+    """Refuse a value for a name a local notebook declares ``# secret``, before any run
+    exists to store it (the run checks again, for any notebook).
+
+    Raises:
+        SecretParameterError: One line that says to send a Secret block's name.
+    """
+    from notebook_jobs.tasks.engine.secrets import refuse_plain_secrets
+
+    if not parameters or notebook == "-" or default_cwd(notebook) is None:
+        return
+    try:
+        document = json.loads(Path(notebook).expanduser().read_bytes())
+    except (OSError, ValueError):
+        return  # not readable here, or not JSON: the run says what is wrong
+    if isinstance(document, dict):
+        refuse_plain_secrets(document, parameters)
 
 
 def default_cwd(notebook: str) -> Path | None:
@@ -275,7 +295,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     import nbformat
 
     from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
-    from notebook_jobs.tasks.engine.secrets import MASK, secret_reference
+    from notebook_jobs.tasks.engine.secrets import MASK, refuse_plain_secrets, secret_reference
     from notebook_jobs.tasks.engine.staging import (
         check_parameters,
         inject_parameters,
@@ -286,6 +306,7 @@ def prepare_only(args: argparse.Namespace, parameters: dict[str, Any]) -> list[s
     source = fetch_notebook_source(notebook)
     nb = parse_notebook(source)
     kernel = kernel_name_of(nb, args.kernel)
+    refuse_plain_secrets(nb, parameters)
     parameters = {name: MASK if secret_reference(v) else v for name, v in parameters.items()}
     warnings = check_parameters(
         nb, parameters, kernel, language=args.language, strict=args.strict_parameters

@@ -23,11 +23,10 @@ from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import ArtefactStore, safe_key
 from notebook_jobs.flows.run_labels import notebook_label, show_parameters
-from notebook_jobs.tasks.cache import relinked
+from notebook_jobs.tasks.cache import expiry, relinked
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
 from notebook_jobs.tasks.engine.staged import StagedNotebook
-from notebook_jobs.tasks.engine.staging import notebook_defaults
-from notebook_jobs.tasks.events import emit_run_event
+from notebook_jobs.tasks.events import emit_refusal_event, emit_run_event
 from notebook_jobs.tasks.models import (
     CacheInfo,
     ExecutionOutcome,
@@ -69,7 +68,24 @@ async def announce(result: NotebookResult, name: str) -> None:
     try:
         held = await emit_run_event(result, notebook_label(name), flow_run.get_name())
     except Exception as error:  # an alert must never fail the run it reports on
-        logger.warning("could not emit the run's event: %s", error)
+        logger.warning("could not emit the run's event or read its alerts: %s", error)
+        return
+    for line in held:
+        logger.warning("alert: %s", line)
+
+
+async def announce_refusal(error: BaseException, label: str, run_id: str) -> None:
+    """Emit ``nbjobs.notebook.failed`` for a run that ended before it had a result; a
+    run whose store failed (its result kept in the spill folder) is announced in full."""
+    kept = getattr(error, "result", None)
+    if isinstance(kept, dict):
+        await announce(NotebookResult.model_validate(kept), label)
+        return
+    logger = get_run_logger()
+    try:
+        held = await emit_refusal_event(error, label, run_id, flow_run.get_name())
+    except Exception as failure:
+        logger.warning("could not emit the run's event or read its alerts: %s", failure)
         return
     for line in held:
         logger.warning("alert: %s", line)
@@ -94,15 +110,13 @@ async def cached_run(
         "nothing was executed; refresh_cache (--refresh) runs it again"
     )
     logger.info("%s", note)
-    result = relinked(cached, artefact_store).model_copy(
+    fresh = await asyncio.to_thread(relinked, cached, artefact_store)  # S3: presigning
+    result = fresh.model_copy(
         update={
             "flow_run_id": run_id,
             "cached_from": cached.flow_run_id,
             "parameters": request.parameters,
-            "parameters_used": {
-                **notebook_defaults(staged.notebook, staged.kernel),
-                **staged.parameters,
-            },
+            "parameters_used": staged.parameters_used(),
             "timings": Timings(
                 started_at=started_at,
                 finished_at=datetime.now(timezone.utc),
@@ -174,13 +188,15 @@ async def store_run(
             f"artefacts are kept in the spill folder {spilled}; run `nbjobs retry-uploads`"
         )
         logger.error("%s", notes[-1])
+    if caching is not None and report.success:  # from when the run ended, not began
+        caching.expires_at = expiry(request.cache_expiration_seconds)
     result = NotebookResult(
         success=report.success,
         status=report.status,
         notebook=staged.name,
         flow_run_id=run_id,
         parameters=request.parameters,
-        parameters_used={**notebook_defaults(staged.notebook, staged.kernel), **staged.parameters},
+        parameters_used=staged.parameters_used(),
         kernel=report.kernel,
         error=report.error,
         cells=report.cells,

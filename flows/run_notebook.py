@@ -23,9 +23,11 @@ from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import (
+    ArtefactStoreError,
     FixedParameterError,
     KernelDiedError,
     NotebookInputError,
+    SlurmSubmissionError,
     WorkingFolderError,
 )
 from notebook_jobs.blocks.slurm import load_cluster
@@ -36,9 +38,15 @@ from notebook_jobs.flows.deployment_rules import (
     refused_parameter,
     run_deployment,
 )
-from notebook_jobs.flows.run_ending import announce, cached_run, end_run, store_run
-from notebook_jobs.flows.run_labels import label_run, run_name
-from notebook_jobs.tasks.cache import expiry, find_cached, key_of, remember_run
+from notebook_jobs.flows.run_ending import (
+    announce,
+    announce_refusal,
+    cached_run,
+    end_run,
+    store_run,
+)
+from notebook_jobs.flows.run_labels import label_run, notebook_label, run_name
+from notebook_jobs.tasks.cache import find_cached, key_of, remember_run
 from notebook_jobs.tasks.engine.layout import (
     RESULT_NAME,
     run_key,
@@ -190,6 +198,10 @@ async def run_notebook(
     )
     try:
         return await _run(request, run_id, t_start, started_at)
+    except (NotebookInputError, ArtefactStoreError, SlurmSubmissionError) as error:
+        # ended before it had a result (else it was announced): alerts on failures see it
+        await announce_refusal(error, notebook_label(notebook, request.name), run_id)
+        raise
     finally:
         if labelling is not None:
             try:
@@ -238,12 +250,18 @@ async def _run(
         caching: CacheInfo | None = None
         if request.cache:
             caching = await asyncio.to_thread(key_of, request, staged)
-            cached = None if request.refresh_cache else await find_cached(artefact_store, caching)
+            cached = None
+            if not request.refresh_cache:
+                try:
+                    cached = await find_cached(
+                        artefact_store, caching, request.cache_expiration_seconds
+                    )
+                except Exception as error:  # an unreadable record is a miss, not a failure
+                    get_run_logger().warning("could not read the cache, running: %s", error)
             if cached is not None:  # nothing executes
                 return await cached_run(
                     request, artefact_store, run_id, prefix, staged, cached, t_start, started_at
                 )
-            caching.expires_at = expiry(request.cache_expiration_seconds)
         # the task ends Failed when the notebook failed; its outcome is the state's data
         state = await execute_task(kernel_retries())(
             staged,

@@ -34,12 +34,17 @@ CACHE_FOLDER = "cache"
 
 
 def key_of(request: NotebookRequest, staged: StagedNotebook) -> CacheInfo:
-    """The run's cache key, from its staged notebook and inputs (blocking: a thread)."""
+    """The run's cache key, from its staged notebook and inputs (blocking: a thread).
+
+    Returns:
+        The key and the environment fingerprint in it; not a hit (yet).
+    """
     code = [
         cell.source
         for cell, origin in zip(staged.notebook.cells, staged.cell_origin, strict=True)
         if origin is not None and cell.cell_type == "code"
     ]
+    # the cells that run (a tag's cells may change) and where (a folder the code reads)
     fingerprint = environment_fingerprint(request.cache_fingerprint, staged.origin)
     key = cache_key(
         code=code or code_sources(staged.notebook),
@@ -48,7 +53,8 @@ def key_of(request: NotebookRequest, staged: StagedNotebook) -> CacheInfo:
         inputs=input_checksums(staged.workdir, staged.input_names),
         fingerprint=fingerprint,
         options={
-            "cells": request.cells,
+            "cells": sorted(staged.selected) if staged.selected is not None else None,
+            "cwd": str(staged.cwd) if staged.cwd else None,
             "language": request.language,
             "report_mode": request.report_mode,
         },
@@ -66,14 +72,31 @@ def _record_key(key: str) -> str:
     return safe_key(CACHE_FOLDER, key)
 
 
-async def find_cached(store: ArtefactStore, info: CacheInfo) -> NotebookResult | None:
-    """The result of the completed run cached under ``info.key``, if it holds and exists."""
+async def find_cached(
+    store: ArtefactStore, info: CacheInfo, max_age_seconds: float | None = None
+) -> NotebookResult | None:
+    """The result of the completed run cached under ``info.key``, if it holds and exists.
+
+    Args:
+        store: The artefact store the records are kept in.
+        info: The run's cache key.
+        max_age_seconds: This caller's expiration: an older record is a miss even when
+            the run that wrote it set none (or a longer one).
+
+    Returns:
+        The cached run's result with ``cache`` set, or ``None`` for a miss.
+    """
     records = _records(store)
     record_key = _record_key(info.key)
     if not await records.aexists(record_key):  # absent, or expired
         return None
     record = await records.aread(record_key)
     pointer: dict[str, Any] = record.result
+    recorded = datetime.fromisoformat(str(pointer.get("recorded_at")))
+    if max_age_seconds and datetime.now(timezone.utc) - recorded > timedelta(
+        seconds=max_age_seconds
+    ):
+        return None
     try:
         data = await asyncio.to_thread(store.get_bytes, pointer["result"])
     except ArtefactStoreError:  # the cached run's artefacts were removed
@@ -92,7 +115,14 @@ async def find_cached(store: ArtefactStore, info: CacheInfo) -> NotebookResult |
 async def remember_run(
     store: ArtefactStore, info: CacheInfo, result: NotebookResult, prefix: str
 ) -> None:
-    """Record a completed run under its key (with ``info.expires_at``, if any)."""
+    """Record a completed run under its key (with ``info.expires_at``, if any).
+
+    Args:
+        store: The artefact store the run was stored in.
+        info: Its cache key and expiry.
+        result: The completed run's result.
+        prefix: Where its artefacts are in the store.
+    """
     pointer = {
         "flow_run_id": result.flow_run_id,
         "result": safe_key(prefix, RESULT_NAME),

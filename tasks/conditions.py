@@ -96,6 +96,10 @@ def parse_condition(text: str) -> Condition:
         return Condition(
             text, subject, op, factor=float(median.group("factor")), runs=runs, cell=cell
         )
+    if raw.lower().startswith("median"):
+        raise AlertConditionError(
+            f"{raw!r} in {text!r}: write K x median (1x median, 3x median(20))", condition=text
+        )
     return Condition(text.strip(), subject, op, value=_literal(raw, text), cell=cell)
 
 

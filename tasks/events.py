@@ -33,6 +33,7 @@ EVENT_PREFIX = "nbjobs.notebook"
 ALERT_ROLE = "nbjobs-alert"
 ALERT_PREFIX = "nbjobs alert: "  # the automations nbjobs makes are named so
 HISTORY_DAYS = 30
+AUTOMATIONS_PAGE = 200
 MAX_OUTPUT_JSON_BYTES = 10_000  # a larger glued output is left out of the event
 _CONDITION_LINE = re.compile(r"^when (?P<when>.+)$", re.MULTILINE)
 
@@ -43,10 +44,12 @@ def notebook_resource_id(label: str) -> str:
 
 
 def alert_resource_id(slug: str) -> str:
+    """The related resource a run's event names an alert by: ``nbjobs.alert.<slug>``."""
     return f"nbjobs.alert.{slug}"
 
 
 def event_name(result: NotebookResult) -> str:
+    """``nbjobs.notebook.completed``, ``.failed`` (a timeout, a dead kernel too), ``.cancelled``."""
     if result.success:
         return f"{EVENT_PREFIX}.completed"
     return f"{EVENT_PREFIX}.{'cancelled' if result.status == 'cancelled' else 'failed'}"
@@ -127,8 +130,13 @@ def alert_of(automation: Any) -> dict[str, Any] | None:
 
 async def read_alerts() -> list[dict[str, Any]]:
     """Every nbjobs alert on the server (one API call)."""
+    automations: list[Any] = []
     async with get_client() as client:
-        automations = await client.read_automations()
+        while True:  # the server answers at most its page size (200) at a time
+            page = await client.read_automations(limit=AUTOMATIONS_PAGE, offset=len(automations))
+            automations += page
+            if len(page) < AUTOMATIONS_PAGE:
+                break
     return [found for automation in automations if (found := alert_of(automation))]
 
 
@@ -161,22 +169,89 @@ async def history_of(label: str, runs: int) -> list[dict[str, Any]]:
 
 
 async def emit_run_event(result: NotebookResult, label: str, run_name: str | None) -> list[str]:
-    """Emit the run's event, naming the alerts that hold for it.
+    """Emit a finished run's event, naming the alerts that hold for it.
 
     Returns:
         What held, one line per alert (also logged by the caller).
     """
-    payload = event_payload(result)
+    return await emit_payload(event_name(result), event_payload(result), label, run_name)
+
+
+async def emit_refusal_event(
+    error: BaseException, label: str, run_id: str | None, run_name: str | None
+) -> list[str]:
+    """Emit ``nbjobs.notebook.failed`` for a run that ended before it had a result
+    (refused before any kernel started: a missing Secret block, a bad parameter...).
+
+    Its parameters are left out: a refused value may be one that must not travel.
+    """
+    payload: dict[str, Any] = {
+        "status": "failed",
+        "notebook": label,
+        "flow_run_id": run_id,
+        "error": {"name": type(error).__name__, "message": str(error), "cell_index": None},
+        "refused": True,
+        "outputs": {},
+        "outputs_left_out": [],
+        "parameters": None,
+        "kernel": None,
+        "timings": None,
+        "cells": [],
+        "cached_from": None,
+        "links": {},
+    }
+    return await emit_payload(f"{EVENT_PREFIX}.failed", payload, label, run_name)
+
+
+async def emit_payload(
+    name: str, payload: dict[str, Any], label: str, run_name: str | None
+) -> list[str]:
+    """Emit one event about the notebook ``label``; alerts that hold are related resources.
+
+    The event is emitted even when the alerts cannot be read (their error is raised
+    after it): the notebook's history must not miss a run.
+    """
     related = []
-    if result.flow_run_id:
+    if payload.get("flow_run_id"):
         related.append(
             {
-                "prefect.resource.id": f"prefect.flow-run.{result.flow_run_id}",
+                "prefect.resource.id": f"prefect.flow-run.{payload['flow_run_id']}",
                 "prefect.resource.role": "flow-run",
-                "prefect.resource.name": run_name or result.flow_run_id,
+                "prefect.resource.name": run_name or str(payload["flow_run_id"]),
             }
         )
     held: dict[str, str] = {}
+    failure: Exception | None = None
+    try:
+        for slug, line, alert_name in await _alerts_that_hold(payload, label):
+            held[slug] = line
+            related.append(
+                {
+                    "prefect.resource.id": alert_resource_id(slug),
+                    "prefect.resource.role": ALERT_ROLE,
+                    "prefect.resource.name": alert_name,
+                }
+            )
+    except Exception as error:  # the event goes out without alerts; the caller logs why
+        failure = error
+    payload["alerts"] = held
+    emit_event(
+        event=name,
+        resource={
+            "prefect.resource.id": notebook_resource_id(label),
+            "prefect.resource.name": label,
+            "nbjobs.notebook": str(payload.get("notebook") or label),
+        },
+        related=related,
+        payload=payload,
+    )
+    if failure is not None:
+        raise failure
+    return list(held.values())
+
+
+async def _alerts_that_hold(payload: dict[str, Any], label: str) -> list[tuple[str, str, str]]:
+    """``(slug, line, automation name)`` of each alert on the notebook that holds."""
     alerts = []
     for alert in await alerts_for(label):
         try:
@@ -186,40 +261,28 @@ async def emit_run_event(result: NotebookResult, label: str, run_name: str | Non
     runs = max((condition.runs for _, condition in alerts if condition.needs_history), default=0)
     # this run's own event is not emitted yet: the history is the runs before it
     history = await history_of(label, runs) if runs else []
+    found = []
     for alert, condition in alerts:
-        if result.cached_from and (condition.subject == "duration" or condition.cell is not None):
+        if payload.get("cached_from") and (
+            condition.subject == "duration" or condition.cell is not None
+        ):
             continue  # a cache hit ran nothing: its durations are the cached run's
         line = evaluate(condition, payload, history)
         if line is None:
             continue
         name = alert["name"].removeprefix(ALERT_PREFIX)
         # an alert named by default is its notebook and condition: the line says both
-        held[alert["slug"]] = f"{label if name == f'{label} {condition.text}' else name}: {line}"
-        related.append(
-            {
-                "prefect.resource.id": alert_resource_id(alert["slug"]),
-                "prefect.resource.role": ALERT_ROLE,
-                "prefect.resource.name": alert["name"],
-            }
-        )
-    payload["alerts"] = held
-    emit_event(
-        event=event_name(result),
-        resource={
-            "prefect.resource.id": notebook_resource_id(label),
-            "prefect.resource.name": label,
-            "nbjobs.notebook": result.notebook,
-        },
-        related=related,
-        payload=payload,
-    )
-    return list(held.values())
+        shown = label if name == f"{label} {condition.text}" else name
+        found.append((alert["slug"], f"{shown}: {line}", alert["name"]))
+    return found
 
 
 __all__ = [
     "ALERT_PREFIX",
     "ALERT_ROLE",
     "alert_resource_id",
+    "emit_payload",
+    "emit_refusal_event",
     "emit_run_event",
     "event_payload",
     "read_alerts",

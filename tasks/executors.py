@@ -50,7 +50,8 @@ from notebook_jobs.tasks.engine.layout import (
     STAGED_NAME,
     run_folder,
 )
-from notebook_jobs.tasks.engine.slurm.commands import RETRYABLE_STATES, SlurmCommands
+from notebook_jobs.tasks.engine.secrets import RunSecrets
+from notebook_jobs.tasks.engine.slurm.commands import RETRYABLE_STATES, JobStatus, SlurmCommands
 from notebook_jobs.tasks.engine.slurm.job import write_job_spec
 from notebook_jobs.tasks.engine.slurm.script import render_batch_script
 from notebook_jobs.tasks.engine.slurm.watch import cancel_job, collect_job, follow_job
@@ -246,6 +247,13 @@ class LocalExecutor:
             await asyncio.to_thread(self.fork_servers.close)
 
 
+def write_secrets(path: Path, secrets: RunSecrets) -> None:
+    """Write a job's secret parameters, readable by this user only (0600 before writing)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(secrets.to_json())
+
+
 class SlurmExecutor:
     """Runs the execute step as a Slurm job; owns the ``SlurmCommands`` it uses.
 
@@ -286,10 +294,6 @@ class SlurmExecutor:
     ) -> Path:
         job_dir = staged.run_dir
         nbformat.write(staged.notebook, job_dir / STAGED_NAME)
-        if staged.secrets is not None:  # made 0600 before the values are written
-            secrets_file = job_dir / SECRETS_NAME
-            secrets_file.touch(mode=0o600)
-            secrets_file.write_text(staged.secrets.to_json())
         write_job_spec(
             job_dir,
             kernel=staged.kernel,
@@ -322,10 +326,38 @@ class SlurmExecutor:
         script = await asyncio.to_thread(
             self._prepare, staged, cell_timeout_seconds, timeout_seconds
         )
+        try:
+            status, attempts = await self._follow(staged, script, on_event, status_to, logger)
+        finally:  # a job that never started leaves it: gone whatever happened
+            (job_dir / SECRETS_NAME).unlink(missing_ok=True)
+        return await asyncio.shield(
+            asyncio.to_thread(
+                collect_job,
+                staged.run_dir,
+                staged.kernel,
+                status,
+                attempts,
+                logger,
+                staged.secrets,
+            )
+        )
+
+    async def _follow(
+        self,
+        staged: StagedNotebook,
+        script: Path,
+        on_event: EventCallback | None,
+        status_to: StatusCallback,
+        logger: Any,
+    ) -> tuple[JobStatus, int]:
+        """Submit the job (again after a node failure) and follow it to its end."""
+        job_dir = staged.run_dir
         attempts = 0
         while True:
             attempts += 1
             (job_dir / EVENTS_NAME).unlink(missing_ok=True)
+            if staged.secrets is not None:  # each attempt's job reads it once and deletes it
+                await asyncio.to_thread(write_secrets, job_dir / SECRETS_NAME, staged.secrets)
             job_id = await asyncio.to_thread(self.commands.submit, str(script))
             status_to(f"Slurm job {job_id} submitted (attempt {attempts})")
             try:
@@ -346,14 +378,4 @@ class SlurmExecutor:
                 logger.warning("Slurm job %s ended %s; resubmitting", job_id, status.state)
                 continue
             break
-        return await asyncio.shield(
-            asyncio.to_thread(
-                collect_job,
-                staged.run_dir,
-                staged.kernel,
-                status,
-                attempts,
-                logger,
-                staged.secrets,
-            )
-        )
+        return status, attempts

@@ -8,21 +8,24 @@ or when the notebook's ``parameters`` cell declares it with a ``# secret`` comme
 The value reaches the kernel only: the injected cell that every stored copy shows
 assigns ``MASK``, and the cell the kernel runs (kept in memory, never written, and
 run without IPython's history) assigns the value. Every output is scanned for the
-value, in the forms a notebook prints it (as is, as ``repr`` and as JSON), and masked
-before anything is stored, logged or published. Pure and Prefect-free: the Slurm job
+value, in the forms a notebook prints it (as is, as ``repr``, as JSON and HTML-escaped),
+and masked before anything is stored, logged or published. Pure and Prefect-free: the Slurm job
 masks with the same code.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nbformat import NotebookNode
-
+from notebook_jobs.blocks.exceptions import SecretParameterError
 from notebook_jobs.tasks.engine.parameters import parameters_cell_source, parse_parameters
+
+if TYPE_CHECKING:  # nbformat is not imported by `nbjobs run`'s client side
+    from nbformat import NotebookNode
 
 SECRET_KEY = "$secret"  # {"$secret": "block-name"}
 MASK = "********"
@@ -30,7 +33,9 @@ MIN_MASKED_CHARS = 4  # a shorter value would mask every occurrence of a common 
 MAX_MASKED_FILE_BYTES = 50_000_000  # larger files a notebook writes are not scanned
 _DECLARED = re.compile(r"^secret\b\s*(?::\s*(?P<rest>.*))?$", re.I)
 _BLOCK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TEXT_MIME = re.compile(r"^(text/|application/(json|javascript|.*\+json|.*\+xml|xml))")
+_TEXT_MIME = re.compile(
+    r"^(text/|image/svg\+xml|application/(json|javascript|.*\+json|.*\+xml|xml))"
+)
 
 
 def secret_reference(value: Any) -> str | None:
@@ -84,6 +89,29 @@ def declared_secrets(nb: dict[str, Any]) -> dict[str, str | None]:
     return found
 
 
+def refuse_plain_secrets(nb: dict[str, Any], parameters: dict[str, Any]) -> None:
+    """Refuse a value sent for a name the notebook declares secret.
+
+    Checked by ``nbjobs run`` before any flow run exists (the value would be stored in
+    its parameters), and again by the run.
+
+    Raises:
+        SecretParameterError: Says how to send a Secret block's name instead.
+    """
+    for name in declared_secrets(nb):
+        if name in parameters and secret_reference(parameters[name]) is None:
+            raise SecretParameterError(
+                f"parameter {name!r} is declared secret in the notebook: send the name of a "
+                f"Secret block holding it, not the value (nbjobs run -s {name} BLOCK; over "
+                f'HTTP "{name}": {{"$secret": "BLOCK"}})',
+                parameter=name,
+            )
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value or "")
+
+
 def _leaves(value: Any) -> list[str]:
     """The strings a secret value holds (a Secret block may hold a JSON object)."""
     if isinstance(value, str):
@@ -111,7 +139,13 @@ class RunSecrets:
             for text in texts:
                 if len(text) < MIN_MASKED_CHARS:
                     continue
-                forms |= {text, repr(text)[1:-1], json.dumps(text)[1:-1]}
+                forms |= {
+                    text,
+                    repr(text)[1:-1],
+                    json.dumps(text)[1:-1],
+                    html.escape(text),  # pandas' to_html, an f-string in HTML(...)
+                    html.escape(text, quote=False),
+                }
         # longest first: a value that contains another is masked whole
         self._forms = sorted(forms, key=len, reverse=True)
         self.unmasked = [
@@ -144,8 +178,27 @@ class RunSecrets:
         return value
 
     def mask_cell(self, cell: NotebookNode) -> None:
-        """Mask a cell's outputs in place (text of every kind; images are left as they are)."""
-        for output in cell.get("outputs", []):
+        """Mask a cell's outputs in place (text of every kind; images are left as they are).
+
+        Consecutive stream outputs of one name are joined first (as Jupyter shows them):
+        output written by a subprocess arrives in pipe-sized pieces that may cut a value.
+        """
+        outputs = cell.get("outputs", [])
+        joined: list[Any] = []
+        for output in outputs:
+            previous = joined[-1] if joined else None
+            if (
+                output.get("output_type") == "stream"
+                and previous is not None
+                and previous.get("output_type") == "stream"
+                and previous.get("name") == output.get("name")
+            ):
+                previous["text"] = _text(previous.get("text")) + _text(output.get("text"))
+                continue
+            joined.append(output)
+        if len(joined) != len(outputs):
+            cell["outputs"] = joined
+        for output in joined:
             if "text" in output:
                 output["text"] = self.mask_value(output["text"])
             if "evalue" in output:
@@ -166,18 +219,19 @@ class RunSecrets:
                 self.mask_cell(cell)
 
     def mask_file(self, path: Path) -> bool:
-        """Mask a text file in place; ``True`` if it held a value (binary files are left)."""
+        """Mask a file in place, byte for byte; ``True`` if it held a value.
+
+        Binary files are masked too where the value's UTF-8 bytes appear as they are.
+        """
         if not self._forms or path.stat().st_size > MAX_MASKED_FILE_BYTES:
             return False
         data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
+        masked = data
+        for form in self._forms:  # bytes: a file in another encoding keeps ASCII values
+            masked = masked.replace(form.encode(), MASK.encode())
+        if masked == data:
             return False
-        masked = self.mask(text)
-        if masked == text:
-            return False
-        path.write_text(masked, encoding="utf-8")
+        path.write_bytes(masked)
         return True
 
     def to_json(self) -> str:
@@ -188,6 +242,7 @@ class RunSecrets:
 
     @classmethod
     def from_json(cls, text: str) -> RunSecrets:
+        """The secrets a Slurm job read from its folder (``to_json``'s document)."""
         data = json.loads(text)
         return cls(data["values"], {int(k): v for k, v in data["sources"].items()})
 
@@ -198,5 +253,6 @@ __all__ = [
     "RunSecrets",
     "declared_secrets",
     "reference",
+    "refuse_plain_secrets",
     "secret_reference",
 ]

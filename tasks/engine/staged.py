@@ -28,12 +28,14 @@ from notebook_jobs.tasks.engine.secrets import (
     RunSecrets,
     declared_secrets,
     reference,
+    refuse_plain_secrets,
     secret_reference,
 )
 from notebook_jobs.tasks.engine.staging import (
     check_parameters,
     inject_parameters,
     kernel_name_of,
+    notebook_defaults,
     select_cells,
 )
 from notebook_jobs.tasks.models import NotebookRequest
@@ -77,6 +79,18 @@ class StagedNotebook:
         self.parameters = parameters or {}
         self.secrets = secrets
         self.input_names = input_names or []  # the input files' names in the working folder
+
+    def parameters_used(self) -> dict[str, Any]:
+        """The notebook's literal defaults overridden by what was injected.
+
+        A name declared ``# secret`` shows only as a reference: without one, its literal
+        default is left out (sent back by a retry, it would be refused as a value).
+        """
+        used = {**notebook_defaults(self.notebook, self.kernel), **self.parameters}
+        for name in declared_secrets(self.notebook):
+            if secret_reference(used.get(name)) is None:
+                used.pop(name, None)
+        return used
 
     @property
     def cells_to_run(self) -> int:
@@ -186,18 +200,11 @@ def with_declared_secrets(nb: NotebookNode, given: dict[str, Any]) -> dict[str, 
         SecretParameterError: A declared secret was sent as a plain value: it would be
             in the flow run's parameters, in Prefect's database.
     """
+    refuse_plain_secrets(nb, given)
     parameters = dict(given)
     for name, block in declared_secrets(nb).items():
-        if name not in parameters:
-            if block:
-                parameters[name] = reference(block)
-        elif secret_reference(parameters[name]) is None:
-            raise SecretParameterError(
-                f"parameter {name!r} is declared secret in the notebook: send the name of a "
-                f"Secret block holding it, not the value (nbjobs run -s {name} BLOCK; over "
-                f'HTTP "{name}": {{"$secret": "BLOCK"}})',
-                parameter=name,
-            )
+        if name not in parameters and block:
+            parameters[name] = reference(block)
     return parameters
 
 

@@ -164,6 +164,10 @@ def test_every_run_emits_its_event_with_outputs_timings_and_masked_parameters(
             parameters={"password": {"$secret": name}, "fail": fail},
             store=str(tmp_path),
         )
+    # refused before any kernel (no such block): a failed event all the same
+    run_flow(
+        notebook=str(notebook), parameters={"password": {"$secret": "gone"}}, store=str(tmp_path)
+    )
 
     async def events() -> list[Any]:
         wanted = EventFilter(resource=EventResourceFilter(id=[f"nbjobs.notebook.{notebook.stem}"]))
@@ -171,10 +175,13 @@ def test_every_run_emits_its_event_with_outputs_timings_and_masked_parameters(
             return list((await client.read_events(filter=wanted, limit=10)).events)
 
     deadline = time.monotonic() + 30
-    while len(found := asyncio.run(events())) < 2:  # the server stores events as they come
+    while len(found := asyncio.run(events())) < 3:  # the server stores events as they come
         assert time.monotonic() < deadline, found
         time.sleep(0.5)
-    by_name = {event.event: event for event in found}
+    refused = [e for e in found if e.payload.get("refused")]
+    assert [e.event for e in refused] == ["nbjobs.notebook.failed"]
+    assert refused[0].payload["error"]["name"] == "SecretParameterError"
+    by_name = {event.event: event for event in found if event not in refused}
     completed, failed = by_name["nbjobs.notebook.completed"], by_name["nbjobs.notebook.failed"]
     assert completed.payload["outputs"]["length"] == len(value)
     assert completed.payload["parameters"]["password"] == {"$secret": name}

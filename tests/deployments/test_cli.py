@@ -157,3 +157,8 @@ def test_a_secret_from_the_command_line_is_masked_and_a_plain_value_refused(
         '"password": {"$secret": "BLOCK"})'
     )
     assert value not in refused.stdout + refused.stderr
+    prepared = nbjobs(  # --prepare-only writes the injected cell: refused the same way
+        "run", notebook, str(tmp_path / "out.ipynb"), "--prepare-only", "-p", "password", value
+    )
+    assert prepared.returncode == EXIT_BAD_INPUT and not (tmp_path / "out.ipynb").exists()
+    assert "declared secret" in prepared.stderr and value not in prepared.stderr

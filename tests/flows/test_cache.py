@@ -141,6 +141,10 @@ def test_refresh_runs_again_and_expired_records_are_misses(tmp_path: Path) -> No
     _, expired = run(marker, store)
     assert isinstance(expired, NotebookResult) and expired.cached_from is None
     assert executions(marker) == 3
+    time.sleep(1.5)  # recorded with no expiration; this caller takes nothing older than 1 s
+    _, too_old = run(marker, store, cache_expiration_seconds=1)
+    assert isinstance(too_old, NotebookResult) and too_old.cached_from is None
+    assert executions(marker) == 4
 
 
 def test_without_cache_every_run_executes(tmp_path: Path) -> None:

@@ -28,6 +28,27 @@ def test_masking_catches_the_forms_a_notebook_prints() -> None:
     assert value not in repr(secrets) and repr(secrets) == "RunSecrets(password)"
 
 
+def test_html_escaped_split_streams_and_other_encodings_are_masked(tmp_path: Path) -> None:
+    import html
+
+    value = 'p<a>ss&"word'
+    secrets = RunSecrets({"password": value})
+    assert secrets.mask(f"<td>{html.escape(value)}</td>") == f"<td>{MASK}</td>"
+    cell = nbformat.v4.new_code_cell("!echo")
+    cell.outputs = [  # a subprocess's output, in two pipe-sized pieces cutting the value
+        nbformat.v4.new_output("stream", name="stdout", text="before p<a>s"),
+        nbformat.v4.new_output("stream", name="stdout", text='s&"word after\n'),
+        nbformat.v4.new_output("display_data", data={"image/svg+xml": f"<svg>{value}</svg>"}),
+    ]
+    secrets.mask_cell(cell)
+    assert cell.outputs[0].text == f"before {MASK} after\n" and len(cell.outputs) == 2
+    assert value not in cell.outputs[1].data["image/svg+xml"]
+    written = tmp_path / "latin1.csv"
+    written.write_bytes(f"café;{value}\n".encode("cp1252"))
+    assert secrets.mask_file(written)
+    assert written.read_bytes() == f"café;{MASK}\n".encode("cp1252")
+
+
 def test_a_short_value_is_not_masked_and_says_so() -> None:
     secrets = RunSecrets({"pin": "42"})
     assert secrets.mask("answer 42") == "answer 42" and secrets.unmasked == ["pin"]
@@ -99,6 +120,16 @@ def test_a_secret_reaches_the_kernel_and_nothing_stored_or_shown(
     assert notebook.metadata.papermill.parameters["password"] == {"$secret": block}
     assert MASK in everything["prefect"]  # the cell's stdout, logged masked
     assert "refused" in result["error"]["message"] and MASK in result["error"]["message"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_declared_secret_without_a_block_is_left_out_of_the_parameters_used(
+    tmp_path: Path,
+) -> None:
+    """Its literal default, sent back by a retry from the UI, would be refused as a value."""
+    state = run_flow(notebook=str(SECRET_NOTEBOOK), parameters={"user": "x"}, store=str(tmp_path))
+    result = state_outcome(state)
+    assert result.success and result.parameters_used == {"user": "x", "fail": False}
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -441,3 +441,33 @@ def test_a_secret_parameter_reaches_the_job_and_no_stored_file(
     assert "secrets.json" not in inside and "work/credentials.txt" in inside
     everything = {**objects, **inside}
     assert [name for name, data in everything.items() if value.encode() in data] == []
+
+
+class StartsThenNodeFails(NodeFailsOnce):
+    """The first job starts (reads its secrets file, as a job does) and then its node fails."""
+
+    def submit(self, script_path: str) -> str:
+        if not self.submitted:
+            (Path(script_path).parent / "secrets.json").unlink()
+        return super().submit(script_path)
+
+
+def test_a_resubmitted_job_gets_its_secret_again_and_none_is_left(tmp_path: Path) -> None:
+    value = "resubmitted-secret-value"
+    cluster = SlurmCluster(work_dir=str(tmp_path), poll_interval_seconds=0.1)
+    staged = stage(
+        NotebookRequest(
+            notebook=str(DATA / "secret.ipynb"), parameters={"password": {"$secret": "b"}}
+        ),
+        tmp_path / "job",
+        check_kernel=False,
+        resolve=lambda parameter, block: value,
+    )
+    commands = StartsThenNodeFails()
+    outcome = asyncio.run(SlurmExecutor(cluster, commands).execute(staged))
+    assert len(commands.submitted) == 2 and outcome.slurm.attempts == 2
+    assert outcome.report.outputs["length"] == len(value)  # the value, not the mask
+    assert outcome.report.outputs["password"] == "********"
+    assert not (tmp_path / "job" / "secrets.json").exists()
+    job_files = [p.read_bytes() for p in (tmp_path / "job").rglob("*") if p.is_file()]
+    assert job_files and not [data for data in job_files if value.encode() in data]

@@ -70,6 +70,7 @@ def test_a_cell_growing_past_k_times_its_median_is_flagged() -> None:
         "status > 3x median",
         "outputs.x > 'a",
         "outputs.x > 2x median(1)",
+        "duration > median",
         "outputs.x > 1 and 2",
     ],
 )
