@@ -35,6 +35,7 @@ from notebook_jobs.deployments.alerts import add_alert_parser
 from notebook_jobs.deployments.endpoints import add_endpoints_parser
 from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER_FAILED,
@@ -310,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbjobs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `nbjobs run ... | head -1`: the reader left; the run is stored
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return EXIT_BROKEN_PIPE
 
 
 def _use_local_server() -> LocalServer | None:

@@ -6,3 +6,4 @@ EXIT_BAD_INPUT = 2  # refused before any kernel started
 EXIT_STORE_FAILED = 3  # the artefact store failed (the artefacts are in the spill folder)
 EXIT_SERVER_FAILED = 4  # the Prefect server could not be started or reached
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head`): 128 + SIGPIPE, as shells report it

@@ -190,3 +190,10 @@ nb([params('marker = "runs.txt"  # a file that counts executions\nn = 1  # a num
 nb([params('seconds = 5.0  # how long the analysis computes'),
     new_code_cell('import time\n\nstart, rounds = time.perf_counter(), 0\nwhile time.perf_counter() - start < seconds:\n    total = sum(i * i for i in range(10_000))\n    rounds += 1\nprint(f"{rounds} rounds in {seconds} s")'),
    ], "benchmarks/analysis.ipynb")
+
+# the README's secret example: the password comes from a Secret block, never a parameter
+nb([new_markdown_cell("# Warehouse report\nConnects with a password from the Prefect Secret block `warehouse-password`."),
+    params('password = ""  # secret: warehouse-password\nuser = "analyst"  # who connects'),
+    new_code_cell(GLUE),
+    new_code_cell('print(f"connecting as {user} with password {password}")  # shown masked\nglue("password_length", len(password))\nglue("user", user)'),
+   ], "examples/warehouse.ipynb")
