@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from notebook_jobs.tasks.store.spill import spill_run
 
 
-def test_a_spilled_run_lists_its_rich_outputs(tmp_path: Path, nbjobs_home: Path) -> None:
+def test_a_spilled_run_lists_its_rich_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a home of its own: the session's spill folder is retried whole by test_spill.py
+    monkeypatch.setenv("NBJOBS_HOME", str(tmp_path / "home"))
     run_dir = tmp_path / "run"
     (run_dir / "outputs").mkdir(parents=True)
     nbformat.write(nbformat.v4.new_notebook(), run_dir / "notebook.ipynb")
@@ -25,6 +30,7 @@ def test_a_spilled_run_lists_its_rich_outputs(tmp_path: Path, nbjobs_home: Path)
     )
     (shown,) = artefacts.displays
     kept = target / "outputs" / "cell-2-0.png"
+    assert target.is_relative_to(tmp_path / "home" / "spill")
     assert (shown.cell, shown.output, shown.content_type) == (2, 0, "image/png")
     assert (shown.uri, shown.link, shown.size_bytes) == (str(kept), kept.as_uri(), 13)
     assert kept.read_bytes() == b"\x89PNG\r\n-a-plot"
