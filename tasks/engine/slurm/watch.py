@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +49,9 @@ UNKNOWN_JOB_POLLS = 30
 STATUS_FAILURES_TOLERATED = 5
 # After scancel, how long the job may take to write its partial notebook and end.
 CANCEL_WAIT_SECONDS = 60.0
+# Slurm's accounting may say TIMEOUT or CANCELLED a moment before the job has written
+# its report on SIGTERM; an ended job's report is waited for this long.
+REPORT_WAIT_SECONDS = 10.0
 log = logging.getLogger("nbjobs.slurm")
 
 
@@ -105,6 +109,31 @@ def job_report(job_dir: Path) -> ExecutionReport | None:
         return None
 
 
+def running_cell(job_dir: Path) -> int | None:
+    """The cell the job had started and not ended, from its events; None if none."""
+    events, _ = read_events(job_dir / EVENTS_NAME, 0)
+    started: int | None = None
+    for event in events:
+        if event.phase == "start":
+            started = event.index
+        elif event.index == started:
+            started = None
+    return started
+
+
+def wait_for_report(job_dir: Path, seconds: float = REPORT_WAIT_SECONDS) -> ExecutionReport | None:
+    """The ended job's report, waited for up to ``seconds`` (blocking: a thread).
+
+    A job Slurm ends sends SIGTERM to the job, which then writes its partial notebook
+    and report; accounting can show the verdict before that write lands. A job killed
+    outright (SIGKILL, a lost node) writes none: then None, after ``seconds``.
+    """
+    deadline = time.monotonic() + seconds
+    while (report := job_report(job_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return report
+
+
 def status_from_report(job_id: str, report: ExecutionReport) -> JobStatus:
     """The job's state as its own report tells it, for when Slurm's accounting cannot.
 
@@ -117,20 +146,26 @@ def status_from_report(job_id: str, report: ExecutionReport) -> JobStatus:
 
 
 def outcome_report(
-    status: JobStatus, report: ExecutionReport | None, *, kernel: str, stderr_tail: str
+    status: JobStatus,
+    report: ExecutionReport | None,
+    *,
+    kernel: str,
+    stderr_tail: str,
+    running: int | None = None,
 ) -> ExecutionReport:
     """The run's report from the job's final state and what the job wrote.
 
     A notebook that ran (COMPLETED, or FAILED because a cell raised) keeps its own
     report. Anything else Slurm ended (TIMEOUT, OUT_OF_MEMORY, CANCELLED, NODE_FAIL,
-    a job that died before writing its report) becomes an error naming the job.
+    a job that died before writing its report) becomes an error naming the job, and
+    the cell it was running: the report's, or else ``running`` (from its events).
     """
     if status.state == "COMPLETED" and report is not None:
         return report
     if status.state == "FAILED" and report is not None and report.status == "failed":
         return report  # the notebook's own exception
-    index = None
-    if report is not None and report.error is not None:
+    index = running
+    if report is not None and report.error is not None and report.error.cell_index is not None:
         index = report.error.cell_index
     statuses: dict[str, RunStatus] = {"TIMEOUT": "timed_out", "CANCELLED": "cancelled"}
     run_status = statuses.get(status.state, "failed")
@@ -248,13 +283,21 @@ def collect_job(
     """
     job_id = status.job_id
     stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
+    if status.state != "COMPLETED":  # the job's last writes come before the masking
+        wait_for_report(job_dir)
     if secrets is not None:
         (job_dir / SECRETS_NAME).unlink(missing_ok=True)
         for path in job_dir.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 secrets.mask_file(path)
     stderr_tail = tail(stderr)
-    report = outcome_report(status, job_report(job_dir), kernel=kernel, stderr_tail=stderr_tail)
+    report = outcome_report(
+        status,
+        job_report(job_dir),
+        kernel=kernel,
+        stderr_tail=stderr_tail,
+        running=running_cell(job_dir),
+    )
     if not (job_dir / EXECUTED_NAME).exists():
         logger.warning("the job wrote no notebook; storing the staged one")
         shutil.copy(job_dir / STAGED_NAME, job_dir / EXECUTED_NAME)
