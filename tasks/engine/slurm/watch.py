@@ -283,7 +283,8 @@ def collect_job(
     """
     job_id = status.job_id
     stdout, stderr = job_dir / f"slurm-{job_id}.out", job_dir / f"slurm-{job_id}.err"
-    if status.state != "COMPLETED":  # the job's last writes come before the masking
+    # the last writes of a job that started (its events file) come before the masking
+    if status.state != "COMPLETED" and (job_dir / EVENTS_NAME).exists():
         wait_for_report(job_dir)
     if secrets is not None:
         (job_dir / SECRETS_NAME).unlink(missing_ok=True)
