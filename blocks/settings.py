@@ -168,6 +168,15 @@ class Settings:
         300.0,
         "how long the local Prefect server may take to start",
     )
+    api_deadline_seconds: float = _setting(
+        "NBJOBS_API_DEADLINE",
+        _seconds,
+        "a number of seconds > 0",
+        120.0,
+        "how long `nbjobs` asks a busy or unreachable Prefect API again (HTTP 503 or 429, "
+        "no answer, refused) before it gives up on a request; a run it creates is never "
+        "made twice",
+    )
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,9 +4,12 @@ It uses the standard library only (no Prefect client, no httpx), so it doubles a
 reference for callers in any language, and ``nbjobs run`` can use it without paying
 for imports: look the deployment up by name, create a flow run with parameters, poll
 its state, read its logs and artifacts, and fetch the stored result through the
-``result`` link of the run's summary artifact. Every request retries HTTP 503
-(Prefect's answer when its database is busy, e.g. SQLite's ``database is locked``)
-and 429 with exponential backoff.
+``result`` link of the run's summary artifact. Every request is asked again, with
+exponential backoff up to a deadline (``NBJOBS_API_DEADLINE``, 120 s), while the
+server answers HTTP 503 (Prefect's answer when its database is busy, e.g. SQLite's
+``database is locked``) or 429; a request that may arrive twice (a GET, or a create
+with an idempotency key) also while the server does not answer or refuses the
+connection (restarting). A run is never created twice: ``trigger`` sends a key.
 
 Example:
     >>> api = PrefectHTTP("http://127.0.0.1:4200/api", auth_string="admin:pass")
@@ -20,16 +23,18 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import random
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from notebook_jobs.blocks.retry import retry_busy
+from notebook_jobs.blocks.retry import BUSY_STATUSES
+from notebook_jobs.blocks.settings import settings
 
-MAX_ATTEMPTS = 6
 BACKOFF_SECONDS = 0.25
+MAX_BACKOFF_SECONDS = 4.0
 POLL_INTERVAL_SECONDS = 0.5
 # a connection idle longer than this is opened afresh: Prefect's server closes idle
 # keep-alive connections after PREFECT_SERVER_API_KEEPALIVE_TIMEOUT (5 s by default)
@@ -45,10 +50,18 @@ class APIError(Exception):
         body: The response body (Prefect's ``detail``), if any.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, body: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        again: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.body = body
+        self.again = again  # asking again may succeed, and cannot do anything twice
 
 
 @dataclass
@@ -83,7 +96,24 @@ class PrefectHTTP:
     for up to a minute while it waits for its database lock.
     """
 
-    def __init__(self, api_url: str, *, auth_string: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        auth_string: str | None = None,
+        timeout: float = 30.0,
+        deadline: float | None = None,
+    ):
+        """
+        Args:
+            api_url: The API's base URL (``http://127.0.0.1:4200/api``).
+            auth_string: ``user:password`` of a server started with
+                ``PREFECT_SERVER_API_AUTH_STRING``.
+            timeout: Seconds one request may wait for its answer.
+            deadline: Seconds a request is asked again while the server is busy or
+                away (default ``NBJOBS_API_DEADLINE``); 0 asks once.
+        """
+        self._deadline = settings().api_deadline_seconds if deadline is None else deadline
         self.api_url = api_url.rstrip("/")
         parts = urllib.parse.urlsplit(self.api_url)
         self._scheme, self._netloc, self._base = parts.scheme, parts.netloc, parts.path
@@ -146,16 +176,16 @@ class PrefectHTTP:
                 # a kept-alive connection the server had closed: the request never
                 # arrived, but only a request that may arrive twice is sent again
                 if attempt or not idempotent:
-                    raise APIError(f"{method} {self.api_url}: {error}") from error
+                    raise APIError(f"{method} {self.api_url}: {error}", again=idempotent) from error
             except TimeoutError as error:
                 self.close()
-                if not idempotent or attempt:
-                    raise APIError(
-                        f"{method} {self.api_url}: no answer within {self._timeout:g} s"
-                    ) from error
-            except OSError as error:  # refused, unreachable
+                raise APIError(
+                    f"{method} {self.api_url}: no answer within {self._timeout:g} s",
+                    again=idempotent,
+                ) from error
+            except OSError as error:  # refused (a server restarting), unreachable
                 self.close()
-                raise APIError(f"{method} {self.api_url}: {error}") from error
+                raise APIError(f"{method} {self.api_url}: {error}", again=idempotent) from error
         raise AssertionError("unreachable")
 
     def request(
@@ -166,13 +196,17 @@ class PrefectHTTP:
         json: Any = None,
         params: dict[str, Any] | None = None,
         idempotent: bool | None = None,
+        deadline: float | None = None,
     ) -> Response:
-        """One API call (or, for a full URL, a plain fetch), retrying 503 and 429 with
-        exponential backoff, and a timed-out call once where that is safe (a GET, or a
-        call marked ``idempotent``).
+        """One API call (or, for a full URL, a plain fetch), asked again with
+        exponential backoff until the deadline while the server answers 503 or 429,
+        and, where that is safe (a GET, or a call marked ``idempotent``), while it does
+        not answer or refuses the connection.
 
         Raises:
-            APIError: Any other error status, or the server could not be reached.
+            APIError: Any other error status, the server was still busy or away at the
+                deadline (the message says how long was waited), or a call that must
+                not arrive twice got no answer.
         """
         if path.startswith(("http://", "https://", "file://")):
             return fetch(path, self._timeout)
@@ -180,12 +214,33 @@ class PrefectHTTP:
         if params:
             target += "?" + urllib.parse.urlencode(params)
         body = None if json is None else _dumps(json)
-        response = retry_busy(
-            lambda: self._send(method, target, body, idempotent or method == "GET"),
-            lambda response: response.status_code,
-            attempts=MAX_ATTEMPTS,
-            backoff_seconds=BACKOFF_SECONDS,
-        )
+        safe = bool(idempotent or method == "GET")
+        deadline = self._deadline if deadline is None else deadline
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, target, body, safe)
+                if response.status_code not in BUSY_STATUSES:
+                    break
+                why = f"HTTP {response.status_code} {response.text[:200]}"
+            except APIError as error:
+                if not error.again:
+                    raise
+                why = str(error)
+            # jittered, so that many clients told "busy" at once do not come back at once
+            wait = min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1)
+            attempt += 1
+            if time.monotonic() + wait - started > deadline:
+                if not deadline:
+                    raise APIError(f"{method} {path}: {why}")
+                raise APIError(
+                    f"{method} {path}: the server was busy or away for "
+                    f"{time.monotonic() - started:.0f} s, {attempt} tries ({why}); set "
+                    "NBJOBS_API_DEADLINE to wait longer",
+                    status_code=None,
+                )
+            time.sleep(wait)
         if response.status_code >= 400:
             raise APIError(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:500]}",
@@ -196,8 +251,8 @@ class PrefectHTTP:
 
     def health(self) -> bool:
         """Whether the API answers ``GET /health``."""
-        try:
-            return self.request("GET", "/health").status_code == 200
+        try:  # asked once: its callers poll it
+            return self.request("GET", "/health", deadline=0).status_code == 200
         except APIError:
             return False
 

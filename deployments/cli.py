@@ -99,6 +99,9 @@ def _use_local_server() -> LocalServer | None:
     from notebook_jobs.deployments.light_commands import announce
 
     os.environ["PREFECT_API_URL"] = server.ensure(announce=announce)
+    auth_string = server.auth_string()
+    if auth_string:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth_string
     return server
 
 

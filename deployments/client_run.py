@@ -291,10 +291,15 @@ def run_on_local_server(
         request = flow_parameters(args, parameters)
     except exceptions.NotebookInputError as error:
         return report_refusal(type(error).__name__, str(error), args.json)
-    with PrefectHTTP(server.api_url()) as api:
+    with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
         try:
             deployment_id = api.deployment_id(FLOW, DEPLOYMENT)
         except APIError as error:
+            if error.status_code == 401:
+                raise LocalServerError(
+                    f"the local server refused the credentials in {server.credentials.path}; "
+                    "`nbjobs server stop` and run again to make new ones"
+                ) from error
             if error.status_code != 404:
                 raise
             raise LocalServerError(

@@ -28,6 +28,8 @@ def server_command(args: argparse.Namespace) -> int:
         stopped = server.stop()
         print("stopped " + " and ".join(stopped) if stopped else "the local server was not running")
         return EXIT_OK
+    if args.action == "env":
+        return _print_env(server)
     if args.action == "start":
         configured = configured_api_url()
         if configured is not None:
@@ -36,7 +38,7 @@ def server_command(args: argparse.Namespace) -> int:
                 "shell use that server, not the local one",
                 file=sys.stderr,
             )
-        server.ensure(announce=announce)
+        server.ensure(announce=announce, database=args.database, auth=args.auth)
     status = server.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -44,12 +46,20 @@ def server_command(args: argparse.Namespace) -> int:
     if not status["running"]:
         print(
             f"the local server is not running (start it: nbjobs server start)\n"
-            f"  database   {status['database']}\n  log        {status['server_log']}"
+            f"  database   {status['database_kind']}, {status['database']}\n"
+            f"  log        {status['server_log']}"
         )
         return EXIT_OK
     server_uptime = duration(status["server_uptime_seconds"])
+    login = (
+        f"{status['login']} (the UI's login asks for it whole; Prefect's CLI: "
+        'eval "$(nbjobs server env)")'
+        if status["login"]
+        else "none asked (--no-auth): every account of this machine can use it"
+    )
     print(
         f"the local Prefect server is running at {status['url']}\n"
+        f"  login      {login}\n"
         f"  server     pid {status['server_pid']}, up {server_uptime}\n"
         f"  worker     "
         + (
@@ -62,10 +72,31 @@ def server_command(args: argparse.Namespace) -> int:
             if status.get("files_url")
             else ""
         )
-        + f"\n  database   {status['database']}\n"
+        + f"\n  database   {status['database_kind']}"
+        + (f" (pid {status['postgres_pid']})" if status["postgres_pid"] else "")
+        + f", {status['database']}\n"
         f"  logs       {status['server_log']}, {status['worker_log']}\n"
         f"  stop it:   nbjobs server stop"
     )
+    return EXIT_OK
+
+
+def _print_env(server: Any) -> int:
+    """``nbjobs server env``: ``eval "$(nbjobs server env)"`` points Prefect's CLI and
+    clients at the running local server, with its credentials."""
+    import shlex
+
+    status = server.status()
+    if not status["running"]:
+        print(
+            "nbjobs: the local server is not running (start it: nbjobs server start)",
+            file=sys.stderr,
+        )
+        return EXIT_SERVER_FAILED
+    print(f"export PREFECT_API_URL={shlex.quote(status['api_url'])}")
+    auth_string = server.auth_string()
+    if auth_string:
+        print(f"export PREFECT_API_AUTH_STRING={shlex.quote(auth_string)}")
     return EXIT_OK
 
 

@@ -95,19 +95,22 @@ def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, 
         time.sleep(HEALTH_POLL_SECONDS)
 
 
-def stop_process_tree(pid: int | None, started: float | None) -> bool:
+def stop_process_tree(
+    pid: int | None, started: float | None, sig: signal.Signals = signal.SIGTERM
+) -> bool:
     """Stop a process we started, and what it started; whether it was running.
 
-    SIGTERM to the process itself, which stops its own children (the worker shuts
-    its kernels and fork server down); after ``STOP_TIMEOUT_SECONDS``, SIGKILL to
-    it and to whatever of its process tree is left.
+    ``sig`` (SIGTERM; PostgreSQL's fast shutdown is SIGINT) to the process itself,
+    which stops its own children (the worker shuts its kernels and fork server down);
+    after ``STOP_TIMEOUT_SECONDS``, SIGKILL to it and to whatever of its process tree
+    is left.
     """
     if not pid or not alive(pid, started):
         return False
     try:
         process = psutil.Process(pid)
         family = [process, *process.children(recursive=True)]
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
     except psutil.Error:
         return False  # it ended meanwhile
     _, remaining = psutil.wait_procs([process], timeout=STOP_TIMEOUT_SECONDS)

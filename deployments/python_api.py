@@ -44,13 +44,17 @@ def run_notebook_sync(notebook: str | dict[str, Any], **options: Any) -> Noteboo
         NotebookRunError: The notebook failed; ``.result`` holds the stored result.
         LocalServerError: No server is configured and the local one cannot start.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from notebook_jobs.flows.run_notebook import run_notebook
 
     settings: Any = contextlib.nullcontext()
     if configured_api_url() is None:
-        settings = temporary_settings(updates={PREFECT_API_URL: LocalServer().ensure()})
+        server = LocalServer()
+        api_url = server.ensure()
+        settings = temporary_settings(
+            updates={PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: server.auth_string()}
+        )
 
     def run() -> NotebookResult:
         with settings:

@@ -166,6 +166,11 @@ class Local:
         status: dict[str, Any] = json.loads(done.stdout)
         return status
 
+    def api(self) -> PrefectHTTP:
+        """A client of the running local server, with its credentials."""
+        status = self.status()
+        return PrefectHTTP(status["api_url"], auth_string=status["login"])
+
 
 @pytest.fixture(scope="session")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:

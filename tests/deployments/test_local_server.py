@@ -26,6 +26,7 @@ import pytest
 
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.tasks.models import summary_links
+from tests.browser import chromium as chromium_page
 from tests.conftest import DATA, EXAMPLES, service
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 
@@ -97,40 +98,28 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
     with urllib.request.urlopen(request, timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read().lower()
     # nbjobs run returns once the result is stored; Prefect's final state follows
-    run = PrefectHTTP(local.status()["api_url"]).wait(run_id, timeout=120)
+    run = local.api().wait(run_id, timeout=120)
     assert run["state"]["type"] == "COMPLETED" and {"trigger:cli", "nbjobs"} <= set(run["tags"])
-    rendered = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={local.home / 'chromium'}",
-            "--virtual-time-budget=20000",
-            "--window-size=1400,1000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    # the UI calls the API at the server's own port: a blank page would say "Oops"
-    assert run["name"] in rendered.stdout, rendered.stdout[-2000:]
-    assert "Something went wrong" not in rendered.stdout
-    assert "params" in rendered.stdout
+    # the UI asks for the login first (the one `nbjobs server status` prints), then
+    # shows the page; it calls the API at the server's own port: a blank page says "Oops"
+    with chromium_page(chromium, local.home / "chromium") as page:
+        page.open(url.split("/runs/")[0])
+        page.wait_for_text("Login")
+        page.type_into("input", local.status()["login"])
+        page.press_enter()
+        page.wait_for_text("Runs")
+        page.open(url)
+        text = page.wait_for_text(run["name"])
+        page.screenshot(local.home / "run-page.png")
+    assert "Something went wrong" not in text
+    assert "params" in text
 
 
 def test_a_local_store_run_opens_from_the_ui_through_signed_links(local: Local) -> None:
     done = local.nbjobs("run", str(DATA / "displays.ipynb"))
     assert done.returncode == 0, done.stderr
     run_id = UI_LINE.search(done.stdout).group(2)  # type: ignore[union-attr]
-    api = PrefectHTTP(local.status()["api_url"])
+    api = local.api()
     assert api.wait(run_id, timeout=120)["state"]["type"] == "COMPLETED"
     summary = api.artifacts(run_id)["displays-summary"]["data"]
     files_url = local.status()["files_url"]
@@ -196,7 +185,7 @@ def test_ctrl_c_cancels_the_run_and_keeps_its_partial_notebook(local: Local) -> 
     assert [c["status"] for c in result["cells"]][:2] == ["ok", "ok"]
     partial = json.loads((Path(result_path).parent / "notebook.ipynb").read_text())
     assert any("started" in str(c.get("outputs")) for c in partial["cells"])
-    api = PrefectHTTP(local.status()["api_url"])
+    api = local.api()
     deadline = time.monotonic() + 30
     while api.flow_run(result["flow_run_id"])["state"]["type"] != "CANCELLED":
         assert time.monotonic() < deadline, "the run did not end Cancelled"
@@ -218,7 +207,7 @@ def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
             assert line, "no cancellation after the first Ctrl-C:\n" + "".join(seen)
             seen.append(line)
         run_id = line.split()[3]
-        api = PrefectHTTP(local.status()["api_url"])
+        api = local.api()
         deadline = time.monotonic() + 30
         while api.flow_run(run_id)["state"]["type"] != "CANCELLING":
             assert time.monotonic() < deadline, "the first Ctrl-C did not ask to cancel"
@@ -248,7 +237,7 @@ def test_run_notebook_sync_uses_the_local_server(local: Local) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     run_id, total = done.stdout.split()[-2:]
     assert total == "30"
-    run = PrefectHTTP(local.status()["api_url"]).flow_run(run_id)
+    run = local.api().flow_run(run_id)
     assert run["state"]["type"] == "COMPLETED"
 
 
@@ -277,11 +266,14 @@ def test_a_killed_worker_is_started_again(local: Local) -> None:
 
 def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local) -> None:
     status = local.status()
-    started = [psutil.Process(status["server_pid"]), psutil.Process(status["worker_pid"])]
+    pids = (status["server_pid"], status["worker_pid"], status["postgres_pid"])
+    started = [psutil.Process(pid) for pid in pids]
     family = started + [child for p in started for child in p.children(recursive=True)]
     assert any("kernel" in " ".join(p.cmdline()) for p in family)  # warm kernels are there
+    assert any("postgres: checkpointer" in " ".join(p.cmdline()) for p in family)
     done = local.nbjobs("server", "stop")
     assert done.returncode == 0 and "stopped worker" in done.stdout and "server" in done.stdout
+    assert f"PostgreSQL (pid {status['postgres_pid']})" in done.stdout
     _, alive = psutil.wait_procs(family, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
     assert not local.status()["running"]
@@ -398,9 +390,15 @@ def test_a_port_in_use_is_skipped_and_said(tmp_path: Path) -> None:
 
 def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
     """Prefect's UI calls port 4200 unless told: on any other port every page is blank."""
-    from notebook_jobs.deployments.local_server import LocalServer
+    from notebook_jobs.deployments.local_server import LocalServer, ServerState
 
-    env = LocalServer(tmp_path)._child_env(4207)
+    server = LocalServer(tmp_path)
+    env = server._child_env(ServerState(port=4207, auth=False))
     assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4207/api"
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:4207/api"
     assert env["PREFECT_HOME"] == str(tmp_path.resolve() / "server" / "prefect")
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in env  # --no-auth
+    server.dir.mkdir(parents=True)
+    login = server.credentials.make()
+    env = server._child_env(ServerState(port=4207))
+    assert env["PREFECT_SERVER_API_AUTH_STRING"] == env["PREFECT_API_AUTH_STRING"] == login

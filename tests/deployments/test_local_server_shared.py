@@ -1,0 +1,218 @@
+"""The local server on a machine shared with other people, and hammered by many commands.
+
+A second local account (made here: CI runs as root) pokes at everything the owner's
+local server started, with the standard library only, the way `curl` and a shell
+would: the API, the worker's socket, the files under ``$NBJOBS_HOME``, the kernels'
+sockets. The owner's home sits in a folder everyone may traverse, so that only what
+nbjobs itself sets keeps the other account out. Then 16 ``nbjobs run`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from notebook_jobs.deployments.api import APIError
+from tests.conftest import DATA, EXAMPLES
+from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
+
+INTRUDER = "nbjobs-intruder"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# What the other account runs: each probe says what it got, never raises.
+PROBES = textwrap.dedent(
+    """
+    import json, os, socket, sys, urllib.error, urllib.request
+    task = json.loads(sys.argv[1])
+    seen = {"uid": os.getuid()}
+
+    def call(method, url, body=None):
+        request = urllib.request.Request(
+            url, data=None if body is None else json.dumps(body).encode(), method=method,
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    api = task["api_url"]
+    seen["api"] = {path: call("POST", api + path, {}) for path in (
+        "/deployments/filter", "/flow_runs/filter", "/artifacts/filter")}
+    seen["create"] = call("POST", f"{api}/deployments/{task['adhoc_id']}/create_flow_run",
+                          {"parameters": {"notebook": task["notebook"]}})
+    seen["files"] = {}
+    for path in task["paths"]:
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                open(path, "rb").close()
+            seen["files"][path] = "opened"
+        except OSError as error:
+            seen["files"][path] = type(error).__name__
+    seen["sockets"] = {}
+    for path in task["sockets"]:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            client.connect(path)
+            seen["sockets"][path] = "connected"
+        except OSError as error:
+            seen["sockets"][path] = type(error).__name__
+        finally:
+            client.close()
+    print(json.dumps(seen))
+    """
+)
+
+
+def as_intruder(task: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        ["runuser", "-u", INTRUDER, "--", SYSTEM_PYTHON, "-c", PROBES, json.dumps(task)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, Any] = json.loads(done.stdout)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    """The owner's local server, its home in a folder every account may traverse."""
+    if os.geteuid() != 0:
+        pytest.skip("making a second local account needs root (CI runs as root)")
+    if not Path(SYSTEM_PYTHON).exists() or not shutil.which("runuser"):
+        pytest.skip(f"the second account runs {SYSTEM_PYTHON} through runuser: not here")
+    if subprocess.run(["id", INTRUDER], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", INTRUDER],
+            check=True,
+        )
+    # not under pytest's own 0700 folder: only nbjobs' permissions may keep them out
+    open_folder = Path(f"/tmp/nbjobs-shared-{uuid.uuid4().hex[:8]}")
+    open_folder.mkdir(mode=0o755)
+    open_folder.chmod(0o1777)  # as /tmp is
+    home = open_folder / "owner"
+    local = Local(home, clean_env(home))
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    assert done.returncode == 0, done.stderr
+    yield local
+    local.nbjobs("server", "stop", timeout=120)
+    shutil.rmtree(open_folder, ignore_errors=True)
+
+
+def kernel_sockets(worker_pid: int) -> list[str]:
+    """The Unix sockets the worker's kernels (and fork server) listen on."""
+    paths = set()
+    for process in psutil.Process(worker_pid).children(recursive=True):
+        for connection in process.net_connections(kind="unix"):
+            if connection.laddr:
+                paths.add(connection.laddr)
+    return sorted(paths)
+
+
+def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> None:
+    # a run in progress: its kernel is alive while the other account tries it
+    sleeping = subprocess.Popen(
+        [NBJOBS, "run", str(DATA / "sleeps.ipynb"), "-p", "seconds", "20"],
+        env=shared.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    api = shared.api()
+    status = shared.status()
+    before = api.request("POST", "/flow_runs/filter", json={}).json()
+    marker = shared.home.parent / "written-by-the-intruder"
+    notebook = json.loads((DATA / "trivial.ipynb").read_text())
+    notebook["cells"][0]["source"] = f"open({str(marker)!r}, 'w').write('as the owner')"
+    time.sleep(3)  # the run's kernel has started
+    sockets = kernel_sockets(status["worker_pid"])
+    assert sockets, "the worker's kernels listen on no Unix socket"
+    paths = [str(p) for p in [shared.home, *shared.home.rglob("*")]]
+    seen = as_intruder(
+        {
+            "api_url": status["api_url"],
+            "adhoc_id": api.deployment_id("run-notebook", "adhoc"),
+            "notebook": json.dumps(notebook),
+            "paths": paths[:400],
+            "sockets": [str(shared.home / "server" / "worker.sock"), *sockets],
+        }
+    )
+    assert seen["uid"] != 0
+    assert seen["api"] == {
+        "/deployments/filter": 401,
+        "/flow_runs/filter": 401,
+        "/artifacts/filter": 401,
+    }
+    assert seen["create"] == 401
+    assert set(seen["files"].values()) == {"PermissionError"}, seen["files"]
+    assert set(seen["sockets"].values()) == {"PermissionError"}, seen["sockets"]
+    # the owner's commands still work, and nothing was made by the attempt
+    _, stderr = sleeping.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    assert sleeping.returncode == 0, stderr
+    after = api.request("POST", "/flow_runs/filter", json={}).json()
+    assert len(after) == len(before)  # the sleeping run was already there
+    assert not marker.exists()
+    # the API without credentials, from the owner too: 401
+    with pytest.raises(APIError) as refused:
+        type(api)(status["api_url"], deadline=0).request("POST", "/flow_runs/filter", json={})
+    assert refused.value.status_code == 401
+
+
+def test_what_the_server_keeps_is_private_to_its_owner(shared: Local) -> None:
+    server = shared.home / "server"
+    assert oct(shared.home.stat().st_mode & 0o777) == "0o700"
+    for path in [server, *server.rglob("*")]:
+        mode = path.lstat().st_mode & 0o777
+        if path.is_socket():
+            continue  # in a 0700 folder; PostgreSQL's socket folder is 0700 too
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    credentials = (server / "credentials").read_text().strip()
+    assert credentials.startswith("nbjobs:") and len(credentials) > 30
+    assert credentials not in (server / "server.log").read_text()
+    assert credentials not in (server / "worker.log").read_text()
+
+
+def test_sixteen_runs_at_once_all_succeed_and_each_exists_once(shared: Local) -> None:
+    batch = uuid.uuid4().hex[:8]
+
+    def one(n: int) -> subprocess.CompletedProcess[str]:
+        return shared.nbjobs(
+            "run", str(EXAMPLES / "report.ipynb"), "-p", "n", str(n), "-p", "label", batch
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        done = list(pool.map(one, range(1, 17)))
+    failed = [(d.returncode, d.stderr[-500:]) for d in done if d.returncode != 0]
+    assert not failed, failed
+    for n, finished in enumerate(done, start=1):
+        assert f"output total = {sum(i * i for i in range(1, n + 1))}" in finished.stdout
+    runs = (
+        shared.api()
+        .request(
+            "POST", "/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["trigger:cli"]}}}
+        )
+        .json()
+    )
+    ours = [r for r in runs if r["parameters"].get("parameters", {}).get("label") == batch]
+    ns = sorted(r["parameters"]["parameters"]["n"] for r in ours)
+    assert ns == list(range(1, 17)), ns  # each run once: none lost, none made twice
+    # `nbjobs run` returns once the result is stored; Prefect's final state follows
+    api = shared.api()
+    assert {api.wait(r["id"], timeout=60)["state"]["type"] for r in ours} == {"COMPLETED"}
