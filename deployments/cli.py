@@ -91,7 +91,8 @@ def _use_local_server() -> LocalServer | None:
     Sets ``PREFECT_API_URL`` for this process (before Prefect is imported) so that
     Prefect's own client talks to it.
     """
-    from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
+    from notebook_jobs.deployments.local_server import LocalServer
+    from notebook_jobs.deployments.local_state import configured_api_url
 
     if configured_api_url() is not None:
         return None
@@ -120,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _retry_uploads()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.command == "serve":
-        from notebook_jobs.deployments.local_server import configured_api_url
+        from notebook_jobs.deployments.local_state import configured_api_url
 
         if configured_api_url() is None:
             print(

@@ -306,14 +306,17 @@ def run_on_local_server(
                 f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
                 "`nbjobs server stop` and run again: its worker registers it when it starts"
             ) from error
-        run_id = api.trigger(
-            FLOW,
-            DEPLOYMENT,
-            request,
-            tags=["trigger:cli"],
-            deployment_id=deployment_id,
-            idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
-        )
+        try:
+            run_id = api.trigger(
+                FLOW,
+                DEPLOYMENT,
+                request,
+                tags=["trigger:cli"],
+                deployment_id=deployment_id,
+                idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
+            )
+        except APIError as error:
+            raise LocalServerError(f"the run was not created: {error}") from error
         url = f"{server.ui_url()}/runs/flow-run/{run_id}"
         follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))

@@ -21,7 +21,8 @@ def announce(message: str) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
+    from notebook_jobs.deployments.local_server import LocalServer
+    from notebook_jobs.deployments.local_state import configured_api_url
 
     server = LocalServer()
     if args.action == "stop":

@@ -12,6 +12,7 @@ Standard library only: ``nbjobs run`` reads the credentials on every call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -55,13 +56,25 @@ def private_folder(path: Path, *, owned_here: bool = False) -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as a 0600 file, whole or not at all."""
+    """Write ``text`` to ``path`` as a 0600 file, whole or not at all.
+
+    Raises:
+        LocalServerError: It cannot be written (a full disk, a read-only folder).
+    """
     partial = path.with_name(path.name + ".tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.chmod(partial, PRIVATE_FILE_MODE)  # an older file of another mode, reused
-    partial.replace(path)
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(partial, PRIVATE_FILE_MODE)  # an older file of another mode, reused
+        partial.replace(path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise LocalServerError(
+            f"cannot write {path} ({error.strerror}); free some space or set NBJOBS_HOME "
+            "to a folder you can write (the local server's history is untouched)"
+        ) from error
 
 
 def open_private_log(path: Path) -> int:

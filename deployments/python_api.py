@@ -21,7 +21,8 @@ import concurrent.futures
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from notebook_jobs.deployments.local_server import LocalServer, configured_api_url
+from notebook_jobs.deployments.local_server import LocalServer
+from notebook_jobs.deployments.local_state import configured_api_url
 
 if TYPE_CHECKING:
     from notebook_jobs.tasks.models import NotebookResult

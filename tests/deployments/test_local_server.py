@@ -271,6 +271,7 @@ def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local
     family = started + [child for p in started for child in p.children(recursive=True)]
     assert any("kernel" in " ".join(p.cmdline()) for p in family)  # warm kernels are there
     assert any("postgres: checkpointer" in " ".join(p.cmdline()) for p in family)
+    history = local.api().request("POST", "/flow_runs/count", json={}).json()
     done = local.nbjobs("server", "stop")
     assert done.returncode == 0 and "stopped worker" in done.stdout and "server" in done.stdout
     assert f"PostgreSQL (pid {status['postgres_pid']})" in done.stdout
@@ -286,6 +287,9 @@ def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local
     assert done.returncode == 0, done.stderr
     assert f"local Prefect server (pid {status['server_pid']}) is no longer running" in done.stderr
     assert "first start" not in done.stderr  # the database is there already
+    # the history survived the stop and the restart, on the same PostgreSQL data
+    after = local.api().request("POST", "/flow_runs/count", json={}).json()
+    assert history > 0 and after == history + 1
 
 
 def test_with_prefect_api_url_set_no_local_server_starts(

@@ -137,13 +137,22 @@ def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> Non
     )
     api = shared.api()
     status = shared.status()
-    before = api.request("POST", "/flow_runs/filter", json={}).json()
     marker = shared.home.parent / "written-by-the-intruder"
     notebook = json.loads((DATA / "trivial.ipynb").read_text())
     notebook["cells"][0]["source"] = f"open({str(marker)!r}, 'w').write('as the owner')"
     time.sleep(3)  # the run's kernel has started
     sockets = kernel_sockets(status["worker_pid"])
     assert sockets, "the worker's kernels listen on no Unix socket"
+    # TCP: the file server (signed links) and ipykernel's pipe for forked subprocesses'
+    # output (it drops messages without its 16 random bytes), on loopback only
+    worker = psutil.Process(status["worker_pid"])
+    listening = [
+        connection.laddr
+        for process in [worker, *worker.children(recursive=True)]
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
     paths = [str(p) for p in [shared.home, *shared.home.rglob("*")]]
     seen = as_intruder(
         {
@@ -166,8 +175,8 @@ def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> Non
     # the owner's commands still work, and nothing was made by the attempt
     _, stderr = sleeping.communicate(timeout=RUN_TIMEOUT_SECONDS)
     assert sleeping.returncode == 0, stderr
-    after = api.request("POST", "/flow_runs/filter", json={}).json()
-    assert len(after) == len(before)  # the sleeping run was already there
+    runs = api.request("POST", "/flow_runs/filter", json={}).json()
+    assert runs and not [r for r in runs if "written-by-the-intruder" in json.dumps(r)]
     assert not marker.exists()
     # the API without credentials, from the owner too: 401
     with pytest.raises(APIError) as refused:
@@ -216,3 +225,92 @@ def test_sixteen_runs_at_once_all_succeed_and_each_exists_once(shared: Local) ->
     # `nbjobs run` returns once the result is stored; Prefect's final state follows
     api = shared.api()
     assert {api.wait(r["id"], timeout=60)["state"]["type"] for r in ours} == {"COMPLETED"}
+
+
+def test_a_killed_postgresql_is_started_again_with_the_history(shared: Local) -> None:
+    before = shared.status()
+    runs_before = shared.api().request("POST", "/flow_runs/count", json={}).json()
+    psutil.Process(before["postgres_pid"]).kill()  # as the OOM killer would
+    done = shared.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the local server's PostgreSQL (pid {before['postgres_pid']}) is no longer running"
+        in done.stderr
+    )
+    after = shared.status()
+    assert after["postgres_pid"] != before["postgres_pid"]
+    runs_after = shared.api().request("POST", "/flow_runs/count", json={}).json()
+    assert runs_after == runs_before + 1  # nothing of the history was lost
+
+
+def test_lost_credentials_and_other_choices_are_one_line_each(shared: Local) -> None:
+    credentials = shared.home / "server" / "credentials"
+    kept = credentials.read_text()
+    credentials.unlink()
+    try:
+        done = shared.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    finally:
+        credentials.write_text(kept)
+        credentials.chmod(0o600)
+    assert done.returncode == 4
+    assert done.stderr.strip().splitlines() == [
+        f"nbjobs: cannot read the local server's credentials {credentials} (No such file or "
+        "directory); `nbjobs server stop` and run again to make new ones"
+    ]
+    credentials.write_text("nbjobs:not-the-password\n")
+    try:
+        done = shared.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    finally:
+        credentials.write_text(kept)
+    assert done.returncode == 4 and "refused the credentials" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = shared.nbjobs("server", "start", "--database", "sqlite")
+    assert done.returncode == 4
+    assert "the local server is running on postgresql; `nbjobs server stop` first" in done.stderr
+    done = shared.nbjobs("server", "start", "--no-auth")
+    assert done.returncode == 4 and "running with credentials" in done.stderr
+    assert shared.nbjobs("run", str(EXAMPLES / "report.ipynb")).returncode == 0
+
+
+def test_a_data_folder_of_another_postgresql_is_one_line_and_kept(tmp_path: Path) -> None:
+    data = tmp_path / "home" / "server" / "postgres" / "data"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("11\n")
+    (data / "base").mkdir()
+    local = Local(tmp_path / "home", clean_env(tmp_path / "home"))
+    done = local.nbjobs("server", "start")
+    assert done.returncode == 4, done.stderr
+    assert "was made by PostgreSQL 11 and this one is" in done.stderr
+    assert "nothing was changed in it" in done.stderr and "Traceback" not in done.stderr
+    assert (data / "PG_VERSION").read_text() == "11\n" and (data / "base").is_dir()
+    assert not local.status()["running"]
+
+
+def test_an_existing_sqlite_history_is_kept_and_moving_is_said(tmp_path: Path) -> None:
+    """A home made before PostgreSQL keeps SQLite and its runs; --database postgresql
+    moves to an empty history and leaves the SQLite file as it was."""
+    home = tmp_path / "home"
+    local = Local(home, clean_env(home))
+    done = local.nbjobs("server", "start", "--database", "sqlite", "--no-auth")
+    assert done.returncode == 0, done.stderr
+    assert local.nbjobs("run", str(EXAMPLES / "report.ipynb")).returncode == 0
+    assert local.status()["database_kind"] == "sqlite" and local.status()["login"] is None
+    local.nbjobs("server", "stop")
+    state = home / "server" / "state.json"
+    state.unlink()  # as a home from before this choice existed
+    sqlite_file = home / "server" / "prefect" / "prefect.db"
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"))
+    assert done.returncode == 0, done.stderr
+    assert "keeps its SQLite database" in done.stderr and "--database postgresql" in done.stderr
+    assert local.status()["database_kind"] == "sqlite"
+    assert len(local.api().request("POST", "/flow_runs/filter", json={}).json()) >= 2
+    local.nbjobs("server", "stop")
+    kept = sqlite_file.read_bytes()
+    done = local.nbjobs("server", "start", "--database", "postgresql")
+    try:
+        assert done.returncode == 0, done.stderr
+        assert local.status()["database_kind"] == "postgresql"
+        assert local.api().request("POST", "/flow_runs/filter", json={}).json() == []
+        assert sqlite_file.read_bytes() == kept  # kept as it was, never deleted
+    finally:
+        local.nbjobs("server", "stop")
