@@ -90,6 +90,9 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "cache_expiration_seconds": args.cache_expiration,
         "refresh_cache": args.refresh,
         "cache_fingerprint": args.cache_fingerprint,
+        # the server's PostgreSQL keeps no order in `parameters`: papermill injects
+        # them in the command line's
+        "parameter_order": list(parameters) if len(parameters) > 1 else None,
     }
     # left out when unset; not `in (None, [], False)`, which would drop a 0 too (0 == False)
     return {

@@ -53,6 +53,7 @@ from notebook_jobs.tasks.engine.layout import (
     run_prefix,
     runs_root,
 )
+from notebook_jobs.tasks.engine.parameters import in_order
 from notebook_jobs.tasks.executors import (
     Executor,
     LocalExecutor,
@@ -107,6 +108,7 @@ async def run_notebook(
     cache_expiration_seconds: float | None = None,
     refresh_cache: bool = False,
     cache_fingerprint: str | None = None,
+    parameter_order: list[str] | None = None,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
@@ -141,6 +143,10 @@ async def run_notebook(
         refresh_cache: Run even when a cached run matches, and cache this one.
         cache_fingerprint: The environment in the key; default: the hash of the lock
             file beside the notebook, else of the installed packages.
+        parameter_order: The order in which ``parameters`` are injected, by name. A
+            JSON object keeps no order once a server on PostgreSQL has stored it
+            (JSONB), so ``nbjobs run`` sends its command line's, as papermill injects
+            them. Default: as received.
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -156,7 +162,11 @@ async def run_notebook(
         55
     """
     # every argument but the notebook's own parameters, checked against the deployment
-    given = {name: value for name, value in locals().items() if name != "parameters"}
+    given = {
+        name: value
+        for name, value in locals().items()
+        if name not in ("parameters", "parameter_order")  # the caller's, always
+    }
     logger = get_run_logger()
     t_start = time.perf_counter()
     started_at = datetime.now(timezone.utc)
@@ -170,7 +180,7 @@ async def run_notebook(
     try:
         request = NotebookRequest(
             notebook=notebook,
-            parameters=merged_parameters(deployment, parameters),
+            parameters=in_order(merged_parameters(deployment, parameters), parameter_order),
             kernel=kernel,
             cells=cells,
             cell_timeout_seconds=cell_timeout_seconds,

@@ -114,3 +114,16 @@ def parse_parameters(source: str) -> list[dict[str, Any]] | None:
             }
         )
     return found
+
+
+def in_order(parameters: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """``parameters`` with ``names`` first, in that order, then the rest as they were.
+
+    Example:
+        >>> in_order({"a": 1, "b": 2, "c": 3}, ["c", "a"])
+        {'c': 3, 'a': 1, 'b': 2}
+    """
+    if not names:
+        return parameters
+    first = {name: parameters[name] for name in names if name in parameters}
+    return {**first, **{k: v for k, v in parameters.items() if k not in first}}
