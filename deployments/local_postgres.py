@@ -97,6 +97,22 @@ def unprivileged_prefix() -> list[str]:
     return prefix
 
 
+def why_initdb_failed(output: str) -> str:
+    """The line of initdb's output that says why it failed, without its log prefix.
+
+    Example:
+        >>> why_initdb_failed('2026-12-04 21:30:41 UTC [8593] FATAL:  could not write '
+        ...                   'to file "pg_wal/x": No space left on device\\ninitdb: removing')
+        'could not write to file "pg_wal/x": No space left on device'
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for marker in ("FATAL:", "ERROR:", "error:"):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[-1].split(marker, 1)[1].strip()[:300]
+    return lines[-1][:300] if lines else "initdb failed"
+
+
 class LocalPostgres:
     """The data folder, socket and log of the local server's PostgreSQL.
 
@@ -180,10 +196,9 @@ class LocalPostgres:
         )
         if done.returncode != 0:
             shutil.rmtree(self.data, ignore_errors=True)  # nothing of the user's was in it
-            why = (done.stderr or done.stdout).strip().splitlines()
             raise LocalServerError(
                 f"could not make the local server's PostgreSQL database in {self.data}: "
-                f"{why[-1] if why else 'initdb failed'}"
+                f"{why_initdb_failed(done.stderr or done.stdout)}"
             )
 
     def command(self) -> list[str]:

@@ -314,3 +314,31 @@ def test_an_existing_sqlite_history_is_kept_and_moving_is_said(tmp_path: Path) -
         assert sqlite_file.read_bytes() == kept  # kept as it was, never deleted
     finally:
         local.nbjobs("server", "stop")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system: full before PostgreSQL's first write ends."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk is a small tmpfs, and mount refused it: {mounted.stderr}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_starts_nothing(tiny_disk: Path) -> None:
+    local = Local(tiny_disk / "home", clean_env(tiny_disk / "home"))
+    done = local.nbjobs("server", "start")
+    assert done.returncode == 4, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("nbjobs: could not make the local server's PostgreSQL database")
+    assert last.endswith("No space left on device") and "Traceback" not in done.stderr
+    assert not local.status()["running"]
