@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BIN, ROOT
-from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.deployments.api import APIError, PrefectHTTP
 
 NOTEBOOK = ROOT / "examples" / "report.ipynb"
 NBJOBS = str(BIN / "nbjobs")
@@ -56,9 +56,11 @@ class Home:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+def timed(
+    command: list[str], env: dict[str, str], cwd: Path | None = None
+) -> tuple[float, int, str]:
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd)
     return time.perf_counter() - started, done.returncode, done.stderr[-300:]
 
 
@@ -77,7 +79,11 @@ class Prober:
     def _probe(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_SECONDS):
             started = time.perf_counter()
-            self.api.request("POST", "/flow_runs/filter", json={"limit": 1}, deadline=600)
+            try:
+                self.api.request("POST", "/flow_runs/filter", json={"limit": 1}, deadline=600)
+            except APIError:
+                self.latencies.append(float("inf"))  # a request that never got its answer
+                continue
             self.latencies.append(time.perf_counter() - started)
 
     def close(self) -> list[float]:
@@ -143,6 +149,7 @@ def papermill_sequence(runs: int, folder: Path) -> float:
                 str(i),
             ],
             dict(os.environ),
+            cwd=folder,  # the notebook writes its CSV in its working folder
         )
         assert code == 0, err
     return 60 * runs / (time.perf_counter() - started)

@@ -64,6 +64,7 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 SAMPLE_SECONDS = 10.0
 STORE_DOWN_SECONDS = 20.0
 BATCH_SIZE = 4
+BASELINE_RUNS = 10  # the worker's resting state is first sampled after these
 
 
 class StoreGate:
@@ -177,7 +178,7 @@ class Soak:
     cancellations: int = 10
     sample_seconds: float = SAMPLE_SECONDS
     planned: list[Planned] = field(default_factory=list)
-    baseline: dict[str, float] | None = None  # the worker once 10 runs have ended
+    baseline: dict[str, float] | None = None  # the worker at rest after BASELINE_RUNS runs
     started: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -305,6 +306,8 @@ class Soak:
             if self._waiting() >= self.in_flight:
                 time.sleep(0.2)
                 continue
+            if self.baseline is None and count >= BASELINE_RUNS:
+                self.baseline = self._idle_sample()
             count += 1
             if count % 100 == 0:
                 self._trigger_batch(count)
@@ -431,8 +434,20 @@ class Soak:
         except psutil.Error:
             return
         self.samples.append(sample)
-        if self.baseline is None and sum(1 for p in self.planned if p.final) >= 10:
-            self.baseline = sample
+
+    def _idle_sample(self, timeout: float = 600) -> dict[str, float]:
+        """A sample of the worker at rest: no run waiting, its kernel pool full again.
+
+        The baseline and the end are both taken so: in between, each pooled kernel the
+        worker holds (or is refilling) has its own sockets, and a sample taken mid-run
+        counts fewer or more of them.
+        """
+        deadline = time.monotonic() + timeout
+        while self._waiting() and time.monotonic() < deadline:
+            time.sleep(1.0)
+        time.sleep(2 * self.sample_seconds)
+        self._sample(self.started)
+        return self.samples[-1] if self.samples else {}
 
     # -- the end -------------------------------------------------------------------
 
@@ -450,8 +465,7 @@ class Soak:
             timeout=600,
         )
         self.events.append(f"retry-uploads: exit {retry.returncode} {retry.stdout.strip()[-300:]}")
-        time.sleep(2 * self.sample_seconds)  # the worker's idle state, after everything ended
-        self._sample(self.started)
+        self._idle_sample()  # the worker's idle state, after everything ended
 
     def _stored(self, run_id: str) -> tuple[dict[str, Any] | None, int]:
         """The run's result.json in the store, and how many attempts stored one."""

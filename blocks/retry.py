@@ -1,7 +1,8 @@
 """Asking a busy server again: HTTP 429 and 503, with exponential backoff.
 
-The one retry loop for HTTP, used by the notebook fetch (httpx) and by the command
-line's API client (the standard library's urllib). Standard library only.
+Used by the notebook fetch (httpx); the command line's API client
+(``deployments/api.py``) has its own, bounded by a deadline rather than a count.
+Standard library only.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ class PrefectHTTP:
     One keep-alive connection to the API per thread (a run's follow loop makes a few
     requests a second; tests trigger from many threads at once); artefact links
     (presigned HTTPS, or ``file://`` for a local store) are fetched without the API's
-    credentials. A GET that times out is tried again: Prefect's SQLite server can stall
-    for up to a minute while it waits for its database lock.
+    credentials. Busy, silent or restarting servers are asked again up to a deadline
+    (``request``).
     """
 
     def __init__(
@@ -104,7 +104,8 @@ class PrefectHTTP:
         timeout: float = 30.0,
         deadline: float | None = None,
     ):
-        """
+        """A client of the API at ``api_url``; nothing is sent yet.
+
         Args:
             api_url: The API's base URL (``http://127.0.0.1:4200/api``).
             auth_string: ``user:password`` of a server started with
@@ -171,6 +172,10 @@ class PrefectHTTP:
                 answer = self._connection.getresponse()
                 self._local.used = time.monotonic()
                 return Response(answer.status, answer.read())
+            except ConnectionRefusedError as error:
+                # a server restarting: nothing arrived, so any request may go again
+                self.close()
+                raise APIError(f"{method} {self.api_url}: {error}", again=True) from error
             except (http.client.HTTPException, ConnectionError) as error:
                 self.close()
                 # a kept-alive connection the server had closed: the request never
@@ -183,7 +188,7 @@ class PrefectHTTP:
                     f"{method} {self.api_url}: no answer within {self._timeout:g} s",
                     again=idempotent,
                 ) from error
-            except OSError as error:  # refused (a server restarting), unreachable
+            except OSError as error:  # unreachable
                 self.close()
                 raise APIError(f"{method} {self.api_url}: {error}", again=idempotent) from error
         raise AssertionError("unreachable")
@@ -223,24 +228,27 @@ class PrefectHTTP:
                 response = self._send(method, target, body, safe)
                 if response.status_code not in BUSY_STATUSES:
                     break
-                why = f"HTTP {response.status_code} {response.text[:200]}"
+                why = f"HTTP {response.status_code} {' '.join(response.text.split())[:200]}"
+                last: APIError | None = None
+                status: int | None = response.status_code
             except APIError as error:
                 if not error.again:
                     raise
-                why = str(error)
-            # jittered, so that many clients told "busy" at once do not come back at once
-            wait = min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1)
+                why, last, status = str(error), error, error.status_code
             attempt += 1
-            if time.monotonic() + wait - started > deadline:
+            left = deadline - (time.monotonic() - started)
+            if left <= 0:
                 if not deadline:
-                    raise APIError(f"{method} {path}: {why}")
+                    raise APIError(f"{method} {path}: {why}", status_code=status) from last
                 raise APIError(
                     f"{method} {path}: the server was busy or away for "
                     f"{time.monotonic() - started:.0f} s, {attempt} tries ({why}); set "
                     "NBJOBS_API_DEADLINE to wait longer",
-                    status_code=None,
-                )
-            time.sleep(wait)
+                    status_code=status,
+                ) from last
+            # jittered, so that many clients told "busy" at once do not come back at once
+            backoff = min(BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            time.sleep(min(backoff * random.uniform(0.5, 1), left))
         if response.status_code >= 400:
             raise APIError(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:500]}",
@@ -331,13 +339,18 @@ class PrefectHTTP:
             "offset": offset,
             "limit": 200,
         }
-        records: list[dict[str, Any]] = self.request("POST", "/logs/filter", json=body).json()
+        records: list[dict[str, Any]] = self.request(
+            "POST",
+            "/logs/filter",
+            json=body,
+            idempotent=True,  # a read
+        ).json()
         return records
 
     def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
         """``POST /artifacts/filter`` for one flow run, by key."""
         body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
-        found = self.request("POST", "/artifacts/filter", json=body).json()
+        found = self.request("POST", "/artifacts/filter", json=body, idempotent=True).json()
         return {a["key"]: a for a in found if a.get("key")}
 
     def result(self, run_id: str) -> dict[str, Any]:

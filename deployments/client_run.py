@@ -319,7 +319,10 @@ def run_on_local_server(
                 idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
             )
         except APIError as error:
-            raise LocalServerError(f"the run was not created: {error}") from error
+            raise LocalServerError(
+                f"the run could not be created: {error} (one the server made after all "
+                "still runs: it shows in the UI, tagged trigger:cli)"
+            ) from error
         url = f"{server.ui_url()}/runs/flow-run/{run_id}"
         follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))

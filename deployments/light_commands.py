@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_FAILED
+
+if TYPE_CHECKING:  # imported by the command itself, when it needs it
+    from notebook_jobs.deployments.local_server import LocalServer
 
 
 def announce(message: str) -> None:
@@ -56,6 +59,8 @@ def server_command(args: argparse.Namespace) -> int:
         f"{status['login']} (the UI's login asks for it whole; Prefect's CLI: "
         'eval "$(nbjobs server env)")'
         if status["login"]
+        else f"unreadable: {status['credentials']} (`nbjobs server stop` and run again)"
+        if status["auth"]
         else "none asked (--no-auth): every account of this machine can use it"
     )
     print(
@@ -82,7 +87,7 @@ def server_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_env(server: Any) -> int:
+def _print_env(server: LocalServer) -> int:
     """``nbjobs server env``: ``eval "$(nbjobs server env)"`` points Prefect's CLI and
     clients at the running local server, with its credentials."""
     import shlex

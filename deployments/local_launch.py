@@ -50,8 +50,10 @@ Announce = Callable[[str], None]
 class Launcher(ServerFolder):
     """Starts the local server's processes, one at a time, recording each in the state."""
 
-    def _child_env(self, state: ServerState) -> dict[str, str]:
-        """The user's environment without their Prefect settings, pointed at this server."""
+    def _child_env(self, state: ServerState, *, server: bool = False) -> dict[str, str]:
+        """The user's environment without their Prefect settings, pointed at this server
+        (``server``: the environment of the server itself, which checks the credentials
+        that the others send)."""
         port = state.port
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         database_url = (
@@ -61,8 +63,9 @@ class Launcher(ServerFolder):
         )
         auth_string = self.auth_string(state)
         if auth_string:
-            # the server checks it; its own clients (and the worker's) send it
-            env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = auth_string
+            env["PREFECT_API_AUTH_STRING"] = auth_string  # the server's own clients too
+            if server:
+                env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
         env.update(
             {
                 "PREFECT_HOME": str(self.prefect_home),
@@ -173,7 +176,7 @@ class Launcher(ServerFolder):
             str(port),
         ]
         state.port = port
-        process = self._spawn(command, self._child_env(state), self.server_log)
+        process = self._spawn(command, self._child_env(state, server=True), self.server_log)
         state.server_pid = process.pid
         state.server_started = psutil.Process(process.pid).create_time()
         state.worker_pid = state.worker_started = None

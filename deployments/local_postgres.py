@@ -33,13 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from notebook_jobs.blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.settings import settings
 from notebook_jobs.deployments.local_access import private_folder
 from notebook_jobs.deployments.processes import last_error
 
 DATABASE = "prefect"
 ROLE = "nbjobs"
 READY_POLL_SECONDS = 0.05
-READY_TIMEOUT_SECONDS = 60.0
 # sun_path is 108 bytes with its NUL; PostgreSQL's socket is "<folder>/.s.PGSQL.5432"
 SOCKET_PATH_MAX_BYTES = 107
 SOCKET_NAME = ".s.PGSQL.5432"
@@ -90,11 +90,16 @@ def unprivileged_prefix() -> list[str]:
     if probe.returncode != 0:
         raise LocalServerError(
             "PostgreSQL does not run as root, and this machine gives root no user namespace "
-            f"to run it in ({(probe.stderr or 'unshare failed').strip()[:200]}); run nbjobs "
+            f"to run it in ({one_line(probe.stderr or 'unshare failed')}); run nbjobs "
             "as a normal user, or start the local server on SQLite: "
             "nbjobs server start --database sqlite"
         )
     return prefix
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A program's output as one line of at most ``limit`` characters."""
+    return " ".join(text.split())[:limit]
 
 
 def why_initdb_failed(output: str) -> str:
@@ -181,25 +186,33 @@ class LocalPostgres:
                 "and run again"
             )
         announce("making the local server's PostgreSQL database (once)")
+        # made aside and renamed whole: a folder with PG_VERSION is always a database
+        partial = self.dir / "data.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         done = self._run(
             "initdb",
             "--pgdata",
-            str(self.data),
+            str(partial),
             "--username",
             ROLE,
-            "--auth",
+            "--auth-local",
             "trust",  # over a socket in a 0700 folder: see the module's docstring
+            "--auth-host",
+            "reject",  # no TCP, even if the server were ever started without our flags
             "--encoding",
             "UTF8",
             "--locale",
             "C",
         )
         if done.returncode != 0:
-            shutil.rmtree(self.data, ignore_errors=True)  # nothing of the user's was in it
+            shutil.rmtree(partial, ignore_errors=True)  # nothing of the user's was in it
             raise LocalServerError(
                 f"could not make the local server's PostgreSQL database in {self.data}: "
                 f"{why_initdb_failed(done.stderr or done.stdout)}"
             )
+        if self.data.exists():
+            self.data.rmdir()  # empty (checked above)
+        partial.rename(self.data)
 
     def command(self) -> list[str]:
         """The server's command line: no TCP, its socket in the private folder."""
@@ -223,7 +236,8 @@ class LocalPostgres:
             LocalServerError: It stopped while starting (another PostgreSQL holds the
                 folder, the disk is full...), or did not get ready in time.
         """
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        timeout = settings().server_start_timeout_seconds
+        deadline = time.monotonic() + timeout
         while not self._ready(pid):
             if ended() is not None:
                 raise LocalServerError(
@@ -233,8 +247,8 @@ class LocalPostgres:
                 )
             if time.monotonic() > deadline:
                 raise LocalServerError(
-                    f"the local server's PostgreSQL did not get ready within "
-                    f"{READY_TIMEOUT_SECONDS:.0f} s (log: {self.log})",
+                    f"the local server's PostgreSQL did not get ready within {timeout:.0f} s "
+                    f"(log: {self.log}); set NBJOBS_SERVER_START_TIMEOUT to wait longer",
                     log=self.log,
                 )
             time.sleep(READY_POLL_SECONDS)
@@ -253,5 +267,5 @@ class LocalPostgres:
         if done.returncode != 0 and "already exists" not in done.stderr:
             raise LocalServerError(
                 f"could not make the database {DATABASE!r} in the local server's PostgreSQL: "
-                f"{done.stderr.strip()[:300]}"
+                f"{one_line(done.stderr)}"
             )

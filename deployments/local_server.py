@@ -115,11 +115,14 @@ class LocalServer(Launcher):
                     )
                 # a worker of the server that died goes too: a new one starts with it
                 stop_process_tree(state.worker_pid, state.worker_started)
+                first_login = not self.credentials.path.exists()
                 state, server = self._start_server(state, say)
                 if state.auth:
+                    # shown once, as Jupyter shows its token; later starts name the file
+                    login = self.auth_string(state) if first_login else self.credentials.path
                     say(
-                        f"the UI at {self.ui_url(state.port)} asks for a login: "
-                        f"{self.auth_string(state)} (`nbjobs server status` shows it again)"
+                        f"the UI at {self.ui_url(state.port)} asks for a login: {login} "
+                        "(`nbjobs server status` shows it)"
                     )
             worker: subprocess.Popen[bytes] | None = None
             if not alive(state.worker_pid, state.worker_started):

@@ -138,12 +138,17 @@ class ServerFolder:
         return self.credentials.read() if state.auth else None
 
     def database_of(self, state: ServerState) -> str:
-        """The database the server uses: the one chosen, else PostgreSQL, except in a
-        home that already has a SQLite history (kept: ``--database postgresql`` moves
-        to PostgreSQL with an empty history, and the SQLite file stays)."""
+        """The database the server uses: the one chosen, else PostgreSQL.
+
+        A home with a SQLite history and no PostgreSQL one (made before PostgreSQL)
+        keeps SQLite: ``--database postgresql`` moves to an empty history, and the
+        SQLite file stays. A lost ``state.json`` never hides a PostgreSQL history.
+        """
         if state.database:
             return state.database
-        return SQLITE if self.sqlite_database.exists() else POSTGRESQL
+        if self.sqlite_database.exists() and not self.postgres.exists():
+            return SQLITE
+        return POSTGRESQL
 
     def _database_alive(self, state: ServerState) -> bool:
         if self.database_of(state) != POSTGRESQL:

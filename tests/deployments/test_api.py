@@ -138,4 +138,5 @@ def test_a_server_busy_past_the_deadline_is_one_line_naming_it() -> None:
     message = str(raised.value)
     assert "busy or away for" in message and "NBJOBS_API_DEADLINE" in message
     assert "HTTP 503" in message and "\n" not in message
+    assert raised.value.status_code == 503
     assert len(fake.calls) >= 3 and set(fake.calls) == {"k"}

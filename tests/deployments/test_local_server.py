@@ -404,5 +404,9 @@ def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
     assert "PREFECT_SERVER_API_AUTH_STRING" not in env  # --no-auth
     server.dir.mkdir(parents=True)
     login = server.credentials.make()
-    env = server._child_env(ServerState(port=4207))
+    env = server._child_env(ServerState(port=4207), server=True)
     assert env["PREFECT_SERVER_API_AUTH_STRING"] == env["PREFECT_API_AUTH_STRING"] == login
+    # the worker sends the credentials; only the server needs to check them
+    env = server._child_env(ServerState(port=4207))
+    assert env["PREFECT_API_AUTH_STRING"] == login
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in env

@@ -159,8 +159,12 @@ def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> Non
             "api_url": status["api_url"],
             "adhoc_id": api.deployment_id("run-notebook", "adhoc"),
             "notebook": json.dumps(notebook),
-            "paths": paths[:400],
-            "sockets": [str(shared.home / "server" / "worker.sock"), *sockets],
+            "paths": paths,
+            "sockets": [
+                str(shared.home / "server" / "worker.sock"),
+                str(shared.home / "server" / "postgres" / "socket" / ".s.PGSQL.5432"),
+                *sockets,
+            ],
         }
     )
     assert seen["uid"] != 0
@@ -233,6 +237,9 @@ def test_a_killed_postgresql_is_started_again_with_the_history(shared: Local) ->
     psutil.Process(before["postgres_pid"]).kill()  # as the OOM killer would
     done = shared.nbjobs("run", str(EXAMPLES / "report.ipynb"))
     assert done.returncode == 0, done.stderr
+    # the login was shown on the first start; a restart names its file instead
+    assert before["login"] not in done.stderr
+    assert f"asks for a login: {shared.home / 'server' / 'credentials'}" in done.stderr
     assert (
         f"the local server's PostgreSQL (pid {before['postgres_pid']}) is no longer running"
         in done.stderr
@@ -342,3 +349,23 @@ def test_a_full_disk_is_one_line_and_starts_nothing(tiny_disk: Path) -> None:
     assert last.startswith("nbjobs: could not make the local server's PostgreSQL database")
     assert last.endswith("No space left on device") and "Traceback" not in done.stderr
     assert not local.status()["running"]
+
+
+def test_server_env_points_prefects_own_cli_at_the_server(shared: Local) -> None:
+    done = shared.nbjobs("server", "env")
+    assert done.returncode == 0, done.stderr
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines())
+    status = shared.status()
+    assert exported == {
+        "PREFECT_API_URL": status["api_url"],
+        "PREFECT_API_AUTH_STRING": status["login"],
+    }
+    listed = subprocess.run(
+        [str(Path(NBJOBS).parent / "prefect"), "flow-run", "ls", "--limit", "3"],
+        env={**shared.env, **exported, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "report" in listed.stdout  # the runs of the tests above, by name

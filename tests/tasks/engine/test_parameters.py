@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from notebook_jobs.tasks.engine.parameters import in_order
 
 
 def test_the_named_order_comes_first_and_the_rest_keeps_its_own() -> None:
-    # what a server on PostgreSQL gives back: keys sorted by length, then bytes
-    stored = json.loads(json.dumps({"v_a": 1, "v_b": 2, "v_c": 3, "v_d": 4, "v_e": 5}))
+    # what a server on PostgreSQL gives back (JSONB sorts keys by length, then bytes)
+    # for `-p v_a 1 -p v_e 5 -p v_b 2 -p v_d 4 -p v_c 3`
+    stored = {"v_a": 1, "v_b": 2, "v_c": 3, "v_d": 4, "v_e": 5}
     ordered = in_order(stored, ["v_a", "v_e", "v_b", "v_d", "v_c"])
     assert list(ordered) == ["v_a", "v_e", "v_b", "v_d", "v_c"]
     assert ordered == stored
