@@ -153,7 +153,19 @@ def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> Non
         if connection.status == psutil.CONN_LISTEN
     ]
     assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
-    paths = [str(p) for p in [shared.home, *shared.home.rglob("*")]]
+    # the kernels' connection files: the owner's alone, with a key (never an empty HMAC)
+    connection_files = [
+        argument
+        for process in worker.children(recursive=True)
+        for argument in process.cmdline()
+        if argument.endswith(".json")
+    ]
+    assert connection_files
+    for connection_file in connection_files:
+        assert Path(connection_file).stat().st_mode & 0o077 == 0, connection_file
+        info = json.loads(Path(connection_file).read_text())
+        assert info["key"] and info["transport"] == "ipc", info["transport"]
+    paths = [str(p) for p in [shared.home, *shared.home.rglob("*")]] + connection_files
     seen = as_intruder(
         {
             "api_url": status["api_url"],
