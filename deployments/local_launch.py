@@ -152,11 +152,13 @@ class Launcher(ServerFolder):
                     "and --database sqlite uses it again)"
                 )
         state.database = database
+        login: str | Path | None = None
         if state.auth:
             try:
                 self.credentials.read()
+                login = self.credentials.path  # shown once: later starts name its file
             except LocalServerError:  # a first start, or a file lost: the server is down
-                self.credentials.make()
+                login = self.credentials.make()  # shown, as Jupyter shows its token
         say(
             f"starting the local Prefect server at {self.ui_url(port)} on {database} "
             + (
@@ -181,6 +183,11 @@ class Launcher(ServerFolder):
         state.server_started = psutil.Process(process.pid).create_time()
         state.worker_pid = state.worker_started = None
         self._save(state)
+        if login is not None:
+            say(
+                f"the UI at {self.ui_url(port)} asks for a login: {login} "
+                "(`nbjobs server status` shows it)"
+            )
         return state, process
 
     def _start_postgres(self, state: ServerState, say: Announce) -> ServerState:

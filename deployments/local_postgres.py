@@ -28,14 +28,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from notebook_jobs.blocks.exceptions import LocalServerError
-from notebook_jobs.blocks.settings import settings
 from notebook_jobs.deployments.local_access import private_folder
-from notebook_jobs.deployments.processes import last_error
+from notebook_jobs.deployments.processes import wait_for
 
 DATABASE = "prefect"
 ROLE = "nbjobs"
@@ -140,6 +138,13 @@ class LocalPostgres:
             digest = hashlib.sha256(os.fsencode(self.dir)).hexdigest()[:12]
             socket_dir = Path(tempfile.gettempdir()) / f"nbjobs-{os.getuid()}-{digest}"
         self.socket_dir = socket_dir
+        self._prefix: list[str] | None = None  # how to run its programs: found on first use
+
+    def _program(self, program: str, *args: str) -> list[str]:
+        """A command line of one of PostgreSQL's programs, as this user may run it."""
+        if self._prefix is None:
+            self._prefix = unprivileged_prefix()
+        return [*self._prefix, str(binaries() / program), *args]
 
     def url(self) -> str:
         """Prefect's connection URL: asyncpg over the Unix socket."""
@@ -149,7 +154,7 @@ class LocalPostgres:
         return (self.data / "PG_VERSION").exists()
 
     def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [*unprivileged_prefix(), str(binaries() / program), *args]
+        command = self._program(program, *args)
         try:
             return subprocess.run(command, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -216,9 +221,9 @@ class LocalPostgres:
 
     def command(self) -> list[str]:
         """The server's command line: no TCP, its socket in the private folder."""
-        return [
-            *unprivileged_prefix(),  # `unshare` execs postgres: the pid is the postmaster's
-            str(binaries() / "postgres"),
+        # as root, `unshare` execs postgres: the pid is the postmaster's
+        return self._program(
+            "postgres",
             "-D",
             str(self.data),
             "-k",
@@ -227,7 +232,7 @@ class LocalPostgres:
             "listen_addresses=",
             "-c",
             "unix_socket_permissions=0700",
-        ]
+        )
 
     def wait_ready(self, pid: int, ended: Callable[[], object]) -> None:
         """Wait until the postmaster ``pid`` accepts connections, then make the database.
@@ -236,22 +241,13 @@ class LocalPostgres:
             LocalServerError: It stopped while starting (another PostgreSQL holds the
                 folder, the disk is full...), or did not get ready in time.
         """
-        timeout = settings().server_start_timeout_seconds
-        deadline = time.monotonic() + timeout
-        while not self._ready(pid):
-            if ended() is not None:
-                raise LocalServerError(
-                    f"the local server's PostgreSQL stopped while starting: "
-                    f"{last_error(self.log)} (log: {self.log})",
-                    log=self.log,
-                )
-            if time.monotonic() > deadline:
-                raise LocalServerError(
-                    f"the local server's PostgreSQL did not get ready within {timeout:.0f} s "
-                    f"(log: {self.log}); set NBJOBS_SERVER_START_TIMEOUT to wait longer",
-                    log=self.log,
-                )
-            time.sleep(READY_POLL_SECONDS)
+        wait_for(
+            lambda: self._ready(pid),
+            lambda: ended() is not None,
+            "the local server's PostgreSQL",
+            self.log,
+            poll_seconds=READY_POLL_SECONDS,  # it is ready in a tenth of a second
+        )
         self._create_database()
 
     def _ready(self, pid: int) -> bool:

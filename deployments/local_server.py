@@ -115,15 +115,7 @@ class LocalServer(Launcher):
                     )
                 # a worker of the server that died goes too: a new one starts with it
                 stop_process_tree(state.worker_pid, state.worker_started)
-                first_login = not self.credentials.path.exists()
                 state, server = self._start_server(state, say)
-                if state.auth:
-                    # shown once, as Jupyter shows its token; later starts name the file
-                    login = self.auth_string(state) if first_login else self.credentials.path
-                    say(
-                        f"the UI at {self.ui_url(state.port)} asks for a login: {login} "
-                        "(`nbjobs server status` shows it)"
-                    )
             worker: subprocess.Popen[bytes] | None = None
             if not alive(state.worker_pid, state.worker_started):
                 if state.worker_pid and server is None:
@@ -145,12 +137,7 @@ class LocalServer(Launcher):
                 if server is not None:
                     stop_process_tree(state.server_pid, state.server_started)
                     self._stop_postgres(state)
-                    state = ServerState(
-                        port=state.port,
-                        files_port=state.files_port,
-                        database=state.database,
-                        auth=state.auth,
-                    )
+                    state = state.remembered()
                 self._save(state)
                 raise
             return self.api_url(state.port)
@@ -199,14 +186,7 @@ class LocalServer(Launcher):
                 stopped.append(f"server (pid {state.server_pid})")
             if self._stop_postgres(state):
                 stopped.append(f"PostgreSQL (pid {state.postgres_pid})")
-            self._save(
-                ServerState(
-                    port=state.port,
-                    files_port=state.files_port,
-                    database=state.database,
-                    auth=state.auth,
-                )
-            )
+            self._save(state.remembered())
             with contextlib.suppress(OSError):
                 self.socket.unlink()
         return stopped

@@ -84,6 +84,12 @@ class ServerState:
     postgres_pid: int | None = None
     postgres_started: float | None = None
 
+    def remembered(self) -> ServerState:
+        """What outlives a stop: the ports (earlier links keep working) and the choices."""
+        return ServerState(
+            port=self.port, files_port=self.files_port, database=self.database, auth=self.auth
+        )
+
 
 class ServerFolder:
     """``$NBJOBS_HOME/server``: its paths, its state, its lock, its credentials."""

@@ -73,8 +73,15 @@ def start_timeout_seconds() -> float:
     return settings().server_start_timeout_seconds
 
 
-def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, log: Path) -> None:
-    """Poll ``ready`` until it holds; fail at once if ``stopped``, or at the deadline.
+def wait_for(
+    ready: Callable[[], bool],
+    stopped: Callable[[], bool],
+    what: str,
+    log: Path,
+    poll_seconds: float = HEALTH_POLL_SECONDS,
+) -> None:
+    """Poll ``ready`` every ``poll_seconds`` until it holds; fail at once if ``stopped``,
+    or at the deadline (``NBJOBS_SERVER_START_TIMEOUT``).
 
     Raises:
         LocalServerError: Naming ``what``, why, and ``log``.
@@ -92,7 +99,7 @@ def wait_for(ready: Callable[[], bool], stopped: Callable[[], bool], what: str, 
                 "set NBJOBS_SERVER_START_TIMEOUT to wait longer",
                 log=log,
             )
-        time.sleep(HEALTH_POLL_SECONDS)
+        time.sleep(poll_seconds)
 
 
 def stop_process_tree(
