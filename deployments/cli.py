@@ -140,11 +140,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         socket = Path(args.local_socket) if args.local_socket else None
         kernel_pool = settings().kernel_pool if args.kernel_pool is None else args.kernel_pool
         with contextlib.ExitStack() as files:
-            if args.files_port is not None:
+            if args.files_port is not None or args.files_fd is not None:
+                import socket as sockets
+
                 from notebook_jobs.deployments.file_server import FILES_URL_ENV, serving_files
 
+                bound = None if args.files_fd is None else sockets.socket(fileno=args.files_fd)
                 try:
-                    os.environ[FILES_URL_ENV] = files.enter_context(serving_files(args.files_port))
+                    os.environ[FILES_URL_ENV] = files.enter_context(
+                        serving_files(args.files_port or 0, bound=bound)
+                    )
                 except OSError as error:
                     print(
                         f"nbjobs: cannot serve files on 127.0.0.1:{args.files_port} "

@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # the local server's worker: `nbjobs run` follows its runs here (deployments/worker.py)
     serve.add_argument("--local-socket", help=argparse.SUPPRESS)
+    # the local server's worker: the file server's socket, bound by its starter
+    serve.add_argument("--files-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument(
         "--isolation",
         choices=["in-process", "process"],

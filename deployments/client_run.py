@@ -47,6 +47,13 @@ def _is_location(text: str) -> bool:
     return text.startswith(("s3://", "http://", "https://", "{"))
 
 
+def caller_environment() -> dict[str, str]:
+    """This command's environment as its caller gave it: what the run's kernel gets on
+    top of the worker's (the server's address and login were set by this command)."""
+    ours = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")
+    return {k: v for k, v in os.environ.items() if k not in ours}
+
+
 def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dict[str, Any]:
     """The run's parameters, with every local path made absolute.
 
@@ -260,11 +267,13 @@ def _follow(
     server: LocalServer,
     follower: RunFollower,
     interrupts: Interrupts,
+    handed: socket.socket | None = None,
 ) -> dict[str, Any]:
-    """Follow the run on the worker's stream, else through the API, to its outcome."""
+    """Follow the run on the worker's stream (``handed``, the connection that handed the
+    environment over, if any), else through the API, to its outcome."""
     while True:  # a Ctrl-C before following has begun still cancels the run
         try:
-            channel = server.follow(run_id)
+            channel = server.follow(run_id, handed)
             break
         except KeyboardInterrupt:
             interrupts.press()
@@ -309,6 +318,9 @@ def run_on_local_server(
                 f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
                 "`nbjobs server stop` and run again: its worker registers it when it starts"
             ) from error
+        key = f"nbjobs-run-{uuid.uuid4()}"  # safe to send again
+        # the kernel gets this command's environment, as papermill's does
+        channel = server.hand_over(caller_environment(), key)
         try:
             run_id = api.trigger(
                 FLOW,
@@ -316,9 +328,11 @@ def run_on_local_server(
                 request,
                 tags=["trigger:cli"],
                 deployment_id=deployment_id,
-                idempotency_key=f"nbjobs-run-{uuid.uuid4()}",  # safe to send again
+                idempotency_key=key,
             )
         except APIError as error:
+            if channel is not None:
+                channel.close()
             raise LocalServerError(
                 f"the run could not be created: {error} (one the server made after all "
                 "still runs: it shows in the UI, tagged trigger:cli)"
@@ -327,7 +341,7 @@ def run_on_local_server(
         follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))
         try:
-            final = _follow(api, run_id, server, follower, interrupts)
+            final = _follow(api, run_id, server, follower, interrupts, channel)
         except KeyboardInterrupt:
             unsent = "" if interrupts.cancel_sent else " before asking to cancel it (it goes on)"
             print(

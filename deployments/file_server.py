@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import mimetypes
 import shutil
+import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -80,21 +82,53 @@ class _Handler(BaseHTTPRequestHandler):
 class _FileServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, key: bytes) -> None:
+    def __init__(self, port: int, key: bytes, bound: socket.socket | None = None) -> None:
         self.key = key
-        super().__init__((HOST, port), _Handler)
+        if bound is None:
+            super().__init__((HOST, port), _Handler)
+            return
+        # a socket its starter bound and kept (``bind_first``): no window in which
+        # another program could take the port
+        super().__init__(bound.getsockname(), _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = bound
+        self.server_address = bound.getsockname()
+        self.server_activate()
+
+
+def bind_first(first: int, tried: int, taken: set[int] | None = None) -> socket.socket:
+    """A socket bound on 127.0.0.1 to the first free port of ``first`` and the
+    ``tried - 1`` after it (less ``taken``), kept bound until its server listens on it.
+
+    Raises:
+        OSError: Every one of those ports is in use.
+    """
+    for port in range(first, first + tried):
+        if port in (taken or set()):
+            continue
+        sock = socket.socket()
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            sock.close()
+            continue
+        sock.set_inheritable(True)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"ports {first} to {first + tried - 1} are all in use")
 
 
 @contextlib.contextmanager
-def serving_files(port: int, home: Path | None = None) -> Iterator[str]:
-    """Serve signed local-store links on 127.0.0.1:``port`` while the block runs; yields
-    the base URL (``http://127.0.0.1:4280``), which ``$NBJOBS_FILES_URL`` must name for
-    the runs' links to point here.
+def serving_files(
+    port: int, home: Path | None = None, bound: socket.socket | None = None
+) -> Iterator[str]:
+    """Serve signed local-store links on 127.0.0.1:``port`` (or on the socket ``bound``
+    already) while the block runs; yields the base URL (``http://127.0.0.1:4280``),
+    which ``$NBJOBS_FILES_URL`` must name for the runs' links to point here.
 
     Raises:
         OSError: The port cannot be bound.
     """
-    server = _FileServer(port, links_key(home))
+    server = _FileServer(port, links_key(home), bound)
     thread = threading.Thread(target=server.serve_forever, name="nbjobs-files", daemon=True)
     thread.start()
     try:

@@ -7,8 +7,10 @@ to start and when.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import psutil
 
 from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.deployments.file_server import bind_first
 from notebook_jobs.deployments.local_access import open_private_log
 from notebook_jobs.deployments.local_state import (
     POSTGRESQL,
@@ -26,6 +29,7 @@ from notebook_jobs.deployments.local_state import (
 )
 from notebook_jobs.deployments.processes import (
     alive,
+    listens_on,
     port_free,
     stop_process_tree,
     wait_for,
@@ -94,21 +98,28 @@ class Launcher(ServerFolder):
             "use; free one, or set PREFECT_API_URL to a Prefect server you run yourself"
         )
 
-    def _pick_files_port(self, state: ServerState) -> int:
-        """The worker's file server port: the one used before (links in earlier summaries
-        keep working), else the first free one from ``FILES_PORT``."""
-        if state.files_port and port_free(state.files_port):
-            return state.files_port
-        for port in range(FILES_PORT, FILES_PORT + PORTS_TRIED):
-            if port != state.port and port_free(port):
-                return port
-        raise LocalServerError(
-            f"ports {FILES_PORT} to {FILES_PORT + PORTS_TRIED - 1} on 127.0.0.1 are all in "
-            "use; free one for the local worker's file server"
-        )
+    def _bind_files_port(self, state: ServerState) -> socket.socket:
+        """The worker's file server socket, bound here and handed to the worker (never
+        checked free and bound later, which another starting server could take between):
+        the port used before (links in earlier summaries keep working), else the first
+        free one from ``FILES_PORT``."""
+        if state.files_port:
+            with contextlib.suppress(OSError):
+                return bind_first(state.files_port, 1)
+        try:
+            return bind_first(FILES_PORT, PORTS_TRIED, {state.port} if state.port else set())
+        except OSError:
+            raise LocalServerError(
+                f"ports {FILES_PORT} to {FILES_PORT + PORTS_TRIED - 1} on 127.0.0.1 are all in "
+                "use; free one for the local worker's file server"
+            ) from None
 
     def _spawn(
-        self, command: list[str], env: dict[str, str], log_path: Path
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        pass_fds: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         """Start a background process of ours, its output appended to ``log_path``.
 
@@ -128,6 +139,7 @@ class Launcher(ServerFolder):
                     start_new_session=True,
                     cwd=self.dir,
                     umask=PRIVATE_UMASK,
+                    pass_fds=pass_fds,
                 )
             finally:
                 os.close(log)
@@ -220,9 +232,13 @@ class Launcher(ServerFolder):
                 return process.poll() is not None
             return not alive(state.server_pid, state.server_started)
 
+        def ours_answers() -> bool:
+            # another home's server that won the port would answer the health check too
+            return api.health() and listens_on(state.server_pid, state.port)
+
         with PrefectHTTP(self.api_url(state.port), timeout=5) as api:
             try:
-                wait_for(api.health, stopped, "the local Prefect server", self.server_log)
+                wait_for(ours_answers, stopped, "the local Prefect server", self.server_log)
             except LocalServerError as error:
                 if "Can't locate revision" in str(error):
                     raise LocalServerError(
@@ -240,20 +256,21 @@ class Launcher(ServerFolder):
         env = self._child_env(state)
         env["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = WORKER_LOG_INTERVAL_SECONDS
         env["PREFECT_WORKER_QUERY_SECONDS"] = WORKER_POLL_SECONDS
-        state.files_port = self._pick_files_port(state)
-        command = [
-            sys.executable,
-            "-m",
-            "notebook_jobs.deployments.cli",
-            "serve",
-            "--pool",
-            LOCAL_POOL,
-            "--local-socket",
-            str(self.socket),
-            "--files-port",
-            str(state.files_port),
-        ]
-        process = self._spawn(command, env, self.worker_log)
+        with self._bind_files_port(state) as files:
+            state.files_port = files.getsockname()[1]
+            command = [
+                sys.executable,
+                "-m",
+                "notebook_jobs.deployments.cli",
+                "serve",
+                "--pool",
+                LOCAL_POOL,
+                "--local-socket",
+                str(self.socket),
+                "--files-fd",
+                str(files.fileno()),
+            ]
+            process = self._spawn(command, env, self.worker_log, (files.fileno(),))
         state.worker_pid = process.pid
         state.worker_started = psutil.Process(process.pid).create_time()
         self._save(state)

@@ -35,10 +35,13 @@ from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.local_launch import Announce, Launcher
 from notebook_jobs.deployments.local_state import ServerState
-from notebook_jobs.deployments.processes import alive, stop_process_tree
+from notebook_jobs.deployments.processes import alive, port_taken, stop_process_tree
 
 # a follower that hears nothing for this long asks the API whether the run ended
 FOLLOW_SILENCE_SECONDS = 2.0
+# starts of the server on another port when one that was free is taken before it binds
+# (another home's server starting at the same moment)
+PORT_RACES = 4
 
 
 class LocalServer(Launcher):
@@ -127,7 +130,17 @@ class LocalServer(Launcher):
                 # waits for the API itself before it registers anything
                 state, worker = self._start_worker(state)
             try:
-                self._wait_healthy(state, server)
+                for attempt in range(PORT_RACES):
+                    try:
+                        self._wait_healthy(state, server)
+                        break
+                    except LocalServerError as error:
+                        # another server took the port between our check and its bind
+                        if server is None or not port_taken(error) or attempt + 1 == PORT_RACES:
+                            raise
+                        stop_process_tree(state.worker_pid, state.worker_started)
+                        state, server = self._start_server(state, say)
+                        state, worker = self._start_worker(state)
                 if worker is not None:
                     self._wait_listening(worker)
             except LocalServerError:
@@ -160,14 +173,37 @@ class LocalServer(Launcher):
                 + ("with them" if auth else "without them (--no-auth)")
             )
 
-    def follow(self, flow_run_id: str) -> socket.socket | None:
-        """A connection on which the worker streams this run's progress and outcome
-        (``deployments.run_channel.RunChannel``), or ``None`` where it cannot be reached (the
-        caller then polls the API; the worker's own polling picks the run up)."""
+    def hand_over(self, environment: dict[str, str], key: str) -> socket.socket | None:
+        """A connection to the worker that holds ``environment`` for the run about to be
+        created with idempotency key ``key`` (``deployments.run_channel``): the run's
+        kernel gets it on top of the worker's own. ``None`` where the worker cannot be
+        reached (the run then has the worker's environment only)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(FOLLOW_SILENCE_SECONDS)
             sock.connect(str(self.socket))
+            request = {"environment": environment, "key": key}
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            with sock.makefile("rb") as answer:
+                if json.loads(answer.readline() or b"{}").get("event") != "ready":
+                    raise OSError("the worker did not take the environment")
+        except (OSError, ValueError):
+            sock.close()
+            return None
+        return sock
+
+    def follow(
+        self, flow_run_id: str, channel: socket.socket | None = None
+    ) -> socket.socket | None:
+        """A connection on which the worker streams this run's progress and outcome
+        (``deployments.run_channel.RunChannel``): ``channel`` from ``hand_over``, else a
+        new one; ``None`` where it cannot be reached (the caller then polls the API; the
+        worker's own polling picks the run up)."""
+        sock = channel or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if channel is None:
+                sock.settimeout(FOLLOW_SILENCE_SECONDS)
+                sock.connect(str(self.socket))
             sock.sendall(json.dumps({"follow": flow_run_id}).encode() + b"\n")
         except OSError:
             sock.close()

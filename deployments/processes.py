@@ -38,6 +38,19 @@ def alive(pid: int | None, started: float | None) -> bool:
         return False
 
 
+def listens_on(pid: int | None, port: int | None) -> bool:
+    """Whether the process ``pid``, or one it started, listens on ``port``."""
+    try:
+        root = psutil.Process(pid)
+        for process in (root, *root.children(recursive=True)):
+            for connection in process.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+                    return True
+    except psutil.Error:
+        pass
+    return False
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,6 +75,14 @@ def last_error(path: Path) -> str:
         if "Error" in line or "error" in line:
             return line[:300]
     return lines[-1][:300] if lines else "no output"
+
+
+def port_taken(error: LocalServerError) -> bool:
+    """Whether a server stopped while starting because its port was taken (uvicorn's
+    ``address already in use``, in the last lines of its log)."""
+    return error.log is not None and any(
+        "address already in use" in line.lower() for line in _tail(error.log, 40)
+    )
 
 
 def start_timeout_seconds() -> float:

@@ -18,6 +18,7 @@ from notebook_jobs.deployments.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_NOTEBOOK_FAILED,
     EXIT_OK,
+    EXIT_SERVER_FAILED,
     EXIT_STORE_FAILED,
 )
 from notebook_jobs.deployments.papermill_cli import deliver
@@ -32,13 +33,20 @@ def refusal(message: str) -> tuple[str, str]:
 
 
 def exit_code_for(error_name: str) -> int:
-    """The exit code for an error of ``blocks.exceptions`` named ``error_name``."""
+    """The exit code for an error named ``error_name``: 2 for a request refused, 1 for a
+    notebook that ran and failed, 3 for the store, and 4 for the rest, our own
+    infrastructure (the server, the worker, Slurm's submission, an error we did not
+    expect)."""
     error = getattr(exceptions, error_name, None)
-    if isinstance(error, type) and issubclass(error, exceptions.NotebookInputError):
+    if not isinstance(error, type):
+        return EXIT_SERVER_FAILED
+    if issubclass(error, (exceptions.NotebookInputError, exceptions.SettingsError)):
         return EXIT_BAD_INPUT
-    if isinstance(error, type) and issubclass(error, exceptions.ArtefactStoreError):
+    if issubclass(error, exceptions.ArtefactStoreError):
         return EXIT_STORE_FAILED
-    return EXIT_NOTEBOOK_FAILED
+    if issubclass(error, (exceptions.NotebookRunError, exceptions.BatchError)):
+        return EXIT_NOTEBOOK_FAILED
+    return EXIT_SERVER_FAILED
 
 
 def report_run(

@@ -4,6 +4,14 @@ The local server's worker listens on a Unix socket. A client on the same machine
 has created a flow run through the API sends ``{"follow": "<flow run id>"}``; the
 worker starts that run at once and streams its cell events, log lines and result
 back as JSON lines (see ``deployments/worker.py``).
+
+Before creating the run, the client may first send its environment and the idempotency
+key it will create the run with, ``{"environment": {...}, "key": "nbjobs-run-..."}``,
+and wait for ``{"event": "ready"}``: the run's kernel then gets that environment on
+top of the worker's, as papermill's kernel gets its caller's, whoever starts the run
+(this hand-off or a poll that found it first). The environment stays in the worker's
+memory while the connection is open, never in Prefect. The socket's folder is its
+owner's alone (0700), so only the owner's processes can hand one over.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ class RunChannel:
 
     def __init__(self) -> None:
         self._followers: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
+        # idempotency key of a run about to be created -> its caller's environment
+        self._environments: dict[str, dict[str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handler = _FollowerLogHandler(self)
 
@@ -46,6 +56,10 @@ class RunChannel:
         remove_result_listener(self._on_result)
         for name in _RUN_LOGGERS:
             logging.getLogger(name).removeHandler(self._handler)
+
+    def environment_for(self, idempotency_key: str | None) -> dict[str, str] | None:
+        """The environment a caller handed over for the run created with this key."""
+        return self._environments.get(idempotency_key or "")
 
     def following(self, run_id: str) -> bool:
         """Whether anyone follows ``run_id``."""
@@ -104,13 +118,21 @@ class RunChannel:
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(FOLLOW_QUEUE_SIZE)
             run_id = ""
+            key = ""
             # a follower that leaves early (Ctrl-C, or polling the API instead) closes
             # its end: stop waiting for its run then, not when the run ends
             left: asyncio.Future[bytes] | None = None
             try:
-                line = await reader.readline()
+                request = json.loads(await reader.readline() or b"{}")
+                environment = request.get("environment")
+                if isinstance(environment, dict) and request.get("key"):
+                    key = str(request["key"])
+                    self._environments[key] = {str(k): str(v) for k, v in environment.items()}
+                    writer.write(b'{"event": "ready"}\n')
+                    await writer.drain()
+                    request = json.loads(await reader.readline() or b"{}")
                 left = asyncio.ensure_future(reader.read())
-                run_id = str(json.loads(line or b"{}").get("follow", ""))
+                run_id = str(request.get("follow", ""))
                 if not run_id:
                     return
                 self._followers.setdefault(run_id, []).append(queue)
@@ -126,9 +148,10 @@ class RunChannel:
                     await writer.drain()
                     if message.get("event") in ("result", "final"):
                         return
-            except (ConnectionError, ValueError):
+            except (ConnectionError, ValueError, AttributeError):
                 return  # the follower left mid-write, or sent nonsense
             finally:
+                self._environments.pop(key, None)
                 if left is not None:
                     left.cancel()
                 followers = self._followers.get(run_id, [])

@@ -46,6 +46,7 @@ from notebook_jobs.deployments.definitions import (
     IN_PROCESS_ENTRYPOINTS,
 )
 from notebook_jobs.deployments.run_channel import RunChannel
+from notebook_jobs.tasks.executors import using_caller_environment
 
 CANCEL_POLL_SECONDS = 1.0
 
@@ -230,7 +231,9 @@ class InProcessWorker(ProcessWorker):
         if task_status is not None:
             task_status.started(os.getpid())
         running: Any = run_flow(chosen, flow_run=flow_run, return_type="state")
-        execution: asyncio.Future[Any] = asyncio.ensure_future(running)
+        handed = self.channel.environment_for(flow_run.idempotency_key) if self.channel else None
+        with using_caller_environment(handed):  # the task started here keeps it
+            execution: asyncio.Future[Any] = asyncio.ensure_future(running)
         watcher = asyncio.ensure_future(_cancel_when_asked(flow_run, execution))
         state: Any = None
         try:

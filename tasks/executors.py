@@ -39,7 +39,14 @@ from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.cells import EventCallback
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
-from notebook_jobs.tasks.engine.kernels.client import installed_kernels, kernel_environment
+from notebook_jobs.tasks.engine.kernels.client import (
+    ensure_kernel_installed,
+    environment_overrides,
+    installed_kernels,
+    is_python_kernel,
+    kernel_environment,
+    needs_new_interpreter,
+)
 from notebook_jobs.tasks.engine.kernels.fork import ForkServers, fork_plan, forking_with
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
 from notebook_jobs.tasks.engine.layout import (
@@ -89,6 +96,7 @@ class Executor(Protocol):
 
 
 _current: ContextVar[LocalExecutor | None] = ContextVar("nbjobs_executor", default=None)
+_environment: ContextVar[dict[str, str] | None] = ContextVar("nbjobs_environment", default=None)
 
 
 def current_executor() -> LocalExecutor | None:
@@ -104,6 +112,24 @@ def using_executor(executor: LocalExecutor | None) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def caller_environment() -> dict[str, str] | None:
+    """The environment of the caller whose run this is, made current by
+    ``using_caller_environment``; None for runs nobody on this machine handed over."""
+    return _environment.get()
+
+
+@contextlib.contextmanager
+def using_caller_environment(environment: dict[str, str] | None) -> Iterator[None]:
+    """Runs started in this block give their kernels ``environment`` on top of ours
+    (a worker running the run its caller's ``nbjobs run`` handed it, as papermill's
+    kernel inherits its caller's environment)."""
+    token = _environment.set(environment)
+    try:
+        yield
+    finally:
+        _environment.reset(token)
 
 
 class LocalExecutor:
@@ -139,6 +165,7 @@ class LocalExecutor:
             fork_servers = ForkServers(settings().kernel_preload)
         self.fork_servers = fork_servers
         self._pools: dict[str, KernelPool] = {}
+        self._python_kernels: dict[str, bool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -176,10 +203,21 @@ class LocalExecutor:
                 "this LocalExecutor's kernel pools belong to another event loop: "
                 "make one executor per loop"
             )
+        if not self._poolable(kernel):
+            return None
         pool = self._pools.get(kernel)
         if pool is None or pool.closed:
             pool = self._pools[kernel] = KernelPool(kernel, self.pool_size, self.fork_servers)
         return pool
+
+    def _poolable(self, kernel: str) -> bool:
+        """Whether ``kernel`` can be started ahead of its run: Python kernels only, as a
+        pre-started kernel is moved to its run's folder by running Python in it. Other
+        kernels start for their run, in its folder (forked where they can be)."""
+        if kernel not in self._python_kernels:
+            ensure_kernel_installed(kernel)
+            self._python_kernels[kernel] = is_python_kernel(kernel)
+        return self._python_kernels[kernel]
 
     def prestart(self, kernel: str = "python3") -> None:
         """Start the pool for ``kernel`` now, or its fork server: not on the first run."""
@@ -205,8 +243,11 @@ class LocalExecutor:
         log: Any = None,
     ) -> ExecutionOutcome:
         notebook = nbformat.from_dict(staged.notebook)  # each attempt starts from the staged copy
-        with forking_with(self.fork_servers):
-            pool = self.pool(staged.kernel)
+        environment = environment_overrides(caller_environment())
+        # a kernel that must start with other interpreter settings than ours is spawned
+        fresh = needs_new_interpreter(environment)
+        with forking_with(None if fresh else self.fork_servers):
+            pool = None if fresh else self.pool(staged.kernel)
             started = await pool.acquire() if pool else None
             try:
                 report = await execute_notebook_async(
@@ -221,6 +262,7 @@ class LocalExecutor:
                     started=started,
                     start_timeout_seconds=staged.start_timeout_seconds,
                     secrets=staged.secrets,
+                    environment=environment,
                 )
             except RunCancelledError as cancelled:
                 report = ExecutionOutcome.model_validate(cancelled.execution).report

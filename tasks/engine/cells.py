@@ -91,6 +91,17 @@ def files_snapshot(folder: Path, notes: list[str] | None = None) -> dict[str, tu
     return snapshot
 
 
+def clear_outputs(nb: NotebookNode) -> None:
+    """Clear every code cell's outputs, execution count and timing, as papermill and
+    nbclient do before a run: a cell then shows only what it did in this run, and one
+    left out, or never reached after a failure, timeout or cancellation, shows nothing."""
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+            cell.get("metadata", {}).pop("execution", None)
+
+
 def add_error_banners(nb: NotebookNode, position: int, execution_count: int | None) -> None:
     """Papermill's two markdown cells for a failed run: a note at the top linking to an
     anchor just before the cell that raised (``position``)."""

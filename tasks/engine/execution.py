@@ -32,6 +32,7 @@ from notebook_jobs.tasks.engine.cells import (
     EventCallback,
     RunProgress,
     add_error_banners,
+    clear_outputs,
     files_snapshot,
     run_plan,
 )
@@ -73,6 +74,7 @@ async def execute_notebook_async(
     max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
     start_timeout_seconds: float | None = None,
     secrets: RunSecrets | None = None,
+    environment: dict[str, str] | None = None,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
 
@@ -91,6 +93,8 @@ async def execute_notebook_async(
         start_timeout_seconds: Limit for the kernel to start (default 60 s).
         secrets: Secret parameters: the injected cell's real source, run in place of
             the masked one, and the values masked in every output.
+        environment: Variables the kernel gets on top of this process's environment
+            (the caller's, for a run handed to a worker).
 
     Returns:
         The report; ``nb`` holds the executed (possibly partial) notebook.
@@ -107,6 +111,7 @@ async def execute_notebook_async(
     t_start = time.perf_counter()
     startup_timeout = start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS
 
+    clear_outputs(nb)
     plan: list[tuple[int, int | None]] = []
     for position, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -144,7 +149,7 @@ async def execute_notebook_async(
         try:
             if started is None:
                 try:
-                    client.kc = await start_kernel(km, workdir, startup_timeout)
+                    client.kc = await start_kernel(km, workdir, startup_timeout, environment)
                 except (OSError, RuntimeError) as error:
                     # what jupyter_client raises for a kernel that cannot start (a
                     # missing executable, one that exits or never answers); only here
@@ -154,7 +159,7 @@ async def execute_notebook_async(
             else:
                 client.kc = started.kc
                 # a pre-started kernel began elsewhere: move it to this run's folder
-                await move_kernel_to(client, workdir)
+                await move_kernel_to(client, workdir, environment)
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
             pid = kernel_pid(client)
             sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None

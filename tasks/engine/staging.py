@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from nbformat import NotebookNode
 from papermill.execute import ERROR_MARKER_TAG
 from papermill.inspection import _infer_parameters
-from papermill.translators import translate_parameters
+from papermill.translators import papermill_translators, translate_parameters
 
 from notebook_jobs.blocks.exceptions import (
     CellSelectionError,
@@ -89,6 +89,24 @@ def declared_parameters(
         }
         for p in found
     ]
+
+
+def unreadable_language(
+    nb: NotebookNode, kernel: str | None = None, language: str | None = None
+) -> str | None:
+    """The notebook's language if papermill's translator for it cannot read a
+    parameters cell (it reads Python's only), else None."""
+    spoken = language or notebook_language(nb)
+    if spoken == "python":
+        return None
+    try:
+        translator = papermill_translators.find_translator(kernel or "", spoken)
+        translator.inspect(nbformat.v4.new_code_cell(""))
+    except NotImplementedError:
+        return spoken
+    except Exception:  # a language papermill does not know is refused elsewhere
+        return None
+    return None
 
 
 def notebook_defaults(nb: NotebookNode, kernel: str | None = None) -> dict[str, Any]:
@@ -209,6 +227,12 @@ def check_parameters(
         return []
     if strict:
         raise UnknownParameterError(unknown, declared)
+    unread = unreadable_language(nb, kernel, language)
+    if unread and not declared:
+        return [
+            f"{names} injected unchecked: papermill cannot read the parameters cell of a "
+            f"{unread} notebook"
+        ]
     listed = ", ".join(repr(name) for name in unknown)
     return [
         f"unknown parameter(s) {listed} injected anyway, as papermill does; the notebook "

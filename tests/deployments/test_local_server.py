@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -392,6 +393,37 @@ def test_a_port_in_use_is_skipped_and_said(tmp_path: Path) -> None:
     assert said == [f"port {port} is in use by another program; the local server uses {chosen}"]
 
 
+def test_two_homes_started_at_the_same_moment_both_come_up_and_serve(tmp_path: Path) -> None:
+    """Each picks the first free port; the one whose server loses the port to the other
+    between the check and the bind starts again on the next (the worker's file server
+    port is bound by its starter and handed over, so it cannot be lost)."""
+    homes = [Local(tmp_path / name, clean_env(tmp_path / name)) for name in ("a", "b")]
+    try:
+        starts = [
+            subprocess.Popen(
+                [NBJOBS, "server", "start"],
+                env=home.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for home in homes
+        ]
+        for start in starts:
+            _, stderr = start.communicate(timeout=RUN_TIMEOUT_SECONDS)
+            assert start.returncode == 0, stderr
+        statuses = [home.status() for home in homes]
+        assert all(status["running"] for status in statuses)
+        assert len({s["api_url"] for s in statuses}) == len({s["files_url"] for s in statuses}) == 2
+        for home in homes:
+            done = home.nbjobs("run", str(EXAMPLES / "report.ipynb"), "-p", "n", "3")
+            assert done.returncode == 0, done.stderr
+            assert "output total = 14" in done.stdout
+    finally:
+        for home in homes:
+            home.nbjobs("server", "stop", timeout=120)
+
+
 def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
     """Prefect's UI calls port 4200 unless told: on any other port every page is blank."""
     from notebook_jobs.deployments.local_server import LocalServer, ServerState
@@ -410,3 +442,61 @@ def test_the_ui_is_pointed_at_the_port_the_server_got(tmp_path: Path) -> None:
     env = server._child_env(ServerState(port=4207))
     assert env["PREFECT_API_AUTH_STRING"] == login
     assert "PREFECT_SERVER_API_AUTH_STRING" not in env
+
+
+ENVIRONMENT_NOTEBOOK = """
+import os
+from IPython.display import display
+def glue(name, value):
+    display({"application/scrapbook.scrap.json+json": {"name": name, "data": value,
+             "encoder": "json", "version": 1}}, raw=True,
+            metadata={"scrapbook": {"name": name, "data": True, "display": False}})
+glue("from_caller", os.environ.get("FROM_CALLER", "unset"))
+glue("prefect_login", os.environ.get("PREFECT_API_AUTH_STRING", "unset"))
+try:
+    import callers_module
+    glue("module", callers_module.WHERE)
+except ImportError:
+    glue("module", "not importable")
+"""
+
+
+def test_the_callers_environment_reaches_the_kernel_and_never_an_http_run(
+    local: Local, tmp_path: Path
+) -> None:
+    """``FROM_CALLER=bar nbjobs run`` on a server started without it: the kernel has it,
+    as papermill's would, in a pre-started kernel and in one spawned for a PYTHONPATH;
+    a run of the same deployment over HTTP gets the worker's environment only."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ENVIRONMENT_NOTEBOOK)])
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Py"}
+    path = tmp_path / "environment.ipynb"
+    nbformat.write(nb, path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "callers_module.py").write_text("WHERE = 'on the caller PYTHONPATH'\n")
+    assert "FROM_CALLER" not in local.env
+    started = local.nbjobs("server", "start")  # without it (the first command's own, else)
+    assert started.returncode == 0, started.stderr
+
+    def run(env: dict[str, str]) -> dict[str, Any]:
+        done = subprocess.run(
+            [NBJOBS, "run", str(path), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_SECONDS,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs: dict[str, Any] = json.loads(done.stdout)["outputs"]
+        return outputs
+
+    pooled = run({**local.env, "FROM_CALLER": "bar"})
+    assert pooled == {"from_caller": "bar", "prefect_login": "unset", "module": "not importable"}
+    spawned = run({**local.env, "FROM_CALLER": "baz", "PYTHONPATH": str(tmp_path / "lib")})
+    assert spawned["from_caller"] == "baz" and spawned["module"] == "on the caller PYTHONPATH"
+    assert run(local.env)["from_caller"] == "unset"  # nothing stays behind in the worker
+    with local.api() as api:
+        run_id = api.trigger("run-notebook", "adhoc", {"notebook": str(path)}, tags=["trigger:api"])
+        assert api.wait(run_id)["state"]["type"] == "COMPLETED"
+        assert api.result(run_id)["outputs"]["from_caller"] == "unset"

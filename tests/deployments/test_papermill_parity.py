@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from tests.conftest import service
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local
+from tests.oracle import NOTEBOOKS, PARAMETERS, seen
 
 PAPERMILL = str(Path(sys.executable).parent / "papermill")
-BANNER_TAG = "papermill-error-cell-tag"
 
 
 def notebook(folder: Path, *cells: str, parameters: str | None = None, **meta: Any) -> Path:
@@ -77,32 +79,6 @@ def both(local: Local, source: Path, *args: str) -> tuple[Outcome, Outcome]:
     papermill = run([PAPERMILL], local.env, source, "papermill", *args)
     nbjobs = run([NBJOBS, "run"], local.env, source, "nbjobs", *args)
     return papermill, nbjobs
-
-
-def seen(nb: Any) -> list[Any]:
-    """What a reader of the executed notebook compares: each code cell's source when it
-    is the injected one, and its outputs; where papermill's error banners are."""
-    cells: list[Any] = []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            if BANNER_TAG in cell.metadata.get("tags", []):
-                cells.append(("banner", cell.source))
-            continue
-        injected = "injected-parameters" in cell.metadata.get("tags", [])
-        outputs = []
-        for output in cell.get("outputs", []):
-            kind = output.output_type
-            if kind == "stream":  # one text per run of a stream, however it was chunked
-                if outputs and outputs[-1][:2] == (kind, output.name):
-                    outputs[-1] = (kind, output.name, outputs[-1][2] + output.text)
-                else:
-                    outputs.append((kind, output.name, output.text))
-            elif kind == "error":
-                outputs.append((kind, output.ename, output.evalue))
-            else:
-                outputs.append((kind, output.get("data", {}).get("text/plain")))
-        cells.append((cell.source if injected else None, outputs))
-    return cells
 
 
 def same(papermill: Outcome, nbjobs: Outcome, output: str = "out.ipynb") -> Any:
@@ -457,3 +433,34 @@ def _result_path(summary: str) -> str:
         if line.strip().startswith("result "):
             return line.split()[-1]
     raise AssertionError(f"no result line in:\n{summary}")
+
+
+@pytest.fixture(scope="session")
+def other_kernels() -> str:
+    """The bash and R kernels (tests/services/kernels.sh)."""
+    return service("kernels.sh", "the bash and R kernels")
+
+
+@pytest.mark.usefixtures("other_kernels")
+@pytest.mark.parametrize("kernel", sorted(NOTEBOOKS))
+def test_other_languages_run_in_the_local_worker_as_under_papermill(
+    local: Local, tmp_path: Path, kernel: str
+) -> None:
+    """A bash or R notebook with parameters, through the local server's worker (which
+    keeps Python kernels started ahead): the same injected cell and outputs as
+    papermill's, and the caller's environment in the kernel, as papermill gives it."""
+    folder = tmp_path / kernel
+    folder.mkdir()
+    source = folder / "nb.ipynb"
+    shutil.copy(NOTEBOOKS[kernel], source)
+    args = [item for name, value in PARAMETERS.items() for item in ("-p", name, str(value))]
+    env = {**local.env, "FROM_CALLER": "set by the caller"}
+    papermill = run([PAPERMILL], env, source, "papermill", "nb.ipynb", "out.ipynb", *args)
+    nbjobs = run([NBJOBS, "run"], env, source, "nbjobs", "nb.ipynb", "out.ipynb", *args)
+    expected = same(papermill, nbjobs)
+    assert papermill.code == nbjobs.code == 0, nbjobs.stderr
+    assert "FROM_CALLER=set by the caller" in json.dumps(seen(expected))
+    # written in the notebook's folder, as papermill's kernel writes it
+    written = (nbjobs.folder / "written.txt").read_bytes()
+    assert written == (papermill.folder / "written.txt").read_bytes() and b"Arc" in written
+    assert f"(kernel {kernel})" in nbjobs.stdout

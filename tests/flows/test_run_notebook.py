@@ -359,3 +359,58 @@ def test_store_given_as_a_saved_block_with_secret_credentials(
         assert secret.encode() not in body, item["Key"]
     for artifact in asyncio.run(artifacts_of(result.flow_run_id)).values():
         assert secret not in json.dumps(artifact.data)
+
+
+def saved_with_outputs(path: Path) -> Path:
+    """A notebook as a user saves it after running it: every code cell has outputs and
+    an execution count, the last one a scrap (an output value); cell 2 raises now."""
+    cells = [
+        nbformat.v4.new_code_cell("print('cell 0 ran')"),
+        nbformat.v4.new_code_cell("print('cell 1 ran')"),
+        nbformat.v4.new_code_cell("raise ValueError('cell 2 fails this time')"),
+        nbformat.v4.new_code_cell("print('cell 3 ran')"),
+        nbformat.v4.new_code_cell("glue('total', 99)"),
+    ]
+    for count, cell in enumerate(cells, start=1):
+        cell.execution_count = count
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="from last week\n")]
+    cells[4].outputs.append(
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "application/scrapbook.scrap.json+json": {
+                    "name": "total",
+                    "data": 12345,
+                    "encoder": "json",
+                    "version": 1,
+                }
+            },
+            metadata={"scrapbook": {"name": "total", "data": True, "display": False}},
+        )
+    )
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Py"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_cells_that_did_not_run_show_nothing_from_an_earlier_run(tmp_path: Path) -> None:
+    """As papermill: the outputs saved in the input are cleared before the run, so after
+    a failure in cell 2 no later cell shows an output, a count or a value anywhere."""
+    notebook = saved_with_outputs(tmp_path / "saved.ipynb")
+    state = run_flow(notebook=str(notebook), store=str(tmp_path / "store"))
+    assert state.is_failed()
+    result = NotebookResult.model_validate(state_outcome(state).result)
+    assert [c.status for c in result.cells] == ["ok", "ok", "error", "not_run", "not_run"]
+    assert result.outputs == {}  # the scrap of last week's run is not this run's output
+    prefix = Path(result.artefacts.prefix)
+    stored = nbformat.read(prefix / "notebook.ipynb", as_version=4)
+    by_index = {c.metadata.get("nbjobs", {}).get("index"): c for c in stored.cells}
+    assert [o.get("text") for o in by_index[1].outputs] == ["cell 1 ran\n"]
+    for index in (3, 4):
+        assert by_index[index].outputs == [] and by_index[index].execution_count is None
+    assert "from last week" not in json.dumps(stored)
+    assert "from last week" not in (prefix / "notebook.html").read_text()
+    assert json.loads((prefix / "result.json").read_text())["outputs"] == {}
+    summary = asyncio.run(artifacts_of(result.flow_run_id))["saved-summary"].data
+    assert "from last week" not in summary and "12345" not in summary

@@ -25,7 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError
 from nbformat import NotebookNode
 
-from notebook_jobs.blocks.exceptions import UnknownKernelError
+from notebook_jobs.blocks.exceptions import KernelStartError, UnknownKernelError
 from notebook_jobs.tasks.engine.kernels.fork import use_forking_provisioner
 from notebook_jobs.tasks.models import Resources
 
@@ -50,15 +50,39 @@ KERNEL_ENV_DROPPED = frozenset(
 )
 
 
-def kernel_environment() -> dict[str, str]:
-    """The kernel's environment: ours, less what would change how the kernel behaves.
+# read when an interpreter starts (sys.path, hashing, the loader), not when a notebook
+# reads them: a kernel that must see other values than its fork server's is spawned
+STARTUP_VARIABLE_PREFIXES = ("PYTHON", "LD_", "VIRTUAL_ENV", "CONDA_")
+
+
+def kernel_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The kernel's environment: ours (with ``overrides`` on top), less what would change
+    how the kernel behaves.
 
     Prefect's own credentials are not the notebook's business and would end up in a
     stored notebook that prints its environment. ``PYTEST_CURRENT_TEST`` makes
     ipykernel stop forwarding output written to file descriptor 1 (C extensions,
     ``os.write``), which a notebook job must keep.
     """
-    return {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
+    merged = {**os.environ, **(overrides or {})}
+    return {k: v for k, v in merged.items() if k not in KERNEL_ENV_DROPPED}
+
+
+def environment_overrides(caller: dict[str, str] | None) -> dict[str, str]:
+    """What of a caller's environment differs from this process's, less what the kernel
+    never gets (``KERNEL_ENV_DROPPED``): what a run's kernel must add to ours."""
+    return {
+        k: v
+        for k, v in (caller or {}).items()
+        if k not in KERNEL_ENV_DROPPED and os.environ.get(k) != v
+    }
+
+
+def needs_new_interpreter(overrides: dict[str, str]) -> bool:
+    """Whether ``overrides`` change what an interpreter reads as it starts
+    (``PYTHONPATH``, ``LD_LIBRARY_PATH``...): then neither a pre-started nor a forked
+    kernel has them, and the kernel is spawned."""
+    return any(name.startswith(STARTUP_VARIABLE_PREFIXES) for name in overrides)
 
 
 def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
@@ -74,11 +98,17 @@ def new_kernel_manager(kernel: str, ipc_path: Path) -> AsyncKernelManager:
 
 
 async def start_kernel(
-    km: AsyncKernelManager, cwd: Path, timeout: float = KERNEL_STARTUP_TIMEOUT_SECONDS
+    km: AsyncKernelManager,
+    cwd: Path,
+    timeout: float = KERNEL_STARTUP_TIMEOUT_SECONDS,
+    environment: dict[str, str] | None = None,
 ) -> AsyncKernelClient:
-    """Start the kernel of ``km`` in ``cwd``; a connected client once it answers."""
+    """Start the kernel of ``km`` in ``cwd``, with ``environment`` on top of ours; a
+    connected client once it answers."""
     await km.start_kernel(
-        cwd=str(cwd), env=kernel_environment(), extra_arguments=list(KERNEL_ARGUMENTS)
+        cwd=str(cwd),
+        env=kernel_environment(environment),
+        extra_arguments=list(KERNEL_ARGUMENTS),
     )
     return await connect_client(km, timeout)
 
@@ -319,17 +349,46 @@ def kernel_pid(client: NotebookClient) -> int | None:
     return int(pid) if pid else None
 
 
-async def move_kernel_to(client: NotebookClient, workdir: Path) -> None:
-    """Make ``workdir`` the working folder of a kernel that was started elsewhere.
+def is_python_kernel(kernel: str) -> bool:
+    """Whether the installed kernel ``kernel`` runs Python (its kernelspec's language)."""
+    spec = KernelSpecManager().get_kernel_spec(kernel)
+    return str(spec.language or "").lower() == "python"
 
-    Runs silently: no execution count, no history, no output in the notebook.
+
+async def move_kernel_to(
+    client: NotebookClient, workdir: Path, environment: dict[str, str] | None = None
+) -> None:
+    """Make ``workdir`` the working folder of a Python kernel that was started elsewhere,
+    and add ``environment`` to its own, as a fork server does for a forked kernel.
+
+    Runs silently: no execution count, no history, no output in the notebook. Only for
+    Python kernels (``KernelPool`` keeps no other).
+
+    Raises:
+        KernelStartError: The kernel refused (the run then ends as one whose kernel
+            could not start).
     """
     assert client.kc is not None
-    code = f"import os as _nbjobs_os; _nbjobs_os.chdir({str(workdir)!r}); del _nbjobs_os"
+    lines = ["import os as _nbjobs_os", f"_nbjobs_os.chdir({str(workdir)!r})"]
+    if environment:
+        lines += [
+            f"_nbjobs_os.environ.update({environment!r})",
+            "import time as _nbjobs_time; _nbjobs_time.tzset(); del _nbjobs_time",
+        ]
+    lines.append("del _nbjobs_os")
     # nbclient's kernel client is asynchronous; its stubs type it as the sync one
     kc: Any = client.kc
     reply = await kc.execute_interactive(
-        code, silent=True, store_history=False, timeout=KERNEL_STARTUP_TIMEOUT_SECONDS
+        "\n".join(lines),
+        silent=True,
+        store_history=False,
+        timeout=KERNEL_STARTUP_TIMEOUT_SECONDS,
     )
-    if reply["content"].get("status") != "ok":
-        raise RuntimeError(f"could not move the kernel to {workdir}: {reply['content']}")
+    content = reply["content"]
+    if content.get("status") != "ok":
+        reason = ": ".join(
+            str(part) for part in (content.get("ename"), content.get("evalue")) if part
+        )
+        raise KernelStartError(
+            f"the pre-started kernel could not move to {workdir}: {reason or 'it refused'}"
+        )

@@ -20,9 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
 from notebook_jobs.blocks.slurm import SlurmCluster
-from notebook_jobs.tasks.engine.cells import CellEvent, EventCallback
+from notebook_jobs.tasks.engine.cells import CellEvent, EventCallback, clear_outputs
 from notebook_jobs.tasks.engine.layout import (
     EVENTS_NAME,
     EXECUTED_NAME,
@@ -300,8 +302,10 @@ def collect_job(
         running=running_cell(job_dir),
     )
     if not (job_dir / EXECUTED_NAME).exists():
-        logger.warning("the job wrote no notebook; storing the staged one")
-        shutil.copy(job_dir / STAGED_NAME, job_dir / EXECUTED_NAME)
+        logger.warning("the job wrote no notebook; storing the staged one, with no outputs")
+        staged = nbformat.read(job_dir / STAGED_NAME, as_version=4)
+        clear_outputs(staged)
+        nbformat.write(staged, job_dir / EXECUTED_NAME)
     archive = shutil.make_archive(str(job_dir.parent / f"job-{job_id}"), "zip", job_dir)
     logs = {"slurm/job.zip": archive}
     for path in (stdout, stderr):
