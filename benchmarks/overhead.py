@@ -8,14 +8,20 @@ as the README's first command uses) or PostgreSQL (the production set-up; starte
 tests/services/postgres.sh, needs root). On a trivial 3-cell notebook:
   0. kernel start: a spawned ipykernel against a forked one (tasks/engine/kernels/fork.py),
      wall time until it answers and the CPU it spent;
-  1. single run: the run-notebook flow (local store, a new kernel per run, no pool)
-     against papermill.execute_notebook in the same process, alternating;
+  1. single run from Python: ``await run_notebook(...)`` in a plain process, with no
+     executor of the caller's (the process's own: a kernel forked from its fork server,
+     a new one per run, no pool; tasks.executors.process_executor), against
+     papermill.execute_notebook in the same process, alternating; and the Prefect API
+     requests one run makes (HTTP, by route; events go over a websocket, not counted);
   2. latency with pre-started kernels: the flow with a KernelPool in steady state (the
      pool has refilled between runs, as on a worker between requests), and back to back;
   3. batch throughput: run-notebooks (``--concurrency`` at a time, pool) against
      sequential papermill, notebooks per minute, each batch in a new process (imports
      and one warm-up run before the clock starts), with the peak memory of the whole
      process tree (kernels and the Prefect server included), ``--repeats`` times.
+  4. with the local server's worker up (its own home, no PREFECT_API_URL):
+     ``run_notebook_sync`` in a Python process against ``nbjobs run`` as a command,
+     alternating (``--local-only``, a process of its own).
 Each figure: median, p10, p90 over the repetitions; ratios to the baseline beside them.
 """
 
@@ -106,6 +112,64 @@ async def flow_once(store: Path, label: str = "") -> float:
     return elapsed
 
 
+async def api_calls(store: Path) -> dict[str, int]:
+    """The HTTP requests this process makes to Prefect's API for one run, by route
+    (after the run: its logs and the last artifact are sent a moment later)."""
+    import re
+
+    import httpx
+
+    counts: dict[str, int] = {}
+    original = httpx.AsyncClient.send
+
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        path = request.url.path.split("/api", 1)[-1]
+        route = f"{request.method} {re.sub(r'[0-9a-f]{8}-[0-9a-f-]{27}', '{id}', path)}"
+        counts[route] = counts.get(route, 0) + 1
+        return await original(self, request, **kwargs)
+
+    httpx.AsyncClient.send = send  # type: ignore[method-assign]
+    try:
+        await flow_once(store)
+        await asyncio.sleep(3)  # the log worker's last batch
+    finally:
+        httpx.AsyncClient.send = original  # type: ignore[method-assign]
+    return counts
+
+
+def local_worker(args: argparse.Namespace, work: Path) -> None:
+    """``run_notebook_sync`` against ``nbjobs run``, both handed to the local server's
+    worker (this process has no PREFECT_API_URL; the server is started and stopped
+    here, in its own home)."""
+    from notebook_jobs.deployments.python_api import run_notebook_sync
+
+    nbjobs = str(Path(sys.executable).parent / "nbjobs")
+    subprocess.run([nbjobs, "server", "start"], check=True, capture_output=True)
+    try:
+
+        def command() -> float:
+            t = time.perf_counter()
+            subprocess.run([nbjobs, "run", str(NOTEBOOK)], check=True, capture_output=True)
+            return time.perf_counter() - t
+
+        def python() -> float:
+            t = time.perf_counter()
+            assert run_notebook_sync(str(NOTEBOOK)).success
+            return time.perf_counter() - t
+
+        command(), python()  # warm up: imports, the worker's first run
+        commands, calls = [], []
+        for _ in range(args.runs):
+            commands.append(command())
+            calls.append(python())
+    finally:
+        subprocess.run([nbjobs, "server", "stop"], check=True, capture_output=True)
+    ratio = statistics.median(calls) / statistics.median(commands)
+    print("4. with the local server's worker up, a pre-started kernel per run")
+    print(f"   nbjobs run (a command)       {spread(commands)}")
+    print(f"   run_notebook_sync(...)       {spread(calls)}  ratio {ratio:.2f}")
+
+
 def print_phases(label: str) -> None:
     for key, values in PHASES.items():
         if key.startswith(label + "|"):
@@ -127,21 +191,24 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         starts = [await kernel_start(owner, work) for _ in range(args.runs)]
         print(f"   {launcher:<8} wall {spread([w for w, _ in starts])}")
         print(f"   {'':<8} CPU  {spread([c for _, c in starts])}")
-    # the flows below run as a worker runs them: through a LocalExecutor it owns
-    with using_executor(LocalExecutor(fork_servers=servers)):
-        await flow_once(store)  # warm up imports, the server, nbconvert's templates
-        papermill_once(work / "warm.ipynb")
-        flow_times, pm_times = [], []
-        for i in range(args.runs):
-            flow_times.append(await flow_once(store, "fresh"))
-            pm_times.append(await asyncio.to_thread(papermill_once, work / f"pm{i}.ipynb"))
-        pm = statistics.median(pm_times)
-        print("1. single run, a new kernel per run")
-        print(f"   papermill.execute_notebook   {spread(pm_times)}")
-        print(
-            f"   run-notebook flow            {spread(flow_times)}  ratio {statistics.median(flow_times) / pm:.2f}"
-        )
-        print_phases("fresh")
+    # as a script calls it: no executor of its own, so the process's (a fork server)
+    await flow_once(store)  # warm up imports, the server, nbconvert's templates
+    papermill_once(work / "warm.ipynb")
+    flow_times, pm_times = [], []
+    for i in range(args.runs):
+        flow_times.append(await flow_once(store, "fresh"))
+        pm_times.append(await asyncio.to_thread(papermill_once, work / f"pm{i}.ipynb"))
+    pm = statistics.median(pm_times)
+    print("1. single run from Python, a new kernel per run")
+    print(f"   papermill.execute_notebook   {spread(pm_times)}")
+    print(
+        f"   await run_notebook(...)      {spread(flow_times)}  ratio {statistics.median(flow_times) / pm:.2f}"
+    )
+    print_phases("fresh")
+    calls = await api_calls(store)
+    print(f"   Prefect API requests of one run: {sum(calls.values())}")
+    for route, count in sorted(calls.items()):
+        print(f"      {count} {route}")
 
     steady, back_to_back = [], []
     async with LocalExecutor(pool_size=2, fork_servers=servers) as pooled:
@@ -242,9 +309,13 @@ def main() -> None:
         "--batch-only", choices=("papermill", "run-notebooks"), help=argparse.SUPPRESS
     )
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--local-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.batch_only:  # one batch, in this new process, against the caller's server
         print(asyncio.run(one_batch(args.batch_only, args, args.work)))
+        return
+    if args.local_only:  # phase 4, in this new process, with no server configured
+        local_worker(args, args.work)
         return
     import papermill
     import prefect
@@ -261,6 +332,13 @@ def main() -> None:
             os.environ["PREFECT_API_URL"] = api_url
             os.environ["NBJOBS_HOME"] = str(work / "home")
             asyncio.run(measure(args, work))
+        local = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        local.update(NBJOBS_HOME=str(work / "local"), PREFECT_HOME=str(work / "local-client"))
+        subprocess.run(
+            [sys.executable, __file__, "--local-only", "--runs", str(args.runs), "--work", folder],
+            env=local,
+            check=True,
+        )
 
 
 if __name__ == "__main__":

@@ -329,6 +329,7 @@ async def _run(args: argparse.Namespace) -> int:
     from notebook_jobs.deployments.progress import CellProgressBar
     from notebook_jobs.deployments.report import report_refusal, report_run
     from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
+    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
     from notebook_jobs.tasks.notebook import add_progress_listener, remove_progress_listener
 
     try:
@@ -338,8 +339,10 @@ async def _run(args: argparse.Namespace) -> int:
     bar = CellProgressBar(enabled=wants_progress_bar(args))
     add_progress_listener(bar.update)
     try:
-        with tags("trigger:cli"):
-            state = await run_notebook(**request, return_state=True)
+        # one notebook, then the process exits: a fork server would cost more than it saves
+        async with LocalExecutor(fork=False) as one:
+            with tags("trigger:cli"), using_executor(one):
+                state = await run_notebook(**request, return_state=True)
         outcome = await run_outcome(state, request.get("store"))
     finally:
         remove_progress_listener(bar.update)

@@ -43,7 +43,7 @@ LOG_DRAIN_SECONDS = 0.5  # the worker ships logs every 0.25 s: the last ones fol
 _CELL_LINE = re.compile(r"^cell (\d+) \((\d+)/(\d+)\) (\w+)")
 
 
-def _is_location(text: str) -> bool:
+def is_location(text: str) -> bool:
     return text.startswith(("s3://", "http://", "https://", "{"))
 
 
@@ -67,7 +67,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
     notebook: str = args.notebook
     if notebook == "-":
         notebook = sys.stdin.read()
-    elif not _is_location(notebook.strip()):
+    elif not is_location(notebook.strip()):
         path = Path(notebook).expanduser()
         if not path.is_file():
             raise exceptions.NotebookNotFoundError(
@@ -85,7 +85,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "store": absolute_store(store) if store else None,
         "cluster": args.cluster,
         "input_files": [
-            item if _is_location(item) else str(Path(item).expanduser().resolve())
+            item if is_location(item) else str(Path(item).expanduser().resolve())
             for item in args.input_files
         ],
         "cwd": args.cwd,  # made absolute, or the notebook's folder: papermill_cli.prepare
@@ -295,6 +295,66 @@ def _follow(
     return final
 
 
+def hand_over(
+    api: PrefectHTTP, server: LocalServer, request: dict[str, Any], trigger: str
+) -> tuple[str, socket.socket | None]:
+    """Create a run of ``run-notebook/adhoc`` for the local worker, with this process's
+    environment handed to it first; the run's id and the worker's connection.
+
+    Raises:
+        LocalServerError: The server refused the credentials, has no such deployment,
+            or could not create the run.
+    """
+    try:
+        deployment_id = api.deployment_id(FLOW, DEPLOYMENT)
+    except APIError as error:
+        if error.status_code == 401:
+            raise LocalServerError(
+                f"the local server refused the credentials in {server.credentials.path}; "
+                "`nbjobs server stop` and run again to make new ones"
+            ) from error
+        if error.status_code != 404:
+            raise
+        raise LocalServerError(
+            f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
+            "`nbjobs server stop` and run again: its worker registers it when it starts"
+        ) from error
+    key = f"nbjobs-run-{uuid.uuid4()}"  # safe to send again
+    # the kernel gets this process's environment, as papermill's does
+    channel = server.hand_over(caller_environment(), key)
+    try:
+        run_id = api.trigger(
+            FLOW,
+            DEPLOYMENT,
+            request,
+            tags=[f"trigger:{trigger}"],
+            deployment_id=deployment_id,
+            idempotency_key=key,
+        )
+    except APIError as error:
+        if channel is not None:
+            channel.close()
+        raise LocalServerError(
+            f"the run could not be created: {error} (one the server made after all "
+            f"still runs: it shows in the UI, tagged trigger:{trigger})"
+        ) from error
+    return run_id, channel
+
+
+def run_handed_over(server: LocalServer, request: dict[str, Any], trigger: str) -> dict[str, Any]:
+    """Run ``request`` in the local worker and wait for it, for a caller that is not a
+    terminal (``python_api``): a Ctrl-C cancels the run and waits for it to end.
+
+    Returns:
+        How it ended: ``state``, ``document`` (the result, if stored), ``error``.
+    """
+    with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
+        run_id, channel = hand_over(api, server, request, trigger)
+        interrupts = Interrupts(lambda: _cancel(api, run_id))
+        follower = RunFollower(bar=False, echo=False)
+        return _follow(api, run_id, server, follower, interrupts, channel)
+
+
 def run_on_local_server(
     args: argparse.Namespace, parameters: dict[str, Any], server: LocalServer
 ) -> int:
@@ -304,39 +364,7 @@ def run_on_local_server(
     except exceptions.NotebookInputError as error:
         return report_refusal(type(error).__name__, str(error), args.json)
     with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
-        try:
-            deployment_id = api.deployment_id(FLOW, DEPLOYMENT)
-        except APIError as error:
-            if error.status_code == 401:
-                raise LocalServerError(
-                    f"the local server refused the credentials in {server.credentials.path}; "
-                    "`nbjobs server stop` and run again to make new ones"
-                ) from error
-            if error.status_code != 404:
-                raise
-            raise LocalServerError(
-                f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
-                "`nbjobs server stop` and run again: its worker registers it when it starts"
-            ) from error
-        key = f"nbjobs-run-{uuid.uuid4()}"  # safe to send again
-        # the kernel gets this command's environment, as papermill's does
-        channel = server.hand_over(caller_environment(), key)
-        try:
-            run_id = api.trigger(
-                FLOW,
-                DEPLOYMENT,
-                request,
-                tags=["trigger:cli"],
-                deployment_id=deployment_id,
-                idempotency_key=key,
-            )
-        except APIError as error:
-            if channel is not None:
-                channel.close()
-            raise LocalServerError(
-                f"the run could not be created: {error} (one the server made after all "
-                "still runs: it shows in the UI, tagged trigger:cli)"
-            ) from error
+        run_id, channel = hand_over(api, server, request, "cli")
         url = f"{server.ui_url()}/runs/flow-run/{run_id}"
         follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))

@@ -215,6 +215,12 @@ async def store_run(
         cache=caching if report.success else None,
     )
     keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
+    # the Parameters tab's update goes beside the artifacts, not after them
+    showing = (
+        asyncio.ensure_future(show_parameters(run_id, result.parameters_used, artefacts.input))
+        if flow_run.get_id()
+        else None
+    )
     if spilled is None:
         # result.json first: `nbjobs run` reports it while the artifacts are published
         stored = await store_result(result, artefact_store, prefix)
@@ -224,9 +230,9 @@ async def store_run(
     else:
         await asyncio.to_thread((spilled / RESULT_NAME).write_bytes, result_document(result))
         await publish_result(result, keys, executed=spilled / EXECUTED_NAME)
-    if flow_run.get_id():
+    if showing is not None:
         try:
-            await show_parameters(run_id, result.parameters_used, artefacts.input)
+            await showing
         except Exception as error:  # the Parameters tab is not worth a failed run
             logger.warning("could not show the parameters used on the flow run: %s", error)
     if spilled is not None:

@@ -8,7 +8,6 @@ Its parameters are the public contract of a run, over HTTP as in Python::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import time
@@ -54,11 +53,12 @@ from notebook_jobs.tasks.engine.layout import (
     runs_root,
 )
 from notebook_jobs.tasks.engine.parameters import in_order
+from notebook_jobs.tasks.events import read_alerts_ahead
 from notebook_jobs.tasks.executors import (
     Executor,
-    LocalExecutor,
     SlurmExecutor,
     current_executor,
+    process_executor,
 )
 from notebook_jobs.tasks.models import (
     CacheInfo,
@@ -202,10 +202,12 @@ async def run_notebook(
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
-    # tags are one more API call: made while the notebook runs, not before
+    # tags and the alerts are API calls: made while the notebook runs, not before or after
     labelling = (
         asyncio.ensure_future(label_run(run_id, notebook, name)) if flow_run.get_id() else None
     )
+    if flow_run.get_id():
+        read_alerts_ahead()
     try:
         return await _run(request, run_id, t_start, started_at)
     except (NotebookInputError, ArtefactStoreError, SlurmSubmissionError) as error:
@@ -240,53 +242,48 @@ async def _run(
             "folder on the cluster's shared filesystem; send the files it reads as input_files",
             path=request.cwd,
         )
-    async with contextlib.AsyncExitStack() as owned:
-        executor: Executor
-        if slurm_cluster is not None:
-            executor = SlurmExecutor(slurm_cluster)
-        else:
-            # the worker's, or the batch's; else one for this run alone (one kernel:
-            # a fork server would cost more than it saves)
-            local = current_executor()
-            if local is None:
-                local = await owned.enter_async_context(LocalExecutor(fork=False))
-            executor = local
-        key = run_key(run_id, max(flow_run.get_run_count(), 1))
-        prefix = run_prefix(FLOW_NAME, key)
-        staged = await stage_notebook(
-            request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
-        )
-        stage_seconds = time.perf_counter() - t_start
-        caching: CacheInfo | None = None
-        if request.cache:
-            caching = await asyncio.to_thread(key_of, request, staged)
-            cached = None
-            if not request.refresh_cache:
-                try:
-                    cached = await find_cached(
-                        artefact_store, caching, request.cache_expiration_seconds
-                    )
-                except Exception as error:  # an unreadable record is a miss, not a failure
-                    get_run_logger().warning("could not read the cache, running: %s", error)
-            if cached is not None:  # nothing executes
-                return await cached_run(
-                    request, artefact_store, run_id, prefix, staged, cached, t_start, started_at
+    executor: Executor
+    if slurm_cluster is not None:
+        executor = SlurmExecutor(slurm_cluster)
+    else:
+        # the worker's, the batch's or the command's; else this process's own
+        executor = current_executor() or process_executor()
+    key = run_key(run_id, max(flow_run.get_run_count(), 1))
+    prefix = run_prefix(FLOW_NAME, key)
+    staged = await stage_notebook(
+        request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
+    )
+    stage_seconds = time.perf_counter() - t_start
+    caching: CacheInfo | None = None
+    if request.cache:
+        caching = await asyncio.to_thread(key_of, request, staged)
+        cached = None
+        if not request.refresh_cache:
+            try:
+                cached = await find_cached(
+                    artefact_store, caching, request.cache_expiration_seconds
                 )
-        # the task ends Failed when the notebook failed; its outcome is the state's data
-        state = await execute_task(kernel_retries())(
-            staged,
-            executor,
-            request.cell_timeout_seconds,
-            request.timeout_seconds,
-            return_state=True,
-        )
-        ended = await state.aresult(raise_on_failure=False)
-        if isinstance(ended, KernelDiedError):  # retried as often as allowed: store what ran
-            outcome = ExecutionOutcome.model_validate(ended.execution)
-        elif isinstance(ended, BaseException):
-            raise ended
-        else:
-            outcome = ended
+            except Exception as error:  # an unreadable record is a miss, not a failure
+                get_run_logger().warning("could not read the cache, running: %s", error)
+        if cached is not None:  # nothing executes
+            return await cached_run(
+                request, artefact_store, run_id, prefix, staged, cached, t_start, started_at
+            )
+    # the task ends Failed when the notebook failed; its outcome is the state's data
+    state = await execute_task(kernel_retries())(
+        staged,
+        executor,
+        request.cell_timeout_seconds,
+        request.timeout_seconds,
+        return_state=True,
+    )
+    ended = await state.aresult(raise_on_failure=False)
+    if isinstance(ended, KernelDiedError):  # retried as often as allowed: store what ran
+        outcome = ExecutionOutcome.model_validate(ended.execution)
+    elif isinstance(ended, BaseException):
+        raise ended
+    else:
+        outcome = ended
     # A cancelled run is stored as any other (shielded: a second cancellation must not
     # lose it) and then ends Cancelled.
     timings = Timings(

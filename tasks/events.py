@@ -17,8 +17,10 @@ events) and names each alert that holds as a related resource, with what held in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -128,6 +130,21 @@ def alert_of(automation: Any) -> dict[str, Any] | None:
     }
 
 
+# the alerts read while the run's notebook runs (``read_alerts_ahead``), for its event
+_read_ahead: ContextVar[asyncio.Future[list[dict[str, Any]]] | None] = ContextVar(
+    "nbjobs_alerts_read_ahead", default=None
+)
+
+
+def read_alerts_ahead() -> None:
+    """Start reading the alerts now, beside the run: its event then names those that
+    hold without one more API call between the notebook's end and the run's. Alerts
+    added while the notebook runs apply from the next run."""
+    ahead = asyncio.ensure_future(read_alerts())
+    ahead.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
+    _read_ahead.set(ahead)
+
+
 async def read_alerts() -> list[dict[str, Any]]:
     """Every nbjobs alert on the server (one API call)."""
     automations: list[Any] = []
@@ -141,8 +158,17 @@ async def read_alerts() -> list[dict[str, Any]]:
 
 
 async def alerts_for(label: str) -> list[dict[str, Any]]:
-    """The enabled nbjobs alerts on this notebook."""
-    return [a for a in await read_alerts() if a["notebook"] == label and a["enabled"]]
+    """The enabled nbjobs alerts on this notebook (read ahead, if they were)."""
+    ahead = _read_ahead.get()
+    found: list[dict[str, Any]] | None = None
+    if ahead is not None:
+        try:
+            found = await asyncio.shield(ahead)
+        except Exception:  # read again below: the server may be back
+            found = None
+    if found is None:
+        found = await read_alerts()
+    return [a for a in found if a["notebook"] == label and a["enabled"]]
 
 
 async def history_of(label: str, runs: int) -> list[dict[str, Any]]:

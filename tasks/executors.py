@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -114,6 +115,30 @@ def using_executor(executor: LocalExecutor | None) -> Iterator[None]:
         _current.reset(token)
 
 
+_process_executor: list[LocalExecutor] = []  # at most one: ``process_executor``'s
+_process_lock = threading.Lock()
+
+
+def process_executor() -> LocalExecutor:
+    """The executor of runs made in this process outside any other (``await
+    run_notebook(...)`` or ``run_notebook_sync`` in a script, a notebook, a test).
+
+    It forks kernels from a fork server of its own (unless
+    ``NBJOBS_KERNEL_LAUNCHER=spawn``): the first run spawns its kernel while the server
+    imports ipykernel beside it; every later run takes a kernel forked ahead, when the
+    run before it started, and moved to its folder. It keeps no kernel pool, which
+    would tie it to one event loop, and each ``asyncio.run`` has its own. Its fork
+    server stops when the process exits (``ForkServers`` closes at exit). A process
+    that runs one notebook and exits (``nbjobs run`` on a configured server) makes a
+    ``LocalExecutor(fork=False)`` of its own instead: the server would cost more than
+    it saves.
+    """
+    with _process_lock:
+        if not _process_executor:
+            _process_executor.append(LocalExecutor(fork_ahead=True))
+        return _process_executor[0]
+
+
 def caller_environment() -> dict[str, str] | None:
     """The environment of the caller whose run this is, made current by
     ``using_caller_environment``; None for runs nobody on this machine handed over."""
@@ -141,6 +166,8 @@ class LocalExecutor:
         fork: Fork ipykernels from warm fork servers (default: unless
             ``NBJOBS_KERNEL_LAUNCHER=spawn``). Off for a process that runs one notebook.
         fork_servers: Borrow these fork servers (another executor's) instead of owning.
+        fork_ahead: Have its own fork servers fork each run's next kernel ahead
+            (``ForkServers(ahead=True)``): for an owner without a pool.
 
     Example:
         >>> async with LocalExecutor(pool_size=2) as executor:
@@ -156,13 +183,14 @@ class LocalExecutor:
         pool_size: int = 0,
         fork: bool | None = None,
         fork_servers: ForkServers | None = None,
+        fork_ahead: bool = False,
     ) -> None:
         self.pool_size = max(pool_size, 0)
         self._owns_fork_servers = fork_servers is None
         if fork_servers is None and (
             fork if fork is not None else settings().kernel_launcher == "fork"
         ):
-            fork_servers = ForkServers(settings().kernel_preload)
+            fork_servers = ForkServers(settings().kernel_preload, ahead=fork_ahead)
         self.fork_servers = fork_servers
         self._pools: dict[str, KernelPool] = {}
         self._python_kernels: dict[str, bool] = {}

@@ -11,6 +11,9 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 # A passing value ("running cell 7" of a fast cell) is shown only if it stays current
 # this long, or if the last update is older than this.
 MIN_INTERVAL_SECONDS = 0.5
+# A run that ends sooner has no progress artifact: nobody could have watched it move,
+# and its state says it ended (three API calls fewer for a run of a fast notebook).
+SHOWN_AFTER_SECONDS = 1.0
 
 
 class ProgressArtifact:
@@ -20,7 +23,8 @@ class ProgressArtifact:
     notebook of fast cells would otherwise wait for them between cells, and send one
     per cell. So this is the one throttle of progress updates: at most one request is
     in flight, only the newest value is sent, and a passing value waits until it has
-    been current ``MIN_INTERVAL_SECONDS``.
+    been current ``MIN_INTERVAL_SECONDS``. The artifact is made only once the run has
+    gone on for ``SHOWN_AFTER_SECONDS`` (with the newest value by then).
 
     Example:
         >>> progress = ProgressArtifact("report-progress", "report.ipynb: starting")
@@ -29,14 +33,25 @@ class ProgressArtifact:
     """
 
     def __init__(self, key: str, description: str) -> None:
-        self._created: asyncio.Future[UUID] = asyncio.ensure_future(
-            acreate_progress_artifact(0.0, key=key, description=description)
-        )
-        self._latest: tuple[float, str] | None = None
+        self._key = key
+        self._created: asyncio.Future[UUID] | None = None  # made after SHOWN_AFTER_SECONDS
+        self._latest: tuple[float, str] | None = (0.0, description)
         self._sender: asyncio.Future[None] | None = None
         self._later: asyncio.TimerHandle | None = None
+        self._first: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            SHOWN_AFTER_SECONDS, self._create
+        )
         self._shown_at = time.monotonic()
         self.percent = 0.0  # the newest value shown
+
+    def _create(self) -> None:
+        self._first = None
+        progress, description = self._latest or (self.percent, "")
+        self._latest = None
+        self._created = asyncio.ensure_future(
+            acreate_progress_artifact(progress, key=self._key, description=description)
+        )
+        self._shown_at = time.monotonic()
 
     def show(self, progress: float, description: str, *, passing: bool = False) -> None:
         """Send this value soon; a newer one replaces it.
@@ -50,6 +65,9 @@ class ProgressArtifact:
             self._later.cancel()
             self._later = None
         self.percent = progress
+        if self._created is None:  # not made yet: it is made with the newest value
+            self._latest = (progress, description)
+            return
         waited = time.monotonic() - self._shown_at
         if passing and waited < MIN_INTERVAL_SECONDS:
             self._later = asyncio.get_running_loop().call_later(
@@ -66,6 +84,7 @@ class ProgressArtifact:
             self._sender = asyncio.ensure_future(self._send())
 
     async def _send(self) -> None:
+        assert self._created is not None
         artifact_id = await self._created
         while self._latest is not None:
             progress, description = self._latest
@@ -73,11 +92,19 @@ class ProgressArtifact:
             await aupdate_progress_artifact(artifact_id, progress, description=description)
 
     async def close(self, progress: float, description: str) -> None:
-        """Send the final value and wait until it is stored.
+        """Send the final value and wait until it is stored (nothing, for a run that
+        ended before its artifact was made).
 
         Raises:
             Exception: Whatever the API raised for the creation or an update.
         """
+        if self._created is None:
+            if self._first is not None:
+                self._first.cancel()
+                self._first = None
+            if self._later is not None:
+                self._later.cancel()
+            return
         self.show(progress, description)
         assert self._sender is not None
         await self._sender

@@ -226,20 +226,37 @@ def test_a_second_ctrl_c_leaves_with_one_line(local: Local) -> None:
 
 
 def test_run_notebook_sync_uses_the_local_server(local: Local) -> None:
-    """A Python caller with no server configured lands in the same history as the CLI."""
-    code = (
-        "from notebook_jobs.deployments.python_api import run_notebook_sync\n"
-        f"result = run_notebook_sync({str(EXAMPLES / 'report.ipynb')!r}, parameters={{'n': 4}})\n"
-        "print(result.flow_run_id, result.outputs['total'])\n"
-    )
+    """A Python caller with no server configured hands its run to the local worker, as
+    ``nbjobs run`` does: same history, a pre-started kernel, the same errors."""
+    code = f"""
+import asyncio, os
+from notebook_jobs.blocks.exceptions import NotebookExecutionError, NotebookNotFoundError
+from notebook_jobs.deployments.python_api import run_notebook_async, run_notebook_sync
+os.chdir({str(EXAMPLES)!r})  # a relative path means what it means here
+result = run_notebook_sync("report.ipynb", parameters={{"n": 4, "label": "sq"}})
+print(result.flow_run_id, result.outputs["total"], result.outputs["label"])
+print(asyncio.run(run_notebook_async("report.ipynb")).outputs["total"])
+try:
+    run_notebook_sync({str(DATA / "raises.ipynb")!r})
+except NotebookExecutionError as error:
+    print("raised", error.cell_index, error.result["status"])
+try:
+    run_notebook_sync("missing.ipynb")
+except NotebookNotFoundError as error:
+    print("refused", error)
+"""
     done = subprocess.run(
         [sys.executable, "-c", code], env=local.env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run_id, total = done.stdout.split()[-2:]
-    assert total == "30"
+    first, default, raised, refused = done.stdout.splitlines()[-4:]
+    run_id, total, label = first.split()
+    assert (total, label, default) == ("30", "sq", "385")
+    assert raised == "raised 3 failed"
+    assert refused.startswith("refused notebook not found: missing.ipynb")
     run = local.api().flow_run(run_id)
     assert run["state"]["type"] == "COMPLETED"
+    assert run["deployment_id"] and "trigger:python" in run["tags"]  # the worker's run
 
 
 def test_an_unwritable_store_spills_and_exits_three(local: Local) -> None:

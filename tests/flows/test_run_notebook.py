@@ -96,7 +96,13 @@ def test_a_final_state_without_its_value_is_answered_from_the_store(tmp_path: Pa
     assert outcome == state_outcome(state)
 
 
-def test_artifacts_are_published_with_stable_keys(tmp_path: Path) -> None:
+def test_artifacts_are_published_with_stable_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notebook_jobs.tasks.progress_artifact as progress_artifact
+
+    # a run this fast has no progress bar unless it is made at once
+    monkeypatch.setattr(progress_artifact, "SHOWN_AFTER_SECONDS", 0.0)
     state = run_flow(
         notebook=str(EXAMPLES / "report.ipynb"), parameters={"n": 3}, store=str(tmp_path)
     )

@@ -238,7 +238,13 @@ def test_an_unreachable_cluster_is_a_clear_error(
     assert state.is_failed() and "SlurmSubmissionError: sbatch not found" in state.message
 
 
-def test_progress_shows_the_job(slurm_cluster: str, tmp_path: Path) -> None:
+def test_progress_shows_the_job(
+    slurm_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notebook_jobs.tasks.progress_artifact as progress_artifact
+
+    # made at once, however fast the job (a run under a second has none)
+    monkeypatch.setattr(progress_artifact, "SHOWN_AFTER_SECONDS", 0.0)
     state = run_flow(
         notebook=str(EXAMPLES / "report.ipynb"), cluster=slurm_cluster, store=str(tmp_path)
     )

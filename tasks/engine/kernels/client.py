@@ -31,7 +31,8 @@ from notebook_jobs.tasks.models import Resources
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
 READY_POLL_SECONDS = 1.0
-IOPUB_POLL_SECONDS = 0.1
+# a subscription still connecting misses the first status: asked again this soon
+IOPUB_POLL_SECONDS = 0.02
 # as nbclient does: no IPython history database, which concurrent kernels would lock
 KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
 MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
@@ -110,7 +111,14 @@ async def start_kernel(
         env=kernel_environment(environment),
         extra_arguments=list(KERNEL_ARGUMENTS),
     )
-    return await connect_client(km, timeout)
+    kc = await connect_client(km, timeout)
+    if getattr(km.provisioner, "moved_from", None) is not None:
+        try:  # a kernel forked ahead (``ForkServers(ahead=True)``), started elsewhere
+            await move_kernel(kc, cwd)
+        except BaseException:
+            kc.stop_channels()
+            raise
+    return kc
 
 
 async def connect_client(km: AsyncKernelManager, timeout: float) -> AsyncKernelClient:
@@ -358,17 +366,22 @@ def is_python_kernel(kernel: str) -> bool:
 async def move_kernel_to(
     client: NotebookClient, workdir: Path, environment: dict[str, str] | None = None
 ) -> None:
+    """``move_kernel`` for the kernel of ``client`` (nbclient's)."""
+    assert client.kc is not None
+    await move_kernel(client.kc, workdir, environment)
+
+
+async def move_kernel(kc: Any, workdir: Path, environment: dict[str, str] | None = None) -> None:
     """Make ``workdir`` the working folder of a Python kernel that was started elsewhere,
     and add ``environment`` to its own, as a fork server does for a forked kernel.
 
     Runs silently: no execution count, no history, no output in the notebook. Only for
-    Python kernels (``KernelPool`` keeps no other).
+    Python kernels (``KernelPool`` and ``ForkServers`` keep no other ahead).
 
     Raises:
         KernelStartError: The kernel refused (the run then ends as one whose kernel
             could not start).
     """
-    assert client.kc is not None
     lines = ["import os as _nbjobs_os", f"_nbjobs_os.chdir({str(workdir)!r})"]
     if environment:
         lines += [
@@ -376,8 +389,6 @@ async def move_kernel_to(
             "import time as _nbjobs_time; _nbjobs_time.tzset(); del _nbjobs_time",
         ]
     lines.append("del _nbjobs_os")
-    # nbclient's kernel client is asynchronous; its stubs type it as the sync one
-    kc: Any = client.kc
     reply = await kc.execute_interactive(
         "\n".join(lines),
         silent=True,

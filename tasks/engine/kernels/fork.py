@@ -34,20 +34,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo, write_connection_file
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 PROVISIONER_NAME = "nbjobs-fork"
 FORK_SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
 FORK_SERVER_STARTUP_TIMEOUT_SECONDS = 60
 EXIT_POLL_INTERVAL_SECONDS = 0.05
+KILL_POLL_SECONDS = 0.005  # after SIGKILL: the process is gone within milliseconds
+KILL_WAIT_SECONDS = 1.0  # then jupyter_client's own wait takes over
 
 log = logging.getLogger("nbjobs.kernel_fork")
 
@@ -203,6 +209,28 @@ class ForkServer:
             self._process.kill()
 
 
+@dataclass
+class Ahead:
+    """A kernel forked before any run asked for it (``ForkServers(ahead=True)``): its
+    connection file and IPC sockets are in ``folder``, which is also its working folder
+    until the run that takes it moves it to its own."""
+
+    server: ForkServer
+    pid: int
+    info: KernelConnectionInfo
+    argv: list[str]  # with CONNECTION_FILE where its connection file goes
+    env: dict[str, str]
+    folder: Path
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+CONNECTION_FILE = "{connection_file}"
+
+
 class ForkServers:
     """The fork servers of one owner (a ``LocalExecutor``): one per kernel Python.
 
@@ -211,6 +239,13 @@ class ForkServers:
     retried, and its kernels spawn. ``close`` stops every server and the kernels they
     still run; it also runs at interpreter exit.
 
+    With ``ahead``, each kernel forked for a run has the next one forked at once, in
+    the background: the next run of the same kernel spec and environment takes it
+    already started (its ~0.15 s start is off that run's path), is moved to its own
+    folder, and has the next one forked in turn. For an owner without a kernel pool
+    (``process_executor``, whose runs each have their own event loop: a kernel that is
+    already connected belongs to one).
+
     Example:
         >>> servers = ForkServers(preload=("numpy",))
         >>> with forking_with(servers):
@@ -218,8 +253,11 @@ class ForkServers:
         >>> servers.close()
     """
 
-    def __init__(self, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, preload: tuple[str, ...] = (), *, ahead: bool = False) -> None:
         self.preload = preload
+        self.ahead = ahead
+        self._ahead: dict[str, Ahead] = {}  # by python
+        self._forking_ahead: set[str] = set()
         self._servers: dict[str, ForkServer] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -257,12 +295,84 @@ class ForkServers:
         server = self._server_for(python, env)
         return server if server is not None and server.ready else None
 
+    def take_ahead(self, server: ForkServer, argv: list[str], env: dict[str, str]) -> Ahead | None:
+        """The kernel forked ahead by ``server`` for exactly these arguments and this
+        environment, if it is still running; one for others is stopped."""
+        with self._lock:
+            ahead = self._ahead.pop(server.python, None)
+        if ahead is None:
+            return None
+        if (
+            ahead.server is server
+            and ahead.argv == argv
+            and ahead.env == env
+            and server.exit_status(ahead.pid) is None
+        ):
+            return ahead
+        ahead.discard()
+        return None
+
+    def fork_ahead(self, server: ForkServer, argv: list[str], env: dict[str, str]) -> None:
+        """Fork the next kernel for these arguments and environment, in the background
+        (a thread: not tied to the event loop of the run that asked)."""
+        with self._lock:
+            if not self.ahead or self._closed or server.python in self._forking_ahead:
+                return
+            if server.python in self._ahead:
+                return
+            self._forking_ahead.add(server.python)
+        threading.Thread(
+            target=self._fork_ahead, args=(server, argv, env), name="nbjobs-fork-ahead", daemon=True
+        ).start()
+
+    def _fork_ahead(self, server: ForkServer, argv: list[str], env: dict[str, str]) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="nbjobs-ahead-"))
+        try:
+            path, info = write_connection_file(
+                str(folder / "kernel.json"),
+                transport="ipc",
+                ip=str(folder / "k"),
+                key=str(uuid.uuid4()).encode(),
+            )
+            # the key as bytes, as a kernel manager holds it (its TypedDict says str)
+            info["key"] = str(info["key"]).encode()  # type: ignore[typeddict-item]
+            future: concurrent.futures.Future[int] = concurrent.futures.Future()
+            server._send(
+                {
+                    "argv": [arg.replace(CONNECTION_FILE, path) for arg in argv],
+                    "cwd": str(folder),
+                    "env": env,
+                },
+                future,
+            )
+            pid = future.result(FORK_SERVER_STARTUP_TIMEOUT_SECONDS)
+        except Exception as error:  # the next run forks its own, as without this
+            log.warning("could not fork a kernel ahead: %s", error)
+            shutil.rmtree(folder, ignore_errors=True)
+            with self._lock:
+                self._forking_ahead.discard(server.python)
+            return
+        ahead = Ahead(server, pid, info, argv, env, folder)
+        with self._lock:
+            self._forking_ahead.discard(server.python)
+            if self._closed:
+                ahead.discard()
+                return
+            previous = self._ahead.pop(server.python, None)
+            self._ahead[server.python] = ahead
+        if previous is not None:
+            previous.discard()
+
     def close(self) -> None:
         """Stop every fork server (and the kernels they still run); no new ones start."""
         with self._lock:
             self._closed = True
             servers = list(self._servers.values())
             self._servers.clear()
+            aheads = list(self._ahead.values())
+            self._ahead.clear()
+        for ahead in aheads:
+            ahead.discard()
         for server in servers:
             server.close()
         atexit.unregister(self.close)
@@ -292,6 +402,8 @@ class ForkingProvisioner(LocalProvisioner):
 
     _server: ForkServer | None = None
     _forked: int | None = None
+    # a kernel forked ahead started in this folder: whoever connects moves it to ``cwd``
+    moved_from: Path | None = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         servers = current_fork_servers.get()
@@ -304,15 +416,30 @@ class ForkingProvisioner(LocalProvisioner):
         server = servers.ready(python, env)
         if server is None:
             return await super().launch_kernel(cmd, **kwargs)
-        try:
-            pid = await server.fork(argv, cwd, env)
-        except ForkServerError as error:
-            log.warning("forking a kernel failed (%s); starting it the usual way", error)
-            return await super().launch_kernel(cmd, **kwargs)
+        connection_file = str(getattr(self.parent, "connection_file", "") or "\0")
+        template = [arg.replace(connection_file, CONNECTION_FILE) for arg in argv]
+        ahead = servers.take_ahead(server, template, env)
+        if ahead is not None:  # started already: the kernel manager takes its connection
+            pid = ahead.pid
+            self.connection_info = ahead.info
+            self.moved_from = ahead.folder
+        else:
+            try:
+                pid = await server.fork(argv, cwd, env)
+            except ForkServerError as error:
+                log.warning("forking a kernel failed (%s); starting it the usual way", error)
+                return await super().launch_kernel(cmd, **kwargs)
+        servers.fork_ahead(server, template, env)
         self._server, self._forked = server, pid
         self.pid = self.pgid = pid  # the child called setsid(): its pid is its group
         self.cwd = cwd
         return self.connection_info
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart)
+        if self.moved_from is not None:  # a kernel forked ahead: its connection's folder
+            await asyncio.to_thread(shutil.rmtree, self.moved_from, True)
+            self.moved_from = None
 
     @property
     def has_process(self) -> bool:
@@ -342,9 +469,15 @@ class ForkingProvisioner(LocalProvisioner):
 
     async def kill(self, restart: bool = False) -> None:
         if self._forked is None:
-            return await super().kill(restart)
-        with contextlib.suppress(ProcessLookupError):
-            await self.send_signal(signal.SIGKILL)
+            await super().kill(restart)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                await self.send_signal(signal.SIGKILL)
+        # jupyter_client asks whether the kernel is gone every 0.1 s after a kill: a
+        # run's end would wait that long for what takes a few milliseconds
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while await self.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(KILL_POLL_SECONDS)
 
     async def terminate(self, restart: bool = False) -> None:
         if self._forked is None:

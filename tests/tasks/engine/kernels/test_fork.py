@@ -213,3 +213,52 @@ def test_kernels_do_not_wait_for_a_fork_server_that_is_still_starting(tmp_path: 
         servers.close()
     assert first_parent == os.getpid()  # spawned as usual while the server was starting
     assert second_parent == server_pid  # forked once it was ready
+
+
+def test_a_kernel_forked_ahead_is_the_next_runs_moved_to_its_folder(tmp_path: Path) -> None:
+    """``ForkServers(ahead=True)``: each run's kernel has the next one forked at once;
+    the next run (same spec and environment) takes it started, in its own folder, in
+    its own event loop; another environment gets a kernel of its own, and nothing forked
+    ahead outlives ``close``."""
+    owned = ForkServers(ahead=True)
+
+    def one(cwd: Path, env: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        async def go() -> tuple[dict[str, Any], bool]:
+            with forking_with(owned):
+                km = new_kernel_manager("python3", Path(tempfile.mkdtemp(prefix="nbjobs-t-")) / "k")
+                kc = await start_kernel(km, cwd, environment=env)
+            kernel = StartedKernel(km, kc)
+            adopted = getattr(km.provisioner, "moved_from", None) is not None
+            try:
+                _, text = await run(kernel, PROBE)
+            finally:
+                await shutdown_kernel(km, kc)
+            return json_line(text), adopted
+
+        cwd.mkdir()
+        return asyncio.run(go())  # each run in an event loop of its own, as a script's
+
+    try:
+        owned.wait_for(sys.executable, kernel_environment())
+        first, adopted = one(tmp_path / "first")
+        assert not adopted and first["cwd"] == str(tmp_path / "first")
+        deadline = time.monotonic() + 30
+        while not owned._ahead and time.monotonic() < deadline:  # forked in the background
+            time.sleep(0.05)
+        ahead = next(iter(owned._ahead.values()))
+        second, adopted = one(tmp_path / "second")
+        assert adopted and second["pid"] == ahead.pid
+        assert second["cwd"] == str(tmp_path / "second")
+        assert not ahead.folder.exists()  # its connection file and sockets, gone with it
+        other, adopted = one(tmp_path / "other", {"NBJOBS_TEST_OTHER": "1"})
+        assert not adopted and "NBJOBS_TEST_OTHER" in other["env"]
+        assert "NBJOBS_TEST_OTHER" not in second["env"]
+        while not owned._ahead and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = next(iter(owned._ahead.values()))
+    finally:
+        owned.close()
+    deadline = time.monotonic() + 10
+    while running(left.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(left.pid) and not left.folder.exists()
