@@ -44,6 +44,8 @@ def exit_code_for(error_name: str) -> int:
         return EXIT_BAD_INPUT
     if issubclass(error, exceptions.ArtefactStoreError):
         return EXIT_STORE_FAILED
+    if issubclass(error, exceptions.KernelStartError):  # no cell ran: the kernel's fault
+        return EXIT_SERVER_FAILED
     if issubclass(error, (exceptions.NotebookRunError, exceptions.BatchError)):
         return EXIT_NOTEBOOK_FAILED
     return EXIT_SERVER_FAILED
@@ -121,7 +123,9 @@ def report_result(
     if document.get("success"):
         return EXIT_OK
     error_name = (document.get("error") or {}).get("name", "")
-    return EXIT_STORE_FAILED if error_name == "ArtefactStoreError" else EXIT_NOTEBOOK_FAILED
+    if error_name in ("ArtefactStoreError", "KernelStartError"):
+        return exit_code_for(error_name)
+    return EXIT_NOTEBOOK_FAILED  # whatever the notebook raised: its own error's name
 
 
 def notes_hidden(args: argparse.Namespace) -> bool:

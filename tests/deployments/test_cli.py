@@ -162,3 +162,26 @@ def test_a_secret_from_the_command_line_is_masked_and_a_plain_value_refused(
     )
     assert prepared.returncode == EXIT_BAD_INPUT and not (tmp_path / "out.ipynb").exists()
     assert "declared secret" in prepared.stderr and value not in prepared.stderr
+
+
+@pytest.mark.parametrize(
+    ("error_name", "code"),
+    [
+        ("UnknownKernelError", 2),  # a request refused: what to fix
+        ("SettingsError", 2),
+        ("NotebookExecutionError", 1),  # the notebook ran and failed
+        ("NotebookTimeoutError", 1),
+        ("KernelDiedError", 1),
+        ("RunCancelledError", 1),
+        ("ArtefactStoreError", 3),
+        ("KernelStartError", 4),  # no cell ran: ours, not the notebook's
+        ("LocalServerError", 4),
+        ("SlurmSubmissionError", 4),
+        ("RuntimeError", 4),  # nothing we expected
+        ("NotebookJobError", 4),
+    ],
+)
+def test_each_error_has_the_exit_code_of_whose_it_is(error_name: str, code: int) -> None:
+    from notebook_jobs.deployments.report import exit_code_for
+
+    assert exit_code_for(error_name) == code
