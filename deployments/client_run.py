@@ -54,6 +54,35 @@ def caller_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ours}
 
 
+def local_notebook(notebook: str) -> str:
+    """``notebook`` as the worker must read it: a local path made absolute (the worker
+    runs on this machine, in a folder of its own); a URI or the JSON itself as given.
+
+    Raises:
+        NotebookNotFoundError: A local notebook that does not exist (refused here,
+            before any run is created).
+    """
+    if is_location(notebook.strip()):
+        return notebook
+    path = Path(notebook).expanduser()
+    if not path.is_file():
+        raise exceptions.NotebookNotFoundError(
+            f"notebook not found: {notebook} (working folder {Path.cwd()})", source=notebook
+        )
+    return str(path.resolve())
+
+
+def local_files(items: list[str]) -> list[str]:
+    """Input files as the worker must read them: local paths made absolute."""
+    return [item if is_location(item) else str(Path(item).expanduser().resolve()) for item in items]
+
+
+def parameter_order(parameters: dict[str, Any]) -> list[str] | None:
+    """The order to inject ``parameters`` in: the server's PostgreSQL keeps none in
+    them, and papermill injects them in the caller's."""
+    return list(parameters) if len(parameters) > 1 else None
+
+
 def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dict[str, Any]:
     """The run's parameters, with every local path made absolute.
 
@@ -64,16 +93,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         NotebookNotFoundError: A local notebook that does not exist (refused here,
             before any run is created).
     """
-    notebook: str = args.notebook
-    if notebook == "-":
-        notebook = sys.stdin.read()
-    elif not is_location(notebook.strip()):
-        path = Path(notebook).expanduser()
-        if not path.is_file():
-            raise exceptions.NotebookNotFoundError(
-                f"notebook not found: {notebook} (working folder {Path.cwd()})", source=notebook
-            )
-        notebook = str(path.resolve())
+    notebook = sys.stdin.read() if args.notebook == "-" else local_notebook(args.notebook)
     store = args.store or os.environ.get(DEFAULT_STORE_ENV)
     request: dict[str, Any] = {
         "notebook": notebook,
@@ -84,10 +104,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "timeout_seconds": args.timeout,
         "store": absolute_store(store) if store else None,
         "cluster": args.cluster,
-        "input_files": [
-            item if is_location(item) else str(Path(item).expanduser().resolve())
-            for item in args.input_files
-        ],
+        "input_files": local_files(args.input_files),
         "cwd": args.cwd,  # made absolute, or the notebook's folder: papermill_cli.prepare
         "language": args.language,
         "report_mode": args.report_mode,
@@ -97,9 +114,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "cache_expiration_seconds": args.cache_expiration,
         "refresh_cache": args.refresh,
         "cache_fingerprint": args.cache_fingerprint,
-        # the server's PostgreSQL keeps no order in `parameters`: papermill injects
-        # them in the command line's
-        "parameter_order": list(parameters) if len(parameters) > 1 else None,
+        "parameter_order": parameter_order(parameters),
     }
     # left out when unset; not `in (None, [], False)`, which would drop a 0 too (0 == False)
     return {

@@ -173,6 +173,12 @@ class LocalServer(Launcher):
                 + ("with them" if auth else "without them (--no-auth)")
             )
 
+    def _connect(self, sock: socket.socket) -> None:
+        """Connect ``sock`` to the worker's socket; a silence longer than
+        ``FOLLOW_SILENCE_SECONDS`` then raises ``TimeoutError`` to its reader."""
+        sock.settimeout(FOLLOW_SILENCE_SECONDS)
+        sock.connect(str(self.socket))
+
     def hand_over(self, environment: dict[str, str], key: str) -> socket.socket | None:
         """A connection to the worker that holds ``environment`` for the run about to be
         created with idempotency key ``key`` (``deployments.run_channel``): the run's
@@ -180,8 +186,7 @@ class LocalServer(Launcher):
         reached (the run then has the worker's environment only)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(FOLLOW_SILENCE_SECONDS)
-            sock.connect(str(self.socket))
+            self._connect(sock)
             request = {"environment": environment, "key": key}
             sock.sendall(json.dumps(request).encode() + b"\n")
             with sock.makefile("rb") as answer:
@@ -202,8 +207,7 @@ class LocalServer(Launcher):
         sock = channel or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if channel is None:
-                sock.settimeout(FOLLOW_SILENCE_SECONDS)
-                sock.connect(str(self.socket))
+                self._connect(sock)
             sock.sendall(json.dumps({"follow": flow_run_id}).encode() + b"\n")
         except OSError:
             sock.close()

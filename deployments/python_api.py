@@ -122,28 +122,19 @@ def worker_request(notebook: str | dict[str, Any], options: dict[str, Any]) -> d
     Raises:
         NotebookNotFoundError: A local notebook that does not exist (as the flow says).
     """
-    from notebook_jobs.deployments.client_run import is_location
+    from notebook_jobs.deployments.client_run import local_files, local_notebook, parameter_order
 
-    if isinstance(notebook, str) and not is_location(notebook.strip()):
-        path = Path(notebook).expanduser()
-        if not path.is_file():
-            raise exceptions.NotebookNotFoundError(
-                f"notebook not found: {notebook} (working folder {Path.cwd()})", source=notebook
-            )
-        notebook = str(path.resolve())
-    request: dict[str, Any] = {**options, "notebook": notebook}
+    request: dict[str, Any] = {
+        **options,
+        "notebook": local_notebook(notebook) if isinstance(notebook, str) else notebook,
+        "input_files": local_files(options.get("input_files") or []),
+    }
     if request.get("store"):
         request["store"] = absolute_store(str(request["store"]))
     if request.get("cwd"):
         request["cwd"] = str(Path(request["cwd"]).expanduser().resolve())
-    request["input_files"] = [
-        item if is_location(item) else str(Path(item).expanduser().resolve())
-        for item in request.get("input_files") or []
-    ]
-    parameters = request.get("parameters") or {}
-    if len(parameters) > 1 and not request.get("parameter_order"):
-        # the server's PostgreSQL keeps no order in `parameters`
-        request["parameter_order"] = list(parameters)
+    if not request.get("parameter_order"):
+        request["parameter_order"] = parameter_order(request.get("parameters") or {})
     return {key: value for key, value in request.items() if value is not None}
 
 

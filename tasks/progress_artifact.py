@@ -98,12 +98,10 @@ class ProgressArtifact:
         Raises:
             Exception: Whatever the API raised for the creation or an update.
         """
-        if self._created is None:
+        if self._created is None:  # nothing was sent, and nothing will be
             if self._first is not None:
                 self._first.cancel()
                 self._first = None
-            if self._later is not None:
-                self._later.cancel()
             return
         self.show(progress, description)
         assert self._sender is not None

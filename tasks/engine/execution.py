@@ -44,7 +44,7 @@ from notebook_jobs.tasks.engine.kernels.client import (
     ensure_kernel_installed,
     kernel_pid,
     measure_resources,
-    move_kernel_to,
+    move_kernel,
     new_kernel_manager,
     sample_memory,
     shutdown_kernel,
@@ -159,7 +159,7 @@ async def execute_notebook_async(
             else:
                 client.kc = started.kc
                 # a pre-started kernel began elsewhere: move it to this run's folder
-                await move_kernel_to(client, workdir, environment)
+                await move_kernel(started.kc, workdir, environment)
             progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
             pid = kernel_pid(client)
             sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None

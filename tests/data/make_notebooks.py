@@ -199,25 +199,17 @@ nb([new_markdown_cell("# Warehouse report\nConnects with a password from the Pre
    ], "examples/warehouse.ipynb")
 
 # other languages' kernels (tests/oracle.py: papermill is the oracle for each)
-BASH = {"kernelspec": {"name": "bash", "display_name": "Bash", "language": "bash"},
-        "language_info": {"name": "bash"}}
-n = new_notebook(cells=[
-    params('name="world"\ncount=1\nratio=0.5\nflag=false'),
+nb([params('name="world"\ncount=1\nratio=0.5\nflag=false'),
     new_code_cell('echo "hello $name, count $count, ratio $ratio, flag $flag"'),
     new_code_cell('for i in $(seq 1 "$count"); do echo "line $i"; done\necho "to stderr" >&2'),
     new_code_cell('echo "$name" > written.txt && ls written.txt\necho "FROM_CALLER=${FROM_CALLER:-unset}"'),
-], metadata=BASH)
-for i, c in enumerate(n.cells):
-    c["id"] = f"cell-{i}"
-nbf.write(n, "tests/data/bash.ipynb")
-R = {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"},
-     "language_info": {"name": "R"}}
-n = new_notebook(cells=[
-    params('name <- "world"\ncount <- 1\nratio <- 0.5\nflag <- FALSE\nitems <- list()'),
+   ], "tests/data/bash.ipynb",
+   kernelspec={"name": "bash", "display_name": "Bash", "language": "bash"},
+   language_info={"name": "bash"})
+nb([params('name <- "world"\ncount <- 1\nratio <- 0.5\nflag <- FALSE\nitems <- list()'),
     new_code_cell('cat("hello", name, "count", count, "ratio", ratio, "flag", flag, "\\n")'),
     new_code_cell('print(unlist(items))\nprint(seq_len(count) * ratio)\nmessage("to stderr")'),
     new_code_cell('writeLines(name, "written.txt")\nprint(file.exists("written.txt"))\ncat("FROM_CALLER=", Sys.getenv("FROM_CALLER", "unset"), "\\n", sep = "")'),
-], metadata=R)
-for i, c in enumerate(n.cells):
-    c["id"] = f"cell-{i}"
-nbf.write(n, "tests/data/r.ipynb")
+   ], "tests/data/r.ipynb",
+   kernelspec={"name": "ir", "display_name": "R", "language": "R"},
+   language_info={"name": "R"})

@@ -363,14 +363,6 @@ def is_python_kernel(kernel: str) -> bool:
     return str(spec.language or "").lower() == "python"
 
 
-async def move_kernel_to(
-    client: NotebookClient, workdir: Path, environment: dict[str, str] | None = None
-) -> None:
-    """``move_kernel`` for the kernel of ``client`` (nbclient's)."""
-    assert client.kc is not None
-    await move_kernel(client.kc, workdir, environment)
-
-
 async def move_kernel(kc: Any, workdir: Path, environment: dict[str, str] | None = None) -> None:
     """Make ``workdir`` the working folder of a Python kernel that was started elsewhere,
     and add ``environment`` to its own, as a fork server does for a forked kernel.

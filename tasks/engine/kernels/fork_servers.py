@@ -144,6 +144,17 @@ class ForkServer:
         await asyncio.to_thread(self._send, {"argv": argv, "cwd": cwd, "env": env}, future)
         return await asyncio.wrap_future(future)
 
+    def fork_blocking(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> int:
+        """``fork`` for a thread of its own: waits up to ``timeout`` seconds for the pid.
+
+        Raises:
+            ForkServerError: The server is gone, or could not fork.
+            concurrent.futures.TimeoutError: No answer within ``timeout``.
+        """
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._send({"argv": argv, "cwd": cwd, "env": env}, future)
+        return future.result(timeout)
+
     def _send(self, request: dict[str, Any], future: concurrent.futures.Future[int]) -> None:
         with self._lock:
             if not self._alive:
@@ -315,16 +326,12 @@ class ForkServers:
             )
             # the key as bytes, as a kernel manager holds it (its TypedDict says str)
             info["key"] = str(info["key"]).encode()  # type: ignore[typeddict-item]
-            future: concurrent.futures.Future[int] = concurrent.futures.Future()
-            server._send(
-                {
-                    "argv": [arg.replace(CONNECTION_FILE, path) for arg in argv],
-                    "cwd": str(folder),
-                    "env": env,
-                },
-                future,
+            pid = server.fork_blocking(
+                [arg.replace(CONNECTION_FILE, path) for arg in argv],
+                str(folder),
+                env,
+                FORK_SERVER_STARTUP_TIMEOUT_SECONDS,
             )
-            pid = future.result(FORK_SERVER_STARTUP_TIMEOUT_SECONDS)
         except Exception as error:  # the next run forks its own, as without this
             log.warning("could not fork a kernel ahead: %s", error)
             shutil.rmtree(folder, ignore_errors=True)
