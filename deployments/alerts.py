@@ -135,7 +135,7 @@ async def _add(args: argparse.Namespace) -> str:
         description=(
             f"Made by `nbjobs alert add` for the notebook {label}: a run's "
             "nbjobs.notebook.* event names this alert when the condition holds "
-            "(edit the line below to change it).\n"
+            "(edit the line below to change it).\n\n"  # a paragraph each: the UI renders Markdown
             f"when {condition.text}"
         ),
         trigger=EventTrigger(

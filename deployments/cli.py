@@ -184,6 +184,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _use_local_server()
         return endpoints_command(args)
+    if args.command == "runs":
+        from notebook_jobs.deployments.runs_command import runs_command
+
+        _use_local_server()
+        return runs_command(args)
     if args.command == "alert":
         from notebook_jobs.deployments.alerts import alert_command
 
@@ -362,12 +367,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _ui_url(state: Any) -> str | None:
-    """The run's page in the Prefect UI of the configured server."""
-    from prefect.settings import PREFECT_UI_URL
+    """The run's page in the Prefect UI of the configured server (the UI it defaults to)."""
+    from notebook_jobs.tasks.ui_links import run_url
 
-    base = PREFECT_UI_URL.value()
     run_id = state.state_details.flow_run_id
-    return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
+    return run_url(str(run_id)) if run_id else None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 from notebook_jobs.deployments.alerts import add_alert_parser
 from notebook_jobs.deployments.endpoints import add_endpoints_parser
 from notebook_jobs.deployments.papermill_cli import add_papermill_options
+from notebook_jobs.deployments.runs_command import add_runs_parser
 
 
 def add_parameter_options(parser: argparse.ArgumentParser, p_help: str, r_help: str) -> None:
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_endpoints_parser(commands)
     add_alert_parser(commands)
+    add_runs_parser(commands)
 
     server = commands.add_parser(
         "server",

@@ -34,6 +34,7 @@ from notebook_jobs.deployments.exit_codes import (
 from notebook_jobs.deployments.local_server import LocalServer
 from notebook_jobs.deployments.papermill_cli import wants_progress_bar
 from notebook_jobs.deployments.report import refusal, report_refusal, report_run
+from notebook_jobs.tasks.ui_links import run_url
 
 FLOW = "run-notebook"
 DEPLOYMENT = "adhoc"
@@ -380,7 +381,7 @@ def run_on_local_server(
         return report_refusal(type(error).__name__, str(error), args.json)
     with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
         run_id, channel = hand_over(api, server, request, "cli")
-        url = f"{server.ui_url()}/runs/flow-run/{run_id}"
+        url = run_url(run_id, server.ui_url())
         follower = RunFollower(bar=wants_progress_bar(args), echo=args.verbose)
         interrupts = Interrupts(lambda: _cancel(api, run_id))
         try:

@@ -29,13 +29,26 @@ from notebook_jobs.blocks.local_links import links_key, signed_path
 HOST = "127.0.0.1"
 FILES_URL_ENV = "NBJOBS_FILES_URL"
 CONTENT_TYPES = {
-    ".ipynb": "application/json",  # shown as text by a browser, not downloaded
+    ".ipynb": "application/x-ipynb+json",
     ".json": "application/json",
     ".csv": "text/plain; charset=utf-8",
     ".log": "text/plain; charset=utf-8",
     ".out": "text/plain; charset=utf-8",
     ".err": "text/plain; charset=utf-8",
 }
+DOWNLOADED = (".ipynb", ".json")  # saved with their names, not shown as raw JSON
+
+
+def download_name(path: Path) -> str:
+    """The name a browser saves ``path`` under: a run's own artefacts share their names
+    across runs, so they are saved as ``<run>-notebook.ipynb``."""
+    # here, not at the top: the layout imports the stores (and Prefect), which the
+    # light commands that import this module (nbjobs run's client side) must not
+    from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, INPUT_NAME, RESULT_NAME
+
+    if path.name in (INPUT_NAME, EXECUTED_NAME, RESULT_NAME):
+        return f"{path.parent.name}-{path.name}"
+    return path.name
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,6 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(path.stat().st_size))
             self.send_header("X-Content-Type-Options", "nosniff")
+            if path.suffix.lower() in DOWNLOADED:
+                quoted = urllib.parse.quote(download_name(path))
+                self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quoted}")
             if content_type.startswith("text/html"):
                 # a notebook's HTML may hold any script its outputs had: an origin of its own
                 self.send_header("Content-Security-Policy", "sandbox allow-scripts allow-popups")
@@ -107,6 +123,11 @@ def bind_first(first: int, tried: int, taken: set[int] | None = None) -> socket.
         if port in (taken or set()):
             continue
         sock = socket.socket()
+        # as every HTTP server does: a port whose last connections linger in TIME_WAIT
+        # after a stop is ours again (without this, a restart moved the file server
+        # 4280 -> 4281 and every link in earlier summaries died); a port another
+        # program listens on still refuses the bind
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

@@ -27,6 +27,8 @@ class CellProgressBar:
 
     def update(self, event: Any) -> None:
         """Advance on a ``CellEvent``."""
+        if event.phase == "output":
+            return
         self.advance(
             event.index, event.done, event.total, "running" if event.phase == "start" else "done"
         )

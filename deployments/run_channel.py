@@ -101,6 +101,8 @@ class RunChannel:
         )
 
     def _on_cell(self, event: Any) -> None:
+        if event.phase == "output":  # prints reach the follower through the log
+            return
         status = "running" if event.phase == "start" else None
         self._publish_to_current_run(
             {

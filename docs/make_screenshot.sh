@@ -4,8 +4,11 @@
 #   docs/deploy-form.png  that deployment's run form: the notebook's parameters and the
 #                         one technical parameter opened (--allow);
 #   docs/run-summary.png  a failed run's summary: the executed notebook, the failing cell marked;
+#   docs/run-failed.png   that failed run's page (V2, 1440x900): the failure in the header;
 #   docs/batch-table.png  a batch of six as one table;
 #   docs/diff.png         what changed between two of its runs (the diff-runs flow);
+#   docs/history.png      report-history: the report's runs as a series (V2), and
+#   docs/history-v1.png   the same in V1;
 #   docs/run-plots.png    the summary of a run with a plot, a DataFrame and a dict, its
 #                         local-store links served by `nbjobs serve --files-port`;
 #   docs/run-cached.png   a cache hit: the run in state Cached, its summary linking the
@@ -31,8 +34,12 @@ run_id="$(.venv/bin/python - <<'PY'
 import os
 from notebook_jobs.deployments.api import PrefectHTTP
 api = PrefectHTTP(os.environ["PREFECT_API_URL"])
-for n in (5, 12):
+# a series for the history: over HTTP, one failing (n as text)
+for n in (4, 6, 5, "x", 9, 8):
     run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}}, idempotency_key=f"shot-{n}")
+    api.wait(run_id)
+for n in (5, 12):
+    run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}}, idempotency_key=f"shot-{n}-again")
     api.wait(run_id)
 plots = api.trigger("run-notebook", "adhoc", {"notebook": os.path.abspath("tests/data/displays.ipynb")})
 api.wait(plots)
@@ -85,23 +92,38 @@ async def main() -> None:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-batch"])),
             sort=ArtifactSort.CREATED_DESC, limit=1)
         (diff,) = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[diffed.state_details.flow_run_id]),
-            key=ArtifactFilterKey(any_=["diff"])))
-    print(summary[0].id, table.id, diff.id)
+            flow_run_id=ArtifactFilterFlowRunId(any_=[diffed.state_details.flow_run_id])))
+        (history,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["report-history"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    print(summary[0].id, table.id, diff.id, history.id, state.state_details.flow_run_id)
 
 
 asyncio.run(main())
 PY
 )"
 set -- $ids
-for shot in "run-summary:$1" "batch-table:$2" "diff:$3" "run-plots:$plots_summary"; do
+# artifacts in the UI the server opens by default (V2), the history in V1 as well
+for shot in "run-summary:v2:$1" "batch-table:v2:$2" "diff:v2:$3" "run-plots:v2:$plots_summary" \
+  "history:v2:$4" "history-v1:v1:$4"; do
+  name="${shot%%:*}" rest="${shot#*:}"
+  ui="${rest%%:*}" id="${rest#*:}"
+  base="http://127.0.0.1:$port"
+  [ "$ui" = v2 ] && base="$base/v2"
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --user-data-dir="$home/chromium" --window-size=1400,1500 --hide-scrollbars \
-    --virtual-time-budget=40000 --screenshot="docs/${shot%%:*}.png" \
-    "http://127.0.0.1:$port/artifacts/artifact/${shot#*:}" 2>/dev/null
-  echo "docs/${shot%%:*}.png: ${shot#*:}"
+    --virtual-time-budget=40000 --screenshot="docs/$name.png" \
+    "$base/artifacts/artifact/$id" 2>/dev/null
+  echo "docs/$name.png: $id ($ui)"
 done
+# the failed run's page as an analyst's screen shows it (V2, 1440x900): the header says why
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$home/chromium" --window-size=1440,900 --hide-scrollbars \
+  --virtual-time-budget=40000 --screenshot=docs/run-failed.png \
+  "http://127.0.0.1:$port/v2/runs/flow-run/$5" 2>/dev/null
+echo "docs/run-failed.png: run $5"
 cached="$(.venv/bin/python - <<'PY'
 import os
 from notebook_jobs.deployments.api import PrefectHTTP

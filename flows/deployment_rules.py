@@ -15,6 +15,7 @@ notebook) takes any notebook and any settings; that is what it is for.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from prefect import get_client
 from prefect.client.schemas.responses import DeploymentResponse
 
 from notebook_jobs.flows.run_labels import current_deployment_id
+from notebook_jobs.tasks.models import ParameterSource
 
 ALLOW_TAG = "nbjobs-allow:"
 
@@ -82,3 +84,60 @@ def merged_parameters(
     """
     defaults = (deployment.parameters or {}) if deployment is not None else {}
     return {**(defaults.get("parameters") or {}), **(parameters or {})}
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """Where a run's notebook parameters came from: the run's own and its deployment's."""
+
+    run: dict[str, Any]
+    deployment: dict[str, Any]
+    deployment_name: str | None = None
+    flow_defaults: Mapping[str, Any] = field(default_factory=dict)  # the flow's arguments'
+
+    @classmethod
+    def of(
+        cls,
+        deployment: DeploymentResponse | None,
+        parameters: dict[str, Any] | None,
+        flow_defaults: Mapping[str, Any],
+    ) -> RunOrigin:
+        given = ((deployment.parameters or {}).get("parameters") or {}) if deployment else {}
+        return cls(
+            dict(parameters or {}),
+            dict(given),
+            deployment.name if deployment else None,
+            flow_defaults,
+        )
+
+    def sources(
+        self, used: dict[str, Any], notebook_defaults: dict[str, Any]
+    ) -> dict[str, ParameterSource]:
+        """``run``, ``deployment`` or ``notebook`` for each value used.
+
+        By value, not by where a key was sent: a scheduled run, and a run from the UI's
+        form, carry the deployment's values (and the form the notebook's defaults) as
+        the run's own, and are still the deployment's and the notebook's.
+
+        Example:
+            >>> RunOrigin({"n": 5, "label": "daily"}, {"label": "daily"}).sources(
+            ...     {"n": 5, "label": "daily", "rows": 10}, {"n": 1, "rows": 10})
+            {'n': 'run', 'label': 'deployment', 'rows': 'notebook'}
+        """
+        missing = object()
+        found: dict[str, ParameterSource] = {}
+        for name, value in used.items():
+            own = self.run.get(name, missing)
+            if (
+                own is not missing
+                and own != self.deployment.get(name, missing)
+                and own != notebook_defaults.get(name, missing)
+            ):
+                found[name] = "run"
+            elif notebook_defaults.get(name, missing) == value:
+                found[name] = "notebook"  # (a deployment's form saves the defaults too)
+            elif self.deployment.get(name, missing) == value:
+                found[name] = "deployment"
+            else:
+                found[name] = "run" if own is not missing else "notebook"
+        return found

@@ -20,12 +20,21 @@ import nbformat
 from nbformat import NotebookNode
 from prefect import flow, get_client
 from prefect.artifacts import acreate_markdown_artifact
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.runtime import flow_run
 
 from notebook_jobs.blocks.exceptions import NotebookNotFoundError
 from notebook_jobs.blocks.store import read_s3_object
+from notebook_jobs.flows.run_labels import COMMON_TAG, ID_CHARS, MAX_NAME_CHARS, notebook_label
 from notebook_jobs.tasks.engine.compare import compare_runs, comparison_markdown
 from notebook_jobs.tasks.models import summary_links
+from notebook_jobs.tasks.notebook import artifact_key
+from notebook_jobs.tasks.ui_links import run_url
 
 MAX_FILES_COMPARED = 200  # checksums read per run; a run that wrote more is compared in part
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -96,9 +105,30 @@ async def compare(run_a: str, run_b: str) -> dict[str, Any]:
     return compare_runs(a, b, notebooks=(nb_a, nb_b), files=(files_a, files_b))
 
 
+async def _run_names(refs: tuple[str, str]) -> tuple[str, str]:
+    """The two runs' names (a ``result.json`` path is named by its file)."""
+    names = list(refs)
+    ids = [ref.strip().lower() for ref in refs if _RUN_ID.match(ref.strip().lower())]
+    if ids:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
+            )
+        by_id = {str(run.id): run.name for run in runs}
+        names = [by_id.get(ref.strip().lower(), ref) for ref in refs]
+    return names[0], names[1]
+
+
+def diff_key(notebook: str, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``report-diff-9c3f2a-1b07de``: one artifact per pair of runs, by their ids' ends."""
+    ends = "-".join(str(run.get("flow_run_id") or "")[-ID_CHARS:] for run in (a, b))
+    return artifact_key(notebook, f"diff-{ends}".lower())
+
+
 @flow(name="diff-runs", log_prints=True)
 async def run_diff(run_a: str, run_b: str) -> dict[str, Any]:
-    """Compare two runs and publish the comparison as a Markdown artifact (``diff``).
+    """Compare two runs and publish the comparison as a Markdown artifact,
+    ``<notebook>-diff-<a>-<b>``, titled by the two runs' names with links to them.
 
     Args:
         run_a: A flow run id, or the path or URI of a ``result.json``.
@@ -109,8 +139,29 @@ async def run_diff(run_a: str, run_b: str) -> dict[str, Any]:
         >>> found["outputs"]
         [{'name': 'total', 'a': 30, 'b': 55, 'change': 'changed', 'delta': 25}]
     """
-    found = await compare(run_a, run_b)
-    await acreate_markdown_artifact(
-        comparison_markdown(found), key="diff", description=f"{run_a} against {run_b}"
+    found: dict[str, Any]
+    found, names = await asyncio.gather(compare(run_a, run_b), _run_names((run_a, run_b)))
+    a, b = found["a"], found["b"]
+    notebook = str(a.get("notebook") or b.get("notebook") or "notebook")
+    links = (
+        run_url(str(a["flow_run_id"])) if a.get("flow_run_id") else None,
+        run_url(str(b["flow_run_id"])) if b.get("flow_run_id") else None,
     )
+    await acreate_markdown_artifact(
+        comparison_markdown(found, names, links),
+        key=diff_key(notebook, a, b),
+        description=f"{names[0]} against {names[1]}",
+    )
+    await _name_this_run(f"diff {names[0]} → {names[1]}", notebook_label(notebook))
     return found
+
+
+async def _name_this_run(name: str, label: str) -> None:
+    """Name and tag the diff's own flow run by what it compares (not ``fine-eel``)."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    tags = [*flow_run.get_tags()]
+    tags += [tag for tag in (COMMON_TAG, f"notebook:{label}", "trigger:diff") if tag not in tags]
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), name=name[:MAX_NAME_CHARS], tags=tags)

@@ -11,22 +11,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed
+from prefect.states import Cancelled, Completed, Failed
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import ArtefactStore, safe_key
-from notebook_jobs.flows.run_labels import notebook_label, show_parameters
+from notebook_jobs.flows.deployment_rules import RunOrigin
+from notebook_jobs.flows.run_labels import notebook_label, run_trigger, show_parameters
 from notebook_jobs.tasks.cache import expiry, relinked
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
 from notebook_jobs.tasks.engine.staged import StagedNotebook
+from notebook_jobs.tasks.engine.staging import notebook_defaults
 from notebook_jobs.tasks.events import emit_refusal_event, emit_run_event
+from notebook_jobs.tasks.history import HistoryRun, publish_history
 from notebook_jobs.tasks.models import (
     CacheInfo,
     ExecutionOutcome,
@@ -62,11 +67,53 @@ def store_task(retries: int) -> Task[..., Any]:
     return store_artefacts.with_options(retries=retries)
 
 
-async def announce(result: NotebookResult, name: str) -> None:
-    """Emit the run's ``nbjobs.notebook.*`` event; log the alerts that hold."""
+async def announce(
+    result: NotebookResult, name: str, defaults: dict[str, Any] | None = None
+) -> None:
+    """Emit the run's ``nbjobs.notebook.*`` event, logging the alerts that hold, and
+    republish the notebook's history with this run in it (both at once).
+
+    Args:
+        defaults: The notebook's own parameter defaults: the history leaves out values
+            equal to them.
+    """
+    label = notebook_label(name)
+    await asyncio.gather(
+        _emitting(emit_run_event(result, label, flow_run.get_name())),
+        _publishing_history(label, await _history_row(result), defaults),
+    )
+
+
+async def announce_refusal(
+    error: BaseException, label: str, run_id: str, origin: RunOrigin
+) -> None:
+    """Emit ``nbjobs.notebook.failed`` for a run that ended before it had a result, and
+    show it in the history; a run whose store failed (its result kept in the spill
+    folder) is announced in full."""
+    kept = getattr(error, "result", None)
+    if isinstance(kept, dict):
+        await announce(NotebookResult.model_validate(kept), label)
+        return
+    row = HistoryRun(
+        id=run_id,
+        name=flow_run.get_name() or run_id,
+        started=datetime.now(timezone.utc),
+        status="failed",
+        trigger=await run_trigger(),
+        deployment=origin.deployment_name,
+        parameters={},  # a refused value may be one that must not be shown (a secret)
+        error=f"{type(error).__name__}: {error}",
+    )
+    await asyncio.gather(
+        _emitting(emit_refusal_event(error, label, run_id, flow_run.get_name())),
+        _publishing_history(label, row),
+    )
+
+
+async def _emitting(emitting: Awaitable[list[str]]) -> None:
     logger = get_run_logger()
     try:
-        held = await emit_run_event(result, notebook_label(name), flow_run.get_name())
+        held = await emitting
     except Exception as error:  # an alert must never fail the run it reports on
         logger.warning("could not emit the run's event or read its alerts: %s", error)
         return
@@ -74,21 +121,37 @@ async def announce(result: NotebookResult, name: str) -> None:
         logger.warning("alert: %s", line)
 
 
-async def announce_refusal(error: BaseException, label: str, run_id: str) -> None:
-    """Emit ``nbjobs.notebook.failed`` for a run that ended before it had a result; a
-    run whose store failed (its result kept in the spill folder) is announced in full."""
-    kept = getattr(error, "result", None)
-    if isinstance(kept, dict):
-        await announce(NotebookResult.model_validate(kept), label)
-        return
-    logger = get_run_logger()
+async def _publishing_history(
+    label: str, row: HistoryRun, defaults: dict[str, Any] | None = None
+) -> None:
+    if not flow_run.get_id():
+        return  # no server to read the history from, nor to show it
     try:
-        held = await emit_refusal_event(error, label, run_id, flow_run.get_name())
-    except Exception as failure:
-        logger.warning("could not emit the run's event or read its alerts: %s", failure)
-        return
-    for line in held:
-        logger.warning("alert: %s", line)
+        await publish_history(label, row, defaults)
+    except Exception as error:  # the history is not worth a failed run
+        get_run_logger().warning("could not publish the notebook's history: %s", error)
+
+
+async def _history_row(result: NotebookResult) -> HistoryRun:
+    """This run as its notebook's history shows it (its state is not final yet)."""
+    if result.cached_from:
+        status = "cached"
+    elif result.success:
+        status = "completed"
+    else:
+        status = "cancelled" if result.status == "cancelled" else "failed"
+    return HistoryRun(
+        id=str(result.flow_run_id),
+        name=flow_run.get_name() or str(result.flow_run_id),
+        started=result.timings.started_at,
+        status=status,
+        trigger=await run_trigger(),
+        deployment=result.deployment,
+        parameters=result.parameters,
+        seconds=result.timings.total_seconds,
+        outputs=result.outputs,
+        error=None if result.success else str(error_for_result(result)),
+    )
 
 
 async def cached_run(
@@ -100,6 +163,7 @@ async def cached_run(
     cached: NotebookResult,
     t_start: float,
     started_at: datetime,
+    origin: RunOrigin,
 ) -> NotebookResult:
     """A cache hit: the cached run's result and artefacts, as this run's; nothing ran."""
     logger = get_run_logger()
@@ -117,6 +181,8 @@ async def cached_run(
             "cached_from": cached.flow_run_id,
             "parameters": request.parameters,
             "parameters_used": staged.parameters_used(),
+            "parameters_from": _sources(staged, origin),
+            "deployment": origin.deployment_name,
             "timings": Timings(
                 started_at=started_at,
                 finished_at=datetime.now(timezone.utc),
@@ -137,11 +203,13 @@ async def cached_run(
     await publish_result(result, keys, None if stored else artefact_store, prefix)
     if flow_run.get_id():
         try:
-            await show_parameters(run_id, result.parameters_used, cached.artefacts.input)
+            await show_parameters(
+                run_id, result.parameters, cached.artefacts.input, origin.flow_defaults
+            )
         except Exception as error:
             logger.warning("could not show the parameters used on the flow run: %s", error)
     await asyncio.to_thread(remove_run_folder, staged.run_dir, [])
-    await announce(result, staged.name)
+    await announce(result, staged.name, staged_defaults(staged))
     return Completed(name="Cached", message=note, data=result)  # type: ignore[return-value]
 
 
@@ -154,6 +222,7 @@ async def store_run(
     outcome: ExecutionOutcome,
     t_start: float,
     timings: Timings,
+    origin: RunOrigin,
     caching: CacheInfo | None = None,
 ) -> NotebookResult:
     """Store the run's artefacts and result, and publish its artifacts."""
@@ -197,6 +266,8 @@ async def store_run(
         flow_run_id=run_id,
         parameters=request.parameters,
         parameters_used=staged.parameters_used(),
+        parameters_from=_sources(staged, origin),
+        deployment=origin.deployment_name,
         kernel=report.kernel,
         error=report.error,
         cells=report.cells,
@@ -217,7 +288,9 @@ async def store_run(
     keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
     # the Parameters tab's update goes beside the artifacts, not after them
     showing = (
-        asyncio.ensure_future(show_parameters(run_id, result.parameters_used, artefacts.input))
+        asyncio.ensure_future(
+            show_parameters(run_id, result.parameters, artefacts.input, origin.flow_defaults)
+        )
         if flow_run.get_id()
         else None
     )
@@ -244,26 +317,51 @@ async def store_run(
     return result
 
 
+def _sources(staged: StagedNotebook, origin: RunOrigin) -> dict[str, Any]:
+    return dict(origin.sources(staged.parameters_used(), staged_defaults(staged)))
+
+
+def staged_defaults(staged: StagedNotebook) -> dict[str, Any]:
+    """The notebook's own parameter defaults (those written as literals)."""
+    return notebook_defaults(staged.notebook, staged.kernel)
+
+
 def end_run(result: NotebookResult, name: str) -> NotebookResult:
-    """End the flow run as the notebook ended: Completed, Cancelled, or Failed (raises)."""
+    """End the flow run as the notebook ended: Completed, Cancelled, or Failed.
+
+    A failed run ends in a Failed state whose message is the failure itself (``cell 3:
+    ValueError: bad value``, shown in the run page's header), with the typed error as its
+    data (calling the flow raises it), and logs one ERROR line with the notebook's
+    traceback. A flow with retries left raises instead, for Prefect to retry it.
+    """
     logger = get_run_logger()
-    artefacts = result.artefacts
     if result.status == "cancelled":
-        message = f"{result.error.message if result.error else 'cancelled'}; partial notebook at "
-        logger.warning("%s%s", message, artefacts.notebook)
-        return Cancelled(message=message + str(artefacts.notebook), data=result)  # type: ignore[return-value]
+        message = result.error.message if result.error else "cancelled"
+        logger.warning("cancelled: %s; the partial notebook is stored with the run", message)
+        return Cancelled(message=message, data=result)  # type: ignore[return-value]
     if not result.success:
         failure = error_for_result(result)
-        # the notebook's own traceback, where filtering the log to errors finds it
-        # (Prefect's engine logs the raise below without its traceback: log_filters)
         traceback = result.error.traceback if result.error else ""
         logger.error(
-            "%s: %s%s\npartial notebook at %s",
-            result.status,
+            "%s%s\nthe partial notebook is stored with the run (its summary links it)",
             failure,
             f"\n{traceback}" if traceback else "",
-            artefacts.notebook,
         )
-        raise failure
-    logger.info("completed %s; notebook at %s", name, artefacts.notebook)
+        if _retries_left():
+            raise failure
+        return Failed(message=str(failure)[:FAILED_MESSAGE_CHARS], data=failure)  # type: ignore[return-value]
+    logger.info("completed %s", name)
     return result
+
+
+FAILED_MESSAGE_CHARS = 500  # the header of the run page shows a line, not a page
+
+
+def _retries_left() -> bool:
+    """Whether Prefect will run this flow run again if it fails now."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return False
+    policy = context.flow_run.empirical_policy
+    retries = max(getattr(context.flow, "retries", None) or 0, policy.retries or 0)
+    return flow_run.get_run_count() <= retries

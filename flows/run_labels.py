@@ -8,8 +8,11 @@ all of them carry the one tag ``nbjobs``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -61,8 +64,21 @@ def notebook_label(notebook: Any, name: str | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem) or "notebook"
 
 
+# Names nobody chose: the server's (``fine-eel``: two lowercase words) and the default of
+# the V2 UI's run form (``Awesome-Dingo``: one of its adjectives, capitalised, and a word)
+MADE_UP_NAME = re.compile(
+    r"^(?:[a-z]+-[a-z]+|(?:Awesome|Rustic|Small|Gorgeous|Fantastic|Sleek|Intelligent|Unbranded"
+    r"|Refined|Licensed|Generic|Practical|Ergonomic|Handcrafted|Tasty|Handmade|Incredible)"
+    r"-[A-Za-z]+)$"
+)
+
+
 def run_name() -> str:
-    """The flow run's name (``report n=20 label=monthly · 9c3f2a``): unique, and readable."""
+    """The flow run's name: the one its creator gave it (typed in the UI's run form, or
+    sent over HTTP), else a readable one (``report n=20 label=monthly · 9c3f2a``)."""
+    current = flow_run.get_name()
+    if current and not MADE_UP_NAME.match(current):
+        return str(current)
     given = flow_run.get_parameters()
     return readable_name(
         given.get("notebook"), given.get("parameters") or {}, flow_run.get_id(), given.get("name")
@@ -72,11 +88,16 @@ def run_name() -> str:
 UI_RUN_MESSAGE = "Run from the Prefect UI"  # the UI's Run buttons create runs with it
 
 
-def trigger_of(tags: list[str], deployment_id: str | None, first_message: str = "") -> str:
-    """How a run was started: ``schedule`` (the scheduler), ``ui`` (the UI's Run
-    buttons: Prefect's UI gives the run's first state the message ``UI_RUN_MESSAGE``),
-    ``api`` (any other call of a deployment), ``cli``, or ``batch`` (an item of
-    ``run-notebooks``, tagged by it)."""
+def trigger_of(tags: list[str], deployment_id: str | None, first_message: str | None = None) -> str:
+    """How a run was started: ``schedule`` (the scheduler), ``ui`` (the UI), ``api``
+    (any other call of a deployment), ``cli``, or ``batch`` (an item of ``run-notebooks``,
+    tagged by it).
+
+    The UI is known by the first state it gives a run: its Run buttons say
+    ``UI_RUN_MESSAGE``; its custom run forms (V1's and V2's) send the form's message
+    field, empty unless typed in. An API call sends no message (``None``) unless it
+    chooses one.
+    """
     for tag in tags:
         if tag.startswith("trigger:"):
             return tag.removeprefix("trigger:")
@@ -84,7 +105,11 @@ def trigger_of(tags: list[str], deployment_id: str | None, first_message: str = 
         return "schedule"
     if not deployment_id:
         return "cli"
-    return "ui" if first_message.startswith(UI_RUN_MESSAGE) else "api"
+    if first_message is not None and (
+        first_message == "" or first_message.startswith(UI_RUN_MESSAGE)
+    ):
+        return "ui"
+    return "api"
 
 
 def current_deployment_id() -> str | None:
@@ -99,36 +124,76 @@ def current_deployment_id() -> str | None:
     return str(found) if found else None
 
 
-async def label_run(run_id: str, notebook: Any, name: str | None = None) -> None:
-    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable."""
+async def label_run(run_id: str, notebook: Any, name: str | None = None) -> str:
+    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable.
+
+    Returns:
+        The trigger (``cli``, ``api``, ``ui``, ``schedule``, ``batch``).
+    """
     tags = list(flow_run.get_tags())
     deployment_id = current_deployment_id()
     async with get_client() as client:
-        first_message = ""
+        first_message = None
         if trigger_of(tags, deployment_id) == "api":  # or the UI: its first state says
             states = await client.read_flow_run_states(UUID(run_id))
             if states:
-                first_message = min(states, key=lambda state: state.timestamp).message or ""
-        wanted = [
-            COMMON_TAG,
-            f"notebook:{notebook_label(notebook, name)}",
-            f"trigger:{trigger_of(tags, deployment_id, first_message)}",
-        ]
+                first_message = min(states, key=lambda state: state.timestamp).message
+        trigger = trigger_of(tags, deployment_id, first_message)
+        wanted = [COMMON_TAG, f"notebook:{notebook_label(notebook, name)}", f"trigger:{trigger}"]
         missing = [tag for tag in wanted if tag not in tags]
         if missing:
             await client.update_flow_run(UUID(run_id), tags=tags + missing)
+    return trigger
 
 
-async def show_parameters(run_id: str, used: dict[str, Any], stored_input: str | None) -> None:
-    """Make the run's Parameters tab show what the notebook ran with.
+_labelling: ContextVar[asyncio.Future[str] | None] = ContextVar("nbjobs_labelling", default=None)
 
-    ``parameters`` becomes the values used (the notebook's and the deployment's
-    defaults merged in), and a notebook sent inline becomes the URI of its stored copy
-    instead of its whole JSON. A retry from the UI then runs the same notebook with
-    the same values.
+
+def start_labelling(run_id: str, notebook: Any, name: str | None = None) -> asyncio.Future[str]:
+    """Tag the run (``label_run``) beside it; ``run_trigger`` reads what it found."""
+    labelling = asyncio.ensure_future(label_run(run_id, notebook, name))
+    labelling.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
+    _labelling.set(labelling)
+    return labelling
+
+
+async def run_trigger() -> str:
+    """This run's trigger, as its tags say it (waits for ``start_labelling``'s answer)."""
+    labelling = _labelling.get()
+    if labelling is not None:
+        try:
+            return await asyncio.shield(labelling)
+        except Exception:  # the tags could not be read or written: guess without them
+            pass
+    return trigger_of(list(flow_run.get_tags()), current_deployment_id())
+
+
+HIDDEN_ARGUMENTS = ("parameter_order",)  # how nbjobs run sends a run, not what it asks
+
+
+async def show_parameters(
+    run_id: str,
+    given_values: dict[str, Any],
+    stored_input: str | None,
+    flow_defaults: Mapping[str, Any],
+) -> None:
+    """Make the run's Parameters tab show what was asked of this run, and nothing else.
+
+    ``parameters`` becomes the notebook parameters that were set (by the run or its
+    deployment, merged; the notebook's own defaults are in its summary), the run's other
+    arguments are shown only where they differ from the flow's defaults (a batch item
+    showed 19 keys, 16 of them null or false), and a notebook sent inline becomes the
+    URI of its stored copy instead of its whole JSON. A retry from the UI then runs the
+    same notebook with the same values.
     """
     given = dict(flow_run.get_parameters())
-    shown = {**given, "parameters": used}
+    shown = {
+        key: value
+        for key, value in given.items()
+        if key not in HIDDEN_ARGUMENTS
+        and (key not in flow_defaults or value != flow_defaults[key] or key == "notebook")
+    }
+    shown["parameters"] = given_values
     notebook = given.get("notebook")
     if stored_input and (isinstance(notebook, dict) or str(notebook).lstrip().startswith("{")):
         shown["notebook"] = stored_input

@@ -33,6 +33,7 @@ from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import open_store, safe_key
 from notebook_jobs.flows import log_filters
 from notebook_jobs.flows.deployment_rules import (
+    RunOrigin,
     merged_parameters,
     refused_parameter,
     run_deployment,
@@ -42,9 +43,10 @@ from notebook_jobs.flows.run_ending import (
     announce_refusal,
     cached_run,
     end_run,
+    staged_defaults,
     store_run,
 )
-from notebook_jobs.flows.run_labels import label_run, notebook_label, run_name
+from notebook_jobs.flows.run_labels import notebook_label, run_name, start_labelling
 from notebook_jobs.tasks.cache import find_cached, key_of, remember_run
 from notebook_jobs.tasks.engine.layout import (
     RESULT_NAME,
@@ -203,16 +205,15 @@ async def run_notebook(
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
     # tags and the alerts are API calls: made while the notebook runs, not before or after
-    labelling = (
-        asyncio.ensure_future(label_run(run_id, notebook, name)) if flow_run.get_id() else None
-    )
+    labelling = start_labelling(run_id, notebook, name) if flow_run.get_id() else None
     if flow_run.get_id():
         read_alerts_ahead()
+    origin = RunOrigin.of(deployment, parameters, FLOW_DEFAULTS)
     try:
-        return await _run(request, run_id, t_start, started_at)
+        return await _run(request, run_id, t_start, started_at, origin)
     except (NotebookInputError, ArtefactStoreError, SlurmSubmissionError) as error:
         # ended before it had a result (else it was announced): alerts on failures see it
-        await announce_refusal(error, notebook_label(notebook, request.name), run_id)
+        await announce_refusal(error, notebook_label(notebook, request.name), run_id, origin)
         raise
     finally:
         if labelling is not None:
@@ -231,7 +232,11 @@ FLOW_DEFAULTS = {
 
 
 async def _run(
-    request: NotebookRequest, run_id: str, t_start: float, started_at: datetime
+    request: NotebookRequest,
+    run_id: str,
+    t_start: float,
+    started_at: datetime,
+    origin: RunOrigin,
 ) -> NotebookResult:
     """The run itself: stage, execute (through an executor), store, publish, end."""
     artefact_store = await asyncio.to_thread(open_store, request.store)
@@ -267,7 +272,7 @@ async def _run(
                 get_run_logger().warning("could not read the cache, running: %s", error)
         if cached is not None:  # nothing executes
             return await cached_run(
-                request, artefact_store, run_id, prefix, staged, cached, t_start, started_at
+                request, artefact_store, run_id, prefix, staged, cached, t_start, started_at, origin
             )
     # the task ends Failed when the notebook failed; its outcome is the state's data
     state = await execute_task(kernel_retries())(
@@ -296,7 +301,16 @@ async def _run(
     )
     storing = asyncio.ensure_future(
         store_run(
-            request, artefact_store, run_id, prefix, staged, outcome, t_start, timings, caching
+            request,
+            artefact_store,
+            run_id,
+            prefix,
+            staged,
+            outcome,
+            t_start,
+            timings,
+            origin,
+            caching,
         )
     )
     if outcome.report.status == "cancelled":
@@ -308,7 +322,7 @@ async def _run(
             await remember_run(artefact_store, caching, result, prefix)
         except Exception as error:  # the run itself is stored: say so, do not fail it
             get_run_logger().warning("could not record the run in the cache: %s", error)
-    await announce(result, staged.name)
+    await announce(result, staged.name, staged_defaults(staged))
     return end_run(result, staged.name)
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any, Literal
+from uuid import UUID
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field
 
@@ -126,6 +128,28 @@ async def run_batch_item(index: int, request: NotebookRequest) -> BatchItem:
     return await _run_item(index, request)
 
 
+async def _name_batch(labels: list[str], count: int, grid: dict[str, list[Any]] | None) -> None:
+    """Name and tag the batch's flow run by its notebooks: ``batch report over n (3),
+    label (2) · 9c3f2a`` (or ``batch of 12: report, sales · ...``), tagged
+    ``notebook:<each>``."""
+    from notebook_jobs.flows.run_labels import COMMON_TAG, ID_CHARS, MAX_NAME_CHARS
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    if grid and len(labels) == 1:
+        what = f"batch {labels[0]} over " + ", ".join(f"{k} ({len(v)})" for k, v in grid.items())
+    else:
+        what = f"batch of {count}: {', '.join(labels)}"
+    if len(what) > MAX_NAME_CHARS:
+        what = what[: MAX_NAME_CHARS - 1] + "…"
+    tags = [*flow_run.get_tags()]
+    wanted = [COMMON_TAG, "trigger:batch", *(f"notebook:{label}" for label in labels[:10])]
+    tags += [tag for tag in wanted if tag not in tags]
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), name=f"{what} · {run_id[-ID_CHARS:]}", tags=tags)
+
+
 @flow(name=BATCH_FLOW_NAME, log_prints=True)
 async def run_notebooks(
     requests: list[NotebookRequest] | None = None,
@@ -164,9 +188,13 @@ async def run_notebooks(
     logger.info("running %d notebooks, %d at a time (%s)", len(items), limit, executor)
     from notebook_jobs.flows.run_labels import notebook_label
 
-    labels = {notebook_label(r.notebook) for r in items}
+    labels = sorted({notebook_label(r.notebook, r.name) for r in items})
+    try:
+        await _name_batch(labels, len(items), grid)
+    except Exception as error:  # a name is not worth a failed batch
+        logger.warning("could not name and tag the batch's flow run: %s", error)
     table = BatchTable(
-        artifact_key(labels.pop() if len(labels) == 1 else "batch", "batch"),
+        artifact_key(labels[0] if len(labels) == 1 else "batch", "batch"),
         items,
         PREFECT_UI_URL.value(),
     )

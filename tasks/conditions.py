@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from notebook_jobs.blocks.exceptions import AlertConditionError
+from notebook_jobs.tasks.chart import number_text
 
 DEFAULT_HISTORY_RUNS = 10
 MIN_HISTORY = 3
@@ -151,8 +152,8 @@ def _number(value: Any) -> float | None:
 
 def _shown(value: Any) -> str:
     number = _number(value)
-    if number is not None:
-        return f"{number:.6g}"
+    if number is not None:  # at full precision: 1234567, not 1.23457e+06
+        return number_text(number)
     return json.dumps(value) if not isinstance(value, str) else value
 
 

@@ -80,9 +80,6 @@ class Executor(Protocol):
     def starting(self, staged: StagedNotebook) -> str:
         """What the run is doing before its first cell, for its progress."""
 
-    def ended(self, outcome: ExecutionOutcome) -> str:
-        """How the run ended, for its progress."""
-
     async def execute(
         self,
         staged: StagedNotebook,
@@ -211,9 +208,6 @@ class LocalExecutor:
 
     def starting(self, staged: StagedNotebook) -> str:
         return f"starting kernel {staged.kernel}"
-
-    def ended(self, outcome: ExecutionOutcome) -> str:
-        return outcome.report.status
 
     def pool(self, kernel: str) -> KernelPool | None:
         """This executor's pool for ``kernel``, made on first use; None without pools.
@@ -354,10 +348,6 @@ class SlurmExecutor:
 
     def starting(self, staged: StagedNotebook) -> str:
         return "submitting"
-
-    def ended(self, outcome: ExecutionOutcome) -> str:
-        info = outcome.slurm
-        return f"Slurm job {info.job_id} {info.state}" if info else outcome.report.status
 
     def _prepare(
         self, staged: StagedNotebook, cell_timeout: float | None, timeout: float | None

@@ -283,6 +283,9 @@ class CacheInfo(BaseModel):
     )
 
 
+ParameterSource = Literal["run", "deployment", "notebook"]
+
+
 class NotebookResult(BaseModel):
     """The result of a run; ``result.json`` in the store is this document."""
 
@@ -301,6 +304,14 @@ class NotebookResult(BaseModel):
             "overridden by the parameters given."
         ),
     )
+    parameters_from: dict[str, ParameterSource] = Field(
+        default_factory=dict,
+        description=(
+            "Where each value of ``parameters_used`` came from: ``run`` (set for this run), "
+            "``deployment`` (its deployment's default) or ``notebook`` (the notebook's own)."
+        ),
+    )
+    deployment: str | None = Field(default=None, description="The run's deployment, if any.")
     kernel: str
     error: ErrorInfo | None = None
     cells: list[CellReport] = Field(default_factory=list)

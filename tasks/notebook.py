@@ -56,6 +56,14 @@ def artifact_key(name: str, kind: str) -> str:
     return f"{slug[:60]}-{kind}"
 
 
+def _log_streams(logger: Any, event: CellEvent) -> None:
+    """A cell's prints in the run's log: stdout at INFO, stderr at WARNING."""
+    if event.stdout.strip():
+        logger.info("cell %d stdout:\n%s", event.index, event.stdout.rstrip())
+    if event.stderr.strip():
+        logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
+
+
 @task(name="stage-notebook", cache_policy=NO_CACHE)
 async def stage_notebook(
     request: NotebookRequest, run_dir: Path, check_kernel: bool = True
@@ -78,12 +86,13 @@ async def stage_notebook(
         stage, request, run_dir, check_kernel=check_kernel, resolve=resolve
     )
     get_run_logger().info(
-        "staged %s (kernel %s, %d code cells to run, parameters: %s, working folder %s)",
+        "staged %s (kernel %s, %d code cells to run, parameters: %s, %s)",
         staged.name,
         staged.kernel,
         staged.cells_to_run,
         ", ".join(sorted(staged.parameters)) or "none",
-        staged.cwd or "of its own",
+        # which folder is the run's cwd parameter: a path says nothing to a reader of the UI
+        "in the folder it was given (cwd)" if staged.cwd else "in a folder of its own",
     )
     for note in staged.notes:
         get_run_logger().warning("%s", note)
@@ -169,11 +178,13 @@ async def execute_notebook(
             )
             return
         report = event.report
-        if report is None:
+        if report is None:  # a running cell's prints so far
+            _log_streams(logger, event)
             return
-        # a failing cell is an ERROR line, so filtering the run's log to errors finds it
+        # a failing cell is a WARNING line: the one ERROR line of a failed run is the
+        # run's own, with the notebook's traceback (``run_ending.end_run``)
         logger.log(
-            logging.INFO if report.status in ("ok", "skipped") else logging.ERROR,
+            logging.INFO if report.status in ("ok", "skipped") else logging.WARNING,
             "cell %d (%d/%d) %s in %.3f s",
             event.index,
             event.done,
@@ -181,10 +192,7 @@ async def execute_notebook(
             report.status,
             report.duration_seconds or 0.0,
         )
-        if event.stdout.strip():
-            logger.info("cell %d stdout:\n%s", event.index, event.stdout.rstrip())
-        if event.stderr.strip():
-            logger.warning("cell %d stderr:\n%s", event.index, event.stderr.rstrip())
+        _log_streams(logger, event)
 
     outcome = await executor.execute(
         staged,
@@ -197,15 +205,10 @@ async def execute_notebook(
     report = outcome.report
     if report.status == "cancelled":
         logger.warning("cancelled: %s", report.error.message if report.error else "")
-    done = sum(1 for c in report.cells if c.status == "ok")
-    ran = sum(1 for c in report.cells if c.status != "skipped")
     try:
-        await progress.close(
-            100.0 if report.success else 100.0 * done / max(ran, 1),
-            f"{staged.name}: {executor.ended(outcome)}",
-        )
+        await progress.close()
     except Exception as failure:  # progress reporting must never lose a run
-        logger.warning("could not update the progress artifact: %s", failure)
+        logger.warning("could not remove the progress artifact: %s", failure)
     if report.status == "kernel_died":
         error = report.error
         raise KernelDiedError(

@@ -7,6 +7,7 @@ import time
 from uuid import UUID
 
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+from prefect.client.orchestration import get_client
 
 # A passing value ("running cell 7" of a fast cell) is shown only if it stays current
 # this long, or if the last update is older than this.
@@ -24,12 +25,13 @@ class ProgressArtifact:
     per cell. So this is the one throttle of progress updates: at most one request is
     in flight, only the newest value is sent, and a passing value waits until it has
     been current ``MIN_INTERVAL_SECONDS``. The artifact is made only once the run has
-    gone on for ``SHOWN_AFTER_SECONDS`` (with the newest value by then).
+    gone on for ``SHOWN_AFTER_SECONDS`` (with the newest value by then), and removed
+    when the run ends.
 
     Example:
         >>> progress = ProgressArtifact("report-progress", "report.ipynb: starting")
         >>> progress.show(50.0, "report.ipynb: running cell 2 (2/4)", passing=True)
-        >>> await progress.close(100.0, "report.ipynb: completed")     # sent by now
+        >>> await progress.close()     # removed: the run's state says how it ended
     """
 
     def __init__(self, key: str, description: str) -> None:
@@ -91,18 +93,23 @@ class ProgressArtifact:
             self._latest = None
             await aupdate_progress_artifact(artifact_id, progress, description=description)
 
-    async def close(self, progress: float, description: str) -> None:
-        """Send the final value and wait until it is stored (nothing, for a run that
-        ended before its artifact was made).
+    async def close(self) -> None:
+        """Remove the artifact (nothing, for a run that ended before it was made): a
+        finished run's state, summary and history say how it ended, and a bar left at
+        100 % in every run's Artifacts tab would only be noise.
 
         Raises:
-            Exception: Whatever the API raised for the creation or an update.
+            Exception: Whatever the API raised for the creation, an update or the removal.
         """
+        for timer in (self._first, self._later):
+            if timer is not None:
+                timer.cancel()
+        self._first = self._later = None
+        self._latest = None
         if self._created is None:  # nothing was sent, and nothing will be
-            if self._first is not None:
-                self._first.cancel()
-                self._first = None
             return
-        self.show(progress, description)
-        assert self._sender is not None
-        await self._sender
+        if self._sender is not None:
+            await self._sender
+        artifact_id = await self._created
+        async with get_client() as client:
+            await client.delete_artifact(artifact_id)

@@ -18,7 +18,9 @@ from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.tasks.engine.layout import FILES_FOLDER
 from notebook_jobs.tasks.engine.notebook_markdown import notebook_markdown
 from notebook_jobs.tasks.models import SUMMARY_LINK, NotebookResult
+from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.store.artefacts import write_result
+from notebook_jobs.tasks.ui_links import artifact_url, run_url
 
 LINK_TEXT = {
     "html": "the executed notebook, as a web page",
@@ -37,6 +39,9 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     which ``summary_links`` reads back: callers over HTTP find ``result.json`` there.
     """
     lines = [f"# {result.notebook}: {result.status}", ""]
+    history = artifact_url(artifact_key(result.notebook, "history"))
+    if history:
+        lines += [f"[Every run of {result.notebook}, its outputs over time]({history})", ""]
     if result.cached_from and result.cache:
         lines += [
             f"**Cached**: the result of run `{result.cached_from}` (cache key "
@@ -59,8 +64,7 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     if used:
         lines += ["| parameter | value | from |", "|---|---|---|"]
         lines += [
-            f"| {k} | `{_table_text(json.dumps(v), 200)}` | "
-            f"{'run' if k in result.parameters else 'default'} |"
+            f"| {k} | `{_table_text(json.dumps(v), 200)}` | {_source(result, k)} |"
             for k, v in used.items()
         ]
         lines.append("")
@@ -107,6 +111,17 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     for note in result.notes:
         lines.append(f"- note: {note}")
     return "\n".join(lines)
+
+
+SOURCE_TEXT = {"run": "run", "deployment": "deployment", "notebook": "notebook default"}
+
+
+def _source(result: NotebookResult, name: str) -> str:
+    """Where a parameter's value came from, as the summary says it."""
+    found = result.parameters_from.get(name)
+    if found is None:  # a result from before parameters_from
+        found = "run" if name in result.parameters else "notebook"
+    return SOURCE_TEXT[found]
 
 
 def _local_note(links: dict[str, str]) -> str:
@@ -229,6 +244,7 @@ class BatchTable:
             for i, r in enumerate(requests)
         ]
         self._published = 0.0
+        self._last: list[dict[str, str]] | None = None  # the version the UI has
 
     def record(self, item: Any) -> None:
         """Fill in the row of a finished ``BatchItem``."""
@@ -242,10 +258,8 @@ class BatchTable:
         if item.error:
             row["error"] = item.error[:200]
         if item.flow_run_id:
-            row["run"] = (
-                f"{self.ui_url}/runs/flow-run/{item.flow_run_id}"
-                if self.ui_url
-                else item.flow_run_id
+            row["run"] = run_url(str(item.flow_run_id), self.ui_url or None) or str(
+                item.flow_run_id
             )
 
     def table(self) -> list[dict[str, str]]:
@@ -256,15 +270,20 @@ class BatchTable:
         return [{name: row.get(name, "") for name in columns} for row in self.rows]
 
     async def publish(self, *, final: bool = False) -> None:
-        """Publish the table now if ``final`` or if the last version is old enough."""
+        """Publish the table now if ``final`` or if the last version is old enough, and
+        only if it changed: one version per change, not one per call."""
         now = time.monotonic()
         if not final and now - self._published < BATCH_TABLE_INTERVAL_SECONDS:
+            return
+        table = self.table()
+        if table == self._last:
             return
         self._published = now
         done = sum(1 for row in self.rows if row["status"] != "pending")
         await acreate_table_artifact(
-            self.table(), key=self.key, description=f"{done} of {len(self.rows)} notebooks done"
+            table, key=self.key, description=f"{done} of {len(self.rows)} notebooks done"
         )
+        self._last = table
 
 
 def _parameters_text(parameters: dict[str, Any]) -> str:

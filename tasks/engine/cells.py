@@ -63,6 +63,15 @@ def cell_traceback(cell: NotebookNode) -> str:
     return ""
 
 
+def numbered(traceback: str, execution_count: int | None, index: int | None) -> str:
+    """IPython's ``Cell In[4], line 2`` as ``cell 3, line 2``: one numbering for a cell
+    in the log, the summary and the error (its index in the notebook, as everywhere
+    else), not the kernel's execution counter."""
+    if execution_count is None or index is None:
+        return traceback
+    return traceback.replace(f"Cell In[{execution_count}]", f"cell {index}")
+
+
 def files_snapshot(folder: Path, notes: list[str] | None = None) -> dict[str, tuple[int, int]]:
     """Each file under ``folder`` with its modification time and size.
 
@@ -117,7 +126,7 @@ def add_error_banners(nb: NotebookNode, position: int, execution_count: int | No
 class CellEvent:
     """Progress of a run, sent before and after each executed cell."""
 
-    phase: str  # "start" or "end"
+    phase: str  # "start", "output" (what a running cell printed so far) or "end"
     index: int  # position in the input notebook
     done: int  # cells finished so far
     total: int  # cells that will run
@@ -167,8 +176,15 @@ async def run_plan(
     for position, source_index in plan:
         cell = client.nb.cells[position]
         current["index"] = source_index
+        streamed = {"stdout": 0, "stderr": 0}  # what the log has of this cell's streams
+        streaming: asyncio.Future[None] | None = None
         if source_index is not None:
             await emit(on_event, CellEvent("start", source_index, done, total))
+            if on_event is not None and secrets is None:
+                # (a run with secrets logs a cell's prints once masked, when it ends)
+                streaming = asyncio.ensure_future(
+                    _stream_while_running(cell, source_index, done, total, on_event, streamed)
+                )
         t_cell = time.perf_counter()
         status: CellStatus = "ok"
         timeout_used = client._get_timeout(cell)
@@ -208,7 +224,11 @@ async def run_plan(
                     name=error.ename,
                     message=error.evalue + where,
                     cell_index=source_index,
-                    traceback=cell_traceback(cell) or strip_ansi(error.traceback),
+                    traceback=numbered(
+                        cell_traceback(cell) or strip_ansi(error.traceback),
+                        cell.get("execution_count"),
+                        source_index,
+                    ),
                 )
         except CellTimeoutError as error:
             # the kernel did not answer the interrupt: the cell still shows why it stopped
@@ -236,6 +256,8 @@ async def run_plan(
             )
         finally:
             cell.source = shown
+            if streaming is not None:
+                streaming.cancel()
         if secrets is not None:  # before anything reads the outputs
             secrets.mask_cell(cell)
             if progress.error is not None:
@@ -253,13 +275,52 @@ async def run_plan(
                     done,
                     total,
                     report,
-                    stdout=stream_text(cell, "stdout"),
-                    stderr=stream_text(cell, "stderr"),
+                    stdout=_unsent(cell, "stdout", streamed),
+                    stderr=_unsent(cell, "stderr", streamed),
                 ),
             )
         if status != "ok":
             break
     current["index"] = None
+
+
+STREAM_SECONDS = 1.0  # a running cell's prints reach the log this often
+
+
+def _unsent(cell: NotebookNode, name: str, streamed: dict[str, int]) -> str:
+    """What the cell printed on ``name`` that the log does not have yet."""
+    text = stream_text(cell, name)
+    new = text[streamed[name] :]
+    streamed[name] = len(text)
+    return new
+
+
+async def _stream_while_running(
+    cell: NotebookNode,
+    source_index: int,
+    done: int,
+    total: int,
+    on_event: EventCallback,
+    streamed: dict[str, int],
+) -> None:
+    """Every ``STREAM_SECONDS`` while a cell runs, send what it printed since:
+    a slow cell's prints reach the run's log as they come, not when it ends. Only
+    whole lines: the rest waits for the next round or the cell's end."""
+    while True:
+        await asyncio.sleep(STREAM_SECONDS)
+        texts = {}
+        for name in ("stdout", "stderr"):
+            text = stream_text(cell, name)[streamed[name] :]
+            whole = text[: text.rfind("\n") + 1]
+            streamed[name] += len(whole)
+            texts[name] = whole
+        if texts["stdout"] or texts["stderr"]:
+            await emit(
+                on_event,
+                CellEvent(
+                    "output", source_index, done, total, None, texts["stdout"], texts["stderr"]
+                ),
+            )
 
 
 def _cell_timed_out(

@@ -120,8 +120,8 @@ def compare_runs(
         change = "added" if name not in files_a else "removed" if name not in files_b else "changed"
         changed_files.append({"name": name, "change": change})
     return {
-        "a": {"flow_run_id": a.get("flow_run_id"), "status": a.get("status")},
-        "b": {"flow_run_id": b.get("flow_run_id"), "status": b.get("status")},
+        "a": {k: a.get(k) for k in ("flow_run_id", "status", "notebook")},
+        "b": {k: b.get(k) for k in ("flow_run_id", "status", "notebook")},
         "parameters": _changes(
             a.get("parameters_used") or a.get("parameters") or {},
             b.get("parameters_used") or b.get("parameters") or {},
@@ -133,27 +133,50 @@ def compare_runs(
     }
 
 
-def comparison_markdown(found: dict[str, Any]) -> str:
-    """The comparison as Markdown: the diff flow's artifact and ``nbjobs diff``'s output."""
+def signed(delta: float) -> str:
+    """A change at full precision, with its sign: ``+51675.5``, ``-3``, ``+1234567``."""
+    if isinstance(delta, int) or (isinstance(delta, float) and delta.is_integer()):
+        return f"{int(delta):+d}"
+    return f"{'+' if delta > 0 else ''}{delta!r}"
+
+
+def comparison_markdown(
+    found: dict[str, Any],
+    names: tuple[str, str] | None = None,
+    links: tuple[str | None, str | None] = (None, None),
+) -> str:
+    """The comparison as Markdown: the diff flow's artifact and ``nbjobs diff``'s output.
+
+    Args:
+        found: What ``compare_runs`` found.
+        names: The two runs' names (default: their ids).
+        links: Their pages in the UI, linked from the title.
+    """
 
     def value(v: Any) -> str:
         return "" if v is None else f"`{json.dumps(v, default=str)[:80]}`"
 
     a, b = found["a"], found["b"]
-    lines = [f"# {a['flow_run_id']} ({a['status']}) → {b['flow_run_id']} ({b['status']})", ""]
+    titles = []
+    for run, name, link in zip((a, b), names or (None, None), links, strict=True):
+        text = name or str(run["flow_run_id"])
+        titles.append(
+            f"[{text}]({link}) ({run['status']})" if link else f"{text} ({run['status']})"
+        )
+    lines = [f"# {titles[0]} → {titles[1]}", ""]
     for section in ("parameters", "outputs"):
         rows = found[section]
         lines.append(f"## {section}: {len(rows) or 'no'} change{'s' * (len(rows) != 1)}")
         if rows:
             lines += ["", "| name | a | b | change |", "|---|---|---|---|"]
             for row in rows:
-                delta = f" ({row['delta']:+g})" if "delta" in row else ""
+                delta = f" ({signed(row['delta'])})" if "delta" in row else ""
                 lines.append(
                     f"| {row['name']} | {value(row['a'])} | {value(row['b'])} | "
                     f"{row['change']}{delta} |"
                 )
         lines.append("")
-    lines.append(f"## cells: {len(found['cells']) or 'no'} changed")
+    lines.append(f"## cells: {len(found['cells']) or 'none'} changed")
     if found["cells"]:
         lines += ["", "| cell | status | seconds | |", "|---:|---|---|---|"]
         for cell in found["cells"]:
@@ -164,10 +187,10 @@ def comparison_markdown(found: dict[str, Any]) -> str:
                 f"{'**slower**' if cell['slower'] else ''} |"
             )
     lines.append("")
-    lines.append(f"## text outputs: {len(found['text']) or 'no'} cells changed")
+    lines.append(f"## text outputs: {len(found['text']) or 'none'} changed")
     for cell in found["text"]:
         lines += ["", f"cell {cell['index']}:", "```diff", cell["diff"], "```"]
     lines.append("")
-    lines.append(f"## files: {len(found['files']) or 'no'} changed")
+    lines.append(f"## files: {len(found['files']) or 'none'} changed")
     lines += [f"- {f['name']}: {f['change']}" for f in found["files"]]
     return "\n".join(lines)

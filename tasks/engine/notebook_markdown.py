@@ -4,11 +4,12 @@ Prefect renders an artifact's Markdown, not a notebook, and a browser will not o
 ``file://`` link from a web page, so the summary carries the notebook itself:
 markdown cells as written, code with its outputs (text, tables, errors with the
 notebook's own traceback), the failing cell marked, big outputs cut with a note, and
-images linked where the store gives a link a browser opens.
+images embedded (or, when large, linked where the store gives a link a browser opens).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Mapping
@@ -18,7 +19,12 @@ from typing import Any
 from nbformat import NotebookNode
 
 MAX_OUTPUT_CHARS = 3_000  # one output, in the summary; the stored notebook has it all
-MAX_NOTEBOOK_CHARS = 200_000  # the whole rendering: the UI stays quick to load
+MAX_NOTEBOOK_CHARS = 200_000  # the whole rendering's text: the UI stays quick to load
+# Images are embedded (``data:`` URIs, which both Prefect UIs show) up to this size each
+# (base64) and this much in all: a summary's charts then open from any machine, after
+# any restart; a larger one is linked through the store.
+MAX_INLINE_IMAGE_BYTES = 200_000
+MAX_INLINE_TOTAL_BYTES = 1_000_000
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _HEADING = re.compile(r"^(#{1,6})(?=\s)", re.MULTILINE)
 
@@ -91,21 +97,44 @@ def html_table_markdown(html: str, max_rows: int = 50) -> str | None:
     return "\n".join(shown)
 
 
+def _inline_image(data: Mapping[str, Any], mime: str, budget: list[int]) -> str | None:
+    """The image as a ``data:`` URI if it is small enough and the budget allows."""
+    content = data[mime]
+    if mime == "image/svg+xml":
+        encoded = base64.b64encode(_text(content).encode()).decode()
+    else:
+        encoded = "".join(_text(content).split())  # the notebook keeps it base64
+    if len(encoded) > MAX_INLINE_IMAGE_BYTES or len(encoded) > budget[0]:
+        return None
+    budget[0] -= len(encoded)
+    return f"data:{mime};base64,{encoded}"
+
+
 def _output_lines(
-    output: NotebookNode, where: tuple[int, int], links: Mapping[tuple[int, int], str]
+    output: NotebookNode,
+    where: tuple[int, int],
+    links: Mapping[tuple[int, int], str],
+    count: int | None = None,
+    budget: list[int] | None = None,
 ) -> list[str]:
     kind = output.get("output_type")
     if kind == "stream":
         return _fence(_cut(_text(output.get("text", ""))))
     if kind == "error":
         traceback = _ANSI.sub("", "\n".join(output.get("traceback", [])))
+        if count is not None and where[0] >= 0:  # "cell 3", as the heading says
+            traceback = traceback.replace(f"Cell In[{count}]", f"cell {where[0]}")
         return _fence(_cut(traceback or f"{output.get('ename')}: {output.get('evalue')}"))
     data = output.get("data", {})
     link = links.get(where, "")
     for mime in ("image/png", "image/jpeg", "image/svg+xml"):
         if mime in data:
+            title = f"cell {where[0]}, output {where[1]}"
+            inline = _inline_image(data, mime, budget if budget is not None else [0])
+            if inline is not None:  # opens wherever the summary does, for as long
+                return [f"![{title}]({inline})"]
             if link.startswith(("http://", "https://")):
-                return [f"![cell {where[0]}, output {where[1]}]({link})"]
+                return [f"![{title}]({link})"]
             return [f"(an image: {link or 'in the stored notebook'}; opens on the store's machine)"]
     if "application/json" in data:
         return _fence(_cut(json.dumps(data["application/json"], indent=2)))
@@ -141,6 +170,7 @@ def notebook_markdown(
     """
     links = links or {}
     lines: list[str] = []
+    budget = [MAX_INLINE_TOTAL_BYTES]
     for cell in nb.cells:
         meta = cell.get("metadata", {})
         index = (meta.get("nbjobs") or {}).get("index")
@@ -161,11 +191,14 @@ def notebook_markdown(
         lines += [heading, ""]
         lines += _fence(_cut(_text(cell.get("source", ""))), language)
         for position, output in enumerate(cell.get("outputs", [])):
-            rendered = _output_lines(output, (index if index is not None else -1, position), links)
+            rendered = _output_lines(
+                output, (index if index is not None else -1, position), links, count, budget
+            )
             if rendered:
                 lines += ["", *rendered]
         lines.append("")
-        if sum(len(line) + 1 for line in lines) > MAX_NOTEBOOK_CHARS:
+        embedded = MAX_INLINE_TOTAL_BYTES - budget[0]
+        if sum(len(line) + 1 for line in lines) - embedded > MAX_NOTEBOOK_CHARS:
             lines.append("... (the rest is in the stored notebook)")
             break
     return "\n".join(lines)

@@ -171,7 +171,10 @@ async def store_artefacts(
     artefacts = await asyncio.to_thread(
         upload_run_folder, store, run_dir, prefix, files, workdir, logs
     )
-    logger.info("stored artefacts under %s", artefacts.prefix)
+    # where, the summary links: a path on the worker's disk says nothing to a reader
+    logger.info(
+        "stored the executed notebook, its HTML and %d files the notebook wrote", len(files)
+    )
     return artefacts
 
 

@@ -216,12 +216,14 @@ def test_scheduled_runs_are_executed_by_nbjobs_serve(http_stack: HTTPStack) -> N
         assert {"nbjobs", "auto-scheduled", "trigger:schedule", "notebook:params"} <= set(
             run["tags"]
         )
-    # the parameters it ran with, in its Parameters tab and in its summary
+    # the values it was given (its deployment's, which deploy saved from the notebook)
+    # in its Parameters tab; in its summary, each said to be the notebook's default
     run = completed[0]
     assert run["parameters"]["parameters"]["name"] == "world"
     assert run["parameters"]["parameters"]["items"] == [1, 2]
     summary = http_stack.api.artifacts(run["id"])["params-summary"]["data"]
-    assert '| name | `"world"` |' in summary and "| items | `[1, 2]` |" in summary
+    assert '| name | `"world"` | notebook default |' in summary
+    assert "| items | `[1, 2]` | notebook default |" in summary
 
 
 def test_prefect_yaml_deploys_and_a_worker_gets_the_notebook_from_git(

@@ -134,11 +134,15 @@ def test_the_notebook_itself_sent_as_json(http_stack: HTTPStack) -> None:
     assert result["notebook"] == "Weekly-sales.ipynb"
     assert run["name"].startswith("Weekly-sales x=41") and "notebook:Weekly-sales" in run["tags"]
     assert {"weekly-sales-summary", "weekly-sales-outputs"} <= set(artifacts(http_stack, run_id))
-    # the Parameters tab shows the stored copy, not the notebook's JSON, and the values used
+    # the Parameters tab shows the stored copy, not the notebook's JSON, and the values
+    # set (the notebook's own defaults are in the summary, each marked so)
     shown = http_stack.api.flow_run(run_id)["parameters"]
     assert shown["notebook"] == result["artefacts"]["input"]
     assert shown["notebook"].startswith(f"s3://{http_stack.bucket}/")
-    assert shown["parameters"] == result["parameters_used"] and shown["parameters"]["x"] == 41
+    assert shown["parameters"] == {"x": 41}
+    assert (
+        result["parameters_from"]["x"] == "run" and result["parameters_from"]["name"] == "notebook"
+    )
     # or from the request's name field
     run_id, run, _ = trigger_and_wait(http_stack, "adhoc", {"notebook": document, "name": "daily"})
     assert run["name"].startswith("daily ") and "notebook:daily" in run["tags"]
@@ -175,8 +179,12 @@ def test_bad_input_over_http_fails_before_any_kernel(http_stack: HTTPStack) -> N
         "UnknownParameterError: unknown parameter(s) 'typo'; declared parameters: x"
         in run["state"]["message"]
     )
-    # refused at staging: nothing ran, so none of the run's artifacts exist
-    assert not [key for key in artifacts(http_stack, run_id) if key]
+    # refused at staging: nothing ran, so none of the run's artifacts exist; its
+    # notebook's history shows it, failed, with why
+    published = artifacts(http_stack, run_id)
+    assert [key for key in published if key] == ["params-history"]
+    (row,) = [line for line in published["params-history"]["data"].splitlines() if run_id in line]
+    assert "**failed**: UnknownParameterError: unknown parameter(s) 'typo'" in row
 
 
 def test_an_urgent_run_goes_to_a_higher_priority_work_queue(http_stack: HTTPStack) -> None:
@@ -291,7 +299,7 @@ def test_a_secret_parameter_over_http_is_nowhere_but_in_the_kernel(
         for o in listed["Contents"]
     ]
     deadline = time.monotonic() + 60  # the worker ships its logs every few seconds
-    while "partial notebook at" not in json.dumps(logs := http_stack.api.logs(run_id)):
+    while "the partial notebook is stored" not in json.dumps(logs := http_stack.api.logs(run_id)):
         assert time.monotonic() < deadline, logs
         time.sleep(0.5)
     shown = [

@@ -9,6 +9,7 @@ a subprocess.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -31,7 +32,8 @@ from tests.browser import chromium as chromium_page
 from tests.conftest import DATA, EXAMPLES, service
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 
-UI_LINE = re.compile(r"in the Prefect UI: (http://127\.0\.0\.1:\d+/runs/flow-run/([0-9a-f-]+))")
+# the run's page in the UI the server opens by default: V2 (at /v2) in Prefect 3.8
+UI_LINE = re.compile(r"in the Prefect UI: (http://127\.0\.0\.1:\d+/v2/runs/flow-run/([0-9a-f-]+))")
 
 
 def busy_loops() -> list[subprocess.Popen[bytes]]:
@@ -70,7 +72,7 @@ def test_two_first_runs_at_once_start_one_server_with_both_cores_busy(local: Loc
     assert "the first start sets up its database" in "".join(err for _, err in outputs)
     status = local.status()
     assert status["running"] and status["server_pid"] and status["worker_pid"]
-    urls = {UI_LINE.search(out).group(1).split("/runs/")[0] for out, _ in outputs}  # type: ignore[union-attr]
+    urls = {UI_LINE.search(out).group(1).split("/v2/runs/")[0] for out, _ in outputs}  # type: ignore[union-attr]
     assert urls == {status["url"]}
 
 
@@ -94,10 +96,12 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
     found = UI_LINE.search(done.stdout)
     assert found, done.stdout
     url, run_id = found.groups()
-    # as a browser asks for it (the UI serves its pages to HTML navigation)
+    # as a browser asks for it (the UI serves its pages to HTML navigation): the V2
+    # page itself, not a redirect to another UI (urllib would follow one: compared)
     request = urllib.request.Request(url, headers={"Accept": "text/html"})
     with urllib.request.urlopen(request, timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read().lower()
+        assert page.url == url
     # nbjobs run returns once the result is stored; Prefect's final state follows
     run = local.api().wait(run_id, timeout=120)
     assert run["state"]["type"] == "COMPLETED" and {"trigger:cli", "nbjobs"} <= set(run["tags"])
@@ -112,8 +116,10 @@ def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) ->
         page.open(url)
         text = page.wait_for_text(run["name"])
         page.screenshot(local.home / "run-page.png")
-    assert "Something went wrong" not in text
+        location = page.evaluate("location.href")
+    assert "Something went wrong" not in text and "Not Found" not in text
     assert "params" in text
+    assert location.split("?")[0] == url  # no redirect: the V2 page, as printed
 
 
 def test_a_local_store_run_opens_from_the_ui_through_signed_links(local: Local) -> None:
@@ -127,18 +133,23 @@ def test_a_local_store_run_opens_from_the_ui_through_signed_links(local: Local) 
     links = summary_links(summary)
     assert "served by the local server's worker on 127.0.0.1" in summary
     opened = {}
+    disposition = {}
     for kind in ("html", "notebook", "result", "input"):
         assert links[kind].startswith(f"{files_url}/files/"), links[kind]
         with urllib.request.urlopen(links[kind], timeout=30) as answer:
             opened[kind] = (answer.headers["Content-Type"], answer.read())
+            disposition[kind] = answer.headers["Content-Disposition"]
     assert opened["html"][0] == "text/html" and b"<html" in opened["html"][1][:300].lower()
+    assert disposition["html"] is None  # a page, opened in the browser
     assert json.loads(opened["result"][1])["flow_run_id"] == run_id
     assert json.loads(opened["notebook"][1])["nbformat"] == 4
-    # the plot, shown in the summary from the same server
-    image = re.search(r"!\[cell 2, output 0\]\((\S+)\)", summary).group(1)  # type: ignore[union-attr]
-    with urllib.request.urlopen(image, timeout=30) as answer:
-        assert answer.headers["Content-Type"] == "image/png"
-        assert answer.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    # notebooks and JSON are downloaded, named by their run
+    assert disposition["notebook"] == f"attachment; filename*=UTF-8''{run_id}-notebook.ipynb"
+    assert disposition["result"] == f"attachment; filename*=UTF-8''{run_id}-result.json"
+    # the plot is in the summary itself: no server needed to show it
+    image = re.search(r"!\[cell 2, output 0\]\(data:image/png;base64,([^)]+)\)", summary)
+    assert image is not None, summary[:2000]
+    assert base64.b64decode(image.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
     # a link changed by hand, or to a file nobody linked, opens nothing
     for wrong in (
         links["result"].replace("result.json", "notebook.ipynb"),
@@ -290,6 +301,13 @@ def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local
     assert any("kernel" in " ".join(p.cmdline()) for p in family)  # warm kernels are there
     assert any("postgres: checkpointer" in " ".join(p.cmdline()) for p in family)
     history = local.api().request("POST", "/flow_runs/count", json={}).json()
+    # a link of a run's summary, opened as a browser opens it: the file server closes
+    # the connection, so its port lingers in TIME_WAIT through the stop below
+    done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"), "--json")
+    link = json.loads(done.stdout)["artefacts"]["links"]["notebook"]
+    with urllib.request.urlopen(link, timeout=30) as answer:
+        before = answer.read()
+    history += 1
     done = local.nbjobs("server", "stop")
     assert done.returncode == 0 and "stopped worker" in done.stdout and "server" in done.stdout
     assert f"PostgreSQL (pid {status['postgres_pid']})" in done.stdout
@@ -308,6 +326,10 @@ def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local
     # the history survived the stop and the restart, on the same PostgreSQL data
     after = local.api().request("POST", "/flow_runs/count", json={}).json()
     assert history > 0 and after == history + 1
+    # and so did the links in earlier summaries: the file server has its port again
+    assert local.status()["files_url"] == status["files_url"]
+    with urllib.request.urlopen(link, timeout=30) as answer:
+        assert answer.read() == before
 
 
 def test_with_prefect_api_url_set_no_local_server_starts(
@@ -324,8 +346,10 @@ def test_with_prefect_api_url_set_no_local_server_starts(
     assert done.returncode == 0, done.stderr
     assert "output total = 5" in done.stdout
     assert not (tmp_path / "server").exists()
-    run_id = UI_LINE.search(done.stdout).group(2)  # type: ignore[union-attr]
-    assert PrefectHTTP(prefect_server).flow_run(run_id)["state"]["type"] == "COMPLETED"
+    # (the page in whichever UI that server opens by default)
+    found = re.search(r"in the Prefect UI: http://\S+/runs/flow-run/([0-9a-f-]+)", done.stdout)
+    assert found, done.stdout
+    assert PrefectHTTP(prefect_server).flow_run(found.group(1))["state"]["type"] == "COMPLETED"
 
 
 def test_an_unwritable_home_is_one_clear_line(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ CASES: list[tuple[str, dict[str, Any], str, str | None, str]] = [
         {"notebook": DATA / "raises.ipynb"},
         "FAILED",
         "failed",
-        "NotebookExecutionError: cell 3: ValueError: bad value 42",
+        "cell 3: ValueError: bad value 42",
     ),
     (
         "sys.exit(0) is a clean stop",

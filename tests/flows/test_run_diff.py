@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -87,19 +89,32 @@ def test_two_runs_of_one_notebook_compared(tmp_path: Path, prefect_server: str) 
     state = asyncio.run(run_diff(runs[0].flow_run_id, runs[1].flow_run_id, return_state=True))
     assert state_outcome(state)["outputs"] == found["outputs"]
 
-    async def published() -> str:
+    async def published() -> tuple[list[Any], Any, list[Any]]:
         async with get_client() as client:
             found = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
                 )
             )
-        return "\n".join(str(a.data) for a in found if a.key == "diff")
+            diff_run = await client.read_flow_run(state.state_details.flow_run_id)
+            compared = [await client.read_flow_run(UUID(r.flow_run_id)) for r in runs[:2]]
+        return list(found), diff_run, compared
 
-    markdown = asyncio.run(published())
+    artifacts, diff_run, compared = asyncio.run(published())
+    a, b = (str(r.flow_run_id) for r in runs[:2])
+    # one artifact per pair of runs, keyed and titled by them, with links to both
+    assert [x.key for x in artifacts] == [f"report-diff-{a[-6:]}-{b[-6:]}"]
+    markdown = str(artifacts[0].data)
+    title = markdown.splitlines()[0]
+    for run in compared:
+        assert f"[{run.name}](" in title and f"/runs/flow-run/{run.id}) (completed)" in title
     assert (
         "## outputs: 1 change" in markdown and "| total | `14` | `55` | changed (+41) |" in markdown
     )
+    assert "## cells: none changed" in markdown or "## cells: 4 changed" in markdown
+    # the diff's own run is named by what it compares and tagged by its notebook
+    assert diff_run.name == f"diff {compared[0].name} → {compared[1].name}"
+    assert {"nbjobs", "notebook:report", "trigger:diff"} <= set(diff_run.tags)
 
 
 def test_a_run_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from notebook_jobs.flows.run_labels import (
+    MADE_UP_NAME,
     MAX_NAME_CHARS,
     notebook_label,
     readable_name,
@@ -42,5 +43,16 @@ def test_the_trigger_is_told_from_tags_the_schedule_and_the_first_state() -> Non
     assert trigger_of(["trigger:batch"], "d1") == "batch"
     assert trigger_of(["auto-scheduled"], "d1") == "schedule"
     assert trigger_of([], None) == "cli"
-    assert trigger_of([], "d1", "Run from the Prefect UI with defaults") == "ui"
-    assert trigger_of([], "d1", "") == "api"
+    assert trigger_of([], "d1", "Run from the Prefect UI with defaults") == "ui"  # Quick run
+    assert trigger_of([], "d1", "") == "ui"  # the custom run forms: their empty message field
+    assert trigger_of([], "d1", None) == "api"  # an API call with no state of its own
+    assert trigger_of([], "d1", "nightly, from cron") == "api"
+
+
+def test_a_name_nobody_chose_is_told_from_one_typed() -> None:
+    """The server's ``fine-eel`` and the V2 run form's ``Awesome-Dingo`` are made up; a
+    name typed in the form, or sent over HTTP, is kept."""
+    for made_up in ("fine-eel", "Awesome-Dingo", "Tasty-Tapir"):
+        assert MADE_UP_NAME.match(made_up), made_up
+    for typed in ("Q3 close, EU", "sales-2026-q3", "rerun after fix", "Weekly-Sales-EU"):
+        assert not MADE_UP_NAME.match(typed), typed

@@ -89,6 +89,8 @@ async def run_job(job_dir: Path) -> int:
             "total": event.total,
             "status": event.report.status if event.report else None,
             "duration_seconds": event.report.duration_seconds if event.report else None,
+            "stdout": event.stdout,
+            "stderr": event.stderr,
         }
         events.write(json.dumps(record) + "\n")
         events.flush()

@@ -92,7 +92,15 @@ def read_events(path: Path, offset: int) -> tuple[list[CellEvent], int]:
                     duration_seconds=record.get("duration_seconds"),
                 )
             events.append(
-                CellEvent(record["phase"], record["index"], record["done"], record["total"], report)
+                CellEvent(
+                    record["phase"],
+                    record["index"],
+                    record["done"],
+                    record["total"],
+                    report,
+                    stdout=record.get("stdout") or "",
+                    stderr=record.get("stderr") or "",
+                )
             )
         except (ValueError, KeyError, TypeError) as error:
             log.warning("skipped an unreadable line of %s: %s", path, error)
