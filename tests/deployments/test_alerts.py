@@ -75,6 +75,13 @@ def cli_env(prefect_server: str) -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": prefect_server}
 
 
+async def automation_named(name: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return next(a for a in await client.read_automations() if a.name == name)
+
+
 def test_an_alert_reaches_the_webhook_when_its_condition_holds_and_only_then(
     prefect_server: str, webhook: tuple[Webhook, str], tmp_path: Path
 ) -> None:
@@ -88,6 +95,11 @@ def test_an_alert_reaches_the_webhook_when_its_condition_holds_and_only_then(
     assert added.returncode == EXIT_OK, added.stderr
     assert f"when outputs.n > 5 for a run of {notebook.stem}" in added.stdout
     listed = json.loads(nbjobs("alert", "list", "--json", env=env).stdout)
+    # its description reads as two paragraphs in the UI (Markdown), not one run-on line
+    automation = asyncio.run(automation_named(f"nbjobs alert: {notebook.stem} outputs.n > 5"))
+    assert automation.description.endswith(
+        "(edit the line below to change it).\n\nwhen outputs.n > 5"
+    )
     assert {"name": f"{notebook.stem} outputs.n > 5", "when": "outputs.n > 5"}.items() <= next(
         a for a in listed if a["notebook"] == notebook.stem
     ).items()

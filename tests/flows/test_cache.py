@@ -36,7 +36,7 @@ def executions(marker: Path) -> int:
     return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
-async def summary_of(run_id: str) -> str:
+async def summary_of(run_id: str, kind: str = "summary") -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -44,7 +44,7 @@ async def summary_of(run_id: str) -> str:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
         )
-    return next(str(a.data) for a in found if a.key and a.key.endswith("-summary"))
+    return next(str(a.data) for a in found if a.key and a.key.endswith(f"-{kind}"))
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -65,6 +65,12 @@ def test_a_second_identical_run_is_a_hit_and_executes_nothing(
     assert state.name == "Cached" and state.is_completed()
     summary = asyncio.run(summary_of(second.flow_run_id))
     assert f"**Cached**: the result of run `{first.flow_run_id}`" in summary
+    # the notebook's history marks it: a row of its own, cached
+    history = asyncio.run(summary_of(second.flow_run_id, "history"))
+    (row,) = [
+        line for line in history.splitlines() if f"/runs/flow-run/{second.flow_run_id})" in line
+    ]
+    assert "| cached |" in row
     links = summary_links(summary)
     assert links["html"] == second.artefacts.links["html"] and "result" in links
     assert f"{second.flow_run_id}/result.json" in links["result"]  # its own, with cached_from

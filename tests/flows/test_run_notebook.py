@@ -419,3 +419,29 @@ def test_cells_that_did_not_run_show_nothing_from_an_earlier_run(tmp_path: Path)
     assert json.loads((prefix / "result.json").read_text())["outputs"] == {}
     summary = asyncio.run(artifacts_of(result.flow_run_id))["saved-summary"].data
     assert "from last week" not in summary and "12345" not in summary
+
+
+def test_a_slow_cells_prints_reach_the_log_as_they_come(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line printed at the start of a 3-second cell is in the run's log within about a
+    second, not when the cell ends; each line is logged once."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                'import time\nprint("first", flush=True)\ntime.sleep(3)\nprint("second")'
+            )
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Py"}
+    path = tmp_path / "slow_prints.ipynb"
+    nbformat.write(nb, path)
+    with caplog.at_level(logging.INFO):
+        state = run_flow(notebook=str(path), store=str(tmp_path / "store"))
+    assert state.is_completed()
+    records = {r.getMessage(): r.created for r in caplog.records}
+    first, second = records["cell 0 stdout:\nfirst"], records["cell 0 stdout:\nsecond"]
+    ended = next(t for m, t in records.items() if m.startswith("cell 0 (1/1) ok"))
+    assert ended - first > 1.5  # logged while the cell still slept
+    assert second - first > 1.0  # the line printed after the sleep, logged after it
+    assert sum("first" in r.getMessage() for r in caplog.records if "stdout" in r.getMessage()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -63,20 +64,27 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
     for tags in asyncio.run(item_tags()):  # browsable by notebook and by how they started
         assert {"nbjobs", "notebook:params", "trigger:batch"} <= set(tags), tags
 
-    async def batch_table() -> Any:
+    async def batch_tables() -> tuple[list[Any], Any]:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
         from prefect.client.schemas.sorting import ArtifactSort
 
         async with get_client() as client:
-            (latest,) = await client.read_artifacts(
+            versions = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["params-batch"])),
                 sort=ArtifactSort.CREATED_DESC,
-                limit=1,
             )
-        return latest
+            parent = await client.read_flow_run(UUID(str(versions[0].flow_run_id)))
+        ours = [v for v in versions if v.flow_run_id == versions[0].flow_run_id]
+        return ours, parent
 
-    # the batch as one table: a row per item, its values, status and outputs, its run
-    table = asyncio.run(batch_table())
+    # the batch as one table: a row per item, its values, status and outputs, its run;
+    # a version per change, never the same table twice in a row
+    versions, parent = asyncio.run(batch_tables())
+    table = versions[0]
+    assert all(a.data != b.data for a, b in itertools.pairwise(versions))
+    # the batch's own run, named and tagged by its notebook (not "fine-eel")
+    assert parent.name.startswith("batch params over x (3), name (2) · ")
+    assert {"nbjobs", "notebook:params", "trigger:batch"} <= set(parent.tags)
     assert table.description == "6 of 6 notebooks done"
     rows = json.loads(table.data)
     assert len(rows) == 6 and {row["status"] for row in rows} == {"completed"}
