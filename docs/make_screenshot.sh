@@ -4,7 +4,7 @@
 #   docs/deploy-form.png  that deployment's run form: the notebook's parameters and the
 #                         one technical parameter opened (--allow);
 #   docs/run-summary.png  a failed run's summary: the executed notebook, the failing cell marked;
-#   docs/run-failed.png   that failed run's page (V2, 1440x900): the failure in the header;
+#   docs/run-failed.png   that failed run's page (V2, 1440x900): the failure as its state message;
 #   docs/batch-table.png  a batch of six as one table;
 #   docs/diff.png         what changed between two of its runs (the diff-runs flow);
 #   docs/history.png      report-history: the report's runs as a series (V2), and
@@ -34,8 +34,8 @@ run_id="$(.venv/bin/python - <<'PY'
 import os
 from notebook_jobs.deployments.api import PrefectHTTP
 api = PrefectHTTP(os.environ["PREFECT_API_URL"])
-# a series for the history: over HTTP, one failing (n as text)
-for n in (4, 6, 5, "x", 9, 8):
+# a series for the history: over HTTP here, from Python below (one failing: n as text)
+for n in (4, 6, 5, 9, 8):
     run_id = api.trigger("run-notebook", "report", {"parameters": {"n": n}}, idempotency_key=f"shot-{n}")
     api.wait(run_id)
 for n in (5, 12):
@@ -80,6 +80,8 @@ from notebook_jobs.flows.run_notebooks import run_notebooks
 
 async def main() -> None:
     state = await run_notebook("tests/data/raises.ipynb", return_state=True)
+    await run_notebook("examples/report.ipynb", parameters={"n": "x"}, return_state=True)
+    await run_notebook("examples/report.ipynb", parameters={"n": 7}, return_state=True)
     batch = await run_notebooks(notebook="examples/report.ipynb",
                                 grid={"n": [1, 2, 3], "label": ["a", "b"]})
     items = sorted(batch.items, key=lambda item: item.index)
@@ -117,12 +119,13 @@ for shot in "run-summary:v2:$1" "batch-table:v2:$2" "diff:v2:$3" "run-plots:v2:$
     "$base/artifacts/artifact/$id" 2>/dev/null
   echo "docs/$name.png: $id ($ui)"
 done
-# the failed run's page as an analyst's screen shows it (V2, 1440x900): the header says why
+# the failed run's page as an analyst's screen shows it (V2, 1440x900), its Details tab:
+# the failure as the state's message (V2's header shows the state, not its message)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$home/chromium" --window-size=1440,900 --hide-scrollbars \
   --virtual-time-budget=40000 --screenshot=docs/run-failed.png \
-  "http://127.0.0.1:$port/v2/runs/flow-run/$5" 2>/dev/null
+  "http://127.0.0.1:$port/v2/runs/flow-run/$5?tab=Details" 2>/dev/null
 echo "docs/run-failed.png: run $5"
 cached="$(.venv/bin/python - <<'PY'
 import os

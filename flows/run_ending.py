@@ -25,7 +25,13 @@ from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import ArtefactStore, safe_key
 from notebook_jobs.flows.deployment_rules import RunOrigin
-from notebook_jobs.flows.run_labels import notebook_label, run_trigger, show_parameters
+from notebook_jobs.flows.run_labels import (
+    failure_tag,
+    notebook_label,
+    run_trigger,
+    show_parameters,
+    tag_failure,
+)
 from notebook_jobs.tasks.cache import expiry, relinked
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
 from notebook_jobs.tasks.engine.staged import StagedNotebook
@@ -78,9 +84,12 @@ async def announce(
             equal to them.
     """
     label = notebook_label(name)
+    failed = not result.success and result.status != "cancelled"
+    error = result.error
     await asyncio.gather(
         _emitting(emit_run_event(result, label, flow_run.get_name())),
         _publishing_history(label, await _history_row(result), defaults),
+        _tagging(failure_tag(error.cell_index, error.name) if failed and error else None),
     )
 
 
@@ -107,6 +116,7 @@ async def announce_refusal(
     await asyncio.gather(
         _emitting(emit_refusal_event(error, label, run_id, flow_run.get_name())),
         _publishing_history(label, row),
+        _tagging(failure_tag(None, type(error).__name__)),
     )
 
 
@@ -119,6 +129,16 @@ async def _emitting(emitting: Awaitable[list[str]]) -> None:
         return
     for line in held:
         logger.warning("alert: %s", line)
+
+
+async def _tagging(tag: str | None) -> None:
+    run_id = flow_run.get_id()
+    if tag is None or not run_id:
+        return
+    try:
+        await tag_failure(run_id, tag)
+    except Exception as error:  # a tag is not worth a failed run
+        get_run_logger().warning("could not tag the run with its failure: %s", error)
 
 
 async def _publishing_history(

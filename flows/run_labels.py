@@ -9,6 +9,7 @@ all of them carry the one tag ``nbjobs``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -124,11 +125,15 @@ def current_deployment_id() -> str | None:
     return str(found) if found else None
 
 
-async def label_run(run_id: str, notebook: Any, name: str | None = None) -> str:
-    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable.
+FAILED_TAG = "failed:"  # ``failed: cell 3 ValueError``, in the run page's header
+
+
+async def label_run(run_id: str, notebook: Any, name: str | None = None) -> tuple[str, list[str]]:
+    """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable
+    (and drop a ``failed:`` tag an earlier attempt of a retried run left).
 
     Returns:
-        The trigger (``cli``, ``api``, ``ui``, ``schedule``, ``batch``).
+        The trigger (``cli``, ``api``, ``ui``, ``schedule``, ``batch``), and the run's tags.
     """
     tags = list(flow_run.get_tags())
     deployment_id = current_deployment_id()
@@ -140,16 +145,21 @@ async def label_run(run_id: str, notebook: Any, name: str | None = None) -> str:
                 first_message = min(states, key=lambda state: state.timestamp).message
         trigger = trigger_of(tags, deployment_id, first_message)
         wanted = [COMMON_TAG, f"notebook:{notebook_label(notebook, name)}", f"trigger:{trigger}"]
-        missing = [tag for tag in wanted if tag not in tags]
-        if missing:
-            await client.update_flow_run(UUID(run_id), tags=tags + missing)
-    return trigger
+        labelled = [t for t in tags if not t.startswith(FAILED_TAG)]
+        labelled += [tag for tag in wanted if tag not in labelled]
+        if labelled != tags:
+            await client.update_flow_run(UUID(run_id), tags=labelled)
+    return trigger, labelled
 
 
-_labelling: ContextVar[asyncio.Future[str] | None] = ContextVar("nbjobs_labelling", default=None)
+_labelling: ContextVar[asyncio.Future[tuple[str, list[str]]] | None] = ContextVar(
+    "nbjobs_labelling", default=None
+)
 
 
-def start_labelling(run_id: str, notebook: Any, name: str | None = None) -> asyncio.Future[str]:
+def start_labelling(
+    run_id: str, notebook: Any, name: str | None = None
+) -> asyncio.Future[tuple[str, list[str]]]:
     """Tag the run (``label_run``) beside it; ``run_trigger`` reads what it found."""
     labelling = asyncio.ensure_future(label_run(run_id, notebook, name))
     labelling.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
@@ -162,10 +172,32 @@ async def run_trigger() -> str:
     labelling = _labelling.get()
     if labelling is not None:
         try:
-            return await asyncio.shield(labelling)
+            return (await asyncio.shield(labelling))[0]
         except Exception:  # the tags could not be read or written: guess without them
             pass
     return trigger_of(list(flow_run.get_tags()), current_deployment_id())
+
+
+def failure_tag(cell_index: int | None, error_name: str) -> str:
+    """``failed: cell 3 ValueError``: the failure where a run page shows it at once.
+
+    Prefect's run page shows a run's name, state and tags in its header, and the state's
+    message (``cell 3: ValueError: bad value 42``) only in its Details; this tag puts
+    where and what failed in the header, and in every list of runs.
+    """
+    where = f"cell {cell_index} " if cell_index is not None else ""
+    return f"{FAILED_TAG} {where}{error_name}"[:MAX_NAME_CHARS]
+
+
+async def tag_failure(run_id: str, tag: str) -> None:
+    """Add ``tag`` to the run's tags, once its labelling is done (one write, not two racing)."""
+    labelling = _labelling.get()
+    tags = list(flow_run.get_tags())
+    if labelling is not None:
+        with contextlib.suppress(Exception):  # unlabelled: the tags the run started with
+            tags = (await asyncio.shield(labelling))[1]
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), tags=[*tags, tag])
 
 
 HIDDEN_ARGUMENTS = ("parameter_order",)  # how nbjobs run sends a run, not what it asks

@@ -237,6 +237,9 @@ def test_a_failure_is_one_line_in_the_header_and_one_error_in_the_log(
     message = failed["state"]["message"]
     assert message.startswith("cell 3: TypeError: "), message
     assert "Flow run encountered" not in message
+    # the run page's header shows the state and the tags, not the message: a tag says it
+    assert "failed: cell 3 TypeError" in failed["tags"]
+    assert not [t for r in series["runs"] if r is not failed for t in r["tags"] if "failed" in t]
     logs = http_stack.api.logs(failed["id"])
     errors = [record["message"] for record in logs if record["level"] >= 40]
     assert len(errors) == 1, errors
