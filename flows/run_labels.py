@@ -197,7 +197,8 @@ async def tag_failure(run_id: str, tag: str) -> None:
         with contextlib.suppress(Exception):  # unlabelled: the tags the run started with
             tags = (await asyncio.shield(labelling))[1]
     async with get_client() as client:
-        await client.update_flow_run(UUID(run_id), tags=[*tags, tag])
+        # first: V2's header shows the first three tags and "+N" for the rest
+        await client.update_flow_run(UUID(run_id), tags=[tag, *tags])
 
 
 HIDDEN_ARGUMENTS = ("parameter_order",)  # how nbjobs run sends a run, not what it asks
