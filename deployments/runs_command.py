@@ -83,6 +83,7 @@ async def _history(args: argparse.Namespace) -> int:
     from notebook_jobs.tasks.history import (
         output_columns,
         read_history,
+        started_by,
         value_text,
         with_changes,
         without_defaults,
@@ -110,14 +111,13 @@ async def _history(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = []
     for run in runs:
-        by = f"{run.trigger} · {run.deployment}" if run.deployment else run.trigger
         status = run.status
         if run.error and run.status not in ("completed", "cached"):
             status += f": {_cut(run.error, 60)}"
         rows.append(
             [
                 _when(run.started.isoformat() if run.started else None),
-                by,
+                started_by(run),
                 f"{run.seconds:.2f}" if run.seconds is not None else "",
                 *[
                     _cut(value_text(run.outputs[name], run.changes.get(name)), VALUE_CHARS)

@@ -244,8 +244,12 @@ def value_text(value: Any, change: float | None = None) -> str:
     return json.dumps(value)
 
 
-def _started_by(run: HistoryRun) -> str:
-    return f"{run.trigger} · {run.deployment}" if run.deployment else run.trigger
+def started_by(run: HistoryRun) -> str:
+    """``schedule · daily``; a command-line run's deployment (the general one that
+    ``nbjobs run`` goes through on a worker) is not a choice its user made: ``cli``."""
+    if run.deployment and run.trigger != "cli":
+        return f"{run.trigger} · {run.deployment}"
+    return run.trigger
 
 
 def _when(started: datetime | None) -> str:
@@ -297,7 +301,7 @@ def history_markdown(label: str, runs: list[HistoryRun], ui_url: str | None = No
         seconds = f"{run.seconds:.2f}" if run.seconds is not None else ""
         lines.append(
             f"| {f'[{title}]({link})' if link else title} | {_when(run.started)} | "
-            f"{_started_by(run)} | {status} | {seconds} | {values}{_cell(parameters, 120)} |"
+            f"{started_by(run)} | {status} | {seconds} | {values}{_cell(parameters, 120)} |"
         )
     return "\n".join(lines)
 
