@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from notebook_jobs.blocks.exceptions import BatchError
 from notebook_jobs.tasks.executors import LocalExecutor, current_executor, using_executor
+from notebook_jobs.tasks.history import publish_history
 from notebook_jobs.tasks.models import NotebookRequest
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.publish import BatchTable
@@ -239,6 +240,19 @@ async def run_notebooks(
             with using_executor(batch_executor):
                 outcomes = await asyncio.gather(*(gated(i, r) for i, r in enumerate(items)))
     await table.publish(final=True)
+    # items that ended together each published a history without the others (their
+    # states were not final yet): once more, now that every item's is
+    defaults = {  # the notebook's defaults, as far as the items' results show them
+        name: value
+        for outcome in outcomes
+        for name, value in ((outcome.result or {}).get("parameters_used") or {}).items()
+        if ((outcome.result or {}).get("parameters_from") or {}).get(name) == "notebook"
+    }
+    for label in labels[:10]:
+        try:
+            await publish_history(label, None, defaults)
+        except Exception as error:  # the history is not worth a failed batch
+            logger.warning("could not publish the history of %s: %s", label, error)
     batch = BatchResult(
         total=len(outcomes),
         succeeded=sum(1 for o in outcomes if o.success),

@@ -82,6 +82,9 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
     versions, parent = asyncio.run(batch_tables())
     table = versions[0]
     assert all(a.data != b.data for a, b in itertools.pairwise(versions))
+    # the notebook's newest history has every item, though they ended together
+    history = asyncio.run(newest("params-history"))
+    assert all(f"/runs/flow-run/{item.flow_run_id})" in history for item in batch.items)
     # the batch's own run, named and tagged by its notebook (not "fine-eel")
     assert parent.name.startswith("batch params over x (3), name (2) · ")
     assert {"nbjobs", "notebook:params", "trigger:batch"} <= set(parent.tags)
@@ -94,6 +97,19 @@ def test_a_grid_runs_locally_each_item_its_own_run(tmp_path: Path) -> None:
         assert row["parameters"] == " ".join(f"{k}={v}" for k, v in item.parameters.items())
         assert json.loads(row["output echo"])["x"] == item.parameters["x"]
         assert row["run"].endswith(f"/runs/flow-run/{item.flow_run_id}")
+
+
+async def newest(key: str) -> str:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        (latest,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(latest.data)
 
 
 def test_a_failing_item_does_not_stop_the_others(tmp_path: Path) -> None:
