@@ -36,6 +36,7 @@ CONTENT_TYPES = {
     ".out": "text/plain; charset=utf-8",
     ".err": "text/plain; charset=utf-8",
 }
+LISTEN_BACKLOG = 16
 DOWNLOADED = (".ipynb", ".json")  # saved with their names, not shown as raw JSON
 
 
@@ -107,14 +108,14 @@ class _FileServer(ThreadingHTTPServer):
         # another program could take the port
         super().__init__(bound.getsockname(), _Handler, bind_and_activate=False)
         self.socket.close()
-        self.socket = bound
+        self.socket = bound  # listening already (bind_first)
         self.server_address = bound.getsockname()
-        self.server_activate()
 
 
 def bind_first(first: int, tried: int, taken: set[int] | None = None) -> socket.socket:
     """A socket bound on 127.0.0.1 to the first free port of ``first`` and the
-    ``tried - 1`` after it (less ``taken``), kept bound until its server listens on it.
+    ``tried - 1`` after it (less ``taken``), listening already: its server (in the
+    worker it is handed to) accepts the connections queued meanwhile.
 
     Raises:
         OSError: Every one of those ports is in use.
@@ -125,11 +126,13 @@ def bind_first(first: int, tried: int, taken: set[int] | None = None) -> socket.
         sock = socket.socket()
         # as every HTTP server does: a port whose last connections linger in TIME_WAIT
         # after a stop is ours again (without this, a restart moved the file server
-        # 4280 -> 4281 and every link in earlier summaries died); a port another
-        # program listens on still refuses the bind
+        # 4280 -> 4281 and every link in earlier summaries died). With it, two sockets
+        # can both bind a port until one listens: listening at once makes the port ours
+        # alone (a second home starting at the same moment gets the next one)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
+            sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
             continue
