@@ -112,7 +112,7 @@ async def _history(args: argparse.Namespace) -> int:
     rows = []
     for run in runs:
         status = run.status
-        if run.error and run.status not in ("completed", "cached"):
+        if run.error and not run.succeeded:
             status += f": {_cut(run.error, 60)}"
         rows.append(
             [

@@ -26,6 +26,14 @@ setsid .venv/bin/prefect server start --host 127.0.0.1 --port "$port" >"$home/se
 server=$!
 trap 'kill -- -$server 2>/dev/null; kill -- -$worker 2>/dev/null; rm -rf "$home"' EXIT
 until curl -sf "http://127.0.0.1:$port/api/health" >/dev/null; do sleep 0.5; done
+
+# shot OUT WIDTH,HEIGHT BUDGET_MS URL: one page, rendered by headless Chromium
+shot() {
+  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$home/chromium" --window-size="$2" --hide-scrollbars \
+    --virtual-time-budget="$3" --screenshot="$1" "$4" 2>/dev/null
+}
 export PREFECT_API_URL="http://127.0.0.1:$port/api"
 .venv/bin/nbjobs deploy examples/report.ipynb --name report -p label weekly --allow timeout_seconds >/dev/null
 setsid .venv/bin/nbjobs serve --files-port $((port + 1)) >"$home/serve.log" 2>&1 &
@@ -50,17 +58,9 @@ plots_summary="${run_id#* }"
 run_id="${run_id%% *}"
 deployment_id="$(curl -s "$PREFECT_API_URL/deployments/name/run-notebook/report" |
   .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
-  --virtual-time-budget=40000 --screenshot=docs/flow-run.png \
-  "http://127.0.0.1:$port/runs/flow-run/$run_id?tab=Artifacts" 2>/dev/null
+shot docs/flow-run.png 1500,1150 40000 "http://127.0.0.1:$port/runs/flow-run/$run_id?tab=Artifacts"
 echo "docs/flow-run.png: run $run_id"
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$home/chromium" --window-size=1400,960 --hide-scrollbars \
-  --virtual-time-budget=15000 --screenshot=docs/deploy-form.png \
-  "http://127.0.0.1:$port/deployments/deployment/$deployment_id/run" 2>/dev/null
+shot docs/deploy-form.png 1400,960 15000 "http://127.0.0.1:$port/deployments/deployment/$deployment_id/run"
 echo "docs/deploy-form.png: deployment $deployment_id"
 ids="$(.venv/bin/python - <<'PY' 2>/dev/null
 import asyncio
@@ -106,26 +106,18 @@ PY
 )"
 set -- $ids
 # artifacts in the UI the server opens by default (V2), the history in V1 as well
-for shot in "run-summary:v2:$1" "batch-table:v2:$2" "diff:v2:$3" "run-plots:v2:$plots_summary" \
+for spec in "run-summary:v2:$1" "batch-table:v2:$2" "diff:v2:$3" "run-plots:v2:$plots_summary" \
   "history:v2:$4" "history-v1:v1:$4"; do
-  name="${shot%%:*}" rest="${shot#*:}"
+  name="${spec%%:*}" rest="${spec#*:}"
   ui="${rest%%:*}" id="${rest#*:}"
   base="http://127.0.0.1:$port"
   [ "$ui" = v2 ] && base="$base/v2"
-  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-    --disable-background-networking --disable-component-update --disable-sync \
-    --user-data-dir="$home/chromium" --window-size=1400,1500 --hide-scrollbars \
-    --virtual-time-budget=40000 --screenshot="docs/$name.png" \
-    "$base/artifacts/artifact/$id" 2>/dev/null
+  shot "docs/$name.png" 1400,1500 40000 "$base/artifacts/artifact/$id"
   echo "docs/$name.png: $id ($ui)"
 done
 # the failed run's page as an analyst's screen shows it (V2, 1440x900), its Details tab:
 # the failure as the state's message (V2's header shows the state, not its message)
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$home/chromium" --window-size=1440,900 --hide-scrollbars \
-  --virtual-time-budget=40000 --screenshot=docs/run-failed.png \
-  "http://127.0.0.1:$port/v2/runs/flow-run/$5?tab=Details" 2>/dev/null
+shot docs/run-failed.png 1440,900 40000 "http://127.0.0.1:$port/v2/runs/flow-run/$5?tab=Details"
 echo "docs/run-failed.png: run $5"
 cached="$(.venv/bin/python - <<'PY'
 import os
@@ -138,11 +130,7 @@ for _ in range(2):
 print(run_id)
 PY
 )"
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$home/chromium" --window-size=1500,1150 --hide-scrollbars \
-  --virtual-time-budget=40000 --screenshot=docs/run-cached.png \
-  "http://127.0.0.1:$port/runs/flow-run/$cached?tab=Artifacts" 2>/dev/null
+shot docs/run-cached.png 1500,1150 40000 "http://127.0.0.1:$port/runs/flow-run/$cached?tab=Artifacts"
 echo "docs/run-cached.png: run $cached"
 .venv/bin/python -c "
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -151,9 +139,5 @@ CustomWebhookNotificationBlock(name='ops', url='http://127.0.0.1:9/hook',
 .venv/bin/nbjobs alert add report --when 'outputs.total > 100' --webhook-block ops >/dev/null
 .venv/bin/nbjobs alert add report --when 'cells[3].duration > 3x median' --webhook-block ops \
   --name 'report: slow squares' >/dev/null
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$home/chromium" --window-size=1400,900 --hide-scrollbars \
-  --virtual-time-budget=20000 --screenshot=docs/alerts.png \
-  "http://127.0.0.1:$port/automations" 2>/dev/null
+shot docs/alerts.png 1400,900 20000 "http://127.0.0.1:$port/automations"
 echo "docs/alerts.png"

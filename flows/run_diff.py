@@ -26,11 +26,16 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.runtime import flow_run
 
 from notebook_jobs.blocks.exceptions import NotebookNotFoundError
 from notebook_jobs.blocks.store import read_s3_object
-from notebook_jobs.flows.run_labels import COMMON_TAG, ID_CHARS, MAX_NAME_CHARS, notebook_label
+from notebook_jobs.flows.run_labels import (
+    COMMON_TAG,
+    ID_CHARS,
+    MAX_NAME_CHARS,
+    name_this_run,
+    notebook_label,
+)
 from notebook_jobs.tasks.engine.compare import compare_runs, comparison_markdown
 from notebook_jobs.tasks.models import summary_links
 from notebook_jobs.tasks.notebook import artifact_key
@@ -152,16 +157,8 @@ async def run_diff(run_a: str, run_b: str) -> dict[str, Any]:
         key=diff_key(notebook, a, b),
         description=f"{names[0]} against {names[1]}",
     )
-    await _name_this_run(f"diff {names[0]} → {names[1]}", notebook_label(notebook))
+    await name_this_run(
+        f"diff {names[0]} → {names[1]}"[:MAX_NAME_CHARS],
+        [COMMON_TAG, f"notebook:{notebook_label(notebook)}", "trigger:diff"],
+    )
     return found
-
-
-async def _name_this_run(name: str, label: str) -> None:
-    """Name and tag the diff's own flow run by what it compares (not ``fine-eel``)."""
-    run_id = flow_run.get_id()
-    if not run_id:
-        return
-    tags = [*flow_run.get_tags()]
-    tags += [tag for tag in (COMMON_TAG, f"notebook:{label}", "trigger:diff") if tag not in tags]
-    async with get_client() as client:
-        await client.update_flow_run(UUID(run_id), name=name[:MAX_NAME_CHARS], tags=tags)

@@ -201,6 +201,18 @@ async def tag_failure(run_id: str, tag: str) -> None:
         await client.update_flow_run(UUID(run_id), tags=[tag, *tags])
 
 
+async def name_this_run(name: str, tags: list[str]) -> None:
+    """Name this flow run and add ``tags`` to its own: a batch's or a diff's run, named by
+    what it does instead of the server's ``fine-eel``. Nothing outside a flow run."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    current = [*flow_run.get_tags()]
+    current += [tag for tag in tags if tag not in current]
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), name=name, tags=current)
+
+
 HIDDEN_ARGUMENTS = ("parameter_order",)  # how nbjobs run sends a run, not what it asks
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any, Literal
-from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger, tags, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
@@ -133,7 +132,7 @@ async def _name_batch(labels: list[str], count: int, grid: dict[str, list[Any]] 
     """Name and tag the batch's flow run by its notebooks: ``batch report over n (3),
     label (2) · 9c3f2a`` (or ``batch of 12: report, sales · ...``), tagged
     ``notebook:<each>``."""
-    from notebook_jobs.flows.run_labels import COMMON_TAG, ID_CHARS, MAX_NAME_CHARS
+    from notebook_jobs.flows.run_labels import COMMON_TAG, ID_CHARS, MAX_NAME_CHARS, name_this_run
 
     run_id = flow_run.get_id()
     if not run_id:
@@ -144,11 +143,10 @@ async def _name_batch(labels: list[str], count: int, grid: dict[str, list[Any]] 
         what = f"batch of {count}: {', '.join(labels)}"
     if len(what) > MAX_NAME_CHARS:
         what = what[: MAX_NAME_CHARS - 1] + "…"
-    tags = [*flow_run.get_tags()]
-    wanted = [COMMON_TAG, "trigger:batch", *(f"notebook:{label}" for label in labels[:10])]
-    tags += [tag for tag in wanted if tag not in tags]
-    async with get_client() as client:
-        await client.update_flow_run(UUID(run_id), name=f"{what} · {run_id[-ID_CHARS:]}", tags=tags)
+    await name_this_run(
+        f"{what} · {run_id[-ID_CHARS:]}",
+        [COMMON_TAG, "trigger:batch", *(f"notebook:{label}" for label in labels[:10])],
+    )
 
 
 @flow(name=BATCH_FLOW_NAME, log_prints=True)

@@ -20,24 +20,14 @@ import json
 import math
 from html import escape
 
+from notebook_jobs.tasks.engine.numbers import number_text
+
 WIDTH, HEIGHT = 560, 150
 LEFT, RIGHT, TOP, BOTTOM = 70, 16, 28, 22  # room for the axis labels and the title
 LINE = "#2563eb"
 FAILED = "#dc2626"
 TEXT = "#6b7280"
-MAX_INLINE_BYTES = 200_000  # an image larger than this is linked, not embedded
-
-
-def number_text(value: float) -> str:
-    """A number at full precision, without a float's noise: ``51675.5``, ``1234567``,
-    ``0.1``, ``1e-07``; never ``1.23457e+06``."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int) or (
-        isinstance(value, float) and value.is_integer() and abs(value) < 1e16
-    ):
-        return str(int(value))
-    return repr(float(value))
+SUCCEEDED = ("completed", "cached")  # a run's statuses that are not a failure
 
 
 def trend_svg(name: str, points: list[tuple[float | None, str]]) -> str:
@@ -61,7 +51,7 @@ def trend_svg(name: str, points: list[tuple[float | None, str]]) -> str:
     )
     marks = []
     for i, (value, status) in enumerate(points):
-        failed = status not in ("completed", "cached")
+        failed = status not in SUCCEEDED
         if value is None:
             if failed:  # nothing to plot: a cross on the axis where the run would be
                 cx, cy = x(i), HEIGHT - BOTTOM
@@ -117,4 +107,4 @@ def chart_data(svg: str) -> dict[str, object]:
     return found
 
 
-__all__ = ["chart_data", "data_uri", "markdown_image", "number_text", "trend_svg"]
+__all__ = ["SUCCEEDED", "chart_data", "data_uri", "markdown_image", "trend_svg"]

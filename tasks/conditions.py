@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from notebook_jobs.blocks.exceptions import AlertConditionError
-from notebook_jobs.tasks.chart import number_text
+from notebook_jobs.tasks.engine.numbers import number_text
 
 DEFAULT_HISTORY_RUNS = 10
 MIN_HISTORY = 3

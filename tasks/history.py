@@ -42,7 +42,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import ArtifactCollectionSort, ArtifactSort, FlowRunSort
 
-from notebook_jobs.tasks.chart import markdown_image, number_text, trend_svg
+from notebook_jobs.tasks.chart import SUCCEEDED, markdown_image, trend_svg
+from notebook_jobs.tasks.engine.numbers import number_text, signed
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
 
@@ -70,6 +71,10 @@ class HistoryRun:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     changes: dict[str, float] = field(default_factory=dict)  # from the run before
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in SUCCEEDED
 
     def as_json(self) -> dict[str, Any]:
         document = asdict(self)
@@ -176,7 +181,7 @@ async def read_history(label: str, runs: int = HISTORY_RUNS) -> list[HistoryRun]
                 seconds=_seconds(flow_run),
                 outputs=outputs.get(str(flow_run.id), {}),
                 error=(state.message or None)
-                if state is not None and status not in ("completed", "cached")
+                if state is not None and status not in SUCCEEDED
                 else None,
             )
         )
@@ -236,8 +241,8 @@ def value_text(value: Any, change: float | None = None) -> str:
     """A glued value as the table shows it: numbers at full precision, with the change."""
     if numeric(value):
         text = number_text(value)
-        if change is not None and change != 0:
-            text += f" ({'+' if change > 0 else '-'}{number_text(abs(change))})"
+        if change:
+            text += f" ({signed(change)})"
         return text
     if isinstance(value, str):
         return value
@@ -285,8 +290,8 @@ def history_markdown(label: str, runs: list[HistoryRun], ui_url: str | None = No
     for run in runs:
         link = run_url(run.id, ui_url)
         title = _cell(run.name, 60)
-        status = run.status if run.status in ("completed", "cached") else f"**{run.status}**"
-        if run.error and run.status not in ("completed", "cached"):
+        status = run.status if run.succeeded else f"**{run.status}**"
+        if run.error and not run.succeeded:
             status += f": {_cell(run.error, 120)}"
         values = "".join(
             f"{_cell(value_text(run.outputs[name], run.changes.get(name)), 60)} | "

@@ -13,6 +13,8 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from notebook_jobs.tasks.engine.numbers import signed
+
 SLOWER_FACTOR = 2.0  # a cell this many times slower than before is flagged
 MIN_FLAGGED_SECONDS = 0.05  # below this, a cell's time is noise, not a slowdown
 MAX_TEXT_DIFF_LINES = 40
@@ -131,13 +133,6 @@ def compare_runs(
         "text": text,
         "files": changed_files,
     }
-
-
-def signed(delta: float) -> str:
-    """A change at full precision, with its sign: ``+51675.5``, ``-3``, ``+1234567``."""
-    if isinstance(delta, int) or (isinstance(delta, float) and delta.is_integer()):
-        return f"{int(delta):+d}"
-    return f"{'+' if delta > 0 else ''}{delta!r}"
 
 
 def comparison_markdown(

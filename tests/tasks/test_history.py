@@ -7,9 +7,9 @@ import base64
 import re
 from datetime import datetime, timedelta, timezone
 
-from notebook_jobs.tasks.chart import chart_data, number_text, trend_svg
+from notebook_jobs.tasks.chart import chart_data, trend_svg
 from notebook_jobs.tasks.conditions import evaluate, parse_condition
-from notebook_jobs.tasks.engine.compare import signed
+from notebook_jobs.tasks.engine.numbers import number_text, signed
 from notebook_jobs.tasks.history import HistoryRun, history_markdown, merged
 
 START = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
