@@ -189,6 +189,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _use_local_server()
         return runs_command(args)
+    if args.command == "backfill":
+        from notebook_jobs.deployments.backfill import backfill_command
+
+        return backfill_command(args, _use_local_server())
     if args.command == "alert":
         from notebook_jobs.deployments.alerts import alert_command
 
@@ -261,7 +265,21 @@ async def _diff(args: argparse.Namespace) -> int:
 async def _deploy(args: argparse.Namespace) -> int:
     from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookInputError
     from notebook_jobs.deployments.commands import deploy_notebook
+    from notebook_jobs.tasks.engine.run_context import duration_seconds
 
+    scheduled = bool(args.cron or args.every)
+    try:
+        every = duration_seconds(args.every) if args.every else None
+    except ValueError as error:
+        print(f"nbjobs: --every {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.on_overlap == "skip" and args.concurrency_limit:
+        print(
+            "nbjobs: --on-overlap skip skips a run while any earlier one runs; "
+            "leave out --concurrency-limit (or use --on-overlap queue with it)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     try:
         deployed = await deploy_notebook(
             args.notebook,
@@ -276,9 +294,12 @@ async def _deploy(args: argparse.Namespace) -> int:
             },
             allow=[name.strip() for name in args.allow.split(",") if name.strip()],
             cron=args.cron,
-            timezone=args.timezone if args.cron else None,
+            interval_seconds=every,
+            timezone=args.timezone if scheduled else None,
             pool=args.pool,
             concurrency_limit=args.concurrency_limit,
+            on_overlap=args.on_overlap,
+            catch_up=args.catch_up,
         )
     except NotebookInputError as error:
         print(f"nbjobs: {error}", file=sys.stderr)
@@ -291,8 +312,10 @@ async def _deploy(args: argparse.Namespace) -> int:
     print(f"  version  {deployed.version}")
     print(f"  notebook {deployed.notebook_uri}")
     print(f"  parameters: {names}")
-    if args.cron:
-        print(f"  schedule: {args.cron} ({args.timezone})")
+    if scheduled:
+        print(f"  schedule: {args.cron or 'every ' + args.every} ({args.timezone})")
+        overlap = args.on_overlap or "both run (--on-overlap to choose)"
+        print(f"  overlap:  {overlap}; missed ticks: {args.catch_up or 'all'} run")
     local = "" if args.api_was_set else f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} "
     print(f"  run it:  {local}prefect deployment run '{deployed.name}' -p parameters='{{...}}'")
     return EXIT_OK

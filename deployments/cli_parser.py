@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from notebook_jobs.deployments.alerts import add_alert_parser
+from notebook_jobs.deployments.backfill import add_backfill_parser
 from notebook_jobs.deployments.endpoints import add_endpoints_parser
 from notebook_jobs.deployments.papermill_cli import add_papermill_options
 from notebook_jobs.deployments.runs_command import add_runs_parser
@@ -146,8 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("notebook", help="path, s3:// URI or http(s):// URL of the notebook")
     deploy.add_argument("--name", required=True, help="deployment name (run-notebook/NAME)")
-    deploy.add_argument("--cron", help="cron schedule, e.g. '0 3 * * *'")
-    deploy.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    schedule = deploy.add_mutually_exclusive_group()
+    schedule.add_argument("--cron", help="cron schedule, e.g. '0 6 * * 1-5'")
+    schedule.add_argument(
+        "--every",
+        metavar="DURATION",
+        help="interval schedule, e.g. 30s, 15m, 1h, 1d (anchored at midnight: 1h runs on the hour)",
+    )
+    deploy.add_argument(
+        "--timezone", default="UTC", help="IANA time zone of the schedule, e.g. Europe/Berlin"
+    )
+    deploy.add_argument(
+        "--on-overlap",
+        choices=["queue", "skip", "cancel-new"],
+        help="a run that starts while an earlier one still runs: waits for it (queue), ends "
+        "Cancelled saying which run is going (skip), or is cancelled by the server "
+        "(cancel-new, Prefect's CANCEL_NEW); default: both run",
+    )
+    deploy.add_argument(
+        "--catch-up",
+        choices=["all", "latest", "none"],
+        help="ticks missed while no worker took runs (a worker or server down): run them "
+        "all (default, Prefect's behaviour), only the latest, or none",
+    )
     add_parameter_options(
         deploy,
         "a default for a notebook parameter (read as papermill reads -p)",
@@ -233,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "own kernel) or each in a Python subprocess",
     )
 
+    add_backfill_parser(commands)
     add_endpoints_parser(commands)
     add_alert_parser(commands)
     add_runs_parser(commands)

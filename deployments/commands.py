@@ -28,6 +28,7 @@ from notebook_jobs.deployments.definitions import (
 )
 from notebook_jobs.deployments.processes import HEALTH_POLL_SECONDS, start_timeout_seconds
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.run_context import declared_run_values
 from notebook_jobs.tasks.engine.secrets import declared_secrets, secret_reference
 from notebook_jobs.tasks.engine.staged import with_declared_secrets
 from notebook_jobs.tasks.engine.staging import (
@@ -59,9 +60,12 @@ async def deploy_notebook(
     fixed: dict[str, Any] | None = None,
     allow: list[str] | None = None,
     cron: str | None = None,
+    interval_seconds: float | None = None,
     timezone: str | None = None,
     pool: str = POOL_NAME,
     concurrency_limit: int | None = None,
+    on_overlap: str | None = None,
+    catch_up: str | None = None,
 ) -> Deployed:
     """Store the notebook under its content hash and create or update its deployment.
 
@@ -91,6 +95,9 @@ async def deploy_notebook(
     for secret in declared_secrets(nb):
         if secret_reference(defaults.get(secret)) is None:
             defaults.pop(secret, None)
+    for asked in declared_run_values(nb):  # filled in by each run (its logical date...)
+        if defaults.get(asked) is None:
+            defaults.pop(asked, None)
     digest = content_hash(source.data)
     artefact_store = open_store(store)
     key = safe_key("notebooks", digest, source.name)
@@ -107,8 +114,11 @@ async def deploy_notebook(
         fixed=fixed,
         allow=allow,
         cron=cron,
+        interval_seconds=interval_seconds,
         timezone=timezone,
         concurrency_limit=concurrency_limit,
+        on_overlap=on_overlap,
+        catch_up=catch_up,
     )
     async with get_client() as client:
         deployment_id = await apply_spec(client, spec, pool)

@@ -22,18 +22,22 @@ import ast
 import contextlib
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema as callable_parameter_schema
 
 from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.flows.deployment_rules import ALLOW_TAG
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
+from notebook_jobs.flows.series import CATCH_UP_TAG, OVERLAP_TAG
 from notebook_jobs.tasks.engine.secrets import SECRET_KEY, reference, secret_declaration
 
 POOL_NAME = "notebook-jobs"
@@ -140,8 +144,11 @@ class DeploymentSpec:
     tags: list[str] = field(default_factory=list)
     version: str | None = None
     cron: str | None = None
+    interval_seconds: float | None = None
     timezone: str | None = None
     concurrency_limit: int | None = None
+    on_overlap: str | None = None  # queue, skip, cancel-new (flows/series.py)
+    catch_up: str | None = None  # all, latest, none
     paused: bool = False
     work_queue_name: str | None = None
 
@@ -202,12 +209,20 @@ def notebook_spec(
     fixed: dict[str, Any] | None = None,
     allow: list[str] | None = None,
     cron: str | None = None,
+    interval_seconds: float | None = None,
     timezone: str | None = None,
     concurrency_limit: int | None = None,
+    on_overlap: str | None = None,
+    catch_up: str | None = None,
 ) -> DeploymentSpec:
     """A deployment for one stored notebook, its parameters cell as a typed schema.
 
     Args:
+        on_overlap: What a run does that starts while an earlier one runs: ``queue``
+            (waits), ``cancel-new`` (Cancelled by the server), ``skip`` (Cancelled by
+            the flow, naming the run still going); default: both run.
+        catch_up: Which ticks missed while no worker took runs still run: ``all``
+            (Prefect's behaviour, the default), ``latest``, ``none``.
         fixed: Technical parameters set by the deployer (``kernel``, ``cluster``...);
             ``store`` too. Callers cannot change them.
         allow: Technical parameters callers may set (``timeout_seconds``...); the
@@ -252,11 +267,36 @@ def notebook_spec(
             NOTEBOOK_TAG,
             f"notebook:{notebook_name.removesuffix('.ipynb')}",
             *(f"{ALLOW_TAG}{opened}" for opened in allow),
+            *([f"{OVERLAP_TAG}{on_overlap}"] if on_overlap else []),
+            *([f"{CATCH_UP_TAG}{catch_up}"] if catch_up and catch_up != "all" else []),
         ],
         version=digest,
         cron=cron,
+        interval_seconds=interval_seconds,
         timezone=timezone,
         concurrency_limit=concurrency_limit,
+        on_overlap=on_overlap,
+        catch_up=catch_up,
+    )
+
+
+# --on-overlap policies the server enforces (a deployment concurrency limit); skip is the flow's
+SERVER_STRATEGIES = {
+    "queue": ConcurrencyLimitStrategy.ENQUEUE,
+    "cancel-new": ConcurrencyLimitStrategy.CANCEL_NEW,
+}
+
+
+def schedule_of(spec: DeploymentSpec) -> CronSchedule | IntervalSchedule:
+    """The deployment's schedule: its cron, else its interval, anchored at midnight in its
+    time zone (``--every 1h`` runs on the hour, ``--every 1d`` at midnight)."""
+    zone = spec.timezone or "UTC"
+    if spec.cron:
+        return CronSchedule(cron=spec.cron, timezone=zone)
+    assert spec.interval_seconds is not None
+    midnight = datetime.now(ZoneInfo(zone)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return IntervalSchedule(
+        interval=timedelta(seconds=spec.interval_seconds), anchor_date=midnight, timezone=zone
     )
 
 
@@ -273,19 +313,19 @@ async def apply_spec(client: PrefectClient, spec: DeploymentSpec, pool: str = PO
     await ensure_pool(client, pool)
     flow_id = await client.create_flow_from_name(FLOW_NAME)
     schedules = []
-    if spec.cron:
-        schedules = [
-            DeploymentScheduleCreate(
-                schedule=CronSchedule(cron=spec.cron, timezone=spec.timezone or "UTC"),
-                active=True,
-            )
-        ]
+    if spec.cron or spec.interval_seconds:
+        schedules = [DeploymentScheduleCreate(schedule=schedule_of(spec), active=True)]
+    limit, options = spec.concurrency_limit, None
+    if spec.on_overlap in SERVER_STRATEGIES:
+        limit = limit or 1
+        options = ConcurrencyOptions(collision_strategy=SERVER_STRATEGIES[spec.on_overlap])
     deployment_id: UUID = await client.create_deployment(
         flow_id=flow_id,
         name=spec.name,
         version=spec.version,
         schedules=schedules,
-        concurrency_limit=spec.concurrency_limit,
+        concurrency_limit=limit,
+        concurrency_options=options,
         parameters=spec.parameters,
         description=spec.description,
         tags=spec.tags,

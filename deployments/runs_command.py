@@ -109,6 +109,7 @@ async def _history(args: argparse.Namespace) -> int:
                 }
         print(json.dumps(documents, indent=2, default=str))
         return EXIT_OK
+    series = any(run.for_tick for run in runs)  # a scheduled notebook: the tick each is for
     rows = []
     for run in runs:
         status = run.status
@@ -116,6 +117,7 @@ async def _history(args: argparse.Namespace) -> int:
             status += f": {_cut(run.error, 60)}"
         rows.append(
             [
+                *([run.for_tick] if series else []),
                 _when(run.started.isoformat() if run.started else None),
                 started_by(run),
                 f"{run.seconds:.2f}" if run.seconds is not None else "",
@@ -130,7 +132,8 @@ async def _history(args: argparse.Namespace) -> int:
             ]
         )
     print(f"{label}: the last {len(runs)} runs, newest first")
-    print(_table(["started (UTC)", "by", "seconds", *columns, "run", "status"], rows))
+    header = [*(["for"] if series else []), "started (UTC)", "by", "seconds", *columns]
+    print(_table([*header, "run", "status"], rows))
     return EXIT_OK
 
 

@@ -44,6 +44,7 @@ from notebook_jobs.tasks.models import (
     NotebookRequest,
     NotebookResult,
     Resources,
+    RunContext,
     Timings,
     error_for_result,
 )
@@ -141,6 +142,11 @@ async def _tagging(tag: str | None) -> None:
         get_run_logger().warning("could not tag the run with its failure: %s", error)
 
 
+async def publish_row(label: str, row: HistoryRun) -> None:
+    """Republish the notebook's history with ``row`` in it (a run that did not run)."""
+    await _publishing_history(label, row)
+
+
 async def _publishing_history(
     label: str, row: HistoryRun, defaults: dict[str, Any] | None = None
 ) -> None:
@@ -154,6 +160,7 @@ async def _publishing_history(
 
 async def _history_row(result: NotebookResult) -> HistoryRun:
     """This run as its notebook's history shows it (its state is not final yet)."""
+    context = result.context
     if result.cached_from:
         status = "cached"
     elif result.success:
@@ -171,6 +178,8 @@ async def _history_row(result: NotebookResult) -> HistoryRun:
         seconds=result.timings.total_seconds,
         outputs=result.outputs,
         error=None if result.success else str(error_for_result(result)),
+        scheduled=datetime.fromisoformat(context.scheduled_time) if context else None,
+        zone=context.timezone if context else None,
     )
 
 
@@ -203,6 +212,7 @@ async def cached_run(
             "parameters_used": staged.parameters_used(),
             "parameters_from": _sources(staged, origin),
             "deployment": origin.deployment_name,
+            "context": RunContext.model_validate(staged.context) if staged.context else None,
             "timings": Timings(
                 started_at=started_at,
                 finished_at=datetime.now(timezone.utc),
@@ -288,6 +298,7 @@ async def store_run(
         parameters_used=staged.parameters_used(),
         parameters_from=_sources(staged, origin),
         deployment=origin.deployment_name,
+        context=staged.context,
         kernel=report.kernel,
         error=report.error,
         cells=report.cells,
@@ -338,7 +349,8 @@ async def store_run(
 
 
 def _sources(staged: StagedNotebook, origin: RunOrigin) -> dict[str, Any]:
-    return dict(origin.sources(staged.parameters_used(), staged_defaults(staged)))
+    found = dict(origin.sources(staged.parameters_used(), staged_defaults(staged)))
+    return {**found, **dict.fromkeys(staged.from_context, "context")}
 
 
 def staged_defaults(staged: StagedNotebook) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from notebook_jobs.tasks.engine.fetch import display_name
+from notebook_jobs.tasks.engine.run_context import SERIES_TRIGGERS
 from notebook_jobs.tasks.engine.secrets import secret_reference
 
 COMMON_TAG = "nbjobs"  # on every notebook run, whatever started it
@@ -32,9 +33,14 @@ ID_CHARS = 6  # of the run id's random end: one in 16 million for two runs alike
 
 
 def readable_name(
-    notebook: Any, parameters: dict[str, Any], run_id: str | None, name: str | None = None
+    notebook: Any,
+    parameters: dict[str, Any],
+    run_id: str | None,
+    name: str | None = None,
+    tick: str | None = None,
 ) -> str:
-    """A run's name: its notebook, its parameters as ``name=value``, its id's last characters.
+    """A run's name: its notebook, the tick it is for (a scheduled or backfill run's), its
+    parameters as ``name=value``, its id's last characters.
 
     The last ones: Prefect's ids are UUIDv7, whose first characters are the time they
     were made, the same for runs made together (three scheduled runs shared ``01a2``).
@@ -44,7 +50,7 @@ def readable_name(
         'report n=20 label=monthly · 9c3f2a'
     """
     values = " ".join(f"{key}={_shown(value)}" for key, value in parameters.items())
-    text = f"{notebook_label(notebook, name)} {values}".strip()
+    text = " ".join(part for part in (notebook_label(notebook, name), tick, values) if part)
     if len(text) > MAX_NAME_CHARS:
         text = text[: MAX_NAME_CHARS - 1] + "…"
     return f"{text} · {run_id[-ID_CHARS:]}" if run_id else text
@@ -128,9 +134,12 @@ def current_deployment_id() -> str | None:
 FAILED_TAG = "failed:"  # ``failed: cell 3 ValueError``, in the run page's header
 
 
-async def label_run(run_id: str, notebook: Any, name: str | None = None) -> tuple[str, list[str]]:
+async def label_run(
+    run_id: str, notebook: Any, name: str | None = None, tick: str | None = None
+) -> tuple[str, list[str]]:
     """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable
-    (and drop a ``failed:`` tag an earlier attempt of a retried run left).
+    (and drop a ``failed:`` tag an earlier attempt of a retried run left). A scheduled or
+    backfill run named by us gets the tick it is for in its name: ``report 2026-01-05 · 9c3f2a``.
 
     Returns:
         The trigger (``cli``, ``api``, ``ui``, ``schedule``, ``batch``), and the run's tags.
@@ -147,9 +156,31 @@ async def label_run(run_id: str, notebook: Any, name: str | None = None) -> tupl
         wanted = [COMMON_TAG, f"notebook:{notebook_label(notebook, name)}", f"trigger:{trigger}"]
         labelled = [t for t in tags if not t.startswith(FAILED_TAG)]
         labelled += [tag for tag in wanted if tag not in labelled]
-        if labelled != tags:
-            await client.update_flow_run(UUID(run_id), tags=labelled)
+        renamed = _series_name(run_id, trigger, tick)
+        if labelled != tags or renamed:
+            await client.update_flow_run(UUID(run_id), tags=labelled, name=renamed)
+    context = FlowRunContext.get()
+    if renamed and context is not None and context.flow_run is not None:
+        context.flow_run.name = renamed  # what the summary and the history call it
     return trigger, labelled
+
+
+def _series_name(run_id: str, trigger: str, tick: str | None) -> str | None:
+    """The name of a scheduled or backfill run with its tick in it; ``None`` to keep it
+    (another run, a name its creator chose, or one that says it already)."""
+    current = str(flow_run.get_name() or "")
+    if not tick or trigger not in SERIES_TRIGGERS or tick in current:
+        return None
+    if current and not MADE_UP_NAME.match(current) and not current.endswith(run_id[-ID_CHARS:]):
+        return None
+    given = flow_run.get_parameters()
+    return readable_name(
+        given.get("notebook"),
+        given.get("parameters") or {},
+        run_id,
+        given.get("name"),
+        tick=tick,
+    )
 
 
 _labelling: ContextVar[asyncio.Future[tuple[str, list[str]]] | None] = ContextVar(
@@ -158,10 +189,10 @@ _labelling: ContextVar[asyncio.Future[tuple[str, list[str]]] | None] = ContextVa
 
 
 def start_labelling(
-    run_id: str, notebook: Any, name: str | None = None
+    run_id: str, notebook: Any, name: str | None = None, tick: str | None = None
 ) -> asyncio.Future[tuple[str, list[str]]]:
     """Tag the run (``label_run``) beside it; ``run_trigger`` reads what it found."""
-    labelling = asyncio.ensure_future(label_run(run_id, notebook, name))
+    labelling = asyncio.ensure_future(label_run(run_id, notebook, name, tick))
     labelling.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
     _labelling.set(labelling)
     return labelling

@@ -46,7 +46,19 @@ from notebook_jobs.flows.run_ending import (
     staged_defaults,
     store_run,
 )
-from notebook_jobs.flows.run_labels import notebook_label, run_name, start_labelling
+from notebook_jobs.flows.run_labels import (
+    notebook_label,
+    run_name,
+    run_trigger,
+    start_labelling,
+)
+from notebook_jobs.flows.series import (
+    expected_start,
+    run_context,
+    schedule_zone,
+    skip_reason,
+    skipped,
+)
 from notebook_jobs.tasks.cache import find_cached, key_of, remember_run
 from notebook_jobs.tasks.engine.layout import (
     RESULT_NAME,
@@ -55,6 +67,7 @@ from notebook_jobs.tasks.engine.layout import (
     runs_root,
 )
 from notebook_jobs.tasks.engine.parameters import in_order
+from notebook_jobs.tasks.engine.run_context import tick_text
 from notebook_jobs.tasks.events import read_alerts_ahead
 from notebook_jobs.tasks.executors import (
     Executor,
@@ -67,6 +80,7 @@ from notebook_jobs.tasks.models import (
     ExecutionOutcome,
     NotebookRequest,
     NotebookResult,
+    RunContext,
     Timings,
 )
 from notebook_jobs.tasks.notebook import (
@@ -204,13 +218,23 @@ async def run_notebook(
     except ValidationError as error:
         raise NotebookInputError(f"invalid run request: {error}") from error
     run_id = flow_run.get_id() or str(uuid.uuid4())
+    zone = schedule_zone(deployment)
     # tags and the alerts are API calls: made while the notebook runs, not before or after
-    labelling = start_labelling(run_id, notebook, name) if flow_run.get_id() else None
+    labelling = (
+        start_labelling(run_id, notebook, name, tick_text(expected_start().astimezone(zone)))
+        if flow_run.get_id()
+        else None
+    )
     if flow_run.get_id():
         read_alerts_ahead()
     origin = RunOrigin.of(deployment, parameters, FLOW_DEFAULTS)
     try:
-        return await _run(request, run_id, t_start, started_at, origin)
+        reason = await skip_reason(deployment, zone) if deployment is not None else None
+        if reason is not None:  # its overlap or catch-up policy says: not this tick
+            label = notebook_label(notebook, request.name)
+            return await skipped(reason, label, run_id, zone)  # type: ignore[return-value]
+        context = run_context(deployment, await run_trigger(), zone)
+        return await _run(request, run_id, t_start, started_at, origin, context)
     except (NotebookInputError, ArtefactStoreError, SlurmSubmissionError) as error:
         # ended before it had a result (else it was announced): alerts on failures see it
         await announce_refusal(error, notebook_label(notebook, request.name), run_id, origin)
@@ -237,6 +261,7 @@ async def _run(
     t_start: float,
     started_at: datetime,
     origin: RunOrigin,
+    context: RunContext,
 ) -> NotebookResult:
     """The run itself: stage, execute (through an executor), store, publish, end."""
     artefact_store = await asyncio.to_thread(open_store, request.store)
@@ -256,7 +281,10 @@ async def _run(
     key = run_key(run_id, max(flow_run.get_run_count(), 1))
     prefix = run_prefix(FLOW_NAME, key)
     staged = await stage_notebook(
-        request, executor.run_folder(key), check_kernel=executor.checks_kernel_here
+        request,
+        executor.run_folder(key),
+        check_kernel=executor.checks_kernel_here,
+        context=context.model_dump(mode="json"),
     )
     stage_seconds = time.perf_counter() - t_start
     caching: CacheInfo | None = None

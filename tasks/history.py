@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -44,6 +45,7 @@ from prefect.client.schemas.sorting import ArtifactCollectionSort, ArtifactSort,
 
 from notebook_jobs.tasks.chart import SUCCEEDED, markdown_image, trend_svg
 from notebook_jobs.tasks.engine.numbers import number_text, signed
+from notebook_jobs.tasks.engine.run_context import SERIES_TRIGGERS, tick_text
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
 
@@ -71,6 +73,19 @@ class HistoryRun:
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     changes: dict[str, float] = field(default_factory=dict)  # from the run before
+    scheduled: datetime | None = None  # the tick it is for (its expected start)
+    zone: str | None = None  # its schedule's time zone
+
+    @property
+    def for_tick(self) -> str:
+        """The tick a scheduled or backfill run is for, in its schedule's zone; else ''."""
+        if self.trigger not in SERIES_TRIGGERS or self.scheduled is None:
+            return ""
+        try:
+            zone: Any = ZoneInfo(self.zone) if self.zone else timezone.utc
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = timezone.utc
+        return tick_text(self.scheduled.astimezone(zone))
 
     @property
     def succeeded(self) -> bool:
@@ -79,6 +94,8 @@ class HistoryRun:
     def as_json(self) -> dict[str, Any]:
         document = asdict(self)
         document["started"] = self.started.isoformat() if self.started else None
+        document["scheduled"] = self.scheduled.isoformat() if self.scheduled else None
+        document["for"] = self.for_tick or None
         return document
 
 
@@ -164,6 +181,7 @@ async def read_history(label: str, runs: int = HISTORY_RUNS) -> list[HistoryRun]
             if isinstance(row, dict)
         }
     names = {str(d.id): d.name for d in deployments}
+    zones = {str(d.id): _schedule_zone(d) for d in deployments}
     found = []
     for flow_run in flow_runs:
         state = flow_run.state
@@ -183,9 +201,19 @@ async def read_history(label: str, runs: int = HISTORY_RUNS) -> list[HistoryRun]
                 error=(state.message or None)
                 if state is not None and status not in SUCCEEDED
                 else None,
+                scheduled=flow_run.expected_start_time,
+                zone=zones.get(str(flow_run.deployment_id)),
             )
         )
     return found
+
+
+def _schedule_zone(deployment: Any) -> str | None:
+    for item in deployment.schedules or []:
+        zone = getattr(item.schedule, "timezone", None)
+        if zone:
+            return str(zone)
+    return None
 
 
 def _seconds(flow_run: Any) -> float | None:
@@ -281,11 +309,18 @@ def history_markdown(label: str, runs: list[HistoryRun], ui_url: str | None = No
     if charted:
         lines += ["", "_Oldest on the left; a red mark is a run that did not complete._", ""]
     columns = output_columns(runs)
+    series = any(run.for_tick for run in runs)  # a scheduled notebook: the tick each is for
     lines += [
-        "| run | started (UTC) | by | status | seconds | "
+        "| run | "
+        + ("for | " if series else "")
+        + "started (UTC) | by | status | seconds | "
         + "".join(f"{_cell(name, 40)} | " for name in columns)
         + "parameters |",
-        "|---|---|---|---|---:|" + "---:|" * len(columns) + "---|",
+        "|---|"
+        + ("---|" if series else "")
+        + "---|---|---|---:|"
+        + "---:|" * len(columns)
+        + "---|",
     ]
     for run in runs:
         link = run_url(run.id, ui_url)
@@ -304,8 +339,9 @@ def history_markdown(label: str, runs: list[HistoryRun], ui_url: str | None = No
             for name, value in run.parameters.items()
         )
         seconds = f"{run.seconds:.2f}" if run.seconds is not None else ""
+        tick = f"{run.for_tick} | " if series else ""
         lines.append(
-            f"| {f'[{title}]({link})' if link else title} | {_when(run.started)} | "
+            f"| {f'[{title}]({link})' if link else title} | {tick}{_when(run.started)} | "
             f"{started_by(run)} | {status} | {seconds} | {values}{_cell(parameters, 120)} |"
         )
     return "\n".join(lines)

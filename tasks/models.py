@@ -272,6 +272,24 @@ class Timings(BaseModel):
     store_seconds: float = 0.0
 
 
+class RunContext(BaseModel):
+    """What a run is: the values a notebook can ask for (``# nbjobs: logical_date``).
+
+    A scheduled run's times are its tick's, in its schedule's time zone; a backfill
+    run's, the tick it makes; a run started by hand, when it was asked for. A retry
+    keeps them (Prefect keeps a run's expected start time across its attempts).
+    """
+
+    logical_date: str = Field(description="The date the run is for, YYYY-MM-DD.")
+    scheduled_time: str = Field(description="The tick the run is for, ISO 8601 with offset.")
+    timezone: str = Field(description="The time zone of the two above (the schedule's).")
+    trigger: str = Field(description="schedule, backfill, api, ui, cli or batch.")
+    attempt: int = Field(default=1, description="1, then 2 for the first retry...")
+    run_id: str | None = None
+    deployment: str | None = Field(default=None, description="run-notebook/NAME, if any.")
+    run_url: str | None = Field(default=None, description="The run's page in the Prefect UI.")
+
+
 class CacheInfo(BaseModel):
     """How a run with ``cache`` on used the cache."""
 
@@ -283,7 +301,7 @@ class CacheInfo(BaseModel):
     )
 
 
-ParameterSource = Literal["run", "deployment", "notebook"]
+ParameterSource = Literal["run", "deployment", "notebook", "context"]
 
 
 class NotebookResult(BaseModel):
@@ -308,10 +326,14 @@ class NotebookResult(BaseModel):
         default_factory=dict,
         description=(
             "Where each value of ``parameters_used`` came from: ``run`` (set for this run), "
-            "``deployment`` (its deployment's default) or ``notebook`` (the notebook's own)."
+            "``deployment`` (its deployment's default), ``notebook`` (the notebook's own) or "
+            "``context`` (a value of the run the notebook asked for: ``# nbjobs: logical_date``)."
         ),
     )
     deployment: str | None = Field(default=None, description="The run's deployment, if any.")
+    context: RunContext | None = Field(
+        default=None, description="What the run is: its logical date, trigger, attempt..."
+    )
     kernel: str
     error: ErrorInfo | None = None
     cells: list[CellReport] = Field(default_factory=list)

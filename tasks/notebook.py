@@ -66,7 +66,10 @@ def _log_streams(logger: Any, event: CellEvent) -> None:
 
 @task(name="stage-notebook", cache_policy=NO_CACHE)
 async def stage_notebook(
-    request: NotebookRequest, run_dir: Path, check_kernel: bool = True
+    request: NotebookRequest,
+    run_dir: Path,
+    check_kernel: bool = True,
+    context: dict[str, Any] | None = None,
 ) -> StagedNotebook:
     """Fetch, validate and parameterise the notebook, before any kernel starts.
 
@@ -83,7 +86,7 @@ async def stage_notebook(
         return asyncio.run_coroutine_threadsafe(load_secret(parameter, block), loop).result()
 
     staged = await asyncio.to_thread(
-        stage, request, run_dir, check_kernel=check_kernel, resolve=resolve
+        stage, request, run_dir, check_kernel=check_kernel, resolve=resolve, context=context
     )
     get_run_logger().info(
         "staged %s (kernel %s, %d code cells to run, parameters: %s, %s)",

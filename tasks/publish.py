@@ -17,7 +17,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.tasks.engine.layout import FILES_FOLDER
 from notebook_jobs.tasks.engine.notebook_markdown import notebook_markdown
-from notebook_jobs.tasks.models import SUMMARY_LINK, NotebookResult
+from notebook_jobs.tasks.models import SUMMARY_LINK, NotebookResult, RunContext
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.store.artefacts import write_result
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
@@ -60,6 +60,8 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
         f"({timings.execute_seconds:.2f} s executing).",
         "",
     ]
+    if result.context is not None:
+        lines += [context_line(result.context), ""]
     used = result.parameters_used or result.parameters
     if used:
         lines += ["| parameter | value | from |", "|---|---|---|"]
@@ -113,7 +115,25 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
     return "\n".join(lines)
 
 
-SOURCE_TEXT = {"run": "run", "deployment": "deployment", "notebook": "notebook default"}
+SOURCE_TEXT = {
+    "run": "run",
+    "deployment": "deployment",
+    "notebook": "notebook default",
+    "context": "the run's context",
+}
+
+
+def context_line(context: RunContext) -> str:
+    """What the run is for: ``For **2026-01-05** (06:00:00+01:00, Europe/Berlin), by the
+    schedule of run-notebook/daily, attempt 2.``"""
+    by = f"by {context.trigger}"
+    if context.deployment:
+        by += f" of {context.deployment}"
+    attempt = f", attempt {context.attempt}" if context.attempt > 1 else ""
+    return (
+        f"For **{context.logical_date}** ({context.scheduled_time}, {context.timezone}), "
+        f"{by}{attempt}."
+    )
 
 
 def _source(result: NotebookResult, name: str) -> str:

@@ -23,6 +23,7 @@ from notebook_jobs.tasks.engine.fetch import (
 from notebook_jobs.tasks.engine.kernels.client import ensure_kernel_installed
 from notebook_jobs.tasks.engine.layout import INPUT_NAME, WORK_FOLDER
 from notebook_jobs.tasks.engine.parameters import notebook_language
+from notebook_jobs.tasks.engine.run_context import run_values
 from notebook_jobs.tasks.engine.secrets import (
     MASK,
     RunSecrets,
@@ -64,6 +65,8 @@ class StagedNotebook:
         parameters: dict[str, Any] | None = None,
         secrets: RunSecrets | None = None,
         input_names: list[str] | None = None,
+        context: dict[str, Any] | None = None,
+        from_context: list[str] | None = None,
     ) -> None:
         self.name = name
         self.origin = origin
@@ -79,6 +82,8 @@ class StagedNotebook:
         self.parameters = parameters or {}
         self.secrets = secrets
         self.input_names = input_names or []  # the input files' names in the working folder
+        self.context = context  # the run's (RunContext as JSON)
+        self.from_context = from_context or []  # the parameters filled in from it
 
     def parameters_used(self) -> dict[str, Any]:
         """The notebook's literal defaults overridden by what was injected.
@@ -127,6 +132,7 @@ def stage(
     *,
     check_kernel: bool = True,
     resolve: SecretResolver | None = None,
+    context: dict[str, Any] | None = None,
 ) -> StagedNotebook:
     """Fetch, check and parameterise a notebook; write ``input.ipynb`` to ``run_dir``.
 
@@ -135,6 +141,8 @@ def stage(
         run_dir: The run's folder.
         check_kernel: Check that the kernel is installed here.
         resolve: Loads a Secret block's value, for secret parameters.
+        context: The run's context (``RunContext`` as JSON): the values the parameters
+            cell asks for (``# nbjobs: logical_date``) and the caller did not set.
 
     Raises:
         NotebookInputError: Anything about the request that must be fixed first.
@@ -146,6 +154,8 @@ def stage(
     if check_kernel:
         ensure_kernel_installed(kernel)
     parameters = with_declared_secrets(nb, request.parameters)
+    filled = run_values(nb, parameters, context)
+    parameters.update(filled)
     # the notebook shows MASK where a secret goes; the kernel runs the value
     shown = {name: MASK if secret_reference(v) else v for name, v in parameters.items()}
     notes = check_parameters(
@@ -187,6 +197,8 @@ def stage(
         parameters=parameters,
         secrets=secrets,
         input_names=inputs,
+        context=context,
+        from_context=list(filled),
     )
 
 

@@ -213,3 +213,32 @@ nb([params('name <- "world"\ncount <- 1\nratio <- 0.5\nflag <- FALSE\nitems <- l
    ], "tests/data/r.ipynb",
    kernelspec={"name": "ir", "display_name": "R", "language": "R"},
    language_info={"name": "R"})
+
+# a scheduled series: the run's context filled in (tasks/engine/run_context.py)
+nb([params('report_date = None  # nbjobs: logical_date\n'
+           'due = None  # nbjobs: scheduled_time\n'
+           'trigger = None  # nbjobs: trigger\n'
+           'attempt = None  # nbjobs: attempt\n'
+           'run_id = None  # nbjobs: run_id\n'
+           'deployment = None  # nbjobs: deployment\n'
+           'run_url = None  # nbjobs: run_url\n'
+           'seconds = 0.0  # how long the run takes\n'
+           'fail_on = ""  # a date whose run fails, unless the file `fixed` exists\n'
+           'fixed = ""  # the file that makes the run of `fail_on` pass'),
+    new_code_cell(GLUE),
+    new_code_cell('import os\nimport time\n\nprint(f"scheduled for {due}")\n'
+                  'for name in ("report_date", "due", "trigger", "attempt", "run_id", "deployment", "run_url"):\n'
+                  '    glue(name, globals()[name])\n'
+                  'time.sleep(seconds)'),
+    new_code_cell('if report_date == fail_on and not (fixed and os.path.exists(fixed)):\n'
+                  '    raise ValueError(f"no data for {report_date}")'),
+   ], "tests/data/series.ipynb")
+
+# the README's schedule: a report for the day each run is for
+nb([new_markdown_cell("# Daily report\nThe orders of one day: the day the run is for (its logical date)."),
+    params('report_date = None  # nbjobs: logical_date\nregion = "eu"  # which region'),
+    new_code_cell(GLUE),
+    new_code_cell('import datetime\nimport random\n\nday = datetime.date.fromisoformat(report_date)\n'
+                  'orders = random.Random(f"{region}{day}").randint(500, 900)  # stands in for a query\n'
+                  'print(f"{region} orders on {day:%a %d %b %Y}: {orders}")\nglue("orders", orders)'),
+   ], "examples/daily.ipynb")
