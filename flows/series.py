@@ -123,7 +123,9 @@ async def skip_reason(deployment: DeploymentResponse, zone: tzinfo) -> str | Non
     tick = expected_start()
     now = datetime.now(timezone.utc)
     async with get_client() as client:
-        if catch_up in ("none", "latest") and this.auto_scheduled and now - tick > late_after():
+        missed = this.auto_scheduled and now - tick > late_after()
+        # a retry is late by design: never a missed tick
+        if catch_up in ("none", "latest") and missed and flow_run.get_run_count() <= 1:
             states = await client.read_flow_run_states(this.id)
             if not any(state.name == QUEUED_STATE for state in states):
                 late = _duration(now - tick)

@@ -223,14 +223,14 @@ nb([params('report_date = None  # nbjobs: logical_date\n'
            'deployment = None  # nbjobs: deployment\n'
            'run_url = None  # nbjobs: run_url\n'
            'seconds = 0.0  # how long the run takes\n'
-           'fail_on = ""  # a date whose run fails, unless the file `fixed` exists\n'
+           'fail_on = ""  # a date whose run fails ("any": every run), unless the file `fixed` exists\n'
            'fixed = ""  # the file that makes the run of `fail_on` pass'),
     new_code_cell(GLUE),
     new_code_cell('import os\nimport time\n\nprint(f"scheduled for {due}")\n'
                   'for name in ("report_date", "due", "trigger", "attempt", "run_id", "deployment", "run_url"):\n'
                   '    glue(name, globals()[name])\n'
                   'time.sleep(seconds)'),
-    new_code_cell('if report_date == fail_on and not (fixed and os.path.exists(fixed)):\n'
+    new_code_cell('if fail_on in (report_date, "any") and not (fixed and os.path.exists(fixed)):\n'
                   '    raise ValueError(f"no data for {report_date}")'),
    ], "tests/data/series.ipynb")
 

@@ -76,6 +76,8 @@ def http_stack(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # the scheduler looks for due schedules every 2 s (default 60 s) in tests
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        # a run its deployment's limit holds (--on-overlap queue) asks again every 2 s (30 s)
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
         "PREFECT_UI_ENABLED": "true",
     }
     try:
