@@ -6,8 +6,12 @@
                         [--input-file PATH]... [--json] [-v | --log-output]
                         [every other option of papermill's CLI: papermill_cli.py]
     nbjobs inspect NOTEBOOK [--json]
-    nbjobs deploy NOTEBOOK --name NAME [--cron EXPR [--timezone TZ]] [-p NAME VALUE]...
-                           [--store S] [--pool P] [--concurrency-limit N]
+    nbjobs deploy NOTEBOOK --name NAME [--cron EXPR | --every DURATION] [--timezone TZ]
+                           [--on-overlap queue|skip|cancel-new] [--catch-up all|latest|none]
+                           [-p NAME VALUE]... [--store S] [--pool P] [--concurrency-limit N]
+    nbjobs backfill DEPLOYMENT --start DATE --end DATE [--every DURATION]
+                               [--max-concurrency N] [--skip-completed] [--dry-run]
+    nbjobs backfill DEPLOYMENT --cancel ID
     nbjobs serve [--pool P] [--limit N] [--isolation in-process|process]
     nbjobs server start|stop|status [--json]
     nbjobs retry-uploads

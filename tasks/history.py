@@ -324,7 +324,7 @@ def history_markdown(label: str, runs: list[HistoryRun], ui_url: str | None = No
     ]
     for run in runs:
         link = run_url(run.id, ui_url)
-        title = _cell(run.name, 60)
+        title = _cell(run.name, 90)  # a name is at most 80 and its id
         status = run.status if run.succeeded else f"**{run.status}**"
         if run.error and not run.succeeded:
             status += f": {_cell(run.error, 120)}"

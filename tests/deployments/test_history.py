@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from notebook_jobs.tasks.chart import chart_data
+from notebook_jobs.tasks.engine.run_context import tick_text
 from tests.conftest import EXAMPLES
 from tests.deployments.conftest import HTTPStack
 
@@ -150,7 +151,8 @@ def test_the_history_has_a_row_per_run_with_values_and_changes(series: dict[str,
     assert len(rows) == len(runs), markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| run |"))
     columns = [cell.strip() for cell in header.strip("|").split(" | ")]
-    assert columns[:5] == ["run", "started (UTC)", "by", "status", "seconds"]
+    # a scheduled run is among them: the tick each run is for has a column
+    assert columns[:6] == ["run", "for", "started (UTC)", "by", "status", "seconds"]
     assert columns[-1] == "parameters"
     assert "total" in columns and "label" in columns
     totals = {"3": 14, "4": 30, "5": 55, "6": 91, "7": 140, "10": 385}
@@ -169,13 +171,17 @@ def test_the_history_has_a_row_per_run_with_values_and_changes(series: dict[str,
         assert ("n=10" not in shown) and (n == "10" or f"n={n}" in shown), cell
         if "auto-scheduled" in run["tags"]:
             assert shown == ["label=weekly"], cell
+            tick = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00"))
+            assert cell["for"] == tick_text(tick.astimezone(timezone.utc)), cell
+        else:
+            assert cell["for"] == "", cell  # a run started by hand is for when it ran
         total = totals[n]
         expected = str(total)
         if previous is not None and total != previous:
             expected += f" ({'+' if total > previous else '-'}{abs(total - previous)})"
         assert cell["total"] == expected, (cell, run["parameters"])
         previous = total
-    by = {row[2].split(" · ")[0] for row in rows}
+    by = {row[3].split(" · ")[0] for row in rows}
     assert {"cli", "api", "ui", "schedule"} <= by, by
     # the chart: the totals over the runs, oldest first, the failure marked
     charts = {m["alt"]: m["data"] for m in IMAGE.finditer(markdown)}
