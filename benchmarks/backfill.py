@@ -3,7 +3,7 @@
 A local server of its own (PostgreSQL, a fresh ``$NBJOBS_HOME``), warmed with one run;
 then, alternated ``--rounds`` times: ``nbjobs backfill daily --every 1d`` over 100 dates
 of ``examples/daily.ipynb`` at ``--max-concurrency 8`` (a fresh deployment each round,
-so every date runs), and 100 whole ``nbjobs run examples/report.ipynb`` processes 8 at a
+without a schedule of its own, so every date runs and nothing else), and 100 whole ``nbjobs run examples/report.ipynb`` processes 8 at a
 time (the rate the local server gives real use). Prints wall time and notebooks per
 minute of each, and for the backfill its failures and its duplicates (ticks with more
 than one run), read back from the API.
@@ -27,7 +27,7 @@ DAILY = ROOT / "examples" / "daily.ipynb"
 
 def backfill(home: Home, dates: int, at_once: int) -> dict[str, Any]:
     name = f"daily-{uuid.uuid4().hex[:6]}"
-    done = home.nbjobs("deploy", str(DAILY), "--name", name, "--every", "1d")
+    done = home.nbjobs("deploy", str(DAILY), "--name", name)  # no schedule: no runs ahead
     assert done.returncode == 0, done.stderr
     start = date(2025, 1, 1)
     end = start + timedelta(days=dates - 1)
@@ -39,6 +39,8 @@ def backfill(home: Home, dates: int, at_once: int) -> dict[str, Any]:
         start.isoformat(),
         "--end",
         end.isoformat(),
+        "--every",
+        "1d",
         "--max-concurrency",
         str(at_once),
     )

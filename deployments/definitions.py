@@ -38,6 +38,7 @@ from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.flows.deployment_rules import ALLOW_TAG
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
 from notebook_jobs.flows.series import CATCH_UP_TAG, OVERLAP_TAG
+from notebook_jobs.tasks.engine.run_context import run_value_asked
 from notebook_jobs.tasks.engine.secrets import SECRET_KEY, reference, secret_declaration
 
 POOL_NAME = "notebook-jobs"
@@ -105,6 +106,9 @@ def parameter_schema(
             prop["type"] = json_type
         if item.get("help"):
             prop["description"] = item["help"]
+        asked = run_value_asked(item.get("help") or "")
+        if asked:  # the UI's form says what leaving it empty does
+            prop["description"] = f"left empty: the run's {asked} (# {item['help']})"
         secret, block = secret_declaration(item.get("help") or "")
         if secret:  # the value is a Secret block's name, never the secret
             prop.update(SECRET_SCHEMA)

@@ -33,6 +33,13 @@ RUN_VALUES = (
 _DECLARED = re.compile(r"^nbjobs\s*:\s*(?P<value>\S*)", re.I)
 
 
+def run_value_asked(comment: str) -> str | None:
+    """The run value a parameter's comment asks for (``nbjobs: logical_date``), checked
+    or not; ``None`` for any other comment."""
+    match = _DECLARED.match((comment or "").strip())
+    return match.group("value") if match else None
+
+
 def declared_run_values(nb: dict[str, Any]) -> dict[str, str]:
     """The parameters the ``parameters`` cell asks to be filled with a run value.
 
@@ -48,10 +55,9 @@ def declared_run_values(nb: dict[str, Any]) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     for item in parse_parameters(parameters_cell_source(nb) or "") or []:
-        match = _DECLARED.match((item.get("help") or "").strip())
-        if not match:
+        value = run_value_asked(item.get("help") or "")
+        if value is None:
             continue
-        value = match.group("value")
         if value not in RUN_VALUES:
             raise ParameterValueError(
                 item["name"],

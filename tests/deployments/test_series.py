@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -302,14 +303,14 @@ def test_a_slow_notebook_under_each_overlap_policy(
 def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
     http_stack: HTTPStack, retiring: list[str], tmp_path: Path
 ) -> None:
-    """Every 15 s, on a pool whose worker starts only once three ticks have passed: all
+    """Every 20 s, on a pool whose worker starts only once three ticks have passed: all
     runs the three, latest the last one, none zero; the others end Cancelled saying why."""
     pool = f"catch-up-{uuid.uuid4().hex[:6]}"
     ids = {}
     for policy in ("all", "latest", "none"):
         name = f"catch-up-{policy}-{uuid.uuid4().hex[:4]}"
         ids[policy] = deploy(
-            http_stack, name, "--every", "15s", "--catch-up", policy, "--pool", pool
+            http_stack, name, "--every", "20s", "--catch-up", policy, "--pool", pool
         )
         retiring.append(ids[policy])
     ticks = wait_until(
@@ -317,8 +318,9 @@ def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
         lambda: (found := runs_of(http_stack, ids["none"]))[2:] and found[:3],
     )
     missed = [instant(t["expected_start_time"]) for t in ticks]
-    # the worker comes once the third tick is 6 s late (before the fourth)
-    while datetime.now(missed[2].tzinfo) < missed[2] + timedelta(seconds=6):
+    # the worker comes once the third tick is 5 s late: late for this worker (4 s), and
+    # 15 s before the fourth tick, for its start with both cores busy
+    while datetime.now(missed[2].tzinfo) < missed[2] + timedelta(seconds=5):
         time.sleep(0.5)
     env = {**http_stack.env, "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "4"}
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
@@ -391,3 +393,41 @@ def test_the_readmes_schedule_and_backfill_on_the_local_server(local: Local) -> 
     again = local.nbjobs("backfill", name, *week, "--dry-run")
     assert again.returncode == 0 and "0 to run" in again.stdout, again.stdout
     assert again.stdout.count("has a run: completed") == 5
+
+
+def test_an_interrupted_backfill_leaves_its_runs_going_and_says_how_to_cancel_them(
+    http_stack: HTTPStack,
+) -> None:
+    name = f"interrupted-{uuid.uuid4().hex[:6]}"
+    deployment_id = deploy(http_stack, name, "-p", "seconds", "30")
+    backfill = subprocess.Popen(
+        [str(BIN / "nbjobs"), "backfill", name, "--start", "2026-02-01", "--end", "2026-02-06",
+         "--every", "1d", "--max-concurrency", "2"],
+        env=http_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(
+            "two runs of the backfill running",
+            lambda: (
+                len(runs_of(http_stack, deployment_id, state={"type": {"any_": ["RUNNING"]}})) == 2
+            ),
+        )
+        backfill.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = backfill.communicate(timeout=60)
+    finally:
+        if backfill.poll() is None:
+            backfill.kill()
+    assert backfill.returncode == 130, out + err
+    backfill_id = re.search(r"backfill (\w{6}) of", out).group(1)  # type: ignore[union-attr]
+    assert "no more runs are created; the 2 it made that have not ended go on" in err, err
+    assert f"Cancel them: nbjobs backfill {name} --cancel {backfill_id}" in err, err
+    assert "Traceback" not in err
+    made = runs_of(http_stack, deployment_id)
+    assert len(made) == 2 and all(r["state"]["type"] == "RUNNING" for r in made), made
+    cancelled = http_stack.nbjobs("backfill", name, "--cancel", backfill_id)
+    assert cancelled.returncode == 0 and "2 runs cancelled" in cancelled.stdout, cancelled
+    ended = wait_until(
+        "both runs cancelled",
+        lambda: (found := finished(http_stack, deployment_id))[1:] and found,
+    )
+    assert [r["state"]["type"] for r in ended] == ["CANCELLED", "CANCELLED"]

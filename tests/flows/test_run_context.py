@@ -74,3 +74,13 @@ def test_a_typo_refuses_the_run_before_any_kernel(tmp_path: Path) -> None:
     assert state.is_failed()
     assert isinstance(state_outcome(state), ParameterValueError)
     assert not list(tmp_path.rglob("notebook.ipynb"))
+
+
+def test_a_deployments_form_says_what_leaving_a_run_value_empty_does() -> None:
+    from notebook_jobs.deployments.definitions import parameter_schema
+    from notebook_jobs.tasks.engine.staging import declared_parameters
+
+    schema = parameter_schema(declared_parameters(nbformat.read(SERIES, as_version=4)))
+    described = schema["properties"]["report_date"]["description"]
+    assert described == "left empty: the run's logical_date (# nbjobs: logical_date)"
+    assert schema["properties"]["seconds"]["description"] == "how long the run takes"

@@ -225,6 +225,19 @@ def test_an_unknown_kernel_on_the_node_is_reported(slurm_cluster: str, tmp_path:
     assert "UnknownKernelError: kernel 'no-such-kernel' is not installed" in state.message
 
 
+def test_a_job_gets_the_runs_context_in_its_notebook(slurm_cluster: str, tmp_path: Path) -> None:
+    """``# nbjobs: logical_date`` and the rest are injected before the job is submitted."""
+    state = run_flow(
+        notebook=str(DATA / "series.ipynb"), cluster=slurm_cluster, store=str(tmp_path)
+    )
+    assert state.is_completed(), state.message
+    result = state_outcome(state)
+    assert result.slurm is not None and result.context is not None
+    assert result.outputs["report_date"] == result.context.logical_date
+    assert result.outputs["due"] == result.context.scheduled_time
+    assert result.outputs["run_id"] == result.flow_run_id
+
+
 def test_an_unreachable_cluster_is_a_clear_error(
     prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
