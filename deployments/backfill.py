@@ -24,19 +24,25 @@ and says how to cancel the ones it made.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import queue
 import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.api import FINAL_STATES, APIError, PrefectHTTP
+from notebook_jobs.deployments.backfill_plan import (
+    GOING,
+    Tick,
+    backfill_table,
+    deployment_zone,
+    parse_bound,
+    planned_ticks,
+    status_counts,
+)
 from notebook_jobs.deployments.exit_codes import EXIT_INTERRUPTED, EXIT_NOTEBOOK_FAILED, EXIT_OK
 from notebook_jobs.tasks.engine.run_context import duration_seconds, tick_text
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
@@ -45,11 +51,9 @@ if TYPE_CHECKING:
     from notebook_jobs.deployments.local_server import LocalServer
 
 FLOW = "run-notebook"
-MAX_TICKS = 10_000  # a month of minutes is 44,640: say so instead of creating them
 DEFAULT_CONCURRENCY = 4
 TABLE_EVERY_SECONDS = 3.0  # the table artifact is republished at most this often
 POLL_SECONDS = 1.0
-GOING = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 BACKFILL_TRIGGER = "trigger:backfill"
 
 
@@ -85,142 +89,6 @@ def add_backfill_parser(commands: Any) -> None:
     backfill.add_argument(
         "--cancel", metavar="ID", help="cancel the runs of backfill ID that have not ended"
     )
-
-
-@dataclass
-class Tick:
-    """One tick of the range, its earlier runs, and the run this backfill follows for it."""
-
-    when: datetime  # in the schedule's time zone
-    earlier: list[dict[str, Any]] = field(default_factory=list)
-    run_id: str | None = None
-    name: str | None = None
-    status: str = "pending"
-    seconds: float | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    made: bool = False  # by this backfill
-
-    def action(self, skip_completed: bool) -> str:
-        """``run``, or why not: ``has a run: completed``..."""
-        if not self.earlier:
-            return "run"
-        states = [run["state"]["type"] if run.get("state") else "SCHEDULED" for run in self.earlier]
-        if any(state in GOING for state in states):
-            return "has a run going"
-        if "COMPLETED" in states:
-            return "has a run: completed"
-        if skip_completed:
-            return "run again"
-        return f"has a run: {states[-1].lower()} (--skip-completed runs it again)"
-
-
-def parse_bound(text: str, zone: tzinfo, *, end: bool) -> datetime:
-    """``2026-01-31`` (the whole day, for an end) or ``2026-01-31T06:00`` in ``zone``."""
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise NotebookInputError(
-                f"{text!r} is not a date; write 2026-01-31 or 2026-01-31T06:00"
-            ) from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=zone)
-    start = datetime(day.year, day.month, day.day, tzinfo=zone)
-    return start + timedelta(days=1, microseconds=-1) if end else start
-
-
-def deployment_zone(deployment: dict[str, Any]) -> tzinfo:
-    """The time zone of the deployment's schedule (as the flow reads it), else this
-    machine's."""
-    for item in deployment.get("schedules") or []:
-        name = (item.get("schedule") or {}).get("timezone")
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                break
-    return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
-
-
-def schedule_ticks(
-    deployment: dict[str, Any], start: datetime, end: datetime, every: float | None
-) -> list[datetime]:
-    """The ticks of the deployment's schedules (or of ``every`` from ``start``) in
-    [start, end], computed by Prefect's own schedule code, as its scheduler does."""
-    from prefect.server.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
-
-    zone = start.tzinfo
-    zone_name = getattr(zone, "key", None) or "UTC"
-    schedules: list[Any] = []
-    if every:
-        schedules.append(
-            IntervalSchedule(
-                interval=timedelta(seconds=every), anchor_date=start, timezone=zone_name
-            )
-        )
-    for item in deployment.get("schedules") or [] if not every else []:
-        spec = item.get("schedule") or {}
-        kind = (
-            CronSchedule
-            if "cron" in spec
-            else IntervalSchedule
-            if "interval" in spec
-            else RRuleSchedule
-        )
-        schedules.append(kind.model_validate(spec))
-    if not schedules:
-        raise NotebookInputError(
-            f"run-notebook/{deployment['name']} has no schedule; give the ticks with --every "
-            "(e.g. --every 1d)"
-        )
-
-    async def dates() -> set[datetime]:
-        found: set[datetime] = set()
-        for schedule in schedules:
-            cursor = start
-            while True:
-                batch = await schedule.get_dates(n=1000, start=cursor, end=end)
-                found.update(batch)
-                if len(found) > MAX_TICKS:
-                    raise NotebookInputError(
-                        f"the range has more than {MAX_TICKS} ticks; backfill a shorter "
-                        "range at a time"
-                    )
-                if len(batch) < 1000:
-                    break
-                cursor = max(batch) + timedelta(microseconds=1)
-        return found
-
-    return sorted(moment.astimezone(zone) for moment in asyncio.run(dates()))
-
-
-def existing_runs(
-    api: PrefectHTTP, deployment_id: str, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    """The deployment's runs whose expected start is in [start, end]."""
-    found: list[dict[str, Any]] = []
-    while True:
-        body = {
-            "flow_runs": {
-                "deployment_id": {"any_": [deployment_id]},
-                "expected_start_time": {
-                    "after_": start.isoformat(),
-                    "before_": end.isoformat(),
-                },
-            },
-            "sort": "EXPECTED_START_TIME_ASC",
-            "limit": 200,
-            "offset": len(found),
-        }
-        page = api.request("POST", "/flow_runs/filter", json=body, idempotent=True).json()
-        found += page
-        if len(page) < 200:
-            return found
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class Backfill:
@@ -375,36 +243,9 @@ class Backfill:
 
     def table(self) -> str:
         """The backfill's table artifact: a row per tick."""
-        from notebook_jobs.tasks.history import value_text
-
-        columns: list[str] = []
-        for tick in self.ticks:
-            columns += [k for k, v in tick.outputs.items() if k not in columns and _scalar(v)]
-        columns = columns[:6]
-        counts = _counts(self.ticks)
-        lines = [
-            f"# {self.label}: backfill {self.id}",
-            "",
-            f"run-notebook/{self.deployment['name']}, {len(self.ticks)} ticks from "
-            f"{self.ticks[0].when.isoformat()} to {self.ticks[-1].when.isoformat()}: "
-            + ", ".join(f"{n} {status}" for status, n in counts.items()),
-            "",
-            "| for | run | status | seconds | " + "".join(f"{c} | " for c in columns),
-            "|---|---|---|---:|" + "---:|" * len(columns),
-        ]
-        for tick in self.ticks:
-            link = run_url(tick.run_id, self.ui_url) if tick.run_id else None
-            name = (tick.name or tick.run_id or "").replace("|", "\\|")
-            run = f"[{name}]({link})" if link else name
-            status = tick.status if tick.status == "completed" else f"**{tick.status}**"
-            if not tick.made and tick.run_id:
-                status += " (earlier run)"
-            seconds = f"{tick.seconds:.2f}" if tick.seconds else ""
-            values = "".join(
-                f"{value_text(tick.outputs[c])} | " if c in tick.outputs else " | " for c in columns
-            )
-            lines.append(f"| {tick_text(tick.when)} | {run} | {status} | {seconds} | {values}")
-        return "\n".join(lines)
+        return backfill_table(
+            self.label, self.id, str(self.deployment["name"]), self.ticks, self.ui_url
+        )
 
     def publish(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._published < TABLE_EVERY_SECONDS:
@@ -425,17 +266,6 @@ class Backfill:
             print(f"nbjobs: could not update the backfill's table: {error}", file=sys.stderr)
 
 
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _counts(ticks: list[Tick]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for tick in ticks:
-        counts[tick.status] = counts.get(tick.status, 0) + 1
-    return counts
-
-
 class Progress:
     """A bar on a terminal; a line per ended run otherwise."""
 
@@ -452,7 +282,7 @@ class Progress:
             return
         width = 30
         filled = width * self.done // max(self.total, 1)
-        counts = ", ".join(f"{n} {s}" for s, n in _counts(ticks).items())
+        counts = ", ".join(f"{n} {s}" for s, n in status_counts(ticks).items())
         sys.stderr.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}  {counts}\033[K"
         )
@@ -492,19 +322,10 @@ def backfill_command(args: argparse.Namespace, server: LocalServer | None) -> in
         end = parse_bound(args.end, zone, end=True)
         if end < start:
             raise NotebookInputError(f"--end {args.end} is before --start {args.start}")
-        ticks = [Tick(when) for when in schedule_ticks(deployment, start, end, every)]
+        ticks = planned_ticks(api, deployment, start, end, every)
         if not ticks:
             print(f"no tick of run-notebook/{name} between {start} and {end}")
             return EXIT_OK
-        by_instant: dict[datetime, Tick] = {tick.when: tick for tick in ticks}
-        for run in existing_runs(api, deployment["id"], start, end):
-            found = (
-                by_instant.get(_instant(run["expected_start_time"]))
-                if run.get("expected_start_time")
-                else None
-            )
-            if found is not None:
-                found.earlier.append(run)
         backfill = Backfill(
             api,
             deployment,
@@ -546,7 +367,7 @@ def backfill_command(args: argparse.Namespace, server: LocalServer | None) -> in
     rate = f", {len(made) / elapsed * 60:.1f} notebooks/min" if made and elapsed > 0 else ""
     print(
         f"backfill {backfill.id}: {len(made)} runs in {elapsed:.1f} s{rate}; "
-        + ", ".join(f"{n} {s}" for s, n in _counts(ticks).items())
+        + ", ".join(f"{n} {s}" for s, n in status_counts(ticks).items())
     )
     for tick in failed:
         print(f"  {tick_text(tick.when)} {tick.status}: {run_url(tick.run_id or '', ui_url)}")
