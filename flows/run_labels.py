@@ -199,7 +199,11 @@ def start_labelling(
 
 
 async def run_trigger() -> str:
-    """This run's trigger, as its tags say it (waits for ``start_labelling``'s answer)."""
+    """This run's trigger, as its tags say it; only telling the UI from an API call waits
+    for ``start_labelling``'s answer (its first state)."""
+    known = trigger_of(list(flow_run.get_tags()), current_deployment_id())
+    if known != "api":
+        return known
     labelling = _labelling.get()
     if labelling is not None:
         try:
