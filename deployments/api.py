@@ -348,10 +348,15 @@ class PrefectHTTP:
         return records
 
     def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """``POST /artifacts/filter`` for one flow run, by key."""
-        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        """``POST /artifacts/filter`` for one flow run, by key: the newest version of each
+        (a retried run published one per attempt)."""
+        body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC"}
         found = self.request("POST", "/artifacts/filter", json=body, idempotent=True).json()
-        return {a["key"]: a for a in found if a.get("key")}
+        newest: dict[str, dict[str, Any]] = {}
+        for artifact in found:
+            if artifact.get("key"):
+                newest.setdefault(artifact["key"], artifact)
+        return newest
 
     def result(self, run_id: str) -> dict[str, Any]:
         """The run's ``result.json``, fetched through the ``result`` link of its summary.

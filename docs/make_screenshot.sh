@@ -13,7 +13,9 @@
 #                         local-store links served by `nbjobs serve --files-port`;
 #   docs/run-cached.png   a cache hit: the run in state Cached, its summary linking the
 #                         cached run's artefacts;
-#   docs/alerts.png       an alert made by `nbjobs alert add`, in the Automations page.
+#   docs/alerts.png       an alert made by `nbjobs alert add`, in the Automations page;
+#   docs/backfill.png     a backfill of two weeks of weekdays: its table (V2), and
+#   docs/series-history.png  that notebook's history, each run for its day.
 # Starts a throwaway Prefect server and `nbjobs serve` on 127.0.0.1, triggers runs over
 # HTTP, and screenshots with headless Chromium (Debian's `chromium` package).
 set -euo pipefail
@@ -141,3 +143,22 @@ CustomWebhookNotificationBlock(name='ops', url='http://127.0.0.1:9/hook',
   --name 'report: slow squares' >/dev/null
 shot docs/alerts.png 1400,900 20000 "http://127.0.0.1:$port/automations"
 echo "docs/alerts.png"
+# a scheduled notebook as a series: two weeks of weekdays backfilled, its table and history
+.venv/bin/nbjobs deploy examples/daily.ipynb --name daily --cron "0 6 * * 1-5" \
+  --timezone Europe/Berlin >/dev/null
+.venv/bin/nbjobs backfill daily --start 2026-01-05 --end 2026-01-16 --max-concurrency 4 >/dev/null
+series="$(.venv/bin/python - <<'PY'
+import os
+from notebook_jobs.deployments.api import PrefectHTTP
+api = PrefectHTTP(os.environ["PREFECT_API_URL"])
+def latest(like):
+    found = api.request("POST", "/artifacts/filter", json={
+        "artifacts": {"key": {"like_": like}}, "sort": "CREATED_DESC", "limit": 1}).json()
+    return found[0]["id"]
+print(latest("daily-backfill-%"), latest("daily-history"))
+PY
+)"
+shot docs/backfill.png 1400,1000 40000 "http://127.0.0.1:$port/v2/artifacts/artifact/${series%% *}"
+echo "docs/backfill.png: ${series%% *}"
+shot docs/series-history.png 1400,1300 40000 "http://127.0.0.1:$port/v2/artifacts/artifact/${series#* }"
+echo "docs/series-history.png: ${series#* }"

@@ -303,9 +303,27 @@ def test_a_slow_notebook_under_each_overlap_policy(
 def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
     http_stack: HTTPStack, retiring: list[str], tmp_path: Path
 ) -> None:
-    """Every 20 s, on a pool whose worker starts only once three ticks have passed: all
-    runs the three, latest the last one, none zero; the others end Cancelled saying why."""
+    """Every 20 s, on a pool of its own: its worker runs a first tick of each deployment, is
+    stopped across the next three, and started again: all runs the three, latest the last
+    one, none zero; the others end Cancelled saying why."""
     pool = f"catch-up-{uuid.uuid4().hex[:6]}"
+    env = {
+        **http_stack.env,
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "4",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "0",  # stopped, it has taken no later tick early
+    }
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(BIN / "nbjobs"), "serve", "--pool", pool, "--no-adhoc", "--kernel-pool", "0"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+
     ids = {}
     for policy in ("all", "latest", "none"):
         name = f"catch-up-{policy}-{uuid.uuid4().hex[:4]}"
@@ -313,30 +331,37 @@ def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
             http_stack, name, "--every", "20s", "--catch-up", policy, "--pool", pool
         )
         retiring.append(ids[policy])
-    ticks = wait_until(
-        "three ticks of each",
-        lambda: (found := runs_of(http_stack, ids["none"]))[2:] and found[:3],
-    )
-    missed = [instant(t["expected_start_time"]) for t in ticks]
-    # the worker comes once the third tick is 5 s late: late for this worker (4 s), and
-    # 15 s before the fourth tick, for its start with both cores busy
-    while datetime.now(missed[2].tzinfo) < missed[2] + timedelta(seconds=5):
-        time.sleep(0.5)
-    env = {**http_stack.env, "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "4"}
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [str(BIN / "nbjobs"), "serve", "--pool", pool, "--no-adhoc", "--kernel-pool", "0"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=ROOT,
-    )
+    worker = start_worker()
     try:
+        first = wait_until(
+            "a first tick of each ran",
+            lambda: (
+                all(finished(http_stack, i) for i in ids.values())
+                and max(
+                    instant(finished(http_stack, i)[0]["expected_start_time"]) for i in ids.values()
+                )
+            ),
+        )
+        stop(worker)  # down across the next three ticks
+        ticks = wait_until(
+            "three ticks of each while the worker is down",
+            lambda: (
+                found := [
+                    r for r in runs_of(http_stack, ids["none"])
+                    if instant(r["expected_start_time"]) > first
+                ]
+            )[2:] and found[:3],
+        )  # fmt: skip
+        missed = [instant(t["expected_start_time"]) for t in ticks]
+        # started again once the third tick is 5 s late: late for this worker (4 s), and
+        # 15 s before the fourth tick, for its start with both cores busy
+        while datetime.now(missed[2].tzinfo) < missed[2] + timedelta(seconds=5):
+            time.sleep(0.5)
+        worker = start_worker()
 
         def ended(policy: str) -> list[dict[str, Any]]:
             runs = finished(http_stack, ids[policy])
-            return [r for r in runs if instant(r["expected_start_time"]) <= missed[2]]
+            return [r for r in runs if first < instant(r["expected_start_time"]) <= missed[2]]
 
         outcome = wait_until(
             "the three missed ticks of each ended",
