@@ -44,7 +44,7 @@ from notebook_jobs.deployments.backfill_plan import (
     status_counts,
 )
 from notebook_jobs.deployments.exit_codes import EXIT_INTERRUPTED, EXIT_NOTEBOOK_FAILED, EXIT_OK
-from notebook_jobs.tasks.engine.run_context import duration_seconds, tick_text
+from notebook_jobs.tasks.engine.run_context import duration_seconds, tick_text, zone_name
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ DEFAULT_CONCURRENCY = 4
 TABLE_EVERY_SECONDS = 3.0  # the table artifact is republished at most this often
 POLL_SECONDS = 1.0
 BACKFILL_TRIGGER = "trigger:backfill"
+BACKFILL_TAG = "backfill:"  # backfill:<id> on each run of one backfill
 
 
 def add_backfill_parser(commands: Any) -> None:
@@ -135,7 +136,7 @@ class Backfill:
                     "message": f"backfill {self.id}",
                     "state_details": {"scheduled_time": tick.when.isoformat()},
                 },
-                "tags": [BACKFILL_TRIGGER, f"backfill:{self.id}"],
+                "tags": [BACKFILL_TRIGGER, f"{BACKFILL_TAG}{self.id}"],
                 # the same tick made again (a second backfill started together) is one run
                 "idempotency_key": (
                     f"nbjobs-backfill {self.deployment['id']} "
@@ -336,11 +337,10 @@ def backfill_command(args: argparse.Namespace, server: LocalServer | None) -> in
             skip_completed=args.skip_completed,
         )
         to_run = [t for t in ticks if t.action(args.skip_completed) in ("run", "run again")]
-        zone_name = getattr(zone, "key", None) or str(zone)
         what = "dry run" if args.dry_run else f"backfill {backfill.id}"
         print(
             f"{what} of run-notebook/{name}: {len(ticks)} ticks from "
-            f"{tick_text(ticks[0].when)} to {tick_text(ticks[-1].when)} ({zone_name}), "
+            f"{tick_text(ticks[0].when)} to {tick_text(ticks[-1].when)} ({zone_name(zone)}), "
             f"{len(to_run)} to run" + (": nothing is created" if args.dry_run else "")
         )
         if args.dry_run:
@@ -378,7 +378,7 @@ def cancel_backfill(api: PrefectHTTP, backfill_id: str) -> int:
     """Cancel every run of backfill ``backfill_id`` that has not ended."""
     body = {
         "flow_runs": {
-            "tags": {"all_": [f"backfill:{backfill_id}"]},
+            "tags": {"all_": [f"{BACKFILL_TAG}{backfill_id}"]},
             "state": {"type": {"any_": list(GOING)}},
         },
         "limit": 200,

@@ -8,11 +8,10 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.api import PrefectHTTP
-from notebook_jobs.tasks.engine.run_context import tick_text
+from notebook_jobs.tasks.engine.run_context import tick_text, zone_of
 from notebook_jobs.tasks.ui_links import run_url
 
 MAX_TICKS = 10_000  # a month of minutes is 44,640: say so instead of creating them
@@ -64,16 +63,10 @@ def parse_bound(text: str, zone: tzinfo, *, end: bool) -> datetime:
 
 
 def deployment_zone(deployment: dict[str, Any]) -> tzinfo:
-    """The time zone of the deployment's schedule (as the flow reads it), else this
-    machine's."""
-    for item in deployment.get("schedules") or []:
-        name = (item.get("schedule") or {}).get("timezone")
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                break
-    return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
+    """The time zone of the deployment's schedule, as its runs read it; else this machine's."""
+    return zone_of(
+        [(item.get("schedule") or {}).get("timezone") for item in deployment.get("schedules") or []]
+    )
 
 
 def schedule_ticks(

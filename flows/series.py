@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect import get_client, get_run_logger
 from prefect.client.schemas.filters import (
@@ -46,33 +45,20 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from notebook_jobs.flows.run_labels import run_trigger
-from notebook_jobs.tasks.engine.run_context import logical_date, tick_text
+from notebook_jobs.tasks.engine.run_context import logical_date, tick_text, zone_name, zone_of
 from notebook_jobs.tasks.history import HistoryRun
 from notebook_jobs.tasks.models import RunContext
 from notebook_jobs.tasks.ui_links import run_url
 
 OVERLAP_TAG = "on-overlap:"  # on-overlap:skip on a deployment
 CATCH_UP_TAG = "catch-up:"  # catch-up:none, catch-up:latest
-BACKFILL_TAG = "backfill:"  # backfill:<id> on each run a backfill made
-OVERLAP_POLICIES = ("queue", "skip", "cancel-new")
-CATCH_UP_POLICIES = ("all", "latest", "none")
 QUEUED_STATE = "AwaitingConcurrencySlot"  # Prefect's, for a run its deployment's limit holds
 
 
 def schedule_zone(deployment: DeploymentResponse | None) -> tzinfo:
     """The time zone of the deployment's schedule; else this machine's."""
-    for item in (deployment.schedules or []) if deployment is not None else []:
-        name = getattr(item.schedule, "timezone", None)
-        if name:
-            try:
-                return ZoneInfo(name)
-            except (ZoneInfoNotFoundError, ValueError):
-                break
-    return datetime.now().astimezone().tzinfo or timezone.utc
-
-
-def zone_name(zone: tzinfo) -> str:
-    return getattr(zone, "key", None) or str(zone)
+    schedules = (deployment.schedules or []) if deployment is not None else []
+    return zone_of([getattr(item.schedule, "timezone", None) for item in schedules])
 
 
 def expected_start() -> datetime:

@@ -21,7 +21,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -45,7 +44,7 @@ from prefect.client.schemas.sorting import ArtifactCollectionSort, ArtifactSort,
 
 from notebook_jobs.tasks.chart import SUCCEEDED, markdown_image, trend_svg
 from notebook_jobs.tasks.engine.numbers import number_text, signed
-from notebook_jobs.tasks.engine.run_context import SERIES_TRIGGERS, tick_text
+from notebook_jobs.tasks.engine.run_context import SERIES_TRIGGERS, tick_text, zone_of
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.ui_links import artifact_url, run_url
 
@@ -81,11 +80,7 @@ class HistoryRun:
         """The tick a scheduled or backfill run is for, in its schedule's zone; else ''."""
         if self.trigger not in SERIES_TRIGGERS or self.scheduled is None:
             return ""
-        try:
-            zone: Any = ZoneInfo(self.zone) if self.zone else timezone.utc
-        except (ZoneInfoNotFoundError, ValueError):
-            zone = timezone.utc
-        return tick_text(self.scheduled.astimezone(zone))
+        return tick_text(self.scheduled.astimezone(zone_of([self.zone])))
 
     @property
     def succeeded(self) -> bool:

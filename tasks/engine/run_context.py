@@ -15,8 +15,9 @@ context, staging fills it in, and a Slurm job gets the injected notebook as is.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notebook_jobs.blocks.exceptions import ParameterValueError
 from notebook_jobs.tasks.engine.parameters import parameters_cell_source, parse_parameters
@@ -71,6 +72,23 @@ def declared_run_values(nb: dict[str, Any]) -> dict[str, str]:
 def logical_date(scheduled: datetime) -> str:
     """The date a run is for: its tick's calendar date where its schedule runs."""
     return scheduled.date().isoformat()
+
+
+def zone_of(names: list[str | None]) -> tzinfo:
+    """The first of a deployment's schedule time zones that exists; else this machine's
+    (what a run is for is read in it)."""
+    for name in names:
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                break
+    return datetime.now().astimezone().tzinfo or timezone.utc
+
+
+def zone_name(zone: tzinfo) -> str:
+    """``Europe/Berlin``; a fixed offset's name (``UTC``) where it has no other."""
+    return getattr(zone, "key", None) or str(zone)
 
 
 def tick_text(when: datetime) -> str:
