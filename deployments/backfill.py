@@ -120,7 +120,6 @@ class Backfill:
 
         self.key = artifact_key(self.label, f"backfill-{self.id}")
         self.stopping = threading.Event()
-        self.made: list[str] = []
         self._published = 0.0
 
     # --- one tick, in a thread of its own ---------------------------------------------
@@ -150,7 +149,6 @@ class Backfill:
                 idempotent=True,
             ).json()
             tick.run_id, tick.name, tick.made, tick.status = run["id"], run["name"], True, "going"
-            self.made.append(run["id"])
             document = self._follow(api, run["id"])
             final = api.flow_run(run["id"])
             tick.name = final.get("name") or tick.name
@@ -159,7 +157,7 @@ class Backfill:
             if document:
                 tick.outputs = document.get("outputs") or {}
                 tick.seconds = (document.get("timings") or {}).get("total_seconds", tick.seconds)
-        except APIError as error:
+        except (APIError, OSError) as error:  # this tick's (a timeout too), not the backfill's
             tick.status = f"error: {error}"
 
     def _follow(self, api: PrefectHTTP, run_id: str) -> dict[str, Any] | None:
