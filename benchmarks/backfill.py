@@ -46,20 +46,7 @@ def backfill(home: Home, dates: int, at_once: int) -> dict[str, Any]:
     )
     wall = time.perf_counter() - started
     deployment_id = home.api.deployment_id("run-notebook", name)
-    runs: list[dict[str, Any]] = []
-    while True:
-        page = home.api.request(
-            "POST",
-            "/flow_runs/filter",
-            json={
-                "flow_runs": {"deployment_id": {"any_": [deployment_id]}},
-                "limit": 200,
-                "offset": len(runs),
-            },
-        ).json()
-        runs += page
-        if len(page) < 200:
-            break
+    runs = home.api.flow_runs({"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
     ticks = [run["expected_start_time"] for run in runs]
     return {
         "exit": done.returncode,

@@ -103,20 +103,7 @@ def nbjobs_batch(home: Home, runs: int, at_once: int) -> dict[str, Any]:
         results = list(pool.map(lambda c: timed(c, home.env), commands))
     wall = time.perf_counter() - started
     probes = prober.close()
-    found: list[dict[str, Any]] = []
-    while True:  # paged: the API answers at most 200 at a time
-        page = home.api.request(
-            "POST",
-            "/flow_runs/filter",
-            json={
-                "flow_runs": {"tags": {"all_": ["trigger:cli"]}},
-                "limit": 200,
-                "offset": len(found),
-            },
-        ).json()
-        found += page
-        if len(page) < 200:
-            break
+    found = home.api.flow_runs({"flow_runs": {"tags": {"all_": ["trigger:cli"]}}})
     made = [r for r in found if r["parameters"].get("parameters", {}).get("label") == label]
     ns = [r["parameters"]["parameters"]["n"] for r in made]
     return {

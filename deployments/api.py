@@ -331,6 +331,20 @@ class PrefectHTTP:
                 )
             time.sleep(POLL_INTERVAL_SECONDS)
 
+    def flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """``POST /flow_runs/filter`` with ``body``, every page (the API answers 200 at most)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.request(
+                "POST",
+                "/flow_runs/filter",
+                json={**body, "limit": 200, "offset": len(found)},
+                idempotent=True,  # a read
+            ).json()
+            found += page
+            if len(page) < 200:
+                return found
+
     def logs(self, run_id: str, *, offset: int = 0) -> list[dict[str, Any]]:
         """``POST /logs/filter``: a flow run's log records, oldest first, from ``offset``."""
         body = {

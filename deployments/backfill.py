@@ -374,14 +374,14 @@ def backfill_command(args: argparse.Namespace, server: LocalServer | None) -> in
 
 def cancel_backfill(api: PrefectHTTP, backfill_id: str) -> int:
     """Cancel every run of backfill ``backfill_id`` that has not ended."""
-    body = {
-        "flow_runs": {
-            "tags": {"all_": [f"{BACKFILL_TAG}{backfill_id}"]},
-            "state": {"type": {"any_": list(GOING)}},
-        },
-        "limit": 200,
-    }
-    runs = api.request("POST", "/flow_runs/filter", json=body, idempotent=True).json()
+    runs = api.flow_runs(
+        {
+            "flow_runs": {
+                "tags": {"all_": [f"{BACKFILL_TAG}{backfill_id}"]},
+                "state": {"type": {"any_": list(GOING)}},
+            }
+        }
+    )
     for run in runs:
         state = (run.get("state") or {}).get("type")
         message = f"backfill {backfill_id} cancelled (nbjobs backfill --cancel)"

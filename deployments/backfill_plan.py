@@ -125,24 +125,15 @@ def existing_runs(
     api: PrefectHTTP, deployment_id: str, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
     """The deployment's runs whose expected start is in [start, end]."""
-    found: list[dict[str, Any]] = []
-    while True:
-        body = {
+    return api.flow_runs(
+        {
             "flow_runs": {
                 "deployment_id": {"any_": [deployment_id]},
-                "expected_start_time": {
-                    "after_": start.isoformat(),
-                    "before_": end.isoformat(),
-                },
+                "expected_start_time": {"after_": start.isoformat(), "before_": end.isoformat()},
             },
             "sort": "EXPECTED_START_TIME_ASC",
-            "limit": 200,
-            "offset": len(found),
         }
-        page = api.request("POST", "/flow_runs/filter", json=body, idempotent=True).json()
-        found += page
-        if len(page) < 200:
-            return found
+    )
 
 
 def instant(text: str) -> datetime:
