@@ -67,8 +67,22 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _setting(variable: str, parse: Callable[[str], Any], takes: str, default: Any, doc: str) -> Any:
-    metadata = {"variable": variable, "parse": parse, "takes": takes, "doc": doc}
+def _setting(
+    variable: str,
+    parse: Callable[[str], Any],
+    takes: str,
+    default: Any,
+    doc: str,
+    shown: str | None = None,
+) -> Any:
+    """A setting's field: its variable, parser, what it takes, default, and its default
+    as the docs show it (``shown``, for a default worked out when read)."""
+    if shown is None:
+        if isinstance(default, bool):
+            shown = "1" if default else "0"
+        else:
+            shown = str(default) if default not in (None, ()) else "none"
+    metadata = {"variable": variable, "parse": parse, "takes": takes, "doc": doc, "shown": shown}
     if callable(default):  # worked out when read (``~`` is the user's of that moment)
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -93,6 +107,7 @@ class Settings:
         lambda: Path("~/.nbjobs").expanduser(),
         "notebook-jobs' own folder: run folders, spilled uploads, the default store, "
         "the local server",
+        shown="~/.nbjobs",
     )
     store: str | None = _setting(
         DEFAULT_STORE_ENV,
@@ -100,6 +115,7 @@ class Settings:
         "a store (a folder, s3://bucket/prefix or a block name)",
         None,
         "the artefact store of runs that name none",
+        shown="the folder $NBJOBS_HOME/artefacts",
     )
     kernel_pool: int = _setting(
         "NBJOBS_KERNEL_POOL",
@@ -205,10 +221,16 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
-def described() -> list[tuple[str, str, str]]:
-    """Each setting's variable, what it takes, and what it is for (for the README)."""
+def described() -> list[tuple[str, str, str, str]]:
+    """Each setting's variable, what it takes, its default and what it is for (the docs'
+    settings page is generated from it)."""
     return [
-        (spec.metadata["variable"], spec.metadata["takes"], spec.metadata["doc"])
+        (
+            spec.metadata["variable"],
+            spec.metadata["takes"],
+            spec.metadata["shown"],
+            spec.metadata["doc"],
+        )
         for spec in fields(Settings)
     ]
 

@@ -48,7 +48,7 @@ def add_alert_parser(commands: Any) -> None:
     )
     add.add_argument("--name", help="the alert's name (default: the notebook and condition)")
     listed = actions.add_parser("list", help="the alerts, their conditions and their state")
-    listed.add_argument("--json", action="store_true")
+    listed.add_argument("--json", action="store_true", help="print the alerts as JSON")
     remove = actions.add_parser("remove", help="delete an alert")
     remove.add_argument("name", help="its name, as `nbjobs alert list` shows it")
 

@@ -76,7 +76,7 @@ def add_backfill_parser(commands: Any) -> None:
         type=int,
         default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"most runs of the backfill going at a time (default {DEFAULT_CONCURRENCY})",
+        help="most runs of the backfill going at a time (default %(default)s)",
     )
     backfill.add_argument(
         "--skip-completed",

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--version", action="version", version=version())
 
     inspect = commands.add_parser("inspect", help="list a notebook's parameters")
-    inspect.add_argument("notebook")
+    inspect.add_argument("notebook", help="path, s3:// URI or http(s):// URL of the notebook")
     inspect.add_argument("--json", action="store_true", help="print the parameters as JSON")
 
     deploy = commands.add_parser(
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--cache",
         action="store_true",
-        help="every run reuses a completed run with the same cache key (README: cached runs)",
+        help="every run reuses a completed run with the same cache key",
     )
     deploy.add_argument(
         "--cache-expiration", type=float, metavar="SECONDS", help="with --cache: how long"

@@ -37,20 +37,22 @@ def add_endpoints_parser(commands: Any) -> None:
     serve = actions.add_parser("serve", help="deploy the notebook's API and start it")
     serve.add_argument("notebook", help="a notebook path, s3:// URI or URL")
     serve.add_argument("--name", required=True, help="the API's name (its deployment's)")
-    serve.add_argument("--port", type=int, default=8890, help="default: 8890")
-    serve.add_argument("--ip", default="127.0.0.1", help="the address to bind (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8890, help="the port to serve on")
+    serve.add_argument("--ip", default="127.0.0.1", help="the address to bind")
     auth = serve.add_mutually_exclusive_group(required=True)
     auth.add_argument(
         "--auth-secret", metavar="BLOCK", help="a Prefect Secret block holding the password"
     )
     auth.add_argument("--no-auth", action="store_true", help="serve without auth")
-    serve.add_argument("--user", default="nbjobs", help="basic-auth user name (nbjobs)")
+    serve.add_argument("--user", default="nbjobs", help="basic-auth user name")
     serve.add_argument("--prespawn", type=int, metavar="N", help="kernels started ahead")
     serve.add_argument("--allow-origin", help="CORS Access-Control-Allow-Origin")
     serve.add_argument("--base-url", help="a path prefix for every endpoint")
     serve.add_argument("--kernel", help="kernel name (default: the notebook's)")
     for action in ("stop", "restart", "status"):
-        actions.add_parser(action, help=f"{action} the API").add_argument("name")
+        actions.add_parser(action, help=f"{action} the API").add_argument(
+            "name", help="the API's name, as given to `nbjobs endpoints serve --name`"
+        )
     deploy = actions.add_parser(
         "deploy", help="one deployment per endpoint (endpoint/post-echo): each call a tracked run"
     )

@@ -69,7 +69,12 @@ def add_papermill_options(run: argparse.ArgumentParser) -> None:
         default=False,
         help="write OUTPUT with the parameters injected, without running it",
     )
-    run.add_argument("--prepare-execute", dest="prepare_only", action="store_false")
+    run.add_argument(
+        "--prepare-execute",
+        dest="prepare_only",
+        action="store_false",
+        help="run the notebook (the default; undoes --prepare-only)",
+    )
     run.add_argument("--stdout-file", metavar="FILE", help="write the notebook's stdout to FILE")
     run.add_argument("--stderr-file", metavar="FILE", help="write the notebook's stderr to FILE")
     run.add_argument(
@@ -78,7 +83,12 @@ def add_papermill_options(run: argparse.ArgumentParser) -> None:
         default=None,
         help="the cell progress bar on stderr (default: on a terminal)",
     )
-    run.add_argument("--no-log-output", dest="verbose", action="store_false")
+    run.add_argument(
+        "--no-log-output",
+        dest="verbose",
+        action="store_false",
+        help="do not show the run's log (the default; undoes --log-output)",
+    )
     run.add_argument(
         "--log-level",
         type=str.upper,

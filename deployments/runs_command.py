@@ -39,7 +39,7 @@ def add_runs_parser(commands: Any) -> None:
         type=int,
         default=DEFAULT_LAST,
         metavar="N",
-        help=f"runs shown (default {DEFAULT_LAST})",
+        help="runs shown (default %(default)s)",
     )
     runs.add_argument("--json", action="store_true", help="the runs as JSON, newest first")
     runs.add_argument(

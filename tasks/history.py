@@ -193,14 +193,24 @@ async def read_history(label: str, runs: int = HISTORY_RUNS) -> list[HistoryRun]
                 parameters=set_values if isinstance(set_values, dict) else {},
                 seconds=_seconds(flow_run),
                 outputs=outputs.get(str(flow_run.id), {}),
-                error=(state.message or None)
-                if state is not None and status not in SUCCEEDED
-                else None,
+                error=_failure(state) if status not in SUCCEEDED else None,
                 scheduled=flow_run.expected_start_time,
                 zone=zones.get(str(flow_run.deployment_id)),
             )
         )
     return found
+
+
+# Prefect's words before the error of a flow that raised (a run refused before any kernel)
+ENGINE_PREFIX = "Flow run encountered an exception: "
+
+
+def _failure(state: Any) -> str | None:
+    """What a run that did not succeed says about it: its state's message, without the
+    engine's preamble (``UnknownKernelError: kernel 'julia-9' is not installed...``)."""
+    if state is None or not state.message:
+        return None
+    return str(state.message).removeprefix(ENGINE_PREFIX) or None
 
 
 def _schedule_zone(deployment: Any) -> str | None:

@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notebook_jobs.tasks.engine.run_context import tick_text
-from tests.conftest import DATA, EXAMPLES
-from tests.deployments.conftest import BIN, ROOT, HTTPStack, Local
+from tests.conftest import DATA
+from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.processes import stop
 
 SERIES = str(DATA / "series.ipynb")
@@ -389,35 +389,6 @@ def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
     label = "series"
     history = http_stack.api.request("GET", f"/artifacts/{label}-history/latest").json()["data"]
     assert "catch-up none runs no missed tick" in history
-
-
-def test_the_readmes_schedule_and_backfill_on_the_local_server(local: Local) -> None:
-    """The README's commands on the embedded default: a weekday cron in Europe/Berlin, a
-    week backfilled through the local worker (started at once over its socket)."""
-    name = f"daily-{uuid.uuid4().hex[:6]}"
-    done = local.nbjobs(
-        "deploy", str(EXAMPLES / "daily.ipynb"), "--name", name, "--cron", "0 6 * * 1-5",
-        "--timezone", "Europe/Berlin",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "schedule: 0 6 * * 1-5 (Europe/Berlin)" in done.stdout
-    assert "overlap:  both run (--on-overlap to choose); missed ticks: all run" in done.stdout
-    week = ("--start", "2026-01-03", "--end", "2026-01-11")  # Saturday to Sunday
-    done = local.nbjobs("backfill", name, *week, "--max-concurrency", "2")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 ticks from 2026-01-05 06:00 to 2026-01-09 06:00 (Europe/Berlin), 5 to run" in (
-        done.stdout
-    )
-    assert "5 runs in" in done.stdout and "5 completed" in done.stdout
-    listed = local.nbjobs("runs", "daily", "--last", "5")
-    assert listed.returncode == 0, listed.stderr
-    header, *rows = listed.stdout.splitlines()[1:]
-    assert header.split()[:2] == ["for", "started"]
-    ticks = sorted(" ".join(row.split()[:2]) for row in rows)
-    assert ticks == [f"2026-01-{day:02d} 06:00" for day in range(5, 10)], listed.stdout
-    again = local.nbjobs("backfill", name, *week, "--dry-run")
-    assert again.returncode == 0 and "0 to run" in again.stdout, again.stdout
-    assert again.stdout.count("has a run: completed") == 5
 
 
 def test_an_interrupted_backfill_leaves_its_runs_going_and_says_how_to_cancel_them(
