@@ -11,13 +11,13 @@ Example:
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from notebook_jobs.blocks.exceptions import SlurmClusterError
+from notebook_jobs.blocks.sbatch import directive_value
 from notebook_jobs.blocks.store import validation_error
 
 
@@ -98,17 +98,6 @@ class SlurmCluster(Block):
         if self.container_runtime and not self.container_image:
             raise ValueError("container_runtime is set but container_image is not")
         return self
-
-
-DIRECTIVE_VALUE = re.compile(r"[\w@%:/.,=+-]+")
-
-
-def directive_value(what: str, value: str) -> str:
-    """``value``, if an ``#SBATCH`` line can carry it; else ValueError naming ``what``."""
-    # sbatch reads #SBATCH lines itself, not through a shell: no quoting to rely on.
-    if not DIRECTIVE_VALUE.fullmatch(value):
-        raise ValueError(f"{what} {value!r} has characters an #SBATCH line cannot carry")
-    return value
 
 
 async def load_cluster(name: str) -> SlurmCluster:

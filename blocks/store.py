@@ -21,8 +21,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
-import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,8 +30,10 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 from pydantic import ValidationError
 
-from notebook_jobs.blocks.exceptions import ArtefactStoreError, RequestTooLargeError
+from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.local_links import signed_link
+from notebook_jobs.blocks.s3 import parse_s3_uri
 from notebook_jobs.blocks.settings import (
     BARE_BLOCK_NAME,
     BLOCK_SPEC,
@@ -42,43 +42,11 @@ from notebook_jobs.blocks.settings import (
 )
 
 PRESIGNED_LINK_EXPIRY_SECONDS = 7 * 24 * 3600
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+@-]")
 
 
 def default_store_path() -> Path:
     """The embedded default artefact folder: ``$NBJOBS_HOME/artefacts`` (``~/.nbjobs``)."""
     return (nbjobs_home() / "artefacts").resolve()
-
-
-def safe_key(*parts: str) -> str:
-    """Join key parts into a relative POSIX key that cannot escape its prefix.
-
-    Each part may itself contain ``/``. Empty, ``.`` and ``..`` segments are
-    dropped, absolute paths lose their root, and characters outside a small safe
-    set become ``_`` (unicode is NFKC-normalised first), so a notebook name or a
-    file a notebook wrote can never address anything above the run's prefix.
-
-    Args:
-        *parts: Key fragments, e.g. a run prefix and a relative file path.
-
-    Returns:
-        The joined key, never empty, never starting with ``/``.
-
-    Example:
-        >>> safe_key("run/1", "../../etc/passwd")
-        'run/1/etc/passwd'
-    """
-    segments: list[str] = []
-    for part in parts:
-        for raw in str(part).replace("\\", "/").split("/"):
-            segment = unicodedata.normalize("NFKC", raw).strip()
-            segment = _UNSAFE_CHARS.sub("_", segment)
-            if segment in ("", ".", "..") or set(segment) == {"."}:
-                continue
-            segments.append(segment[:200])
-    if not segments:
-        raise ArtefactStoreError("artefact key is empty after sanitising")
-    return "/".join(segments)
 
 
 def _io(filesystem: LocalFileSystem | S3Bucket) -> Any:
@@ -199,14 +167,6 @@ def _s3_bucket(bucket: str, folder: str) -> S3Bucket:
     return S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=credentials)
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/key`` into ``("bucket", "some/key")``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ArtefactStoreError(f"not an s3:// URI: {uri!r}", store=uri)
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
 def validation_error(error: BaseException) -> str | None:
     """What a saved block's invalid values are, if that is why it could not be loaded.
 
@@ -291,35 +251,4 @@ def open_store(spec: str | None = None) -> ArtefactStore:
     return ArtefactStore(spec, LocalFileSystem(basepath=str(path)))
 
 
-def read_s3_object(uri: str, max_bytes: int | None = None) -> bytes:
-    """Read one object named by an ``s3://bucket/key`` URI (used to fetch notebooks).
-
-    Raises:
-        RequestTooLargeError: The object is over ``max_bytes`` (asked before reading it).
-    """
-    bucket, key = parse_s3_uri(uri)
-    fs = _s3_bucket(bucket, "")
-    if max_bytes is not None:
-        head = fs.credentials.get_s3_client().head_object(Bucket=bucket, Key=key)
-        if head["ContentLength"] > max_bytes:
-            raise RequestTooLargeError(f"the notebook {uri}", head["ContentLength"], max_bytes)
-    data: bytes = _io(fs).read_path(key, _sync=True)
-    return data
-
-
-def write_s3_object(uri: str, data: bytes) -> None:
-    """Write one object named by an ``s3://bucket/key`` URI (``nbjobs run``'s OUTPUT)."""
-    bucket, key = parse_s3_uri(uri)
-    _io(_s3_bucket(bucket, "")).write_path(key, data, _sync=True)
-
-
-__all__ = [
-    "ArtefactStore",
-    "default_store_path",
-    "nbjobs_home",
-    "open_store",
-    "parse_s3_uri",
-    "read_s3_object",
-    "safe_key",
-    "write_s3_object",
-]
+__all__ = ["ArtefactStore", "default_store_path", "open_store"]

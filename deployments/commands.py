@@ -15,9 +15,10 @@ from prefect.logging import get_logger
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
 
 from notebook_jobs.blocks.exceptions import UnknownParameterError
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.slurm import SlurmCluster
-from notebook_jobs.blocks.store import open_store, safe_key
+from notebook_jobs.blocks.store import open_store
 from notebook_jobs.deployments.definitions import (
     POOL_NAME,
     apply_spec,

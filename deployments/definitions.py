@@ -44,9 +44,7 @@ from notebook_jobs.tasks.engine.secrets import SECRET_KEY, reference, secret_dec
 POOL_NAME = "notebook-jobs"
 GENERAL_DEPLOYMENT = "adhoc"
 ENTRYPOINT = "notebook_jobs.flows.run_notebook.run_notebook"
-# what deployments made before the package had one name of its own point at: the
-# worker runs them as it runs ENTRYPOINT (the flow itself, in its own process)
-ENTRYPOINTS = frozenset({ENTRYPOINT, "flows.run_notebook.run_notebook"})
+ENTRYPOINTS = frozenset({ENTRYPOINT})
 # the notebook endpoints' gateway: a long run, cancelled to stop it (flows/serve_endpoints.py)
 ENDPOINTS_ENTRYPOINT = "notebook_jobs.flows.serve_endpoints.run_endpoints"
 # one call of one endpoint as a job (flows/run_endpoint.py)

@@ -262,7 +262,7 @@ def write_target(target: str, data: bytes) -> None:
         sys.stdout.flush()
         return
     if target.startswith("s3://"):
-        from notebook_jobs.blocks.store import write_s3_object  # boto3: only for an S3 OUTPUT
+        from notebook_jobs.blocks.s3 import write_s3_object  # boto3: only for an S3 OUTPUT
 
         write_s3_object(target, data)
         return

@@ -114,7 +114,11 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
         worker_name: str | None = None,
         worker_id: Any = None,
     ) -> None:
-        if deployment is not None and deployment.entrypoint in IN_PROCESS_ENTRYPOINTS:
+        if (
+            deployment is not None
+            and deployment.entrypoint in IN_PROCESS_ENTRYPOINTS
+            and not deployment.pull_steps
+        ):
             return
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
@@ -136,7 +140,9 @@ class InProcessWorker(ProcessWorker):
         if key not in self._entrypoints:
             async with get_client() as client:
                 deployment = await client.read_deployment(flow_run.deployment_id)  # type: ignore[arg-type]
-            self._entrypoints[key] = deployment.entrypoint
+            # a deployment with pull steps (prefect.yaml's git_clone) runs where they put
+            # it: in a subprocess, as Prefect's process worker runs it
+            self._entrypoints[key] = None if deployment.pull_steps else deployment.entrypoint
         return self._entrypoints[key]
 
     async def submit_now(self, run_id: str) -> None:

@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 )
 
 from notebook_jobs.blocks.exceptions import NotebookNotFoundError
-from notebook_jobs.blocks.store import read_s3_object
+from notebook_jobs.blocks.s3 import read_s3_object
 from notebook_jobs.flows.run_labels import (
     COMMON_TAG,
     ID_CHARS,

@@ -22,8 +22,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.store import ArtefactStore, safe_key
+from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.flows.deployment_rules import RunOrigin
 from notebook_jobs.flows.run_labels import (
     failure_tag,

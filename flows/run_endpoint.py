@@ -21,7 +21,8 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.runtime import flow_run
 
 from notebook_jobs.blocks.exceptions import FixedParameterError, NotebookRunError
-from notebook_jobs.blocks.store import open_store, safe_key
+from notebook_jobs.blocks.keys import safe_key
+from notebook_jobs.blocks.store import open_store
 from notebook_jobs.flows.deployment_rules import run_deployment
 from notebook_jobs.tasks.engine.endpoints import endpoint_notebook, find_endpoint
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook

@@ -29,8 +29,9 @@ from notebook_jobs.blocks.exceptions import (
     SlurmSubmissionError,
     WorkingFolderError,
 )
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.slurm import load_cluster
-from notebook_jobs.blocks.store import open_store, safe_key
+from notebook_jobs.blocks.store import open_store
 from notebook_jobs.flows import log_filters
 from notebook_jobs.flows.deployment_rules import (
     RunOrigin,

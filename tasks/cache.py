@@ -19,7 +19,8 @@ from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
-from notebook_jobs.blocks.store import ArtefactStore, safe_key
+from notebook_jobs.blocks.keys import safe_key
+from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.tasks.engine.cache_key import (
     cache_key,
     code_sources,

@@ -25,8 +25,8 @@ from notebook_jobs.blocks.exceptions import (
     WorkingFolderError,
 )
 from notebook_jobs.blocks.retry import retry_busy
+from notebook_jobs.blocks.s3 import read_s3_object
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.store import read_s3_object
 
 HTTP_FETCH_TIMEOUT_SECONDS = 30.0
 HTTP_FETCH_ATTEMPTS = 5

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.settings import nbjobs_home
-from notebook_jobs.blocks.store import safe_key
 
 INPUT_NAME = "input.ipynb"
 STAGED_NAME = "staged.ipynb"

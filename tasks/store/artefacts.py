@@ -18,7 +18,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
-from notebook_jobs.blocks.store import ArtefactStore, safe_key
+from notebook_jobs.blocks.keys import safe_key
+from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.tasks.engine.layout import (
     DISPLAYS_FOLDER,
     EXECUTED_NAME,

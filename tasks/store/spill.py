@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from notebook_jobs.blocks.store import safe_key
+from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.tasks.engine.layout import (
     MAIN_ARTEFACTS,
     RESULT_NAME,

@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookExecutionError
-from notebook_jobs.blocks.store import default_store_path, open_store, safe_key
+from notebook_jobs.blocks.keys import safe_key
+from notebook_jobs.blocks.store import default_store_path, open_store
 
 
 @pytest.mark.parametrize(

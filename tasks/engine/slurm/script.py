@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from notebook_jobs.blocks.slurm import SlurmCluster, directive_value
+from notebook_jobs.blocks.sbatch import directive_value
+
+if TYPE_CHECKING:  # a Prefect block: the job on the node imports no Prefect
+    from notebook_jobs.blocks.slurm import SlurmCluster
 
 JOB_MODULE = "notebook_jobs.tasks.engine.slurm.job"
 

@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
-from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.cells import CellEvent, EventCallback, clear_outputs
 from notebook_jobs.tasks.engine.layout import (
     EVENTS_NAME,
@@ -42,6 +41,9 @@ from notebook_jobs.tasks.models import (
     RunStatus,
     SlurmInfo,
 )
+
+if TYPE_CHECKING:  # a Prefect block: the job on the node imports no Prefect
+    from notebook_jobs.blocks.slurm import SlurmCluster
 
 STDERR_TAIL_LINES = 30
 # A job no command knows (sacct, squeue, scontrol) and that left no report of its own
