@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BIN, ROOT
-from notebook_jobs.deployments.api import APIError, PrefectHTTP
+from notebook_jobs.blocks.exceptions import APIError
+from notebook_jobs.deployments.api import PrefectHTTP
 
 NOTEBOOK = ROOT / "examples" / "report.ipynb"
 NBJOBS = str(BIN / "nbjobs")

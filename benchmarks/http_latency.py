@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import BIN, postgres_url, prefect_server, spread  # noqa: E402
-from notebook_jobs.deployments.api import APIError, PrefectHTTP  # noqa: E402
+from notebook_jobs.blocks.exceptions import APIError  # noqa: E402
+from notebook_jobs.deployments.api import PrefectHTTP  # noqa: E402
 from tests.processes import stop  # noqa: E402
 
 NOTEBOOK = ROOT / "tests" / "data" / "trivial.ipynb"

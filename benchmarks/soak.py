@@ -54,7 +54,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from notebook_jobs.deployments.api import APIError, PrefectHTTP  # noqa: E402
+from notebook_jobs.blocks.exceptions import APIError  # noqa: E402
+from notebook_jobs.deployments.api import PrefectHTTP  # noqa: E402
 from notebook_jobs.deployments.processes import wait_for  # noqa: E402
 from tests.processes import free_port, start_prefect_server, stop  # noqa: E402
 

@@ -17,7 +17,8 @@ base class, or the branch they care about::
     │   ├── FixedParameterError       a caller set what the deployment fixes
     │   ├── SecretParameterError      a secret reference names no Secret block, or a
     │   │                             parameter declared secret was sent as a value
-    │   └── AlertConditionError       an alert's condition cannot be read
+    │   ├── AlertConditionError       an alert's condition cannot be read
+    │   └── OptionError               a command-line option that cannot work as given
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
@@ -28,6 +29,8 @@ base class, or the branch they care about::
     ├── ArtefactStoreError            the store is unreachable or refused a write
     ├── LocalServerError              the local Prefect server or its worker cannot start
     ├── EndpointServerError           the endpoints' Kernel Gateway stopped or never listened
+    ├── ForkServerError               the fork server cannot fork (the kernel is spawned)
+    ├── APIError                      Prefect's API refused, or did not answer in time
     ├── SettingsError                 an NBJOBS_* variable holds a value it cannot take
     └── SlurmError
         ├── SlurmSubmissionError      sbatch/sacct unreachable or refused the job
@@ -56,7 +59,7 @@ class NotebookJobError(Exception):
 # --- bad input ------------------------------------------------------------------
 
 
-class NotebookInputError(NotebookJobError, ValueError):
+class NotebookInputError(NotebookJobError):
     """The request cannot run as given; nothing was executed."""
 
 
@@ -174,6 +177,11 @@ class AlertConditionError(NotebookInputError):
     def __init__(self, message: str, *, condition: str) -> None:
         super().__init__(message)
         self.condition = condition
+
+
+class OptionError(NotebookInputError):
+    """A command-line option that cannot work as given (a YAML value that does not
+    parse, two options that exclude each other); said in one line before any run."""
 
 
 # --- a kernel ran ----------------------------------------------------------------
@@ -323,7 +331,35 @@ class EndpointServerError(NotebookJobError):
         self.output = output
 
 
-class SettingsError(NotebookJobError, ValueError):
+class ForkServerError(NotebookJobError):
+    """The fork server could not start, or could not fork a kernel: the kernel is
+    started the usual way instead, so a run never fails for it."""
+
+
+class APIError(NotebookJobError):
+    """Prefect's API answered with an error status (after retries), or could not be reached.
+
+    Attributes:
+        status_code: The HTTP status, or ``None`` when nothing answered.
+        body: The response body (Prefect's ``detail``), if any.
+        again: Asking again may succeed, and cannot do anything twice.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        again: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.again = again
+
+
+class SettingsError(NotebookJobError):
     """An ``NBJOBS_*`` environment variable holds a value its setting cannot take.
 
     Attributes:

@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from notebook_jobs.blocks.exceptions import APIError
 from notebook_jobs.blocks.retry import BUSY_STATUSES
 from notebook_jobs.blocks.settings import settings
 
@@ -40,28 +41,6 @@ POLL_INTERVAL_SECONDS = 0.5
 # keep-alive connections after PREFECT_SERVER_API_KEEPALIVE_TIMEOUT (5 s by default)
 KEEPALIVE_SECONDS = 2.0
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
-
-
-class APIError(Exception):
-    """Prefect's API answered with an error status (after retries), or could not be reached.
-
-    Attributes:
-        status_code: The HTTP status, or ``None`` when nothing answered.
-        body: The response body (Prefect's ``detail``), if any.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        body: str = "",
-        again: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.body = body
-        self.again = again  # asking again may succeed, and cannot do anything twice
 
 
 @dataclass

@@ -32,8 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from notebook_jobs.blocks.exceptions import NotebookInputError
-from notebook_jobs.deployments.api import FINAL_STATES, APIError, PrefectHTTP
+from notebook_jobs.blocks.exceptions import APIError, NotebookInputError
+from notebook_jobs.deployments.api import FINAL_STATES, PrefectHTTP
 from notebook_jobs.deployments.backfill_plan import (
     GOING,
     Tick,

@@ -35,6 +35,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from notebook_jobs.blocks.exceptions import NotebookInputError, OptionError
 from notebook_jobs.deployments.cli_parser import build_parser
 from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
@@ -62,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script."""
     args = build_parser().parse_args(argv)
     from notebook_jobs.blocks.exceptions import (
+        APIError,
         EndpointServerError,
         LocalServerError,
         NotebookInputError,
         SettingsError,
     )
-    from notebook_jobs.deployments.api import APIError
 
     try:
         return _dispatch(args)
@@ -172,7 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 from notebook_jobs.deployments.papermill_cli import prepare
 
                 args.parameter_values = prepare(args, args.parameter_values)
-        except ValueError as error:  # OptionError too
+        except NotebookInputError as error:  # an option, a secret sent as a value...
             print(f"nbjobs: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.command == "run" and args.help_notebook:
@@ -222,7 +223,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _prepare_only(args: argparse.Namespace) -> int:
     """``--prepare-only``: OUTPUT gets the parameterised notebook; nothing runs."""
-    from notebook_jobs.blocks.exceptions import NotebookInputError
     from notebook_jobs.deployments.papermill_cli import prepare_only
     from notebook_jobs.deployments.report import notes_hidden, print_notes
 
@@ -250,7 +250,6 @@ def _retry_uploads() -> int:
 async def _diff(args: argparse.Namespace) -> int:
     import json
 
-    from notebook_jobs.blocks.exceptions import NotebookInputError
     from notebook_jobs.tasks.engine.compare import comparison_markdown
 
     if any(not ref.endswith(".json") for ref in (args.run_a, args.run_b)):
@@ -267,7 +266,7 @@ async def _diff(args: argparse.Namespace) -> int:
 
 
 async def _deploy(args: argparse.Namespace) -> int:
-    from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from notebook_jobs.blocks.exceptions import ArtefactStoreError
     from notebook_jobs.deployments.commands import deploy_notebook
     from notebook_jobs.tasks.engine.run_context import duration_seconds
 
@@ -329,7 +328,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The command line's parameters, as papermill reads them.
 
     Raises:
-        ValueError: A -y/-f/-b value cannot be read, or a value cannot travel as JSON.
+        OptionError: A -y/-f/-b value cannot be read, or a value cannot travel as JSON.
     """
     from notebook_jobs.deployments.papermill_args import read_parameters
 
@@ -344,7 +343,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
         parameters[name] = {"$secret": block}  # tasks/engine/secrets.py: a reference
     for name, value in parameters.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(
+            raise OptionError(
                 f"parameter {name!r} is {value}: papermill would inject float({str(value)!r}), "
                 "but NaN and infinity cannot travel as JSON to the run yet; "
                 f"-r {name} {value} passes the string"
@@ -355,7 +354,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> int:
     from prefect import tags
 
-    from notebook_jobs.blocks.exceptions import ArtefactStoreError, NotebookInputError
+    from notebook_jobs.blocks.exceptions import ArtefactStoreError
     from notebook_jobs.deployments.client_run import flow_parameters
     from notebook_jobs.deployments.papermill_cli import wants_progress_bar
     from notebook_jobs.deployments.progress import CellProgressBar

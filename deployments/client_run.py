@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from notebook_jobs.blocks import exceptions
-from notebook_jobs.blocks.exceptions import LocalServerError
+from notebook_jobs.blocks.exceptions import APIError, LocalServerError
 from notebook_jobs.blocks.settings import DEFAULT_STORE_ENV, absolute_store
-from notebook_jobs.deployments.api import FINAL_STATES, APIError, PrefectHTTP
+from notebook_jobs.deployments.api import FINAL_STATES, PrefectHTTP
 from notebook_jobs.deployments.exit_codes import (
     EXIT_INTERRUPTED,
 )

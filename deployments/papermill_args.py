@@ -15,6 +15,8 @@ import base64
 from pathlib import Path
 from typing import Any, ClassVar
 
+from notebook_jobs.blocks.exceptions import OptionError
+
 
 def resolve_type(value: str) -> Any:
     """A ``-p`` value as papermill reads it.
@@ -55,11 +57,11 @@ def _load_yaml(text: str | bytes, origin: str) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ValueError(f"{origin} is not valid YAML: {problem}{where}") from error
+        raise OptionError(f"{origin} is not valid YAML: {problem}{where}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{origin} must be a YAML mapping of names to values")
+        raise OptionError(f"{origin} must be a YAML mapping of names to values")
     return loaded
 
 
@@ -84,7 +86,7 @@ def read_parameters(
         The merged parameters.
 
     Raises:
-        ValueError: A YAML text, file or base64 value that cannot be read (the
+        OptionError: A YAML text, file or base64 value that cannot be read (the
             message says which).
     """
     merged: dict[str, Any] = {}
@@ -92,13 +94,13 @@ def read_parameters(
         try:
             decoded = base64.b64decode(text, validate=True)
         except ValueError as error:
-            raise ValueError(f"-b {text[:40]!r} is not base64: {error}") from error
+            raise OptionError(f"-b {text[:40]!r} is not base64: {error}") from error
         merged.update(_load_yaml(decoded, f"-b {text[:40]!r}"))
     for name in f or []:
         try:
             content = Path(name).expanduser().read_text()
         except OSError as error:
-            raise ValueError(f"-f {name}: {error.strerror or error}") from error
+            raise OptionError(f"-f {name}: {error.strerror or error}") from error
         merged.update(_load_yaml(content, f"-f {name}"))
     for text in y or []:
         merged.update(_load_yaml(text, f"-y {text[:40]!r}"))

@@ -22,12 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from notebook_jobs.blocks.exceptions import OptionError
+
 LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENGINES = ("nbclient",)  # papermill's default engine, the one we run
-
-
-class OptionError(ValueError):
-    """An option that cannot work as given; said in one line before any run starts."""
 
 
 def add_papermill_options(run: argparse.ArgumentParser) -> None:

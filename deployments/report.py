@@ -12,7 +12,8 @@ import sys
 from typing import Any, TextIO
 
 from notebook_jobs.blocks import exceptions
-from notebook_jobs.deployments.api import APIError, fetch
+from notebook_jobs.blocks.exceptions import APIError
+from notebook_jobs.deployments.api import fetch
 from notebook_jobs.deployments.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,

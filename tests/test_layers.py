@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,38 @@ print(json.dumps(ours))
     assert [name for name, _ in ours if not name.startswith("notebook_jobs")] == []
     files = [file for _, file in ours]
     assert len(files) == len(set(files)), "a file loaded under two names"
+
+
+@pytest.mark.unit
+def test_the_error_tree_is_closed() -> None:
+    """Every exception class of ours is a ``NotebookJobError`` drawn in the tree, and none is
+    a ``ValueError`` or ``RuntimeError``, so that an ``except ValueError`` around a parse
+    never catches one of ours by accident (a timeout is also a ``TimeoutError``, on purpose)."""
+    import importlib
+    import inspect
+
+    from notebook_jobs.blocks import exceptions
+
+    defined = []
+    for layer in LAYERS:
+        for path in _modules(layer):
+            name = ".".join(("notebook_jobs", *path.relative_to(ROOT).with_suffix("").parts))
+            module = importlib.import_module(name.removesuffix(".__init__"))
+            defined += [
+                cls
+                for _, cls in inspect.getmembers(module, inspect.isclass)
+                if issubclass(cls, BaseException) and cls.__module__ == module.__name__
+            ]
+    assert len(defined) > 30
+    assert [c.__name__ for c in defined if not issubclass(c, exceptions.NotebookJobError)] == []
+    assert {c.__module__ for c in defined} == {"notebook_jobs.blocks.exceptions"}
+    builtin = [
+        f"{c.__name__} is a {base.__name__}"
+        for c in defined
+        for base in (ValueError, RuntimeError, TypeError, KeyError, OSError)
+        if issubclass(c, base) and not (base is OSError and issubclass(c, TimeoutError))
+    ]
+    assert builtin == []
+    tree = exceptions.__doc__ or ""
+    drawn = set(re.findall(r"(?:──|^\s*)\s*(\w+Error)\b", tree, flags=re.MULTILINE))
+    assert {c.__name__ for c in defined} == drawn

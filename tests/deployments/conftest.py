@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from notebook_jobs.blocks.exceptions import LocalServerError
-from notebook_jobs.deployments.api import APIError, PrefectHTTP, auth_header
+from notebook_jobs.blocks.exceptions import APIError, LocalServerError
+from notebook_jobs.deployments.api import PrefectHTTP, auth_header
 from notebook_jobs.deployments.processes import wait_for
 from tests.conftest import service
 from tests.processes import free_port, start_prefect_server, stop

@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from notebook_jobs.deployments.api import APIError, PrefectHTTP
+from notebook_jobs.blocks.exceptions import APIError
+from notebook_jobs.deployments.api import PrefectHTTP
 
 
 def test_a_post_on_a_connection_the_server_closed_is_sent_on_a_new_one() -> None:

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from notebook_jobs.deployments.api import APIError
+from notebook_jobs.blocks.exceptions import APIError
 from tests.conftest import DATA
 from tests.deployments.conftest import BIN, ROOT, HTTPStack
 from tests.deployments.test_http import artifacts

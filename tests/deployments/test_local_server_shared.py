@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from notebook_jobs.deployments.api import APIError
+from notebook_jobs.blocks.exceptions import APIError
 from tests.conftest import DATA, EXAMPLES
 from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean_env
 

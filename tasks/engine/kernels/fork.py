@@ -36,10 +36,10 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from notebook_jobs.blocks.exceptions import ForkServerError
 from notebook_jobs.tasks.engine.kernels.fork_servers import (
     CONNECTION_FILE,
     ForkServer,
-    ForkServerError,
     ForkServers,
     fork_plan,
     log,
@@ -47,7 +47,6 @@ from notebook_jobs.tasks.engine.kernels.fork_servers import (
 
 __all__ = [
     "ForkServer",
-    "ForkServerError",
     "ForkServers",
     "ForkingProvisioner",
     "fork_plan",

@@ -31,14 +31,12 @@ from typing import IO, Any
 import psutil
 from jupyter_client.connect import KernelConnectionInfo, write_connection_file
 
+from notebook_jobs.blocks.exceptions import ForkServerError
+
 FORK_SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
 FORK_SERVER_STARTUP_TIMEOUT_SECONDS = 60
 
 log = logging.getLogger("nbjobs.kernel_fork")
-
-
-class ForkServerError(RuntimeError):
-    """The fork server could not be started or could not fork a kernel."""
 
 
 def fork_plan(cmd: list[str]) -> tuple[str, list[str]] | None:
