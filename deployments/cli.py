@@ -166,16 +166,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc)
             )
         return EXIT_OK
-    if args.command in ("run", "deploy"):
-        try:
-            args.parameter_values = _request_parameters(args)
-            if args.command == "run":
-                from notebook_jobs.deployments.papermill_cli import prepare
+    if args.command in ("run", "deploy"):  # a bad option or value: main() says so, exit 2
+        args.parameter_values = _request_parameters(args)
+        if args.command == "run":
+            from notebook_jobs.deployments.papermill_cli import prepare
 
-                args.parameter_values = prepare(args, args.parameter_values)
-        except NotebookInputError as error:  # an option, a secret sent as a value...
-            print(f"nbjobs: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            args.parameter_values = prepare(args, args.parameter_values)
     if args.command == "run" and args.help_notebook:
         from notebook_jobs.deployments.light_commands import inspect_command
 
