@@ -264,45 +264,33 @@ async def _diff(args: argparse.Namespace) -> int:
 async def _deploy(args: argparse.Namespace) -> int:
     from notebook_jobs.blocks.exceptions import ArtefactStoreError
     from notebook_jobs.deployments.commands import deploy_notebook
+    from notebook_jobs.deployments.definitions import DeploymentOptions
     from notebook_jobs.tasks.engine.run_context import duration_seconds
 
-    scheduled = bool(args.cron or args.every)
     try:
         every = duration_seconds(args.every) if args.every else None
     except ValueError as error:
-        print(f"nbjobs: --every {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.on_overlap == "skip" and args.concurrency_limit:
-        print(
-            "nbjobs: --on-overlap skip skips a run while any earlier one runs; "
-            "leave out --concurrency-limit (or use --on-overlap queue with it)",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
+        raise OptionError(f"--every {error}") from None
+    options = DeploymentOptions(
+        defaults=args.parameter_values,
+        store=args.store,
+        fixed={
+            "kernel": args.kernel,
+            "cluster": args.cluster,
+            "cache": args.cache or None,
+            "cache_expiration_seconds": args.cache_expiration,
+        },
+        allow=tuple(name.strip() for name in args.allow.split(",") if name.strip()),
+        cron=args.cron,
+        interval_seconds=every,
+        timezone=args.timezone,
+        pool=args.pool,
+        concurrency_limit=args.concurrency_limit,
+        on_overlap=args.on_overlap,
+        catch_up=args.catch_up,
+    )
     try:
-        deployed = await deploy_notebook(
-            args.notebook,
-            name=args.name,
-            defaults=args.parameter_values,
-            store=args.store,
-            fixed={
-                "kernel": args.kernel,
-                "cluster": args.cluster,
-                "cache": args.cache or None,
-                "cache_expiration_seconds": args.cache_expiration,
-            },
-            allow=[name.strip() for name in args.allow.split(",") if name.strip()],
-            cron=args.cron,
-            interval_seconds=every,
-            timezone=args.timezone if scheduled else None,
-            pool=args.pool,
-            concurrency_limit=args.concurrency_limit,
-            on_overlap=args.on_overlap,
-            catch_up=args.catch_up,
-        )
-    except NotebookInputError as error:
-        print(f"nbjobs: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        deployed = await deploy_notebook(args.notebook, name=args.name, options=options)
     except ArtefactStoreError as error:
         print(f"nbjobs: {error}", file=sys.stderr)
         return EXIT_STORE_FAILED
@@ -311,7 +299,7 @@ async def _deploy(args: argparse.Namespace) -> int:
     print(f"  version  {deployed.version}")
     print(f"  notebook {deployed.notebook_uri}")
     print(f"  parameters: {names}")
-    if scheduled:
+    if options.scheduled:
         print(f"  schedule: {args.cron or 'every ' + args.every} ({args.timezone})")
         overlap = args.on_overlap or "both run (--on-overlap to choose)"
         print(f"  overlap:  {overlap}; missed ticks: {args.catch_up or 'all'} run")

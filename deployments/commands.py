@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,8 +21,8 @@ from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.blocks.store import open_store
 from notebook_jobs.deployments.definitions import (
     POOL_NAME,
+    DeploymentOptions,
     apply_spec,
-    check_allowed,
     content_hash,
     general_spec,
     notebook_spec,
@@ -52,37 +52,21 @@ class Deployed:
     parameters: list[dict[str, Any]]
 
 
-async def deploy_notebook(
-    notebook: str,
-    *,
-    name: str,
-    defaults: dict[str, Any] | None = None,
-    store: str | None = None,
-    fixed: dict[str, Any] | None = None,
-    allow: list[str] | None = None,
-    cron: str | None = None,
-    interval_seconds: float | None = None,
-    timezone: str | None = None,
-    pool: str = POOL_NAME,
-    concurrency_limit: int | None = None,
-    on_overlap: str | None = None,
-    catch_up: str | None = None,
-) -> Deployed:
+async def deploy_notebook(notebook: str, *, name: str, options: DeploymentOptions) -> Deployed:
     """Store the notebook under its content hash and create or update its deployment.
 
     Callers of the deployment send the notebook's parameters; every technical
-    parameter is fixed to ``store``, ``fixed`` or the flow's default, except the
-    names in ``allow`` (``definitions.notebook_spec``).
+    parameter is fixed to the options' ``store``, ``fixed`` or the flow's default, except
+    the names in ``allow`` (``definitions.notebook_spec``).
 
     Raises:
         NotebookInputError: The notebook cannot be read, or a default is not declared.
         ArtefactStoreError: The notebook could not be uploaded.
     """
-    check_allowed(list(allow or []))
     source = fetch_notebook_source(notebook)
     nb = parse_notebook(source)
     declared = declared_parameters(nb)
-    defaults = defaults or {}
+    defaults = options.defaults
     unknown = [key for key in defaults if key not in {p["name"] for p in declared}]
     if unknown:
         raise UnknownParameterError(unknown, [p["name"] for p in declared])
@@ -100,7 +84,7 @@ async def deploy_notebook(
         if defaults.get(asked) is None:
             defaults.pop(asked, None)
     digest = content_hash(source.data)
-    artefact_store = open_store(store)
+    artefact_store = open_store(options.store)
     key = safe_key("notebooks", digest, source.name)
     await asyncio.to_thread(artefact_store.put_bytes, key, source.data)
     uri = artefact_store.uri(key)
@@ -110,19 +94,10 @@ async def deploy_notebook(
         notebook_name=source.name,
         digest=digest,
         declared=declared,
-        defaults=defaults,
-        store=store,
-        fixed=fixed,
-        allow=allow,
-        cron=cron,
-        interval_seconds=interval_seconds,
-        timezone=timezone,
-        concurrency_limit=concurrency_limit,
-        on_overlap=on_overlap,
-        catch_up=catch_up,
+        options=replace(options, defaults=defaults),
     )
     async with get_client() as client:
-        deployment_id = await apply_spec(client, spec, pool)
+        deployment_id = await apply_spec(client, spec, options.pool)
     return Deployed(str(deployment_id), f"run-notebook/{name}", digest, uri, declared)
 
 

@@ -34,7 +34,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema as callable_parameter_schema
 
-from notebook_jobs.blocks.exceptions import NotebookInputError
+from notebook_jobs.blocks.exceptions import NotebookInputError, OptionError
 from notebook_jobs.flows.deployment_rules import ALLOW_TAG
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
 from notebook_jobs.flows.series import CATCH_UP_TAG, OVERLAP_TAG
@@ -135,6 +135,61 @@ def parameter_schema(
     }
 
 
+@dataclass(frozen=True)
+class DeploymentOptions:
+    """What a deployer chooses for one notebook's deployment: ``nbjobs deploy``'s options.
+
+    Attributes:
+        defaults: Defaults of the notebook's parameters (``-p``); the notebook's own
+            literal defaults are added when it is deployed.
+        store: Where the notebook and its runs' artefacts are stored.
+        fixed: Technical parameters set by the deployer (``kernel``, ``cluster``...);
+            callers cannot change them.
+        allow: Technical parameters callers may set (``timeout_seconds``...).
+        cron: A cron schedule, or ``interval_seconds``: an interval anchored at midnight.
+        timezone: The schedule's IANA time zone.
+        concurrency_limit: The most runs at the same time.
+        on_overlap: What a run does that starts while an earlier one runs: ``queue``
+            (waits), ``cancel-new`` (Cancelled by the server), ``skip`` (Cancelled by the
+            flow, naming the run still going); default: both run.
+        catch_up: Which ticks missed while no worker took runs still run: ``all``
+            (Prefect's behaviour, the default), ``latest``, ``none``.
+        pool: The process work pool its runs go to.
+
+    Raises:
+        OptionError: ``skip`` with a concurrency limit (a limit holds runs back; skip
+            ends them), or both a cron and an interval.
+        NotebookInputError: ``allow`` names what is not a technical parameter.
+    """
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    store: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    allow: tuple[str, ...] = ()
+    cron: str | None = None
+    interval_seconds: float | None = None
+    timezone: str | None = None
+    concurrency_limit: int | None = None
+    on_overlap: str | None = None
+    catch_up: str | None = None
+    pool: str = POOL_NAME
+
+    def __post_init__(self) -> None:
+        if self.on_overlap == "skip" and self.concurrency_limit:
+            raise OptionError(
+                "--on-overlap skip skips a run while any earlier one runs; leave out "
+                "--concurrency-limit (or use --on-overlap queue with it)"
+            )
+        if self.cron and self.interval_seconds:
+            raise OptionError("a schedule is a cron or an interval, not both")
+        check_allowed(list(self.allow))
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the deployment has a schedule."""
+        return bool(self.cron or self.interval_seconds)
+
+
 @dataclass
 class DeploymentSpec:
     """Everything needed to create or update one deployment of ``run-notebook``."""
@@ -206,44 +261,23 @@ def notebook_spec(
     notebook_name: str,
     digest: str,
     declared: list[dict[str, Any]],
-    defaults: dict[str, Any] | None = None,
-    store: str | None = None,
-    fixed: dict[str, Any] | None = None,
-    allow: list[str] | None = None,
-    cron: str | None = None,
-    interval_seconds: float | None = None,
-    timezone: str | None = None,
-    concurrency_limit: int | None = None,
-    on_overlap: str | None = None,
-    catch_up: str | None = None,
+    options: DeploymentOptions,
 ) -> DeploymentSpec:
     """A deployment for one stored notebook, its parameters cell as a typed schema.
-
-    Args:
-        on_overlap: What a run does that starts while an earlier one runs: ``queue``
-            (waits), ``cancel-new`` (Cancelled by the server), ``skip`` (Cancelled by
-            the flow, naming the run still going); default: both run.
-        catch_up: Which ticks missed while no worker took runs still run: ``all``
-            (Prefect's behaviour, the default), ``latest``, ``none``.
-        fixed: Technical parameters set by the deployer (``kernel``, ``cluster``...);
-            ``store`` too. Callers cannot change them.
-        allow: Technical parameters callers may set (``timeout_seconds``...); the
-            schema shows them, validated as the flow's signature types them.
 
     The schema lists ``parameters`` and the opened names only, so the UI's form shows
     nothing else. What the deployment fixes is checked without being shown: any
     other name is refused (``propertyNames``), and a fixed value can only be sent
     unchanged (``const`` under ``allOf``). Both make the server answer HTTP 409.
     """
-    allow = list(allow or [])
-    check_allowed(allow)
+    allow, defaults = list(options.allow), options.defaults
     parameters: dict[str, Any] = {
         "notebook": notebook_uri,
-        "parameters": dict(defaults or {}),
-        **{key: value for key, value in (fixed or {}).items() if value is not None},
+        "parameters": dict(defaults),
+        **{key: value for key, value in options.fixed.items() if value is not None},
     }
-    if store:
-        parameters["store"] = store
+    if options.store:
+        parameters["store"] = options.store
     signature = flow_schema()
     properties: dict[str, Any] = {
         "parameters": {**parameter_schema(declared, defaults), "position": 0},
@@ -269,16 +303,20 @@ def notebook_spec(
             NOTEBOOK_TAG,
             f"notebook:{notebook_name.removesuffix('.ipynb')}",
             *(f"{ALLOW_TAG}{opened}" for opened in allow),
-            *([f"{OVERLAP_TAG}{on_overlap}"] if on_overlap else []),
-            *([f"{CATCH_UP_TAG}{catch_up}"] if catch_up and catch_up != "all" else []),
+            *([f"{OVERLAP_TAG}{options.on_overlap}"] if options.on_overlap else []),
+            *(
+                [f"{CATCH_UP_TAG}{options.catch_up}"]
+                if options.catch_up and options.catch_up != "all"
+                else []
+            ),
         ],
         version=digest,
-        cron=cron,
-        interval_seconds=interval_seconds,
-        timezone=timezone,
-        concurrency_limit=concurrency_limit,
-        on_overlap=on_overlap,
-        catch_up=catch_up,
+        cron=options.cron,
+        interval_seconds=options.interval_seconds,
+        timezone=options.timezone if options.scheduled else None,
+        concurrency_limit=options.concurrency_limit,
+        on_overlap=options.on_overlap,
+        catch_up=options.catch_up,
     )
 
 
