@@ -24,11 +24,12 @@ from notebook_jobs.deployments.exit_codes import EXIT_OK
 NOTIFY_CAPABILITY = "notify"
 
 
-def add_alert_parser(commands: Any) -> None:
+def add_parser(commands: Any) -> None:
     """``nbjobs alert add|list|remove``."""
     alert = commands.add_parser(
         "alert", help="alerts on a notebook's results: Prefect automations that notify"
     )
+    alert.set_defaults(handler=handle)
     actions = alert.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="notify when a condition holds for a run")
     add.add_argument("notebook", help="the notebook's name (daily-metrics), or its path")
@@ -194,4 +195,12 @@ async def _remove(args: argparse.Namespace) -> str:
 
 _ACTIONS = {"add": _add, "list": _list, "remove": _remove}
 
-__all__ = ["add_alert_parser", "alert_command", "alert_slug", "notification_text"]
+__all__ = ["add_parser", "alert_command", "alert_slug", "handle", "notification_text"]
+
+
+def handle(args: argparse.Namespace) -> int:
+    """``nbjobs alert``, on the local server when no Prefect server is configured."""
+    from notebook_jobs.deployments.cli.common import use_local_server
+
+    use_local_server()
+    return alert_command(args)

@@ -58,11 +58,12 @@ BACKFILL_TRIGGER = "trigger:backfill"
 BACKFILL_TAG = "backfill:"  # backfill:<id> on each run of one backfill
 
 
-def add_backfill_parser(commands: Any) -> None:
+def add_parser(commands: Any) -> None:
     backfill = commands.add_parser(
         "backfill",
         help="one run per tick of a deployment's schedule over past dates, each for its date",
     )
+    backfill.set_defaults(handler=handle)
     backfill.add_argument("deployment", help="the deployment: NAME or run-notebook/NAME")
     backfill.add_argument("--start", help="first date (or date and time), e.g. 2026-01-01")
     backfill.add_argument("--end", help="last date, included (or date and time), e.g. 2026-01-31")
@@ -401,4 +402,11 @@ def _secret(value: Any) -> str | None:
     return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
 
 
-__all__ = ["add_backfill_parser", "backfill_command", "cancel_backfill"]
+__all__ = ["add_parser", "backfill_command", "cancel_backfill", "handle"]
+
+
+def handle(args: argparse.Namespace) -> int:
+    """``nbjobs backfill``, on the local server when no Prefect server is configured."""
+    from notebook_jobs.deployments.cli.common import use_local_server
+
+    return backfill_command(args, use_local_server())

@@ -27,12 +27,13 @@ START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 60.0
 
 
-def add_endpoints_parser(commands: Any) -> None:
+def add_parser(commands: Any) -> None:
     """``nbjobs endpoints serve|stop|restart|status|deploy``."""
     endpoints = commands.add_parser(
         "endpoints",
         help="serve a notebook's `# METHOD /path` cells as an HTTP API (Kernel Gateway)",
     )
+    endpoints.set_defaults(handler=handle)
     actions = endpoints.add_subparsers(dest="action", required=True)
     serve = actions.add_parser("serve", help="deploy the notebook's API and start it")
     serve.add_argument("notebook", help="a notebook path, s3:// URI or URL")
@@ -310,3 +311,11 @@ _ACTIONS = {
     "status": _status,
     "deploy": _deploy,
 }
+
+
+def handle(args: argparse.Namespace) -> int:
+    """``nbjobs endpoints``, on the local server when no Prefect server is configured."""
+    from notebook_jobs.deployments.cli.common import use_local_server
+
+    use_local_server()
+    return endpoints_command(args)

@@ -23,12 +23,13 @@ DEFAULT_LAST = 20
 VALUE_CHARS = 24  # a glued value's column, at most
 
 
-def add_runs_parser(commands: Any) -> None:
+def add_parser(commands: Any) -> None:
     """``nbjobs runs [NOTEBOOK] [--last N] [--json] [--output NAME]``."""
     runs = commands.add_parser(
         "runs",
         help="a notebook's last runs with their outputs (no NOTEBOOK: every notebook's last run)",
     )
+    runs.set_defaults(handler=handle)
     runs.add_argument(
         "notebook",
         nargs="?",
@@ -170,3 +171,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in [header, *rows]
     )
+
+
+def handle(args: argparse.Namespace) -> int:
+    """``nbjobs runs``, on the local server when no Prefect server is configured."""
+    from notebook_jobs.deployments.cli.common import use_local_server
+
+    use_local_server()
+    return runs_command(args)

@@ -14,8 +14,8 @@ MARKER = re.compile(r"<!-- nbjobs: ([a-z-]+) -->")
 
 
 def _cli_reference() -> str:
-    from notebook_jobs.deployments.cli_parser import build_parser
-    from notebook_jobs.deployments.cli_reference import cli_reference
+    from notebook_jobs.deployments.cli.parser import build_parser
+    from notebook_jobs.deployments.cli.reference import cli_reference
 
     return cli_reference(build_parser())
 

@@ -25,7 +25,8 @@ LAYERS = ["blocks", "tasks", "flows", "deployments"]
 
 
 def _modules(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).rglob("*.py"))
+    """The modules of a folder, less ``__main__.py`` (importing it runs the command)."""
+    return sorted(path for path in (ROOT / folder).rglob("*.py") if path.name != "__main__.py")
 
 
 def _imported(path: Path) -> set[str]:
@@ -154,6 +155,8 @@ import importlib, json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
 for folder in ("blocks", "tasks", "flows", "deployments"):
     for path in sorted((root / folder).rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
         parts = path.relative_to(root).with_suffix("").parts
         name = ".".join(("notebook_jobs", *parts)).removesuffix(".__init__")
         importlib.import_module(name)

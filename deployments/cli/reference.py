@@ -83,7 +83,7 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
     """The reference of every ``nbjobs`` subcommand as Markdown: usage and a table of options.
 
     Args:
-        parser: the parser of the ``nbjobs`` command (``cli_parser.build_parser()``).
+        parser: the parser of the ``nbjobs`` command (``cli.parser.build_parser()``).
 
     Returns:
         Markdown with a section per subcommand (and per sub-subcommand), in the parser's
