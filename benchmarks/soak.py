@@ -178,6 +178,7 @@ class Soak:
     limit: int = 4
     cancellations: int = 10
     sample_seconds: float = SAMPLE_SECONDS
+    store_down_seconds: float = STORE_DOWN_SECONDS  # the test's is shorter: it only waits
     planned: list[Planned] = field(default_factory=list)
     baseline: dict[str, float] | None = None  # the worker at rest after BASELINE_RUNS runs
     started: float = 0.0
@@ -387,7 +388,7 @@ class Soak:
             self._kill_a_kernel()
         elif name == "store-down":
             self.gate.down()
-            time.sleep(STORE_DOWN_SECONDS)
+            time.sleep(self.store_down_seconds)
             self.gate.up()
         elif name == "server-restart":
             self.server.stop()
