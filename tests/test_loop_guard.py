@@ -16,6 +16,8 @@ import pytest
 from notebook_jobs.tasks.store.spill import spill_run
 from tests.loop_guard import blocking_calls
 
+pytestmark = pytest.mark.unit
+
 
 def spill(run_dir: Path) -> None:
     run_dir.mkdir()

@@ -6,7 +6,11 @@ import stat
 import urllib.parse
 from pathlib import Path
 
+import pytest
+
 from notebook_jobs.blocks.local_links import links_key, signed_link, signed_path
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_signed_link_names_its_file_and_nothing_else(tmp_path: Path) -> None:

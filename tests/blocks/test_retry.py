@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from notebook_jobs.blocks.retry import retry_busy
+
+pytestmark = pytest.mark.unit
 
 
 def test_busy_answers_are_asked_again_with_backoff_and_others_are_not() -> None:

@@ -12,6 +12,8 @@ from notebook_jobs.blocks.exceptions import SettingsError
 from notebook_jobs.blocks.settings import described, settings
 from tests.deployments.conftest import NBJOBS, clean_env
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

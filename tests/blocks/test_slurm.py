@@ -7,6 +7,8 @@ from pydantic import ValidationError
 
 from notebook_jobs.blocks.slurm import SlurmCluster
 
+pytestmark = pytest.mark.unit
+
 
 def test_directives_cannot_inject_lines() -> None:
     with pytest.raises(ValidationError, match="must be one --option"):

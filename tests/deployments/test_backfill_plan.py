@@ -12,6 +12,8 @@ from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.backfill_plan import Tick, parse_bound, schedule_ticks
 from notebook_jobs.tasks.engine.run_context import duration_seconds, tick_text
 
+pytestmark = pytest.mark.unit
+
 BERLIN = ZoneInfo("Europe/Berlin")
 
 

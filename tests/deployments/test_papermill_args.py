@@ -17,6 +17,8 @@ from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebo
 from notebook_jobs.tasks.engine.staging import inject_parameters
 from tests.conftest import DATA
 
+pytestmark = pytest.mark.unit
+
 PAPERMILL = str(Path(sys.executable).parent / "papermill")
 NBJOBS = str(Path(sys.executable).parent / "nbjobs")
 TEXTS = [

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from notebook_jobs.flows.deployment_rules import refused_parameter
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS
+
+pytestmark = pytest.mark.unit
 
 NOTEBOOK = "s3://runs/notebooks/0123/report.ipynb"
 

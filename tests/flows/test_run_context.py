@@ -23,6 +23,7 @@ def _with_parameters_cell(source: str) -> dict[str, object]:
     return json.loads(nbformat.writes(notebook))
 
 
+@pytest.mark.unit
 def test_a_parameters_cell_asks_for_run_values_by_comment() -> None:
     notebook = nbformat.read(SERIES, as_version=4)
     declared = declared_run_values(notebook)
@@ -35,6 +36,7 @@ def test_a_parameters_cell_asks_for_run_values_by_comment() -> None:
     assert "report_date" not in filled and filled["due"] == "<scheduled_time>"
 
 
+@pytest.mark.unit
 def test_a_typo_in_the_comment_is_refused_in_one_line() -> None:
     notebook = _with_parameters_cell("report_date = None  # nbjobs: logical_dat")
     with pytest.raises(ParameterValueError) as refused:
@@ -76,6 +78,7 @@ def test_a_typo_refuses_the_run_before_any_kernel(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("notebook.ipynb"))
 
 
+@pytest.mark.unit
 def test_a_deployments_form_says_what_leaving_a_run_value_empty_does() -> None:
     from notebook_jobs.deployments.definitions import parameter_schema
     from notebook_jobs.tasks.engine.staging import declared_parameters

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from notebook_jobs.flows.run_labels import (
     MADE_UP_NAME,
     MAX_NAME_CHARS,
@@ -12,6 +14,8 @@ from notebook_jobs.flows.run_labels import (
     trigger_of,
 )
 from notebook_jobs.tasks.engine.fetch import display_name
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_name_says_the_notebook_its_values_and_which_run() -> None:

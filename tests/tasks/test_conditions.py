@@ -9,6 +9,8 @@ import pytest
 from notebook_jobs.blocks.exceptions import AlertConditionError
 from notebook_jobs.tasks.conditions import evaluate, parse_condition
 
+pytestmark = pytest.mark.unit
+
 
 def payload(**given: Any) -> dict[str, Any]:
     return {

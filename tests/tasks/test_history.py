@@ -7,10 +7,14 @@ import base64
 import re
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from notebook_jobs.tasks.chart import chart_data, trend_svg
 from notebook_jobs.tasks.conditions import evaluate, parse_condition
 from notebook_jobs.tasks.engine.numbers import number_text, signed
 from notebook_jobs.tasks.history import HistoryRun, history_markdown, merged
+
+pytestmark = pytest.mark.unit
 
 START = datetime(2026, 12, 1, 6, tzinfo=timezone.utc)
 

@@ -19,6 +19,8 @@ from notebook_jobs.tasks.engine.endpoints import (
 from notebook_jobs.tasks.engine.gateway import authorized
 from tests.conftest import EXAMPLES
 
+pytestmark = pytest.mark.unit
+
 
 def notebook(*sources: str) -> nbformat.NotebookNode:
     return new_notebook(cells=[new_code_cell(source) for source in sources])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from notebook_jobs.tasks.engine.notebook_markdown import (
@@ -12,6 +13,8 @@ from notebook_jobs.tasks.engine.notebook_markdown import (
     html_table_markdown,
     notebook_markdown,
 )
+
+pytestmark = pytest.mark.unit
 
 FRAME = (
     '<table border="1" class="dataframe"><thead><tr><th></th><th>i</th><th>square</th></tr>'

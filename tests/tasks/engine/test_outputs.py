@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from notebook_jobs.tasks.engine.outputs import read_scraps
+
+pytestmark = pytest.mark.unit
 
 
 def scrap_output(name: str, data: object, encoder: str = "json") -> nbformat.NotebookNode:

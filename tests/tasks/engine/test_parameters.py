@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from notebook_jobs.tasks.engine.parameters import in_order
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_named_order_comes_first_and_the_rest_keeps_its_own() -> None:

@@ -32,28 +32,33 @@ def load(name: str) -> nbformat.NotebookNode:
     return parse_notebook(fetch_notebook_source(str(DATA / name)))
 
 
+@pytest.mark.unit
 def test_truncated_json_is_refused_with_its_position() -> None:
     data = (DATA / "params.ipynb").read_bytes()[:200]
     with pytest.raises(NotebookFormatError, match=r"not valid JSON: .* line \d+ column \d+"):
         parse_notebook(NotebookSource("cut.ipynb", data))
 
 
+@pytest.mark.unit
 def test_json_that_is_not_a_notebook_is_refused() -> None:
     with pytest.raises(NotebookFormatError, match="not a Jupyter notebook"):
         parse_notebook(NotebookSource("x.ipynb", b'{"hello": 1}'))
 
 
+@pytest.mark.unit
 def test_binary_is_refused() -> None:
     with pytest.raises(NotebookFormatError, match="not UTF-8"):
         parse_notebook(NotebookSource("x.ipynb", b"\xff\xfe\x00"))
 
 
+@pytest.mark.unit
 def test_invalid_notebook_structure_is_refused() -> None:
     broken = {"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     with pytest.raises(NotebookFormatError, match="not a valid notebook"):
         parse_notebook(NotebookSource("x.ipynb", json.dumps(broken).encode()))
 
 
+@pytest.mark.unit
 def test_nbformat_v3_is_upgraded() -> None:
     v3 = nbformat.v3.new_notebook(
         worksheets=[nbformat.v3.new_worksheet(cells=[nbformat.v3.new_code_cell(input="1 + 1")])]
@@ -62,6 +67,7 @@ def test_nbformat_v3_is_upgraded() -> None:
     assert nb.nbformat == 4 and nb.cells[0].source == "1 + 1"
 
 
+@pytest.mark.unit
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(NotebookNotFoundError, match="notebook not found: .*nope.ipynb"):
         fetch_notebook_source(str(tmp_path / "nope.ipynb"))
@@ -122,24 +128,28 @@ def deeply(levels: int) -> Any:
         ({"x": deeply(33)}, "nested deeper than 32 levels"),
     ],
 )
+@pytest.mark.unit
 def test_requests_over_the_limits_are_refused(parameters: dict[str, Any], refused: str) -> None:
     with pytest.raises((RequestTooLargeError, ParameterValueError), match=refused):
         check_parameters(load("params.ipynb"), parameters, "python3")
     check_parameters(load("params.ipynb"), {"x": deeply(32)}, "python3")  # the deepest allowed
 
 
+@pytest.mark.unit
 def test_notebook_json_itself_is_accepted() -> None:
     document = json.loads((DATA / "params.ipynb").read_text())
     assert parse_notebook(fetch_notebook_source(document)).cells
     assert parse_notebook(fetch_notebook_source(json.dumps(document))).cells
 
 
+@pytest.mark.unit
 def test_declared_parameters_with_types_defaults_and_help() -> None:
     found = {p["name"]: p for p in declared_parameters(load("params.ipynb"))}
     assert found["x"] == {"name": "x", "type": "int", "default": "1", "help": "a number"}
     assert found["config"]["type"] == "dict" and found["nothing"]["type"] == "None"
 
 
+@pytest.mark.unit
 def test_an_unknown_parameter_is_injected_with_a_warning_naming_the_declared_ones() -> None:
     warnings = check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3")
     assert warnings == [
@@ -149,6 +159,7 @@ def test_an_unknown_parameter_is_injected_with_a_warning_naming_the_declared_one
     assert check_parameters(load("params.ipynb"), {"x": 2}, "python3") == []
 
 
+@pytest.mark.unit
 def test_strict_parameters_refuse_an_unknown_name() -> None:
     with pytest.raises(UnknownParameterError) as caught:
         check_parameters(load("params.ipynb"), {"x": 2, "y": 3}, "python3", strict=True)
@@ -156,6 +167,7 @@ def test_strict_parameters_refuse_an_unknown_name() -> None:
     assert "declared parameters: x, name, ratio, flag, items, config, nothing" in str(caught.value)
 
 
+@pytest.mark.unit
 def test_parameters_for_a_notebook_without_a_parameters_cell_go_in_at_the_top() -> None:
     nb = load("no_params.ipynb")
     [warning] = check_parameters(nb, {"x": 1}, "python3")
@@ -176,6 +188,7 @@ def test_parameters_for_a_notebook_without_a_parameters_cell_go_in_at_the_top() 
         ("__builtins__", "starts with __"),
     ],
 )
+@pytest.mark.unit
 def test_a_name_that_is_not_an_identifier_is_refused_in_every_mode(name: str, problem: str) -> None:
     for strict in (False, True):
         with pytest.raises(ParameterValueError, match=problem):
@@ -191,11 +204,13 @@ def test_a_name_that_is_not_an_identifier_is_refused_in_every_mode(name: str, pr
         ({"a": {1, 2}}, "type set cannot be carried as JSON"),
     ],
 )
+@pytest.mark.unit
 def test_values_that_are_not_json_are_refused(value: Any, message: str) -> None:
     with pytest.raises(ParameterValueError, match=message):
         check_parameters(load("params.ipynb"), {"x": value}, "python3")
 
 
+@pytest.mark.unit
 def test_cell_selection_by_index_range_and_tag() -> None:
     nb = load("params.ipynb")
     assert select_cells(nb, None) is None
@@ -207,11 +222,13 @@ def test_cell_selection_by_index_range_and_tag() -> None:
 @pytest.mark.parametrize(
     ("cells", "message"), [("9", "out of range"), ("3-1", "range"), ("nope", "no cell is tagged")]
 )
+@pytest.mark.unit
 def test_bad_cell_selection(cells: str, message: str) -> None:
     with pytest.raises(CellSelectionError, match=message):
         select_cells(load("params.ipynb"), cells)
 
 
+@pytest.mark.unit
 def test_injection_follows_the_parameters_cell_and_maps_origins() -> None:
     nb, origin = inject_parameters(load("params.ipynb"), {"x": 5}, "python3")
     assert nb.cells[1].metadata["tags"] == ["injected-parameters"]
@@ -219,6 +236,7 @@ def test_injection_follows_the_parameters_cell_and_maps_origins() -> None:
     assert origin == [0, None, 1, 2, 3, 4]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("minor", [0, 4])
 def test_an_older_nbformat_4_notebook_stays_valid_with_parameters(minor: int) -> None:
     """Injecting a cell (it has an id) into 4.0-4.4, which allow none: upgraded, as papermill does."""
@@ -232,6 +250,7 @@ def test_an_older_nbformat_4_notebook_stays_valid_with_parameters(minor: int) ->
     assert injected.nbformat_minor == 5
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["python", "python3", "Python3", "PYTHON3"])
 def test_kernel_names_resolve_as_jupyter_client_resolves_them(name: str) -> None:
     from jupyter_client.kernelspec import find_kernel_specs
@@ -247,6 +266,7 @@ def test_kernel_names_resolve_as_jupyter_client_resolves_them(name: str) -> None
     assert kernel_name_of(nb, None) == ours
 
 
+@pytest.mark.unit
 def test_the_suites_check_of_stored_notebooks_refuses_an_invalid_one() -> None:
     """What tests/conftest.py runs over every stored notebook: it would catch the 4.4
     notebook with an injected cell id that papermill-style injection used to write."""

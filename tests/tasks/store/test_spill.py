@@ -9,6 +9,8 @@ import pytest
 
 from notebook_jobs.tasks.store.spill import spill_run
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_spilled_run_lists_its_rich_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

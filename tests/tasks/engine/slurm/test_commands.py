@@ -13,6 +13,8 @@ from notebook_jobs.tasks.engine.slurm.commands import (
     parse_squeue,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_parse_scontrol_knows_a_job_accounting_does_not() -> None:
     line = (

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.slurm.script import render_batch_script
 
+pytestmark = pytest.mark.unit
+
 GOLDEN = Path(__file__).parent / "golden"
 
 

@@ -6,6 +6,8 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from notebook_jobs.tasks.engine.layout import REPORT_NAME
 from notebook_jobs.tasks.engine.slurm.commands import JobStatus
 from notebook_jobs.tasks.engine.slurm.watch import (
@@ -15,6 +17,8 @@ from notebook_jobs.tasks.engine.slurm.watch import (
     wait_for_report,
 )
 from notebook_jobs.tasks.models import ExecutionReport
+
+pytestmark = pytest.mark.unit
 
 
 def line(phase: str, index: int, done: int) -> str:
