@@ -150,6 +150,7 @@ class RunProgress:
     resources: Resources = field(default_factory=Resources)
     memory: MemoryPeak = field(default_factory=MemoryPeak)
     error_position: int | None = None  # the failed cell's position in the notebook
+    running: int | None = None  # the cell running now (its index in the input notebook)
 
 
 async def emit(callback: EventCallback | None, event: CellEvent) -> None:
@@ -169,13 +170,12 @@ async def run_plan(
     total: int,
     progress: RunProgress,
     on_event: EventCallback | None,
-    current: dict[str, int | None],
     secrets: RunSecrets | None = None,
 ) -> None:
     done = 0
     for position, source_index in plan:
         cell = client.nb.cells[position]
-        current["index"] = source_index
+        progress.running = source_index
         streamed = {"stdout": 0, "stderr": 0}  # what the log has of this cell's streams
         streaming: asyncio.Future[None] | None = None
         if source_index is not None:
@@ -281,7 +281,7 @@ async def run_plan(
             )
         if status != "ok":
             break
-    current["index"] = None
+    progress.running = None
 
 
 STREAM_SECONDS = 1.0  # a running cell's prints reach the log this often

@@ -6,8 +6,9 @@ this machine and as a Slurm job on a compute node. It drives nbclient cell by ce
 a cell selection, a per-cell and a whole-run timeout, and to keep the partial
 notebook whatever happens: the notebook object is filled in place as outputs arrive.
 
-A fresh kernel is started for the run unless the caller hands in a ``StartedKernel``
-(from a ``KernelPool``); either way it is shut down after the run.
+``KernelRun`` is one notebook's run in one kernel: it starts the kernel (or takes one a
+``KernelPool`` started), runs the cells against its deadline, is cancelled from outside,
+and reports; the kernel is shut down after the run, whatever happened.
 
 Cancelled from outside (``Task.cancel``: a cancelled flow run, SIGTERM in a Slurm job),
 it ends the kernel, keeps the partial notebook and raises ``RunCancelledError`` with
@@ -20,9 +21,10 @@ import asyncio
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbclient.exceptions import DeadKernelError
 from nbformat import NotebookNode
@@ -57,7 +59,288 @@ from notebook_jobs.tasks.models import (
     ErrorInfo,
     ExecutionOutcome,
     ExecutionReport,
+    RunStatus,
 )
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import AsyncKernelManager
+
+
+@dataclass
+class KernelRun:
+    """One notebook's run in one kernel: ``await KernelRun(...).execute()``.
+
+    ``execute`` starts the kernel (or moves a pre-started one to ``workdir``), runs the
+    selected cells in place in ``nb`` under the whole run's deadline, and returns the
+    report; ``nb`` holds the executed, possibly partial, notebook. Cancelled from outside
+    it raises ``RunCancelledError`` carrying the report. See ``execute_notebook_async``
+    for the arguments.
+    """
+
+    nb: NotebookNode
+    origin: list[int | None]
+    kernel: str
+    workdir: Path
+    selected: set[int] | None = None
+    cell_timeout_seconds: float | None = None
+    timeout_seconds: float | None = None
+    on_event: EventCallback | None = None
+    started: StartedKernel | None = None
+    max_output_bytes: int = MAX_CELL_OUTPUT_BYTES
+    start_timeout_seconds: float | None = None
+    secrets: RunSecrets | None = None
+    environment: dict[str, str] | None = None
+    progress: RunProgress = field(default_factory=RunProgress)
+    # the cell running when the deadline passed (None: the kernel was starting), if it did
+    timed_out_in: list[int | None] = field(default_factory=list)
+    km: AsyncKernelManager = field(init=False)
+    ipc_dir: Path = field(init=False)  # the kernel's private sockets, removed after it
+
+    async def execute(self) -> ExecutionReport:
+        """Run the notebook; the report of what ran (see the class).
+
+        Raises:
+            UnknownKernelError: The kernel is not installed (checked before starting).
+            RunCancelledError: Cancelled from outside; ``execution`` holds the report.
+        """
+        if self.started is None:
+            ensure_kernel_installed(self.kernel)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        before = await asyncio.to_thread(files_snapshot, self.workdir)
+        started_at = datetime.now(timezone.utc)
+        t_start = time.perf_counter()
+        clear_outputs(self.nb)
+        plan = self._plan()
+        client = self._client()
+        cancelled = await self._run_until_deadline(client, plan)
+        if cancelled:
+            self._ended("cancelled", "Cancelled", "the run was cancelled")
+        if self.timed_out_in:
+            self._ended(
+                "timed_out",
+                "NotebookTimeoutError",
+                f"the run exceeded its timeout of {self.timeout_seconds:g} s",
+                starting=" while starting the kernel",
+            )
+        report = await self._report(client, plan, before, started_at, t_start)
+        if cancelled:
+            raise RunCancelledError(
+                report.error.message if report.error else "the run was cancelled",
+                cell_index=report.error.cell_index if report.error else None,
+                execution=ExecutionOutcome(report=report).model_dump(mode="json"),
+            )
+        return report
+
+    def _plan(self) -> list[tuple[int, int | None]]:
+        """The code cells to run: (position in ``nb``, index in the input notebook); the
+        others are reported skipped."""
+        plan: list[tuple[int, int | None]] = []
+        for position, cell in enumerate(self.nb.cells):
+            if cell.cell_type != "code":
+                continue
+            source_index = self.origin[position]
+            if source_index is None or self.selected is None or source_index in self.selected:
+                plan.append((position, source_index))
+            else:
+                self.progress.reports[source_index] = CellReport(
+                    index=source_index, status="skipped", tags=list(cell.metadata.get("tags", []))
+                )
+        return plan
+
+    def _client(self) -> CappedClient:
+        self.ipc_dir = Path(tempfile.mkdtemp(prefix="nbjobs-k-"))
+        self.km = (
+            self.started.km if self.started else new_kernel_manager(self.kernel, self.ipc_dir / "k")
+        )
+        client = CappedClient(
+            self.nb,
+            km=self.km,
+            kernel_name=self.kernel,
+            timeout=self.cell_timeout_seconds,
+            startup_timeout=self.start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS,
+            resources={"metadata": {"path": str(self.workdir)}},
+            allow_errors=False,
+            record_timing=True,
+            shutdown_kernel="immediate",
+        )
+        client.max_output_bytes = self.max_output_bytes
+        return client
+
+    async def _start(self, client: CappedClient) -> None:
+        """A new kernel in ``workdir``, or the pre-started one moved there.
+
+        Raises:
+            KernelStartError: jupyter_client could not start it (a missing executable,
+                one that exits or never answers).
+        """
+        # Not nbclient's async_setup_kernel: it installs SIGINT/SIGTERM handlers on the
+        # loop, which would take cancellation signals away from Prefect and the CLI.
+        t_kernel = time.perf_counter()
+        if self.started is None:
+            try:
+                client.kc = await start_kernel(
+                    self.km,
+                    self.workdir,
+                    self.start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS,
+                    self.environment,
+                )
+            except (OSError, RuntimeError) as error:  # what jupyter_client raises, here only
+                raise KernelStartError(
+                    f"the kernel {self.kernel!r} failed to start: {error}"
+                ) from error
+        else:
+            client.kc = self.started.kc
+            await move_kernel(self.started.kc, self.workdir, self.environment)
+        self.progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
+
+    async def _run_cells(self, client: CappedClient, plan: list[tuple[int, int | None]]) -> None:
+        progress = self.progress
+        try:
+            await self._start(client)
+            pid = kernel_pid(client)
+            sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
+            total = sum(1 for _, index in plan if index is not None)
+            try:
+                await run_plan(client, plan, total, progress, self.on_event, self.secrets)
+            finally:
+                measured = measure_resources(pid, progress.memory) if pid else None
+                if measured is not None:
+                    progress.resources = measured
+                if sampler:
+                    sampler.cancel()
+        finally:
+            if self.started is not None and self.started.retire and progress.status == "completed":
+                # a pooled kernel that finished cleanly: its pool stops it off the
+                # critical path
+                self.started.retire()
+            else:
+                # leave client.kc set: nbclient's own watcher task may still look at it
+                await shutdown_kernel(self.km, client.kc)
+            await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
+
+    async def _run_until_deadline(
+        self, client: CappedClient, plan: list[tuple[int, int | None]]
+    ) -> bool:
+        """Run the cells under the whole run's deadline; whether it was cancelled from
+        outside (the kernel is shut down either way)."""
+        # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
+        # nbclient raise DeadKernelError, which wait_for would report instead of the timeout.
+        running = asyncio.ensure_future(self._run_cells(client, plan))
+
+        def on_deadline() -> None:
+            self.timed_out_in.append(self.progress.running)
+            running.cancel()
+
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.timeout_seconds, on_deadline) if self.timeout_seconds else None
+        try:
+            await running
+        except asyncio.CancelledError:
+            if self.timed_out_in:
+                return False
+            # Cancelled from outside (a cancelled flow run, SIGTERM in a Slurm job): from
+            # here on it is our own typed error, raised with what ran; the cancellation
+            # itself ends here.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+            return True
+        except DeadKernelError as error:
+            self.progress.status = "kernel_died"
+            self.progress.error = ErrorInfo(
+                name="KernelDiedError", message=f"the kernel died: {error}"
+            )
+        except KernelStartError as error:
+            self.progress.status = "kernel_died"
+            self.progress.error = ErrorInfo(name="KernelStartError", message=str(error))
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return False
+
+    def _ended(self, status: RunStatus, name: str, message: str, starting: str = "") -> None:
+        """The run ended from outside its cells (a deadline, a cancellation) in the cell
+        that was running, which is reported so."""
+        index = self.timed_out_in[0] if status == "timed_out" else self.progress.running
+        self.progress.status = status
+        where = f" while running cell {index}" if index is not None else starting
+        self.progress.error = ErrorInfo(name=name, message=message + where, cell_index=index)
+        if index is not None:
+            self.progress.reports[index] = CellReport(index=index, status=status)
+
+    async def _report(
+        self,
+        client: CappedClient,
+        plan: list[tuple[int, int | None]],
+        before: dict[str, Any],
+        started_at: datetime,
+        t_start: float,
+    ) -> ExecutionReport:
+        """The report, and the notebook finished as a reader expects it: each cell's
+        status in its metadata, papermill's banners, secrets masked, scraps read."""
+        nb, progress, secrets = self.nb, self.progress, self.secrets
+        for position, source_index in plan:
+            if source_index is not None and source_index not in progress.reports:
+                progress.reports[source_index] = CellReport(
+                    index=source_index,
+                    status="not_run",
+                    tags=list(nb.cells[position].metadata.get("tags", [])),
+                )
+        for position, source_index in enumerate(self.origin):
+            report = progress.reports.get(source_index) if source_index is not None else None
+            meta: dict[str, Any] = {"index": source_index}
+            if report is not None:
+                meta.update(status=report.status, duration_seconds=report.duration_seconds)
+            nb.cells[position].metadata["nbjobs"] = meta
+
+        after = await asyncio.to_thread(files_snapshot, self.workdir, progress.notes)
+        written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
+        if progress.status == "failed" and progress.error_position is not None:
+            # as papermill marks a failed run (and not a timed-out one, which it stops)
+            add_error_banners(
+                nb,
+                progress.error_position,
+                nb.cells[progress.error_position].get("execution_count"),
+            )
+        if secrets is not None:  # a cell cut short (timeout, cancel) was not masked yet
+            secrets.mask_notebook(nb)
+            if progress.error is not None:
+                progress.error = ErrorInfo.model_validate(
+                    secrets.mask_value(progress.error.model_dump())
+                )
+            if secrets.unmasked:
+                progress.notes.append(
+                    f"secret parameter(s) {', '.join(secrets.unmasked)} are shorter than "
+                    f"{MIN_MASKED_CHARS} characters and were not masked in the outputs"
+                )
+        outputs, scrap_notes = read_scraps(nb)
+        progress.notes.extend(scrap_notes)
+        if client._truncated:
+            progress.notes.append(
+                "output truncated in cell(s) "
+                + ", ".join(
+                    str(self.origin[p]) for p in sorted(client._truncated) if p < len(self.origin)
+                )
+            )
+        nb.metadata["nbjobs"] = {
+            "status": progress.status,
+            "kernel": self.kernel,
+            "error": progress.error.model_dump() if progress.error else None,
+        }
+        return ExecutionReport(
+            status=progress.status,
+            error=progress.error,
+            kernel=self.kernel,
+            cells=sorted(progress.reports.values(), key=lambda r: r.index),
+            outputs=outputs,
+            resources=progress.resources,
+            files=written,
+            notes=progress.notes,
+            started_at=started_at,
+            finished_at=datetime.now(timezone.utc),
+            kernel_start_seconds=progress.kernel_start_seconds,
+            execute_seconds=round(time.perf_counter() - t_start, 4),
+        )
 
 
 async def execute_notebook_async(
@@ -101,208 +384,21 @@ async def execute_notebook_async(
 
     Raises:
         UnknownKernelError: ``kernel`` is not installed (checked before starting).
+        RunCancelledError: Cancelled from outside; what ran is in its ``execution``.
     """
-    if started is None:
-        ensure_kernel_installed(kernel)
-    workdir.mkdir(parents=True, exist_ok=True)
-    progress = RunProgress()
-    before = await asyncio.to_thread(files_snapshot, workdir)
-    started_at = datetime.now(timezone.utc)
-    t_start = time.perf_counter()
-    startup_timeout = start_timeout_seconds or KERNEL_STARTUP_TIMEOUT_SECONDS
-
-    clear_outputs(nb)
-    plan: list[tuple[int, int | None]] = []
-    for position, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        source_index = origin[position]
-        if source_index is None or selected is None or source_index in selected:
-            plan.append((position, source_index))
-        elif source_index is not None:
-            progress.reports[source_index] = CellReport(
-                index=source_index, status="skipped", tags=list(cell.metadata.get("tags", []))
-            )
-    runnable = plan
-    total = sum(1 for _, i in runnable if i is not None)
-
-    ipc_dir = Path(tempfile.mkdtemp(prefix="nbjobs-k-"))
-    km = started.km if started else new_kernel_manager(kernel, ipc_dir / "k")
-    client = CappedClient(
+    run = KernelRun(
         nb,
-        km=km,
-        kernel_name=kernel,
-        timeout=cell_timeout_seconds,
-        startup_timeout=startup_timeout,
-        resources={"metadata": {"path": str(workdir)}},
-        allow_errors=False,
-        record_timing=True,
-        shutdown_kernel="immediate",
-    )
-    client.max_output_bytes = max_output_bytes
-    current: dict[str, int | None] = {"index": None}
-
-    async def run_cells() -> None:
-        # Not nbclient's async_setup_kernel: it installs SIGINT/SIGTERM handlers on the
-        # loop, which would take cancellation signals away from Prefect and the CLI.
-        t_kernel = time.perf_counter()
-        try:
-            if started is None:
-                try:
-                    client.kc = await start_kernel(km, workdir, startup_timeout, environment)
-                except (OSError, RuntimeError) as error:
-                    # what jupyter_client raises for a kernel that cannot start (a
-                    # missing executable, one that exits or never answers); only here
-                    raise KernelStartError(
-                        f"the kernel {kernel!r} failed to start: {error}"
-                    ) from error
-            else:
-                client.kc = started.kc
-                # a pre-started kernel began elsewhere: move it to this run's folder
-                await move_kernel(started.kc, workdir, environment)
-            progress.kernel_start_seconds = round(time.perf_counter() - t_kernel, 4)
-            pid = kernel_pid(client)
-            sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
-            try:
-                await run_plan(client, runnable, total, progress, on_event, current, secrets)
-            finally:
-                measured = measure_resources(pid, progress.memory) if pid else None
-                if measured is not None:
-                    progress.resources = measured
-                if sampler:
-                    sampler.cancel()
-        finally:
-            if started is not None and started.retire and progress.status == "completed":
-                # a pooled kernel that finished cleanly: its pool stops it off the
-                # critical path
-                started.retire()
-            else:
-                # leave client.kc set: nbclient's own watcher task may still look at it
-                await shutdown_kernel(km, client.kc)
-            await asyncio.to_thread(shutil.rmtree, ipc_dir, ignore_errors=True)
-
-    # Our own deadline rather than asyncio.wait_for: killing a busy kernel makes
-    # nbclient raise DeadKernelError, which wait_for would report instead of the timeout.
-    loop = asyncio.get_running_loop()
-    running = asyncio.ensure_future(run_cells())
-    deadline_hit: list[int | None] = []
-
-    def on_deadline() -> None:
-        deadline_hit.append(current["index"])
-        running.cancel()
-
-    timer = loop.call_later(timeout_seconds, on_deadline) if timeout_seconds else None
-    cancelled_from_outside = False
-    try:
-        await running
-    except asyncio.CancelledError:
-        # Cancelled from outside (a cancelled flow run, SIGTERM in a Slurm job): the
-        # kernel is already shut down. From here on it is our own typed error, raised
-        # below with what ran; the cancellation itself ends here.
-        cancelled_from_outside = not deadline_hit
-        task = asyncio.current_task()
-        if cancelled_from_outside and task is not None and task.cancelling():
-            task.uncancel()
-    except DeadKernelError as error:
-        progress.status = "kernel_died"
-        progress.error = ErrorInfo(name="KernelDiedError", message=f"the kernel died: {error}")
-    except KernelStartError as error:
-        progress.status = "kernel_died"
-        progress.error = ErrorInfo(name="KernelStartError", message=str(error))
-    finally:
-        if timer is not None:
-            timer.cancel()
-    if cancelled_from_outside:
-        index = current["index"]
-        progress.status = "cancelled"
-        progress.error = ErrorInfo(
-            name="Cancelled",
-            message="the run was cancelled"
-            + (f" while running cell {index}" if index is not None else ""),
-            cell_index=index,
-        )
-        if index is not None:
-            progress.reports[index] = CellReport(index=index, status="cancelled")
-    if deadline_hit:
-        index = deadline_hit[0]
-        progress.status = "timed_out"
-        progress.error = ErrorInfo(
-            name="NotebookTimeoutError",
-            message=f"the run exceeded its timeout of {timeout_seconds:g} s"
-            + (
-                f" while running cell {index}"
-                if index is not None
-                else " while starting the kernel"
-            ),
-            cell_index=index,
-        )
-        if index is not None:
-            progress.reports[index] = CellReport(index=index, status="timed_out")
-
-    for position, source_index in runnable:
-        if source_index is not None and source_index not in progress.reports:
-            progress.reports[source_index] = CellReport(
-                index=source_index,
-                status="not_run",
-                tags=list(nb.cells[position].metadata.get("tags", [])),
-            )
-    for position, source_index in enumerate(origin):
-        report = progress.reports.get(source_index) if source_index is not None else None
-        meta: dict[str, Any] = {"index": source_index}
-        if report is not None:
-            meta.update(status=report.status, duration_seconds=report.duration_seconds)
-        nb.cells[position].metadata["nbjobs"] = meta
-
-    after = await asyncio.to_thread(files_snapshot, workdir, progress.notes)
-    written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
-    if progress.status == "failed" and progress.error_position is not None:
-        # as papermill marks a failed run (and not a timed-out one, which it stops)
-        add_error_banners(
-            nb,
-            progress.error_position,
-            nb.cells[progress.error_position].get("execution_count"),
-        )
-    if secrets is not None:  # a cell cut short (timeout, cancel) was not masked yet
-        secrets.mask_notebook(nb)
-        if progress.error is not None:
-            progress.error = ErrorInfo.model_validate(
-                secrets.mask_value(progress.error.model_dump())
-            )
-        if secrets.unmasked:
-            progress.notes.append(
-                f"secret parameter(s) {', '.join(secrets.unmasked)} are shorter than "
-                f"{MIN_MASKED_CHARS} characters and were not masked in the outputs"
-            )
-    outputs, scrap_notes = read_scraps(nb)
-    progress.notes.extend(scrap_notes)
-    if client._truncated:
-        progress.notes.append(
-            "output truncated in cell(s) "
-            + ", ".join(str(origin[p]) for p in sorted(client._truncated) if p < len(origin))
-        )
-    nb.metadata["nbjobs"] = {
-        "status": progress.status,
-        "kernel": kernel,
-        "error": progress.error.model_dump() if progress.error else None,
-    }
-    outcome = ExecutionReport(
-        status=progress.status,
-        error=progress.error,
+        origin,
         kernel=kernel,
-        cells=sorted(progress.reports.values(), key=lambda r: r.index),
-        outputs=outputs,
-        resources=progress.resources,
-        files=written,
-        notes=progress.notes,
-        started_at=started_at,
-        finished_at=datetime.now(timezone.utc),
-        kernel_start_seconds=progress.kernel_start_seconds,
-        execute_seconds=round(time.perf_counter() - t_start, 4),
+        workdir=workdir,
+        selected=selected,
+        cell_timeout_seconds=cell_timeout_seconds,
+        timeout_seconds=timeout_seconds,
+        on_event=on_event,
+        started=started,
+        max_output_bytes=max_output_bytes,
+        start_timeout_seconds=start_timeout_seconds,
+        secrets=secrets,
+        environment=environment,
     )
-    if cancelled_from_outside:
-        raise RunCancelledError(
-            progress.error.message if progress.error else "the run was cancelled",
-            cell_index=progress.error.cell_index if progress.error else None,
-            execution=ExecutionOutcome(report=outcome).model_dump(mode="json"),
-        )
-    return outcome
+    return await run.execute()
