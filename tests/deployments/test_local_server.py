@@ -67,8 +67,11 @@ def test_two_first_runs_at_once_start_one_server_with_both_cores_busy(local: Loc
         assert "report.ipynb: completed" in stdout
         assert "Traceback" not in stderr
     assert "output total = 650" in outputs[0][0] and "output total = 14" in outputs[1][0]
-    starts = sum(err.count("starting the local Prefect server") for _, err in outputs)
-    assert starts == 1, [err for _, err in outputs]
+    # one of the two started the server, the other found it starting and used it (the
+    # starter may say "starting" twice: a port taken by another home's server at the same
+    # moment makes it start again on the next port)
+    starters = [err for _, err in outputs if "starting the local Prefect server" in err]
+    assert len(starters) == 1, [err for _, err in outputs]
     assert "the first start sets up its database" in "".join(err for _, err in outputs)
     status = local.status()
     assert status["running"] and status["server_pid"] and status["worker_pid"]
