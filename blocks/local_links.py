@@ -18,16 +18,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import urllib.parse
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
-from notebook_jobs.blocks.settings import nbjobs_home
+from notebook_jobs.blocks.settings import nbjobs_home, settings
 
 KEY_NAME = "files.key"
+# where the worker running this code serves local stores (tasks.runtime sets it)
+_serving_at: ContextVar[str | None] = ContextVar("nbjobs_files_url", default=None)
 ROUTE = "/files/"
 SIGNATURE_CHARS = 32  # hex digits of HMAC-SHA256 kept: 128 bits
 
@@ -68,3 +73,20 @@ def signed_path(url_path: str, key: bytes | None = None) -> Path | None:
     if not hmac.compare_digest(signature, _signature(key or links_key(), text)):
         return None
     return Path(text)
+
+
+@contextlib.contextmanager
+def serving_files_at(url: str | None) -> Iterator[None]:
+    """Links made in this block point at the file server at ``url`` (None: at the one
+    ``$NBJOBS_FILES_URL`` names, if any)."""
+    token = _serving_at.set(url)
+    try:
+        yield
+    finally:
+        _serving_at.reset(token)
+
+
+def files_url() -> str | None:
+    """Where local-store links point: the current runtime's file server, else the one
+    ``$NBJOBS_FILES_URL`` names (a flow run in a subprocess of the worker), else none."""
+    return _serving_at.get() or settings().files_url

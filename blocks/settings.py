@@ -174,8 +174,8 @@ class Settings:
         lambda text: text.strip().rstrip("/"),
         "a URL",
         None,
-        "where `nbjobs serve --files-port` serves local stores: their links point there "
-        "(set by that command for the runs it executes)",
+        "a file server for local stores that links point at, for a process outside the "
+        "worker's runtime (the worker passes its own to the runs it starts in subprocesses)",
     )
     server_start_timeout_seconds: float = _setting(
         "NBJOBS_SERVER_START_TIMEOUT",

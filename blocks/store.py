@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from notebook_jobs.blocks.exceptions import ArtefactStoreError
 from notebook_jobs.blocks.keys import safe_key
-from notebook_jobs.blocks.local_links import signed_link
+from notebook_jobs.blocks.local_links import files_url, signed_link
 from notebook_jobs.blocks.s3 import parse_s3_uri
 from notebook_jobs.blocks.settings import (
     BARE_BLOCK_NAME,
@@ -135,16 +135,16 @@ class ArtefactStore:
     def link(self, key: str) -> str:
         """A link a browser can open: presigned HTTPS for S3; for folders, a signed
         link to the file server of ``nbjobs serve --files-port`` where one serves the
-        runs (``$NBJOBS_FILES_URL``), else ``file://``.
+        runs (``local_links.files_url``), else ``file://``.
 
         Falls back to the ``s3://`` URI when the credentials cannot presign.
         """
         key = safe_key(key)
         fs = self.filesystem
         if isinstance(fs, LocalFileSystem):
-            files_url = settings().files_url
-            if files_url:
-                return signed_link(files_url, Path(self.uri(key)))
+            served = files_url()
+            if served:
+                return signed_link(served, Path(self.uri(key)))
             return Path(self.uri(key)).as_uri()
         object_key = "/".join(p for p in (str(fs.bucket_folder or "").strip("/"), key) if p)
         try:

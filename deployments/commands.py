@@ -37,8 +37,9 @@ from notebook_jobs.tasks.engine.staging import (
     declared_parameters,
     notebook_defaults,
 )
-from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+from notebook_jobs.tasks.executors import LocalExecutor
 from notebook_jobs.tasks.notebook import warm_up_html
+from notebook_jobs.tasks.runtime import using_executor
 
 
 @dataclass

@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from notebook_jobs.tasks.runtime import Runtime
 
 FOLLOW_QUEUE_SIZE = 1000  # events kept for a slow follower; newer ones are dropped
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -38,24 +41,23 @@ class RunChannel:
         self._handler = _FollowerLogHandler(self)
 
     def attach(self) -> None:
-        """Start routing cell events and run log records to followers."""
-        from notebook_jobs.tasks.notebook import add_progress_listener
-        from notebook_jobs.tasks.store.artefacts import add_result_listener
-
+        """Start routing run log records to followers (cell events and results come
+        through the runtime of each run: ``sinks``)."""
         self._loop = asyncio.get_running_loop()
-        add_progress_listener(self._on_cell)
-        add_result_listener(self._on_result)
         for name in _RUN_LOGGERS:
             logging.getLogger(name).addHandler(self._handler)
 
     def detach(self) -> None:
-        from notebook_jobs.tasks.notebook import remove_progress_listener
-        from notebook_jobs.tasks.store.artefacts import remove_result_listener
-
-        remove_progress_listener(self._on_cell)
-        remove_result_listener(self._on_result)
         for name in _RUN_LOGGERS:
             logging.getLogger(name).removeHandler(self._handler)
+
+    def sinks(self, runtime: Runtime) -> Runtime:
+        """``runtime``, with this channel hearing its runs' cells and results."""
+        return replace(
+            runtime,
+            cell_sinks=(*runtime.cell_sinks, self._on_cell),
+            result_sinks=(*runtime.result_sinks, self._on_result),
+        )
 
     def environment_for(self, idempotency_key: str | None) -> dict[str, str] | None:
         """The environment a caller handed over for the run created with this key."""

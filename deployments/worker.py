@@ -45,8 +45,10 @@ from notebook_jobs.deployments.definitions import (
     ENTRYPOINTS,
     IN_PROCESS_ENTRYPOINTS,
 )
+from notebook_jobs.deployments.file_server import FILES_URL_ENV
 from notebook_jobs.deployments.run_channel import RunChannel
 from notebook_jobs.tasks.executors import using_caller_environment
+from notebook_jobs.tasks.runtime import current_runtime, using_runtime
 
 CANCEL_POLL_SECONDS = 1.0
 
@@ -225,6 +227,9 @@ class InProcessWorker(ProcessWorker):
         """Run the flow run in this process, or delegate to a subprocess for other flows."""
         entrypoint = await self._entrypoint_of(flow_run) if flow_run.deployment_id else None
         if entrypoint not in IN_PROCESS_ENTRYPOINTS:
+            files_url = current_runtime().files_url
+            if files_url:  # a run in a subprocess links to this worker's file server too
+                configuration.env = {**configuration.env, FILES_URL_ENV: files_url}
             return await super().run(flow_run, configuration, task_status)
         chosen: Any
         if entrypoint == ENDPOINTS_ENTRYPOINT:
@@ -238,7 +243,11 @@ class InProcessWorker(ProcessWorker):
             task_status.started(os.getpid())
         running: Any = run_flow(chosen, flow_run=flow_run, return_type="state")
         handed = self.channel.environment_for(flow_run.idempotency_key) if self.channel else None
-        with using_caller_environment(handed):  # the task started here keeps it
+        runtime = current_runtime()
+        if self.channel is not None:  # its followers hear the run's cells and result
+            runtime = self.channel.sinks(runtime)
+        # the task started here keeps both
+        with using_caller_environment(handed), using_runtime(runtime):
             execution: asyncio.Future[Any] = asyncio.ensure_future(running)
         watcher = asyncio.ensure_future(_cancel_when_asked(flow_run, execution))
         state: Any = None

@@ -70,12 +70,7 @@ from notebook_jobs.tasks.engine.layout import (
 from notebook_jobs.tasks.engine.parameters import in_order
 from notebook_jobs.tasks.engine.run_context import tick_text
 from notebook_jobs.tasks.events import read_alerts_ahead
-from notebook_jobs.tasks.executors import (
-    Executor,
-    SlurmExecutor,
-    current_executor,
-    process_executor,
-)
+from notebook_jobs.tasks.executors import Executor, SlurmExecutor, process_executor
 from notebook_jobs.tasks.models import (
     CacheInfo,
     ExecutionOutcome,
@@ -89,6 +84,7 @@ from notebook_jobs.tasks.notebook import (
     kernel_retries,
     stage_notebook,
 )
+from notebook_jobs.tasks.runtime import current_executor
 
 FLOW_NAME = "run-notebook"
 log_filters.install()  # the notebook's traceback in the log, not the framework's

@@ -29,11 +29,12 @@ from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field
 
 from notebook_jobs.blocks.exceptions import BatchError
-from notebook_jobs.tasks.executors import LocalExecutor, current_executor, using_executor
+from notebook_jobs.tasks.executors import LocalExecutor
 from notebook_jobs.tasks.history import publish_history
 from notebook_jobs.tasks.models import NotebookRequest
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.publish import BatchTable
+from notebook_jobs.tasks.runtime import current_executor, using_executor
 
 BATCH_FLOW_NAME = "run-notebooks"
 

@@ -11,10 +11,11 @@ code for both. An executor takes a ``StagedNotebook``, runs it, leaves
 - ``SlurmExecutor`` submits the run as a batch job to a ``SlurmCluster`` and owns the
   ``SlurmCommands`` it speaks to it through.
 
-Whoever makes an executor hands it to runs explicitly: ``using_executor(executor)``
-makes it current (a ``ContextVar``, so it follows the asyncio tasks started inside),
-and the ``run-notebook`` flow takes the current one. Nothing is found through the
-environment, a loop id or a module-level registry.
+Whoever makes an executor hands it to runs explicitly, in its ``Runtime``
+(``tasks/runtime.py``: ``using_runtime``, or ``using_executor`` for the executor alone, a
+``ContextVar`` that follows the tasks started inside), and the ``run-notebook`` flow
+takes the current one. Nothing is found through the environment, a loop id or a
+module-level registry.
 
 A run cancelled from outside (its flow run cancelled) is not an exception here: the
 kernel is stopped, or the job ``scancel``-ed and waited for, and the outcome's report
@@ -93,23 +94,7 @@ class Executor(Protocol):
         """Run the notebook; ``notebook.ipynb`` is in the run folder afterwards."""
 
 
-_current: ContextVar[LocalExecutor | None] = ContextVar("nbjobs_executor", default=None)
 _environment: ContextVar[dict[str, str] | None] = ContextVar("nbjobs_environment", default=None)
-
-
-def current_executor() -> LocalExecutor | None:
-    """The executor made current by ``using_executor``, if any."""
-    return _current.get()
-
-
-@contextlib.contextmanager
-def using_executor(executor: LocalExecutor | None) -> Iterator[None]:
-    """Runs started in this block (and the tasks it starts) use ``executor``."""
-    token = _current.set(executor)
-    try:
-        yield
-    finally:
-        _current.reset(token)
 
 
 _process_executor: list[LocalExecutor] = []  # at most one: ``process_executor``'s
@@ -168,7 +153,7 @@ class LocalExecutor:
 
     Example:
         >>> async with LocalExecutor(pool_size=2) as executor:
-        ...     with using_executor(executor):
+        ...     with using_executor(executor):  # tasks.runtime
         ...         await run_notebook("examples/report.ipynb")
     """
 

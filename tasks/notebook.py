@@ -14,7 +14,6 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +30,9 @@ from notebook_jobs.tasks.engine.staged import StagedNotebook, stage
 from notebook_jobs.tasks.executors import Executor
 from notebook_jobs.tasks.models import ExecutionOutcome, NotebookRequest
 from notebook_jobs.tasks.progress_artifact import ProgressArtifact
+from notebook_jobs.tasks.runtime import current_runtime
 
 KERNEL_RETRY_DELAY_SECONDS = 2
-
-ProgressListener = Callable[[CellEvent], None]
-_listeners: list[ProgressListener] = []
-
-
-def add_progress_listener(listener: ProgressListener) -> None:
-    """Also send cell events to ``listener`` (the CLI's progress bar uses this)."""
-    _listeners.append(listener)
-
-
-def remove_progress_listener(listener: ProgressListener) -> None:
-    """Stop sending cell events to ``listener``."""
-    if listener in _listeners:
-        _listeners.remove(listener)
 
 
 def artifact_key(name: str, kind: str) -> str:
@@ -168,9 +154,11 @@ async def execute_notebook(
         logger.info("%s", text)
         progress.show(progress.percent, f"{staged.name}: {text}")
 
+    sinks = current_runtime().cell_sinks
+
     async def on_event(event: CellEvent) -> None:
-        for listener in list(_listeners):
-            listener(event)
+        for sink in sinks:
+            sink(event)
         if event.phase == "start":
             # one API call per cell would cost more than a fast cell takes: a cell after
             # the first is shown only if it runs a while (the artifact throttles)

@@ -75,7 +75,8 @@ def local_executor() -> Iterator[Any]:
     Its fork servers serve the whole session; it has no kernel pool, since a pool
     belongs to one event loop and each ``run_flow`` has its own.
     """
-    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+    from notebook_jobs.tasks.executors import LocalExecutor
+    from notebook_jobs.tasks.runtime import using_executor
 
     executor = LocalExecutor()
     with using_executor(executor):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-USAGE_WIDTH = 88
+USAGE_WIDTH = 76  # the width of the docs theme's code blocks
 
 
 def _subcommands(

@@ -147,23 +147,22 @@ async def _run(args: argparse.Namespace) -> int:
     from notebook_jobs.deployments.progress import CellProgressBar
     from notebook_jobs.deployments.report import report_refusal, report_run
     from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
-    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
-    from notebook_jobs.tasks.notebook import add_progress_listener, remove_progress_listener
+    from notebook_jobs.tasks.executors import LocalExecutor
+    from notebook_jobs.tasks.runtime import Runtime, using_runtime
 
     try:
         request = flow_parameters(args, args.parameter_values)
     except NotebookInputError as error:
         return report_refusal(type(error).__name__, str(error), args.json)
     bar = CellProgressBar(enabled=wants_progress_bar(args))
-    add_progress_listener(bar.update)
     try:
         # one notebook, then the process exits: a fork server would cost more than it saves
         async with LocalExecutor(fork=False) as one:
-            with tags("trigger:cli"), using_executor(one):
+            runtime = Runtime(executor=one, cell_sinks=(bar.update,))
+            with tags("trigger:cli"), using_runtime(runtime):
                 state = await run_notebook(**request, return_state=True)
         outcome = await run_outcome(state, request.get("store"))
     finally:
-        remove_progress_listener(bar.update)
         bar.close()
 
     url = ui_url(state)

@@ -82,20 +82,20 @@ def handle(args: argparse.Namespace) -> int:
 
     from notebook_jobs.blocks.settings import settings
     from notebook_jobs.deployments.commands import serve
+    from notebook_jobs.tasks.runtime import Runtime, using_runtime
 
     socket = Path(args.local_socket) if args.local_socket else None
     kernel_pool = settings().kernel_pool if args.kernel_pool is None else args.kernel_pool
+    files_url = None
     with contextlib.ExitStack() as files:
         if args.files_port is not None or args.files_fd is not None:
             import socket as sockets
 
-            from notebook_jobs.deployments.file_server import FILES_URL_ENV, serving_files
+            from notebook_jobs.deployments.file_server import serving_files
 
             bound = None if args.files_fd is None else sockets.socket(fileno=args.files_fd)
             try:
-                os.environ[FILES_URL_ENV] = files.enter_context(
-                    serving_files(args.files_port or 0, bound=bound)
-                )
+                files_url = files.enter_context(serving_files(args.files_port or 0, bound=bound))
             except OSError as error:
                 print(
                     f"nbjobs: cannot serve files on 127.0.0.1:{args.files_port} "
@@ -103,5 +103,9 @@ def handle(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_BAD_INPUT
-        asyncio.run(serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc))
+        # the worker's runs link to its file server: the runtime says where, to them alone
+        with using_runtime(Runtime(files_url=files_url)):
+            asyncio.run(
+                serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc)
+            )
     return EXIT_OK

@@ -36,6 +36,7 @@ from notebook_jobs.tasks.models import (
     NotebookResult,
 )
 from notebook_jobs.tasks.notebook import render_html
+from notebook_jobs.tasks.runtime import current_runtime
 
 UPLOAD_THREADS = 8
 
@@ -192,29 +193,14 @@ def result_document(result: NotebookResult) -> bytes:
     return json.dumps(result.model_dump(mode="json"), indent=2).encode()
 
 
-ResultListener = Callable[[NotebookResult], None]
-_result_listeners: list[ResultListener] = []
-
-
-def add_result_listener(listener: ResultListener) -> None:
-    """Call ``listener`` with each run's result once ``result.json`` is stored, before the
-    Prefect artifacts are published (the local worker hands it to ``nbjobs run`` then)."""
-    _result_listeners.append(listener)
-
-
-def remove_result_listener(listener: ResultListener) -> None:
-    """Stop calling ``listener``."""
-    if listener in _result_listeners:
-        _result_listeners.remove(listener)
-
-
 async def write_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> None:
     """Write ``result.json`` under ``prefix`` in ``store``."""
     await asyncio.to_thread(store.put_bytes, safe_key(prefix, RESULT_NAME), result_document(result))
 
 
 async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str) -> bool:
-    """Write ``result.json`` and tell the result listeners, before any Prefect artifact.
+    """Write ``result.json`` and tell the runtime's result sinks, before any Prefect
+    artifact (the local worker hands the result to ``nbjobs run`` then).
 
     Returns:
         False when the write failed; ``publish_result`` then writes it again, with
@@ -224,8 +210,8 @@ async def store_result(result: NotebookResult, store: ArtefactStore, prefix: str
         await write_result(result, store, prefix)
     except ArtefactStoreError:
         return False
-    for listener in list(_result_listeners):
-        listener(result)
+    for sink in current_runtime().result_sinks:
+        sink(result)
     return True
 
 

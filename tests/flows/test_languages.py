@@ -11,8 +11,9 @@ from typing import Any
 import nbformat
 import pytest
 
-from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+from notebook_jobs.tasks.executors import LocalExecutor
 from notebook_jobs.tasks.models import NotebookResult
+from notebook_jobs.tasks.runtime import using_executor
 from tests.conftest import EXAMPLES, run_flow, service, state_outcome
 from tests.oracle import NOTEBOOKS, PARAMETERS, papermill_seen, seen
 

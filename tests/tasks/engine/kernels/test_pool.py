@@ -16,8 +16,9 @@ from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
 from notebook_jobs.tasks.engine.staging import inject_parameters
-from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+from notebook_jobs.tasks.executors import LocalExecutor
 from notebook_jobs.tasks.models import ExecutionOutcome, ExecutionReport
+from notebook_jobs.tasks.runtime import using_executor
 from tests.conftest import DATA, state_outcome
 
 IDENTITY = DATA / "hostile" / "kernel_identity.ipynb"
