@@ -179,7 +179,8 @@ def print_phases(label: str) -> None:
 async def measure(args: argparse.Namespace, work: Path) -> None:
     from notebook_jobs.tasks.engine.kernels.client import kernel_environment
     from notebook_jobs.tasks.engine.kernels.fork import ForkServers
-    from notebook_jobs.tasks.executors import LocalExecutor, using_executor
+    from notebook_jobs.tasks.executors import LocalExecutor
+    from notebook_jobs.tasks.runtime import using_executor
 
     store = work / "store"
     print("0. kernel start (until it answers; CPU of the kernel process)")
@@ -229,7 +230,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
 
     # Each batch runs in a process of its own, as on a worker. (Run in this process
     # after the measurements above, the same batch was 2 to 4 times slower, with this
-    # process idle most of the time; not understood yet, see the README.)
+    # process idle most of the time; not understood yet, see docs/performance.md.)
     rates_pm, rates_batch, memory_pm, memory_batch = [], [], [], []
     for _ in range(args.repeats):
         for kind, rates, memory in (

@@ -1,6 +1,6 @@
 """Soak: one long-lived worker on PostgreSQL, hundreds of runs, faults on a schedule.
 
-    python benchmarks/soak.py                 # 30 minutes, as in the README
+    python benchmarks/soak.py                 # 30 minutes, as in docs/performance.md
     python benchmarks/soak.py --minutes 5
 
 Starts PostgreSQL (tests/services/postgres.sh), ``prefect server start`` on it,

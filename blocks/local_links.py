@@ -77,8 +77,12 @@ def signed_path(url_path: str, key: bytes | None = None) -> Path | None:
 
 @contextlib.contextmanager
 def serving_files_at(url: str | None) -> Iterator[None]:
-    """Links made in this block point at the file server at ``url`` (None: at the one
-    ``$NBJOBS_FILES_URL`` names, if any)."""
+    """Links made in this block point at the file server at ``url``.
+
+    Args:
+        url: The server's base URL (``http://127.0.0.1:4280``), or None for the one
+            ``$NBJOBS_FILES_URL`` names, if any.
+    """
     token = _serving_at.set(url)
     try:
         yield

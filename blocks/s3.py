@@ -22,6 +22,12 @@ from notebook_jobs.blocks.exceptions import ArtefactStoreError, RequestTooLargeE
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/some/key`` into ``("bucket", "some/key")``.
 
+    Args:
+        uri: An ``s3://bucket/key`` URI.
+
+    Returns:
+        The bucket and the key (``""`` for the bucket itself).
+
     Raises:
         ArtefactStoreError: ``uri`` is not an ``s3://`` URI with a bucket.
     """
@@ -41,6 +47,13 @@ def _client() -> Any:
 def read_s3_object(uri: str, max_bytes: int | None = None) -> bytes:
     """Read one object named by an ``s3://bucket/key`` URI.
 
+    Args:
+        uri: The object's URI.
+        max_bytes: Refuse an object larger than this (a notebook's limit), if given.
+
+    Returns:
+        The object's bytes.
+
     Raises:
         RequestTooLargeError: The object is over ``max_bytes`` (asked before reading it).
     """
@@ -55,6 +68,11 @@ def read_s3_object(uri: str, max_bytes: int | None = None) -> bytes:
 
 
 def write_s3_object(uri: str, data: bytes) -> None:
-    """Write one object named by an ``s3://bucket/key`` URI (``nbjobs run``'s OUTPUT)."""
+    """Write one object named by an ``s3://bucket/key`` URI (``nbjobs run``'s OUTPUT).
+
+    Args:
+        uri: The object's URI.
+        data: Its new content, written whole.
+    """
     bucket, key = parse_s3_uri(uri)
     _client().put_object(Bucket=bucket, Key=key, Body=data)

@@ -117,7 +117,7 @@ async def load_cluster(name: str) -> SlurmCluster:
         ) from error
     except ValueError as error:  # Prefect's "Unable to find block document named ..."
         raise SlurmClusterError(
-            f"no SlurmCluster block named {name!r}: save one first (README, Slurm section)",
+            f"no SlurmCluster block named {name!r}: save one first (docs/slurm.md)",
             name=name,
         ) from error
     return cluster

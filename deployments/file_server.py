@@ -146,8 +146,8 @@ def serving_files(
     port: int, home: Path | None = None, bound: socket.socket | None = None
 ) -> Iterator[str]:
     """Serve signed local-store links on 127.0.0.1:``port`` (or on the socket ``bound``
-    already) while the block runs; yields the base URL (``http://127.0.0.1:4280``),
-    which ``$NBJOBS_FILES_URL`` must name for the runs' links to point here.
+    already) while the block runs; yields the base URL (``http://127.0.0.1:4280``), which
+    the runs' ``Runtime.files_url`` names (``tasks/runtime.py``) for their links to point here.
 
     Raises:
         OSError: The port cannot be bound.

@@ -101,6 +101,8 @@ def read_parameters(
             content = Path(name).expanduser().read_text()
         except OSError as error:
             raise OptionError(f"-f {name}: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:  # a ValueError: not a parse of ours to let through
+            raise OptionError(f"-f {name} is not UTF-8 text: {error.reason}") from error
         merged.update(_load_yaml(content, f"-f {name}"))
     for text in y or []:
         merged.update(_load_yaml(text, f"-y {text[:40]!r}"))

@@ -9,7 +9,7 @@ alone: its options, OUTPUT (a path, ``s3://``, or ``-`` for stdout; papermill's
 ``--stderr-file``, ``--prepare-only``, ``--help-notebook`` and the ``--inject-*``
 parameters. Standard library only at import: ``nbjobs run`` stays a light client.
 
-The deliberate differences are in the README's command-line section.
+The deliberate differences are in docs/cli.md.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel, Field
 
-from notebook_jobs.blocks.exceptions import BatchError
+from notebook_jobs.blocks.exceptions import BatchError, NotebookInputError
 from notebook_jobs.tasks.executors import LocalExecutor
 from notebook_jobs.tasks.history import publish_history
 from notebook_jobs.tasks.models import NotebookRequest
@@ -86,7 +86,7 @@ def batch_requests(
             r if r.store or not store else r.model_copy(update={"store": store}) for r in requests
         ]
     if notebook is None:
-        raise ValueError("run-notebooks needs requests, or a notebook (and a grid)")
+        raise NotebookInputError("run-notebooks needs requests, or a notebook (and a grid)")
     return [
         NotebookRequest(notebook=notebook, parameters={**(parameters or {}), **point}, store=store)
         for point in expand_grid(grid or {})

@@ -68,7 +68,14 @@ def current_runtime() -> Runtime:
 
 @contextlib.contextmanager
 def using_runtime(runtime: Runtime) -> Iterator[Runtime]:
-    """Runs started in this block (and every task they start) use ``runtime``."""
+    """Runs started in this block (and every task they start) use ``runtime``.
+
+    Args:
+        runtime: What they share; it is current until the block ends.
+
+    Yields:
+        ``runtime``.
+    """
     token = _current.set(runtime)
     try:
         with serving_files_at(runtime.files_url):
@@ -84,6 +91,10 @@ def current_executor() -> LocalExecutor | None:
 
 @contextlib.contextmanager
 def using_executor(executor: LocalExecutor | None) -> Iterator[None]:
-    """The current runtime, with ``executor`` for the runs started in this block."""
+    """The current runtime, with ``executor`` for the runs started in this block.
+
+    Args:
+        executor: Runs kernels for them; None: each uses the process's own.
+    """
     with using_runtime(replace(current_runtime(), executor=executor)):
         yield

@@ -1,6 +1,6 @@
 """The command line's reference page, rendered from the ``nbjobs`` argument parser itself.
 
-The docs site's hook (``docs/hooks.py``) puts it into ``docs/reference/cli.md`` when the
+The docs site's hook (``docs/hooks.py``) puts it into ``docs/cli-reference.md`` when the
 site is built, so the reference cannot drift from the options ``nbjobs`` takes.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-USAGE_WIDTH = 76  # the width of the docs theme's code blocks
+USAGE_WIDTH_CHARS = 76  # the width of the docs theme's code blocks
 
 
 def _subcommands(
@@ -24,7 +24,7 @@ def _subcommands(
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:
-    formatter = argparse.HelpFormatter(parser.prog, width=USAGE_WIDTH)
+    formatter = argparse.HelpFormatter(parser.prog, width=USAGE_WIDTH_CHARS)
     formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
     return formatter.format_help().strip()
 

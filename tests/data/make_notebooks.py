@@ -191,7 +191,7 @@ nb([params('seconds = 5.0  # how long the analysis computes'),
     new_code_cell('import time\n\nstart, rounds = time.perf_counter(), 0\nwhile time.perf_counter() - start < seconds:\n    total = sum(i * i for i in range(10_000))\n    rounds += 1\nprint(f"{rounds} rounds in {seconds} s")'),
    ], "benchmarks/analysis.ipynb")
 
-# the README's secret example: the password comes from a Secret block, never a parameter
+# the secret example of docs/secrets-cache-alerts.md: the password comes from a Secret block, never a parameter
 nb([new_markdown_cell("# Warehouse report\nConnects with a password from the Prefect Secret block `warehouse-password`."),
     params('password = ""  # secret: warehouse-password\nuser = "analyst"  # who connects'),
     new_code_cell(GLUE),
@@ -234,7 +234,7 @@ nb([params('report_date = None  # nbjobs: logical_date\n'
                   '    raise ValueError(f"no data for {report_date}")'),
    ], "tests/data/series.ipynb")
 
-# the README's schedule: a report for the day each run is for
+# the README's schedule (its tour): a report for the day each run is for
 nb([new_markdown_cell("# Daily report\nThe orders of one day: the day the run is for (its logical date)."),
     params('report_date = None  # nbjobs: logical_date\nregion = "eu"  # which region'),
     new_code_cell(GLUE),

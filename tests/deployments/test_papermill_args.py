@@ -129,3 +129,12 @@ def test_nan_is_refused_with_the_way_around_it() -> None:
     )
     assert done.returncode == 2
     assert "-r ratio nan passes the string" in done.stderr
+
+
+def test_a_parameters_file_that_is_not_utf8_is_one_option_error(tmp_path: Path) -> None:
+    from notebook_jobs.blocks.exceptions import OptionError
+
+    latin = tmp_path / "params.yaml"
+    latin.write_bytes("city: Zürich\n".encode("latin-1"))
+    with pytest.raises(OptionError, match="is not UTF-8 text"):
+        read_parameters(p=[], r=[], y=[], f=[str(latin)], b=[])

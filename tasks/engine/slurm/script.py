@@ -7,15 +7,33 @@ import shlex
 import sys
 from typing import TYPE_CHECKING
 
+from notebook_jobs.blocks.exceptions import SlurmClusterError
 from notebook_jobs.blocks.sbatch import directive_value
 
 if TYPE_CHECKING:  # a Prefect block: the job on the node imports no Prefect
-    from notebook_jobs.blocks.slurm import SlurmCluster
+    from notebook_jobs.blocks.slurm import SlurmCluster  # noqa: TID251 (typing only)
 
 JOB_MODULE = "notebook_jobs.tasks.engine.slurm.job"
 
 
 def render_batch_script(
+    cluster: SlurmCluster, *, job_dir: str, job_name: str, python: str | None = None
+) -> str:
+    """The sbatch script (see ``_render``).
+
+    Raises:
+        SlurmClusterError: A value an ``#SBATCH`` line cannot carry (the job folder's
+            path too), or a container runtime without an image.
+    """
+    try:
+        return _render(cluster, job_dir=job_dir, job_name=job_name, python=python)
+    except ValueError as error:  # directive_value's, or the container's below
+        raise SlurmClusterError(
+            f"the SlurmCluster cannot run this job: {error}", name=""
+        ) from error
+
+
+def _render(
     cluster: SlurmCluster, *, job_dir: str, job_name: str, python: str | None = None
 ) -> str:
     """The sbatch script that runs the execute step of one notebook in ``job_dir``.

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from notebook_jobs.blocks.exceptions import SlurmClusterError
 from notebook_jobs.blocks.slurm import SlurmCluster
 from notebook_jobs.tasks.engine.slurm.script import render_batch_script
 
@@ -57,7 +58,7 @@ def test_full_batch_script_with_container_modules_and_mail() -> None:
 
 
 def test_values_an_sbatch_line_cannot_carry_are_refused() -> None:
-    with pytest.raises(ValueError, match="job folder '/shared/my run' has characters"):
+    with pytest.raises(SlurmClusterError, match="job folder '/shared/my run' has characters"):
         render_batch_script(
             SlurmCluster(work_dir="/shared"), job_dir="/shared/my run", job_name="j"
         )
