@@ -300,6 +300,7 @@ def test_a_slow_notebook_under_each_overlap_policy(
     assert server_cancelled
 
 
+@pytest.mark.timeout(600)  # real ticks 20 s apart; slower when the machine is busy
 def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
     http_stack: HTTPStack, retiring: list[str], tmp_path: Path
 ) -> None:
@@ -343,6 +344,14 @@ def test_ticks_missed_while_the_worker_was_down_under_each_catch_up_policy(
             ),
         )
         stop(worker)  # down across the next three ticks
+        # the last tick the stopped worker had taken: on a busy machine it may have taken
+        # the next one too, as it was stopped (left Running: not one of the missed ones)
+        first = max(
+            instant(run["expected_start_time"])
+            for deployment_id in ids.values()
+            for run in runs_of(http_stack, deployment_id)
+            if run["state"]["type"] != "SCHEDULED"
+        )
         ticks = wait_until(
             "three ticks of each while the worker is down",
             lambda: (
