@@ -43,7 +43,7 @@ from notebook_jobs.tasks.models import (
 )
 
 if TYPE_CHECKING:  # a Prefect block: the job on the node imports no Prefect
-    from notebook_jobs.blocks.slurm import SlurmCluster
+    from notebook_jobs.blocks.slurm import SlurmCluster  # noqa: TID251 (typing only)
 
 STDERR_TAIL_LINES = 30
 # A job no command knows (sacct, squeue, scontrol) and that left no report of its own
