@@ -91,8 +91,8 @@ class KernelRun:
     secrets: RunSecrets | None = None
     environment: dict[str, str] | None = None
     progress: RunProgress = field(default_factory=RunProgress)
-    # the cell running when the deadline passed (None: the kernel was starting), if it did
-    timed_out_in: list[int | None] = field(default_factory=list)
+    deadline_passed: bool = False
+    deadline_cell: int | None = None  # running when it passed (None: the kernel was starting)
     km: AsyncKernelManager = field(init=False)
     ipc_dir: Path = field(init=False)  # the kernel's private sockets, removed after it
 
@@ -115,7 +115,7 @@ class KernelRun:
         cancelled = await self._run_until_deadline(client, plan)
         if cancelled:
             self._ended("cancelled", "Cancelled", "the run was cancelled")
-        if self.timed_out_in:
+        if self.deadline_passed:
             self._ended(
                 "timed_out",
                 "NotebookTimeoutError",
@@ -228,7 +228,7 @@ class KernelRun:
         running = asyncio.ensure_future(self._run_cells(client, plan))
 
         def on_deadline() -> None:
-            self.timed_out_in.append(self.progress.running)
+            self.deadline_passed, self.deadline_cell = True, self.progress.running
             running.cancel()
 
         loop = asyncio.get_running_loop()
@@ -236,7 +236,7 @@ class KernelRun:
         try:
             await running
         except asyncio.CancelledError:
-            if self.timed_out_in:
+            if self.deadline_passed:
                 return False
             # Cancelled from outside (a cancelled flow run, SIGTERM in a Slurm job): from
             # here on it is our own typed error, raised with what ran; the cancellation
@@ -261,7 +261,7 @@ class KernelRun:
     def _ended(self, status: RunStatus, name: str, message: str, starting: str = "") -> None:
         """The run ended from outside its cells (a deadline, a cancellation) in the cell
         that was running, which is reported so."""
-        index = self.timed_out_in[0] if status == "timed_out" else self.progress.running
+        index = self.deadline_cell if status == "timed_out" else self.progress.running
         self.progress.status = status
         where = f" while running cell {index}" if index is not None else starting
         self.progress.error = ErrorInfo(name=name, message=message + where, cell_index=index)
