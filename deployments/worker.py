@@ -100,6 +100,18 @@ async def final_message(flow_run: FlowRun, state: Any) -> dict[str, Any]:
     return message
 
 
+def in_process_entrypoint(deployment: Any) -> str | None:
+    """The deployment's entrypoint if this worker runs its runs in-process, else None.
+
+    Ours run in-process, unless the deployment has pull steps (prefect.yaml's git_clone):
+    those run where the steps put them, in a subprocess, as Prefect's process worker runs
+    them.
+    """
+    if deployment.entrypoint in IN_PROCESS_ENTRYPOINTS and not deployment.pull_steps:
+        return str(deployment.entrypoint)
+    return None
+
+
 class InProcessJobConfiguration(ProcessJobConfiguration):
     """A process job's configuration, not filled in for runs that stay in the worker.
 
@@ -116,11 +128,7 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
         worker_name: str | None = None,
         worker_id: Any = None,
     ) -> None:
-        if (
-            deployment is not None
-            and deployment.entrypoint in IN_PROCESS_ENTRYPOINTS
-            and not deployment.pull_steps
-        ):
+        if deployment is not None and in_process_entrypoint(deployment) is not None:
             return
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
@@ -135,16 +143,14 @@ class InProcessWorker(ProcessWorker):
     _entrypoints: dict[str, str | None]
     channel: RunChannel | None = None
 
-    async def _entrypoint_of(self, flow_run: FlowRun) -> str | None:
+    async def _in_process_entrypoint(self, flow_run: FlowRun) -> str | None:
         if not hasattr(self, "_entrypoints"):
             self._entrypoints = {}
         key = str(flow_run.deployment_id)
         if key not in self._entrypoints:
             async with get_client() as client:
                 deployment = await client.read_deployment(flow_run.deployment_id)  # type: ignore[arg-type]
-            # a deployment with pull steps (prefect.yaml's git_clone) runs where they put
-            # it: in a subprocess, as Prefect's process worker runs it
-            self._entrypoints[key] = None if deployment.pull_steps else deployment.entrypoint
+            self._entrypoints[key] = in_process_entrypoint(deployment)
         return self._entrypoints[key]
 
     async def submit_now(self, run_id: str) -> None:
@@ -170,7 +176,7 @@ class InProcessWorker(ProcessWorker):
             or flow_run.state.type != StateType.SCHEDULED
             or flow_run.work_pool_name != self._work_pool_name
             or flow_run.deployment_id is None
-            or await self._entrypoint_of(flow_run) not in ENTRYPOINTS
+            or await self._in_process_entrypoint(flow_run) not in ENTRYPOINTS
             or flow_run.id in self._submitting_flow_run_ids  # after the await: a poll has it
         ):
             return  # not ours to start now: the regular poll decides
@@ -225,7 +231,7 @@ class InProcessWorker(ProcessWorker):
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> ProcessWorkerResult:
         """Run the flow run in this process, or delegate to a subprocess for other flows."""
-        entrypoint = await self._entrypoint_of(flow_run) if flow_run.deployment_id else None
+        entrypoint = await self._in_process_entrypoint(flow_run) if flow_run.deployment_id else None
         if entrypoint not in IN_PROCESS_ENTRYPOINTS:
             files_url = current_runtime().files_url
             if files_url:  # a run in a subprocess links to this worker's file server too
