@@ -29,6 +29,16 @@ def _modules(folder: str) -> list[Path]:
     return sorted(path for path in (ROOT / folder).rglob("*.py") if path.name != "__main__.py")
 
 
+def _module_name(path: Path) -> str:
+    """The one name a module of ours is imported under: ``notebook_jobs.tasks.engine.cells``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(("notebook_jobs", *parts)).removesuffix(".__init__")
+
+
+def _all_modules() -> list[str]:
+    return [_module_name(path) for layer in LAYERS for path in _modules(layer)]
+
+
 def _imported(path: Path) -> set[str]:
     """Every module a file imports, wherever the import statement sits."""
     names: set[str] = set()
@@ -72,13 +82,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("notebook_jobs"))
 
 @pytest.mark.unit
 def test_the_engine_imports_with_prefect_unimportable() -> None:
-    engine = ROOT / "tasks" / "engine"
-    names = [
-        "notebook_jobs.tasks.engine."
-        + ".".join(path.relative_to(engine).with_suffix("").parts).removesuffix(".__init__")
-        for path in _modules("tasks/engine")
-    ]
-    names = [name.removesuffix(".__init__") for name in names]
+    names = [_module_name(path) for path in _modules("tasks/engine")]
     assert "notebook_jobs.tasks.engine.slurm.job" in names and len(names) > 25
     done = subprocess.run(
         [sys.executable, "-c", BLOCK_PREFECT, json.dumps(names)],
@@ -153,13 +157,8 @@ def test_no_module_of_ours_is_loaded_under_two_names() -> None:
     script = """
 import importlib, json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
-for folder in ("blocks", "tasks", "flows", "deployments"):
-    for path in sorted((root / folder).rglob("*.py")):
-        if path.name == "__main__.py":
-            continue
-        parts = path.relative_to(root).with_suffix("").parts
-        name = ".".join(("notebook_jobs", *parts)).removesuffix(".__init__")
-        importlib.import_module(name)
+for name in json.loads(sys.argv[2]):
+    importlib.import_module(name)
 def layer(module):
     file = pathlib.Path(getattr(module, "__file__", None) or "/").resolve()
     inside = file.is_relative_to(root) and file.relative_to(root).parts[0]
@@ -168,7 +167,10 @@ ours = [(name, str(layer(m))) for name, m in list(sys.modules.items()) if layer(
 print(json.dumps(ours))
 """
     done = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, str(ROOT), json.dumps(_all_modules())],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     ours = json.loads(done.stdout)
@@ -189,15 +191,13 @@ def test_the_error_tree_is_closed() -> None:
     from notebook_jobs.blocks import exceptions
 
     defined = []
-    for layer in LAYERS:
-        for path in _modules(layer):
-            name = ".".join(("notebook_jobs", *path.relative_to(ROOT).with_suffix("").parts))
-            module = importlib.import_module(name.removesuffix(".__init__"))
-            defined += [
-                cls
-                for _, cls in inspect.getmembers(module, inspect.isclass)
-                if issubclass(cls, BaseException) and cls.__module__ == module.__name__
-            ]
+    for name in _all_modules():
+        module = importlib.import_module(name)
+        defined += [
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, BaseException) and cls.__module__ == module.__name__
+        ]
     assert len(defined) > 30
     assert [c.__name__ for c in defined if not issubclass(c, exceptions.NotebookJobError)] == []
     assert {c.__module__ for c in defined} == {"notebook_jobs.blocks.exceptions"}

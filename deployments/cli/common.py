@@ -1,5 +1,5 @@
 """What the command modules share: the local server when none is configured, the
-command line's parameters, the run's page in the UI."""
+command line's parameters, the version."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from notebook_jobs.blocks.exceptions import OptionError
 
 if TYPE_CHECKING:
     from notebook_jobs.deployments.local_server import LocalServer
-
-WORKER_SETTINGS = {
-    # Prefect's worker polls every 10 s by default; a notebook job should start at once.
-    # Set before Prefect is imported: it reads its settings at import.
-    "PREFECT_WORKER_QUERY_SECONDS": "0.5",
-    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-    # heartbeats let the server mark runs of a killed worker Crashed (see commands.py)
-    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-}
 
 
 def use_local_server() -> LocalServer | None:
@@ -105,14 +96,6 @@ def request_parameters(args: argparse.Namespace) -> dict[str, Any]:
                 f"-r {name} {value} passes the string"
             )
     return parameters
-
-
-def ui_url(state: Any) -> str | None:
-    """The run's page in the Prefect UI of the configured server (the UI it defaults to)."""
-    from notebook_jobs.tasks.ui_links import run_url
-
-    run_id = state.state_details.flow_run_id
-    return run_url(str(run_id)) if run_id else None
 
 
 def version() -> str:

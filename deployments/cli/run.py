@@ -16,7 +16,6 @@ from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.cli.common import (
     add_parameter_options,
     request_parameters,
-    ui_url,
     use_local_server,
     version,
 )
@@ -176,3 +175,11 @@ async def _run(args: argparse.Namespace) -> int:
         return report_run(args, document, url, store_failure=spilled)
     assert isinstance(outcome, BaseException)
     return report_refusal(type(outcome).__name__, str(outcome), args.json, url)
+
+
+def ui_url(state: Any) -> str | None:
+    """The run's page in the Prefect UI of the configured server (the UI it defaults to)."""
+    from notebook_jobs.tasks.ui_links import run_url
+
+    run_id = state.state_details.flow_run_id
+    return run_url(str(run_id)) if run_id else None

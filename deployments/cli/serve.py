@@ -8,8 +8,16 @@ import os
 import sys
 from typing import Any
 
-from notebook_jobs.deployments.cli.common import WORKER_SETTINGS
 from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK
+
+WORKER_SETTINGS = {
+    # Prefect's worker polls every 10 s by default; a notebook job should start at once.
+    # Set before Prefect is imported: it reads its settings at import.
+    "PREFECT_WORKER_QUERY_SECONDS": "0.5",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    # heartbeats let the server mark runs of a killed worker Crashed (see commands.py)
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+}
 
 
 def add_parser(commands: Any) -> None:
