@@ -52,6 +52,7 @@ from notebook_jobs.tasks.models import (
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.publish import publish_result
 from notebook_jobs.tasks.store.artefacts import (
+    RunFolder,
     copy_files,
     mask_files,
     remove_run_folder,
@@ -264,24 +265,21 @@ async def store_run(
         await asyncio.to_thread(copy_files, staged.cwd, report.files, staged.files_dir)
     if staged.secrets is not None:  # the stored copies of what the notebook wrote
         await asyncio.to_thread(mask_files, staged.secrets, staged.files_dir, report.files)
-    logs = {name: Path(path) for name, path in outcome.logs.items()}
+    folder = RunFolder(
+        path=run_dir,
+        prefix=prefix,
+        files=tuple(report.files),
+        workdir_name=staged.files_dir.relative_to(run_dir).as_posix(),
+        logs={name: Path(path) for name, path in outcome.logs.items()},
+    )
     spilled: Path | None = None
     notes = staged.notes + list(report.notes)
     try:
-        artefacts = await store_task(store_retries())(
-            artefact_store, run_dir, prefix, report.files, staged.files_dir, logs
-        )
+        artefacts = await store_task(store_retries())(artefact_store, folder)
     except ArtefactStoreError as error:
         # Nothing is lost: keep everything here and say where, for nbjobs retry-uploads.
         spilled, artefacts = await asyncio.to_thread(
-            spill_run,
-            run_dir,
-            store_spec=artefact_store.spec,
-            prefix=prefix,
-            files=report.files,
-            workdir_name=staged.files_dir.name,
-            logs=logs,
-            reason=str(error),
+            spill_run, folder, store_spec=artefact_store.spec, reason=str(error)
         )
         notes.append(
             f"the artefact store {artefact_store.root} could not be reached ({error}); the "
@@ -345,7 +343,7 @@ async def store_run(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
         )
     if not settings().keep_run_dirs:
-        await asyncio.to_thread(remove_run_folder, run_dir, list(logs.values()))
+        await asyncio.to_thread(remove_run_folder, run_dir, list(folder.logs.values()))
     return result
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from notebook_jobs.tasks.store.artefacts import RunFolder
 from notebook_jobs.tasks.store.spill import spill_run
 from tests.loop_guard import blocking_calls
 
@@ -22,15 +23,8 @@ pytestmark = pytest.mark.unit
 def spill(run_dir: Path) -> None:
     run_dir.mkdir()
     nbformat.write(nbformat.v4.new_notebook(), run_dir / "notebook.ipynb")
-    spill_run(
-        run_dir,
-        store_spec="s3://gone/runs",
-        prefix=f"loop-guard/{run_dir.parent.name}-{run_dir.name}",
-        files=[],
-        workdir_name="work",
-        logs={},
-        reason="the store did not answer",
-    )
+    folder = RunFolder(run_dir, prefix=f"loop-guard/{run_dir.parent.name}-{run_dir.name}")
+    spill_run(folder, store_spec="s3://gone/runs", reason="the store did not answer")
 
 
 def test_a_blocking_call_on_the_loop_is_seen_and_one_in_a_thread_is_not(

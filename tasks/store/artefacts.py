@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nbformat
@@ -26,6 +27,7 @@ from notebook_jobs.tasks.engine.layout import (
     FILES_FOLDER,
     MAIN_ARTEFACTS,
     RESULT_NAME,
+    WORK_FOLDER,
 )
 from notebook_jobs.tasks.engine.outputs import display_of, write_displays
 from notebook_jobs.tasks.engine.secrets import RunSecrets
@@ -41,30 +43,60 @@ from notebook_jobs.tasks.runtime import current_runtime
 UPLOAD_THREADS = 8
 
 
-def upload_run_folder(
-    store: ArtefactStore,
-    run_dir: Path,
-    prefix: str,
-    files: list[str],
-    workdir: Path,
-    logs: dict[str, Path] | None = None,
-) -> Artefacts:
-    """Upload the run folder's notebooks, the files the notebook wrote, and job logs.
+@dataclass(frozen=True)
+class RunFolder:
+    """A run's folder on local disk, and where its artefacts go in a store.
 
-    ``logs`` maps artefact names (``slurm/slurm-12.out``) to local files.
+    What ``store_artefacts`` uploads, what ``spill_run`` keeps when the store does not
+    answer and ``nbjobs retry-uploads`` uploads later: one value instead of the five
+    arguments each of them took.
+
+    Attributes:
+        path: The folder: the input and executed notebooks, their HTML, ``outputs/``
+            (the cells' rich outputs) and the files the notebook wrote.
+        prefix: The run's prefix in the store (``run-notebook/<flow run id>``).
+        files: The files the notebook wrote, relative to ``workdir``.
+        workdir_name: The folder inside ``path`` that holds them.
+        logs: Job logs kept beside it: artefact name (``slurm/slurm-12.out``) to file.
+
+    Example:
+        >>> folder = RunFolder(Path("/tmp/run"), "run-notebook/0b6f", files=("out.csv",))
+        >>> folder.workdir, folder.moved_to(Path("/spill/x")).workdir
+        (PosixPath('/tmp/run/work'), PosixPath('/spill/x/work'))
+    """
+
+    path: Path
+    prefix: str
+    files: tuple[str, ...] = ()
+    workdir_name: str = WORK_FOLDER
+    logs: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def workdir(self) -> Path:
+        """Where the files the notebook wrote are."""
+        return self.path / self.workdir_name
+
+    def moved_to(self, path: Path) -> RunFolder:
+        """The same run's folder, moved to ``path`` (its logs stay where they are)."""
+        return replace(self, path=path)
+
+
+def upload_run_folder(store: ArtefactStore, folder: RunFolder) -> Artefacts:
+    """Upload the run folder's notebooks, the files the notebook wrote, and job logs.
 
     Returns:
         Their URIs, plus links (presigned for S3) to the notebook, HTML and result.
     """
+    run_dir, prefix = folder.path, folder.prefix
     jobs: list[tuple[str, str, Path]] = []
-    for field, name in MAIN_ARTEFACTS.items():
+    for what, name in MAIN_ARTEFACTS.items():
         if (run_dir / name).exists():
-            jobs.append((field, safe_key(prefix, name), run_dir / name))
-    for relative in files:
-        source = workdir / relative
+            jobs.append((what, safe_key(prefix, name), run_dir / name))
+    for relative in folder.files:
+        source = folder.workdir / relative
         if source.is_file():
             jobs.append((f"files:{relative}", safe_key(prefix, FILES_FOLDER, relative), source))
-    for name, source in (logs or {}).items():
+    for name, source in folder.logs.items():
         if source.is_file():
             jobs.append((f"logs:{name}", safe_key(prefix, name), source))
     for source in display_files(run_dir):
@@ -141,25 +173,20 @@ def artefacts_from(
 
 
 @task(name="store-artefacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
-async def store_artefacts(
-    store: ArtefactStore,
-    run_dir: Path,
-    prefix: str,
-    files: list[str],
-    workdir: Path,
-    logs: dict[str, Path] | None = None,
-) -> Artefacts:
+async def store_artefacts(store: ArtefactStore, folder: RunFolder) -> Artefacts:
     """Render the executed notebook as HTML, then upload the run folder's artefacts.
 
     The input, the executed notebook, its HTML, the files the notebook wrote and any
     job logs. A rendering error is logged, not fatal: the notebook itself is stored.
 
     Example:
-        >>> artefacts = await store_artefacts(open_store("s3://runs"), run_dir, prefix, [], work)
+        >>> folder = RunFolder(run_dir, "run-notebook/0b6f...")
+        >>> artefacts = await store_artefacts(open_store("s3://runs"), folder)
         >>> artefacts.notebook
         's3://runs/run-notebook/0b6f.../notebook.ipynb'
     """
     logger = get_run_logger()
+    run_dir = folder.path
     try:
         await asyncio.to_thread(render_html, run_dir)
     except Exception as error:  # a broken rendering must not lose the run
@@ -170,12 +197,11 @@ async def store_artefacts(
         logger.warning(
             "could not store the cells' rich outputs: %s: %s", type(error).__name__, error
         )
-    artefacts = await asyncio.to_thread(
-        upload_run_folder, store, run_dir, prefix, files, workdir, logs
-    )
+    artefacts = await asyncio.to_thread(upload_run_folder, store, folder)
     # where, the summary links: a path on the worker's disk says nothing to a reader
     logger.info(
-        "stored the executed notebook, its HTML and %d files the notebook wrote", len(files)
+        "stored the executed notebook, its HTML and %d files the notebook wrote",
+        len(folder.files),
     )
     return artefacts
 

@@ -19,6 +19,7 @@ from notebook_jobs.tasks.engine.layout import (
 )
 from notebook_jobs.tasks.models import Artefacts, NotebookResult
 from notebook_jobs.tasks.store.artefacts import (
+    RunFolder,
     artefacts_from,
     display_files,
     displays_from,
@@ -37,31 +38,38 @@ class SpillManifest(BaseModel):
     logs: dict[str, str]
     reason: str
 
+    def folder(self, path: Path) -> RunFolder:
+        """The spilled run's folder at ``path``, with the job logs kept in it."""
+        return RunFolder(
+            path=path,
+            prefix=self.prefix,
+            files=tuple(self.files),
+            workdir_name=self.workdir,
+            logs={name: Path(kept) for name, kept in self.logs.items()},
+        )
 
-def spill_run(
-    run_dir: Path,
-    *,
-    store_spec: str,
-    prefix: str,
-    files: list[str],
-    workdir_name: str,
-    logs: dict[str, Path],
-    reason: str,
-) -> tuple[Path, Artefacts]:
+
+def spill_run(folder: RunFolder, *, store_spec: str, reason: str) -> tuple[Path, Artefacts]:
     """Keep a run's artefacts in the local spill folder until ``nbjobs retry-uploads``.
+
+    Args:
+        folder: The run's folder; it is moved, and its job logs copied, into the spill
+            folder.
+        store_spec: The store it was going to (``open_store``'s spec).
+        reason: Why it could not go there, kept in the manifest.
 
     Returns:
         The spill folder and the artefacts' local locations (for the result).
     """
     import shutil
 
-    target = spill_root() / prefix.replace("/", "__")
+    target = spill_root() / folder.prefix.replace("/", "__")
     target.parent.mkdir(parents=True, exist_ok=True)
-    if run_dir.resolve() != target.resolve():
+    if folder.path.resolve() != target.resolve():
         shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(run_dir), str(target))
+        shutil.move(str(folder.path), str(target))
     kept_logs: dict[str, str] = {}
-    for name, path in logs.items():
+    for name, path in folder.logs.items():
         if path.is_file():
             copy = target / "logs" / name
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -69,21 +77,21 @@ def spill_run(
             kept_logs[name] = str(copy)
     manifest = SpillManifest(
         store=store_spec,
-        prefix=prefix,
-        files=files,
-        workdir=workdir_name,
+        prefix=folder.prefix,
+        files=list(folder.files),
+        workdir=folder.workdir_name,
         logs=kept_logs,
         reason=reason,
     )
     (target / SPILL_MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    spilled = manifest.folder(target)
     located = [
         (what, str(target / name), str(target / name))
         for what, name in MAIN_ARTEFACTS.items()
         if (target / name).exists()
     ]
     located += [
-        (f"files:{f}", str(target / workdir_name / f), str(target / workdir_name / f))
-        for f in files
+        (f"files:{f}", str(spilled.workdir / f), str(spilled.workdir / f)) for f in spilled.files
     ]
     located += [(f"logs:{name}", "", path) for name, path in kept_logs.items()]
     located += [(f"displays:{p.name}", str(p), str(p)) for p in display_files(target)]
@@ -117,10 +125,7 @@ def retry_spilled_uploads() -> list[tuple[Path, str | None]]:
         try:
             manifest = SpillManifest.model_validate_json(manifest_path.read_text())
             store = open_store(manifest.store)
-            logs = {name: Path(path) for name, path in manifest.logs.items()}
-            artefacts = upload_run_folder(
-                store, folder, manifest.prefix, manifest.files, folder / manifest.workdir, logs
-            )
+            artefacts = upload_run_folder(store, manifest.folder(folder))
             spilled = NotebookResult.model_validate_json((folder / RESULT_NAME).read_text())
             notes = [note for note in spilled.notes if "spill" not in note]
             result = spilled.model_copy(

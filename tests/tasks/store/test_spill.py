@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from notebook_jobs.tasks.store.artefacts import RunFolder
 from notebook_jobs.tasks.store.spill import spill_run
 
 pytestmark = pytest.mark.unit
@@ -21,14 +22,9 @@ def test_a_spilled_run_lists_its_rich_outputs(
     (run_dir / "outputs").mkdir(parents=True)
     nbformat.write(nbformat.v4.new_notebook(), run_dir / "notebook.ipynb")
     (run_dir / "outputs" / "cell-2-0.png").write_bytes(b"\x89PNG\r\n-a-plot")
+    folder = RunFolder(run_dir, prefix=f"run-notebook/{tmp_path.name}")
     target, artefacts = spill_run(
-        run_dir,
-        store_spec="s3://gone/runs",
-        prefix=f"run-notebook/{tmp_path.name}",
-        files=[],
-        workdir_name="work",
-        logs={},
-        reason="the store did not answer",
+        folder, store_spec="s3://gone/runs", reason="the store did not answer"
     )
     (shown,) = artefacts.displays
     kept = target / "outputs" / "cell-2-0.png"
