@@ -258,11 +258,8 @@ async def serve(
             earlier one (False), or decide from the API's address and auth (None,
             ``adhoc_decision``).
     """
-    from prefect.workers.process import ProcessWorker
+    from notebook_jobs.deployments.worker import InProcessWorker, SubprocessWorker
 
-    from notebook_jobs.deployments.worker import InProcessWorker, share_tls_contexts
-
-    share_tls_contexts()
     main = asyncio.current_task()
     terminated: list[bool] = []
 
@@ -304,7 +301,7 @@ async def serve(
             # runs, but on SQLite its bucket writes for every event were measured to
             # lock the database for 60 s at a time.)
             await crash_orphaned_runs(client, pool)
-    worker_class = InProcessWorker if isolation == "in-process" else ProcessWorker
+    worker_class = InProcessWorker if isolation == "in-process" else SubprocessWorker
     warming: asyncio.Future[None] | None = None
     # in-process runs share one executor; a subprocess per run makes its own
     executor = LocalExecutor(pool_size=kernel_pool) if isolation == "in-process" else None

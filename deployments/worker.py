@@ -25,20 +25,18 @@ stored; the run's Prefect artifacts and final state follow a moment later.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import ssl
 from pathlib import Path
 from typing import Any
 
 import anyio.abc
-import prefect.client.orchestration
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_engine import run_flow
 from prefect.states import Cancelled
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
+from notebook_jobs.deployments import flow_process
 from notebook_jobs.deployments.definitions import (
     ENDPOINT_JOB_ENTRYPOINT,
     ENDPOINTS_ENTRYPOINT,
@@ -51,30 +49,6 @@ from notebook_jobs.tasks.executors import using_caller_environment
 from notebook_jobs.tasks.runtime import current_runtime, using_runtime
 
 CANCEL_POLL_SECONDS = 1.0
-
-
-class _SharedTLS:
-    """``ssl`` for Prefect's client module, handing out one context per set of arguments.
-
-    ``PrefectClient`` builds a TLS context for every client it creates, even for an
-    ``http://`` API, and parsing the CA bundle costs about 40 ms of CPU here. A worker
-    creates a dozen clients per flow run (the engine, result storage, tags, the
-    cancellation watcher...): measured with py-spy, 0.3 s of CPU per run. A context
-    is safe to share between clients.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(ssl, name)
-
-    @staticmethod
-    @functools.cache
-    def create_default_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
-        return ssl.create_default_context(*args, **kwargs)
-
-
-def share_tls_contexts() -> None:
-    """Make every Prefect client of this process share its TLS context (see ``_SharedTLS``)."""
-    prefect.client.orchestration.ssl = _SharedTLS()  # type: ignore[assignment,attr-defined]
 
 
 async def final_message(flow_run: FlowRun, state: Any) -> dict[str, Any]:
@@ -112,7 +86,36 @@ def in_process_entrypoint(deployment: Any) -> str | None:
     return None
 
 
-class InProcessJobConfiguration(ProcessJobConfiguration):
+class SubprocessJobConfiguration(ProcessJobConfiguration):
+    """A process job's configuration whose runs of our flows start in a runtime.
+
+    A deployment of one of our flows that left the job's ``command`` empty runs
+    ``python -m notebook_jobs.deployments.flow_process`` instead of Prefect's engine
+    module: the engine, inside a ``Runtime`` (see there). A command the deployment set
+    is kept.
+    """
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: Any = None,
+        flow: Any = None,
+        work_pool: Any = None,
+        worker_name: str | None = None,
+        worker_id: Any = None,
+    ) -> None:
+        if (
+            self.command is None
+            and deployment is not None
+            and deployment.entrypoint in IN_PROCESS_ENTRYPOINTS
+        ):
+            self.command = flow_process.command()
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+
+
+class InProcessJobConfiguration(SubprocessJobConfiguration):
     """A process job's configuration, not filled in for runs that stay in the worker.
 
     Filling it in serialises every Prefect setting into environment variables for the
@@ -133,6 +136,34 @@ class InProcessJobConfiguration(ProcessJobConfiguration):
         super().prepare_for_flow_run(
             flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
         )
+
+
+def with_files_url(configuration: ProcessJobConfiguration) -> ProcessJobConfiguration:
+    """A run's job configuration, its environment naming this runtime's file server.
+
+    A run in a subprocess of the worker links its local-store files to the worker's file
+    server too: its environment is the one way the address reaches it.
+    """
+    files_url = current_runtime().files_url
+    if files_url:
+        configuration.env = {**configuration.env, FILES_URL_ENV: files_url}
+    return configuration
+
+
+class SubprocessWorker(ProcessWorker):
+    """Prefect's process worker (``nbjobs serve --isolation process``), whose runs of our
+    flows start in a runtime that links to this worker's file server."""
+
+    job_configuration = SubprocessJobConfiguration
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        """Run the flow run in a subprocess, as Prefect's process worker does."""
+        return await super().run(flow_run, with_files_url(configuration), task_status)
 
 
 class InProcessWorker(ProcessWorker):
@@ -233,10 +264,7 @@ class InProcessWorker(ProcessWorker):
         """Run the flow run in this process, or delegate to a subprocess for other flows."""
         entrypoint = await self._in_process_entrypoint(flow_run) if flow_run.deployment_id else None
         if entrypoint not in IN_PROCESS_ENTRYPOINTS:
-            files_url = current_runtime().files_url
-            if files_url:  # a run in a subprocess links to this worker's file server too
-                configuration.env = {**configuration.env, FILES_URL_ENV: files_url}
-            return await super().run(flow_run, configuration, task_status)
+            return await super().run(flow_run, with_files_url(configuration), task_status)
         chosen: Any
         if entrypoint == ENDPOINTS_ENTRYPOINT:
             from notebook_jobs.flows.serve_endpoints import run_endpoints as chosen

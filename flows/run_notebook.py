@@ -32,7 +32,6 @@ from notebook_jobs.blocks.exceptions import (
 from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import open_store
-from notebook_jobs.flows import log_filters
 from notebook_jobs.flows.deployment_rules import (
     RunOrigin,
     merged_parameters,
@@ -87,7 +86,6 @@ from notebook_jobs.tasks.notebook import (
 from notebook_jobs.tasks.runtime import current_executor
 
 FLOW_NAME = "run-notebook"
-log_filters.install()  # the notebook's traceback in the log, not the framework's
 
 
 @functools.cache

@@ -8,11 +8,14 @@ runs sync tasks in and the asyncio tasks they start all see it. It holds:
 - the sinks that hear each cell as it starts and ends (a terminal's progress bar, the
   local worker's stream to ``nbjobs run``) and each result once ``result.json`` is stored;
 - where the worker's file server serves local stores (``ArtefactStore.link`` signs links
-  to it; ``blocks.local_links.serving_files_at``).
+  to it; ``blocks.local_links.serving_files_at``);
+- the two process-wide things it changes while current and puts back after
+  (``tasks.process_wide``): Prefect's engine logging our errors once, without a
+  framework traceback, and Prefect's clients sharing one TLS context (a worker's).
 
-Nothing of it is found through ``os.environ`` or a module-level list. With none made, a
-run sees ``NO_RUNTIME``: no executor (it uses the process's own), no sinks, ``file://``
-links.
+Nothing of it is found through ``os.environ``, a module-level list or an import's side
+effect. With none made, a run sees ``NO_RUNTIME``: no executor (it uses the process's
+own), no sinks, ``file://`` links, and Prefect's logging as Prefect made it.
 
 Example:
     >>> with using_runtime(Runtime(cell_sinks=(print,))):
@@ -29,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from notebook_jobs.blocks.local_links import serving_files_at
+from notebook_jobs.tasks.process_wide import quiet_own_errors, shared_tls_contexts
 
 if TYPE_CHECKING:
     from notebook_jobs.tasks.engine.cells import CellEvent
@@ -49,12 +53,18 @@ class Runtime:
         result_sinks: Called with each run's result once ``result.json`` is stored,
             before its Prefect artifacts are published.
         files_url: The worker's file server, which local-store links point at.
+        quiet_own_errors: Prefect's engine logs our errors (expected outcomes, each
+            logged once by its run) without traceback, as WARNING.
+        shared_tls: Prefect's clients share one TLS context (a worker makes a dozen
+            clients per run).
     """
 
     executor: LocalExecutor | None = None
     cell_sinks: tuple[CellSink, ...] = ()
     result_sinks: tuple[ResultSink, ...] = ()
     files_url: str | None = None
+    quiet_own_errors: bool = True
+    shared_tls: bool = False
 
 
 _current: ContextVar[Runtime | None] = ContextVar("nbjobs_runtime", default=None)
@@ -78,7 +88,12 @@ def using_runtime(runtime: Runtime) -> Iterator[Runtime]:
     """
     token = _current.set(runtime)
     try:
-        with serving_files_at(runtime.files_url):
+        with contextlib.ExitStack() as process_wide:
+            process_wide.enter_context(serving_files_at(runtime.files_url))
+            if runtime.quiet_own_errors:
+                process_wide.enter_context(quiet_own_errors())
+            if runtime.shared_tls:
+                process_wide.enter_context(shared_tls_contexts())
             yield runtime
     finally:
         _current.reset(token)

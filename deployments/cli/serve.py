@@ -111,14 +111,9 @@ def handle(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_BAD_INPUT
-        if files_url and args.isolation == "process":
-            # Prefect's process worker starts each run in a subprocess of this one, with
-            # this environment: the one way the address reaches them
-            from notebook_jobs.deployments.file_server import FILES_URL_ENV
-
-            os.environ[FILES_URL_ENV] = files_url
-        # in-process runs link to the worker's file server: the runtime says where
-        with using_runtime(Runtime(files_url=files_url)):
+        # the worker's runs link to its file server (a subprocess's through its
+        # environment, deployments/worker.py:with_files_url)
+        with using_runtime(Runtime(files_url=files_url, shared_tls=True)):
             asyncio.run(
                 serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc)
             )

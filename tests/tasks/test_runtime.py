@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,38 @@ def test_local_store_links_point_at_the_runtimes_file_server(tmp_path: Path) -> 
     with using_runtime(Runtime(files_url="http://127.0.0.1:4281")):
         link = store.link("run/result.json")
     assert link.startswith("http://127.0.0.1:4281/files/") and link.endswith("/run/result.json")
+
+
+PROCESS_WIDE = """
+import logging, ssl
+import prefect.client.orchestration as orchestration
+import notebook_jobs.flows.run_notebook  # the flow: importing it changes nothing
+from notebook_jobs.tasks.runtime import Runtime, using_runtime
+
+def seen():
+    filters = logging.getLogger("prefect.flow_runs").filters
+    return [len(filters), orchestration.ssl is not ssl]
+
+print(seen())
+with using_runtime(Runtime(shared_tls=True)):
+    print(seen())
+    with using_runtime(Runtime()):  # a run's, inside the worker's: leaves them to it
+        print(seen())
+    print(seen())
+print(seen())
+"""
+
+
+def test_a_runtime_changes_what_is_process_wide_only_while_it_is_current() -> None:
+    # a process of its own: this one's session runtime has made its changes already
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS_WIDE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:5] == [
+        "[0, False]",
+        "[1, True]",
+        "[1, True]",
+        "[1, True]",
+        "[0, False]",
+    ]
