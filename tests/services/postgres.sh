@@ -3,7 +3,13 @@
 # role and an empty database for a Prefect server, and prints its connection URL.
 # Idempotent; needs root (as CI and these machines have). Usage:
 #   tests/services/postgres.sh [DATABASE]      (default: nbjobs_test, recreated empty)
+#   tests/services/postgres.sh stop            (stops the cluster it started)
 set -euo pipefail
+if [ "${1:-}" = stop ]; then
+  version="$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1)"
+  [ -z "$version" ] || pg_ctlcluster "$version" main stop 2>/dev/null || true
+  exit 0
+fi
 db="${1:-nbjobs_test}"
 role="nbjobs"
 password="nbjobs-test-only"

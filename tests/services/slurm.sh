@@ -9,7 +9,20 @@
 # task/none; DefMemPerCPU so jobs do not each take the whole node's memory;
 # batch_sched_delay=0 for sub-second scheduling; accounting through slurmdbd so
 # `sacct` works.
+#
+# Usage: tests/services/slurm.sh [start|stop]   (stop: ends the daemons it started, by
+# their pid files, slurmd first; the configuration and accounting database stay)
 set -euo pipefail
+if [ "${1:-start}" = stop ]; then
+  for pidfile in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid /run/slurm/slurmdbd.pid \
+                 /run/mysqld/mysqld.pid /run/munge/munged.pid; do
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
+  exit 0
+fi
 export DEBIAN_FRONTEND=noninteractive
 packages=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 missing=()
