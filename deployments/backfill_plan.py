@@ -162,7 +162,7 @@ def backfill_table(
     label: str, backfill_id: str, deployment: str, ticks: list[Tick], ui_url: str | None
 ) -> str:
     """The backfill's table artifact: a row per tick, its run, status, seconds, outputs."""
-    from notebook_jobs.tasks.history import scalar, value_text
+    from notebook_jobs.tasks.history_table import scalar, value_text
 
     columns: list[str] = []
     for tick in ticks:

@@ -81,9 +81,9 @@ async def _notebooks(args: argparse.Namespace) -> int:
 
 async def _history(args: argparse.Namespace) -> int:
     from notebook_jobs.flows.run_labels import notebook_label
-    from notebook_jobs.tasks.history import (
+    from notebook_jobs.tasks.history import read_history
+    from notebook_jobs.tasks.history_table import (
         output_columns,
-        read_history,
         started_by,
         value_text,
         with_changes,

@@ -38,7 +38,8 @@ from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, RESULT_NAME
 from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.engine.staging import notebook_defaults
 from notebook_jobs.tasks.events import emit_refusal_event, emit_run_event
-from notebook_jobs.tasks.history import HistoryRun, publish_history
+from notebook_jobs.tasks.history import publish_history
+from notebook_jobs.tasks.history_table import HistoryRun
 from notebook_jobs.tasks.models import (
     CacheInfo,
     ExecutionOutcome,

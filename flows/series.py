@@ -46,7 +46,7 @@ from prefect.states import Cancelled
 
 from notebook_jobs.flows.run_labels import run_trigger
 from notebook_jobs.tasks.engine.run_context import logical_date, tick_text, zone_name, zone_of
-from notebook_jobs.tasks.history import HistoryRun
+from notebook_jobs.tasks.history_table import HistoryRun
 from notebook_jobs.tasks.models import RunContext
 from notebook_jobs.tasks.ui_links import run_url
 

@@ -12,7 +12,7 @@ import pytest
 from notebook_jobs.tasks.chart import chart_data, trend_svg
 from notebook_jobs.tasks.conditions import evaluate, parse_condition
 from notebook_jobs.tasks.engine.numbers import number_text, signed
-from notebook_jobs.tasks.history import HistoryRun, history_markdown, merged
+from notebook_jobs.tasks.history_table import HistoryRun, history_markdown, merged
 
 pytestmark = pytest.mark.unit
 
