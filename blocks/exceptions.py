@@ -21,6 +21,7 @@ base class, or the branch they care about::
     │   └── OptionError               a command-line option that cannot work as given
     ├── NotebookRunError              a kernel ran; ``result`` holds what was kept
     │   ├── NotebookExecutionError    the notebook raised (cell index, name, value)
+    │   │   └── MemoryLimitError      a cell reached the run's memory limit and was stopped
     │   ├── NotebookTimeoutError      per-cell or whole-run timeout (also TimeoutError)
     │   ├── KernelDiedError           the kernel process died (retryable)
     │   │   └── KernelStartError      the kernel could not start, or never answered
@@ -240,6 +241,27 @@ class NotebookExecutionError(NotebookRunError):
         self.ename = ename
         self.evalue = evalue
         self.traceback = traceback or []
+
+
+class MemoryLimitError(NotebookExecutionError):
+    """A cell reached the run's memory limit: it was interrupted (its kernel killed if it
+    did not stop) before the machine's OOM killer could take the kernel.
+
+    ``str()``: ``MemoryLimitError: cell 4 used 2.1 GiB of its 2 GiB limit``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cell_index: int | None,
+        traceback: list[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            "MemoryLimitError", message, cell_index=cell_index, traceback=traceback, result=result
+        )
+        self.args = (f"MemoryLimitError: {message}",)  # the message names the cell itself
 
 
 class NotebookTimeoutError(NotebookRunError, TimeoutError):

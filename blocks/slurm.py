@@ -18,7 +18,10 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from notebook_jobs.blocks.exceptions import SlurmClusterError
 from notebook_jobs.blocks.sbatch import directive_value
+from notebook_jobs.blocks.sizes import parse_size
 from notebook_jobs.blocks.store import validation_error
+
+JOB_HEADROOM_MIB = 256  # the job's own Python process (the engine) beside the kernel
 
 
 class SlurmCluster(Block):
@@ -45,6 +48,15 @@ class SlurmCluster(Block):
     )
     cpus_per_task: int = Field(default=1, ge=1, description="CPUs for the job (--cpus-per-task).")
     memory: str | None = Field(default=None, description="Memory per node (--mem), e.g. 4G.")
+    memory_limit: str | None = Field(
+        default=None,
+        description=(
+            "The kernel's memory limit for runs on this cluster (a run's memory_limit "
+            "wins), e.g. 3GiB: the cell that reaches it is stopped before Slurm or the OOM "
+            f"killer ends the job. Default: --mem less {JOB_HEADROOM_MIB} MiB for the job's own "
+            "process."
+        ),
+    )
     gpus: str | None = Field(default=None, description="GPUs (--gpus), e.g. 1 or a100:2.")
     extra_directives: list[str] = Field(
         default_factory=list,
@@ -92,12 +104,33 @@ class SlurmCluster(Block):
             directive_value(str(info.field_name), value)
         return value
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _is_a_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)  # ValueError: says what a size looks like
+        return value
+
     @model_validator(mode="after")
     def _container_is_complete(self) -> SlurmCluster:
         # checked here, where the block is saved or loaded, not when a run's job is written
         if self.container_runtime and not self.container_image:
             raise ValueError("container_runtime is set but container_image is not")
         return self
+
+
+def kernel_memory_limit(cluster: SlurmCluster) -> int | None:
+    """Bytes the kernel of a run on ``cluster`` may use, unless the run says: the block's
+    ``memory_limit``, else its ``--mem`` less the job's own process (``JOB_HEADROOM_MIB``,
+    half of a smaller ``--mem``), else none."""
+    if cluster.memory_limit:
+        return parse_size(cluster.memory_limit)
+    if not cluster.memory:
+        return None
+    text = cluster.memory.strip()
+    job = parse_size(text + "M" if text.isdigit() else text)  # sbatch reads a number as MB
+    headroom = JOB_HEADROOM_MIB * 1024 * 1024
+    return job - headroom if job > 2 * headroom else job // 2
 
 
 async def load_cluster(name: str) -> SlurmCluster:

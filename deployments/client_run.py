@@ -110,6 +110,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "language": args.language,
         "report_mode": args.report_mode,
         "start_timeout_seconds": args.start_timeout,
+        "memory_limit": args.memory_limit,
         "strict_parameters": args.strict_parameters,
         "cache": args.cache or args.refresh,
         "cache_expiration_seconds": args.cache_expiration,

@@ -30,6 +30,7 @@ from notebook_jobs.blocks.exceptions import (
     WorkingFolderError,
 )
 from notebook_jobs.blocks.keys import safe_key
+from notebook_jobs.blocks.sizes import parse_size
 from notebook_jobs.blocks.slurm import load_cluster
 from notebook_jobs.blocks.store import open_store
 from notebook_jobs.flows.deployment_rules import (
@@ -113,6 +114,7 @@ async def run_notebook(
     language: str | None = None,
     report_mode: bool = False,
     start_timeout_seconds: float | None = None,
+    memory_limit: str | None = None,
     strict_parameters: bool = False,
     name: str | None = None,
     cache: bool = False,
@@ -142,6 +144,10 @@ async def run_notebook(
         language: The language parameters are written in (default: the notebook's).
         report_mode: Hide every code cell's source, as papermill's ``--report-mode``.
         start_timeout_seconds: Limit for the kernel to start (default 60 s).
+        memory_limit: Resident memory the kernel and its children may use, as
+            ``2GiB`` or ``300MiB``: the cell that reaches it is interrupted and the run
+            fails with ``MemoryLimitError``, its partial notebook stored. On Slurm the
+            cluster block's ``memory_limit`` (or ``--mem``) is the default.
         strict_parameters: Refuse names the notebook does not declare (by default
             they are injected with a warning in the result's notes, as papermill does).
         name: What to call the notebook in run names, tags, artifacts and the result;
@@ -189,6 +195,10 @@ async def run_notebook(
         if refused is not None:
             raise FixedParameterError(refused, deployment.name)
     try:
+        memory_limit_bytes = parse_size(memory_limit) if memory_limit is not None else None
+    except ValueError as error:
+        raise NotebookInputError(f"memory_limit: {error}") from error
+    try:
         request = NotebookRequest(
             notebook=notebook,
             parameters=in_order(merged_parameters(deployment, parameters), parameter_order),
@@ -203,6 +213,7 @@ async def run_notebook(
             language=language,
             report_mode=report_mode,
             start_timeout_seconds=start_timeout_seconds,
+            memory_limit_bytes=memory_limit_bytes,
             strict_parameters=strict_parameters,
             name=name,
             cache=cache,

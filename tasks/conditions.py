@@ -4,12 +4,15 @@ Pure parsing and evaluation, over the payload of a ``nbjobs.notebook.*`` event
 (``tasks/events.py``). A condition is ``SUBJECT OP VALUE``:
 
 - SUBJECT: ``outputs.NAME`` (and ``.KEY`` into a glued object), ``status``,
-  ``duration`` (the run's seconds) or ``cells[N].duration`` (cell N's seconds);
+  ``duration`` (the run's seconds), ``cells[N].duration`` (cell N's seconds),
+  ``peak_memory`` (the kernel's peak resident memory in the run, with what it started)
+  or ``cells[N].peak_memory`` (in cell N);
 - OP: ``>``, ``>=``, ``<``, ``<=``, ``==``, ``!=``;
 - VALUE: a number, a word or quoted string (``failed``, ``"EUR"``), ``true``,
-  ``false``, ``null``, or ``K x median`` / ``K x median(N)``: K times the median of
-  the subject over the notebook's last N completed runs (10 by default; at least
-  ``MIN_HISTORY`` are needed, else the condition does not hold).
+  ``false``, ``null``, a size for a memory (``2GiB``, ``300MiB``), or ``K x median`` /
+  ``K x median(N)``: K times the median of the subject over the notebook's last N
+  completed runs (10 by default; at least ``MIN_HISTORY`` are needed, else the
+  condition does not hold).
 
 Example:
     >>> condition = parse_condition("cells[3].duration > 3x median")
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from notebook_jobs.blocks.exceptions import AlertConditionError
+from notebook_jobs.blocks.sizes import parse_size, size_text
 from notebook_jobs.tasks.engine.numbers import number_text
 
 DEFAULT_HISTORY_RUNS = 10
@@ -41,15 +45,17 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 _CONDITION = re.compile(
-    r"^\s*(?P<subject>status|duration|outputs(?:\.[A-Za-z_][\w-]*)+|cells\[(?P<cell>\d+)\]\.duration)"
+    r"^\s*(?P<subject>status|duration|peak_memory|outputs(?:\.[A-Za-z_][\w-]*)+"
+    r"|cells\[(?P<cell>\d+)\]\.(?:duration|peak_memory))"
     r"\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S.*?)\s*$"
 )
 _MEDIAN = re.compile(r"^(?P<factor>\d+(?:\.\d+)?)\s*(?:x|\*)\s*median(?:\((?P<runs>\d+)\))?$")
 _WORD = re.compile(r"^[A-Za-z_][\w.-]*$")
 FORMS = (
     "outputs.NAME OP VALUE, status == failed, duration > SECONDS, "
-    "cells[N].duration > K x median(RUNS)"
+    "cells[N].duration > K x median(RUNS), peak_memory > 2GiB, cells[N].peak_memory > 2x median"
 )
+MEMORY = ("peak_memory", ".peak_memory")  # subjects whose values are sizes
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,11 @@ def parse_condition(text: str) -> Condition:
     cell = int(found.group("cell")) if found.group("cell") is not None else None
     median = _MEDIAN.match(raw)
     if median:
-        if not (subject in ("duration",) or cell is not None or subject.startswith("outputs.")):
+        if not (
+            subject in ("duration", "peak_memory")
+            or cell is not None
+            or subject.startswith("outputs.")
+        ):
             raise AlertConditionError(
                 f"{subject} has no median: compare a duration or an output with K x median",
                 condition=text,
@@ -101,6 +111,11 @@ def parse_condition(text: str) -> Condition:
         raise AlertConditionError(
             f"{raw!r} in {text!r}: write K x median (1x median, 3x median(20))", condition=text
         )
+    if subject.endswith(MEMORY) and raw[:1].isdigit() and not raw.isdigit():
+        try:
+            return Condition(text.strip(), subject, op, value=parse_size(raw), cell=cell)
+        except ValueError as error:
+            raise AlertConditionError(f"{error} in {text!r}", condition=text) from None
     return Condition(text.strip(), subject, op, value=_literal(raw, text), cell=cell)
 
 
@@ -131,10 +146,14 @@ def subject_value(condition: Condition, payload: dict[str, Any]) -> Any:
         return payload.get("status", _MISSING)
     if condition.subject == "duration":
         return (payload.get("timings") or {}).get("total_seconds", _MISSING)
+    if condition.subject == "peak_memory":
+        peak = (payload.get("resources") or {}).get("peak_memory_bytes")
+        return _MISSING if peak is None else peak
     if condition.cell is not None:
+        field = "peak_memory_bytes" if condition.subject.endswith(MEMORY) else "duration_seconds"
         for cell in payload.get("cells") or []:
-            if cell.get("index") == condition.cell and cell.get("duration_seconds") is not None:
-                return cell["duration_seconds"]
+            if cell.get("index") == condition.cell and cell.get(field) is not None:
+                return cell[field]
         return _MISSING
     value: Any = payload.get("outputs") or {}
     for part in condition.subject.split(".")[1:]:
@@ -150,8 +169,10 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, memory: bool = False) -> str:
     number = _number(value)
+    if number is not None and memory:
+        return size_text(int(number))
     if number is not None:  # at full precision: 1234567, not 1.23457e+06
         return number_text(number)
     return json.dumps(value) if not isinstance(value, str) else value
@@ -184,9 +205,10 @@ def evaluate(
         median = statistics.median(earlier)
         if not compare(number, condition.factor * median):
             return None
+        memory = condition.subject.endswith(MEMORY)
         return (
-            f"{condition.subject} = {_shown(number)} {condition.op} {condition.factor:g} x "
-            f"median {_shown(median)} (last {len(earlier)} runs)"
+            f"{condition.subject} = {_shown(number, memory)} {condition.op} "
+            f"{condition.factor:g} x median {_shown(median, memory)} (last {len(earlier)} runs)"
         )
     right = condition.value
     if condition.op in ("==", "!="):
@@ -200,7 +222,8 @@ def evaluate(
         held = a is not None and b is not None and compare(a, b)
     if not held:
         return None
-    return f"{condition.subject} = {_shown(left)} {condition.op} {_shown(right)}"
+    memory = condition.subject.endswith(MEMORY)
+    return f"{condition.subject} = {_shown(left, memory)} {condition.op} {_shown(right, memory)}"
 
 
 __all__ = ["Condition", "evaluate", "parse_condition"]

@@ -3,8 +3,8 @@
 A run ends with one event, ``nbjobs.notebook.completed`` (or ``.failed``,
 ``.cancelled``), whose resource is the notebook (``nbjobs.notebook.<name>``) and whose
 payload holds the status, the error, the glued outputs, the parameters (secrets as
-their references), the timings and each cell's duration. Prefect's automations act
-on it as on any event.
+their references), the timings, the kernel's peak memory and each cell's duration and
+peak memory. Prefect's automations act on it as on any event.
 
 An alert made by ``nbjobs alert add`` is a Prefect automation that waits for this
 event with a related resource ``nbjobs.alert.<slug>`` (role ``nbjobs-alert``). Its
@@ -81,8 +81,14 @@ def event_payload(result: NotebookResult) -> dict[str, Any]:
         "parameters": result.parameters_used or result.parameters,
         "kernel": result.kernel,
         "timings": result.timings.model_dump(mode="json"),
+        "resources": result.resources.model_dump(mode="json"),
         "cells": [
-            {"index": c.index, "status": c.status, "duration_seconds": c.duration_seconds}
+            {
+                "index": c.index,
+                "status": c.status,
+                "duration_seconds": c.duration_seconds,
+                "peak_memory_bytes": c.peak_memory_bytes,
+            }
             for c in result.cells
         ],
         "cached_from": result.cached_from,

@@ -38,7 +38,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from notebook_jobs.blocks.exceptions import RunCancelledError
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.slurm import SlurmCluster
+from notebook_jobs.blocks.slurm import SlurmCluster, kernel_memory_limit
 from notebook_jobs.tasks.engine.cells import EventCallback
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.kernels.client import (
@@ -270,6 +270,7 @@ class LocalExecutor:
                     start_timeout_seconds=staged.start_timeout_seconds,
                     secrets=staged.secrets,
                     environment=environment,
+                    memory_limit_bytes=staged.memory_limit_bytes,
                 )
             except RunCancelledError as cancelled:
                 report = ExecutionOutcome.model_validate(cancelled.execution).report
@@ -346,6 +347,7 @@ class SlurmExecutor:
             selected=staged.selected,
             cell_timeout_seconds=cell_timeout,
             timeout_seconds=timeout,
+            memory_limit_bytes=staged.memory_limit_bytes or kernel_memory_limit(self.cluster),
         )
         script = job_dir / BATCH_SCRIPT_NAME
         script.write_text(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from notebook_jobs.blocks.exceptions import (
     KernelDiedError,
+    MemoryLimitError,
     NotebookExecutionError,
     NotebookRunError,
     NotebookTimeoutError,
@@ -101,6 +102,14 @@ class NotebookRequest(BaseModel):
     start_timeout_seconds: float | None = Field(
         default=None, gt=0, description="Limit for the kernel to start; 60 s by default."
     )
+    memory_limit_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Resident memory the kernel and its children may use: the cell that reaches it "
+            "is interrupted and the run fails with MemoryLimitError; none by default."
+        ),
+    )
     strict_parameters: bool = Field(
         default=False,
         description=(
@@ -141,6 +150,13 @@ class CellReport(BaseModel):
     index: int
     status: CellStatus
     duration_seconds: float | None = None
+    peak_memory_bytes: int | None = Field(
+        default=None,
+        description="The highest resident memory of the kernel and its children in the cell.",
+    )
+    cpu_seconds: float | None = Field(
+        default=None, description="CPU seconds the kernel and its children spent in the cell."
+    )
     execution_count: int | None = None
     tags: list[str] = Field(default_factory=list)
 
@@ -247,6 +263,9 @@ class SlurmInfo(BaseModel):
     attempts: int = 1
     stdout: str = ""
     stderr_tail: str = ""
+    max_rss_bytes: int | None = Field(
+        default=None, description="sacct's MaxRSS: the job's highest resident memory."
+    )
 
 
 class ExecutionOutcome(BaseModel):
@@ -377,6 +396,13 @@ def error_for_result(result: NotebookResult) -> NotebookRunError | SlurmJobError
     if result.status == "kernel_died":
         return KernelDiedError(
             f"{error.name}: {error.message}", cell_index=error.cell_index, result=document
+        )
+    if error.name == "MemoryLimitError":
+        return MemoryLimitError(
+            error.message,
+            cell_index=error.cell_index,
+            traceback=error.traceback.splitlines(),
+            result=document,
         )
     return NotebookExecutionError(
         error.name,

@@ -14,6 +14,7 @@ from nbformat import NotebookNode
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
+from notebook_jobs.blocks.sizes import size_text
 from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.tasks.engine.layout import FILES_FOLDER
 from notebook_jobs.tasks.engine.notebook_markdown import notebook_markdown
@@ -82,10 +83,12 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
         if links.get(kind):
             lines.append(f"{SUMMARY_LINK.format(kind=kind, url=links[kind])} {text}")
     lines.append("")
-    lines += ["| cell | status | seconds |", "|---:|---|---:|"]
+    lines += ["| cell | status | seconds | peak memory | CPU s |", "|---:|---|---:|---:|---:|"]
     for cell in result.cells:
         seconds = f"{cell.duration_seconds:.3f}" if cell.duration_seconds is not None else ""
-        lines.append(f"| {cell.index} | {cell.status} | {seconds} |")
+        memory = size_text(cell.peak_memory_bytes) if cell.peak_memory_bytes else ""
+        cpu = f"{cell.cpu_seconds:.2f}" if cell.cpu_seconds is not None else ""
+        lines.append(f"| {cell.index} | {cell.status} | {seconds} | {memory} | {cpu} |")
     lines.append("")
     written = [(name, url) for name, url in links.items() if name.startswith(f"{FILES_FOLDER}/")]
     if result.artefacts.files:

@@ -98,6 +98,27 @@ def request_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return parameters
 
 
+def memory_size(text: str) -> str:
+    """An argparse ``type``: a memory size as written (``2GiB``), checked, kept as text.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a size; the message shows what one looks like.
+    """
+    from notebook_jobs.blocks.sizes import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+MEMORY_LIMIT_HELP = (
+    "memory the kernel and what it starts may use, e.g. 2GiB or 300MiB: the cell that "
+    "reaches it is interrupted and the run fails with MemoryLimitError"
+)
+
+
 def version() -> str:
     """``nbjobs X.Y.Z``, from the installed distribution."""
     from importlib.metadata import PackageNotFoundError

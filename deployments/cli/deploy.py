@@ -9,7 +9,9 @@ from typing import Any
 
 from notebook_jobs.blocks.exceptions import OptionError
 from notebook_jobs.deployments.cli.common import (
+    MEMORY_LIMIT_HELP,
     add_parameter_options,
+    memory_size,
     request_parameters,
     use_local_server,
 )
@@ -54,6 +56,7 @@ def add_parser(commands: Any) -> None:
     deploy.add_argument("--store", help="where the notebook and its runs' artefacts are stored")
     deploy.add_argument("-k", "--kernel", help="the kernel every run uses")
     deploy.add_argument("--cluster", help="a SlurmCluster block: every run is a Slurm job")
+    deploy.add_argument("--memory-limit", type=memory_size, metavar="SIZE", help=MEMORY_LIMIT_HELP)
     deploy.add_argument(
         "--allow",
         default="",
@@ -99,6 +102,7 @@ async def _deploy(args: argparse.Namespace) -> int:
         fixed={
             "kernel": args.kernel,
             "cluster": args.cluster,
+            "memory_limit": args.memory_limit,
             "cache": args.cache or None,
             "cache_expiration_seconds": args.cache_expiration,
         },

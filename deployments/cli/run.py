@@ -14,7 +14,9 @@ from typing import Any
 
 from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.cli.common import (
+    MEMORY_LIMIT_HELP,
     add_parameter_options,
+    memory_size,
     request_parameters,
     use_local_server,
     version,
@@ -58,6 +60,7 @@ def add_parser(commands: Any) -> None:
         type=float,
         help="limit for any one cell, in seconds (the cell is interrupted)",
     )
+    run.add_argument("--memory-limit", type=memory_size, metavar="SIZE", help=MEMORY_LIMIT_HELP)
     run.add_argument(
         "--cache",
         action="store_true",

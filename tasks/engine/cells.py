@@ -26,10 +26,10 @@ from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_
 
 from notebook_jobs.tasks.engine.kernels.client import (
     CappedClient,
-    MemoryPeak,
     cancelled_not_dead,
     death_cause,
 )
+from notebook_jobs.tasks.engine.kernels.memory import CellUsage, MemoryWatch
 from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.models import CellReport, CellStatus, ErrorInfo, Resources, RunStatus
 
@@ -148,7 +148,7 @@ class RunProgress:
     notes: list[str] = field(default_factory=list)
     kernel_start_seconds: float | None = None
     resources: Resources = field(default_factory=Resources)
-    memory: MemoryPeak = field(default_factory=MemoryPeak)
+    memory: MemoryWatch = field(default_factory=MemoryWatch)
     error_position: int | None = None  # the failed cell's position in the notebook
     running: int | None = None  # the cell running now (its index in the input notebook)
 
@@ -186,6 +186,7 @@ async def run_plan(
                     _stream_while_running(cell, source_index, done, total, on_event, streamed)
                 )
         t_cell = time.perf_counter()
+        progress.memory.start_cell(source_index)
         status: CellStatus = "ok"
         timeout_used = client._get_timeout(cell)
         client.timed_out = False
@@ -213,7 +214,7 @@ async def run_plan(
                     "later cells were not run"
                 )
                 status = "ok"
-                _finish(progress, cell, source_index, status, t_cell)
+                _finish(progress, cell, source_index, status, t_cell, progress.memory.end_cell())
                 break
             else:
                 status = "error"
@@ -258,13 +259,16 @@ async def run_plan(
             cell.source = shown
             if streaming is not None:
                 streaming.cancel()
+        usage = progress.memory.end_cell()
+        if progress.memory.exceeded is not None:  # interrupted, or killed, at the limit
+            status = _over_memory_limit(progress, cell, position, source_index)
         if secrets is not None:  # before anything reads the outputs
             secrets.mask_cell(cell)
             if progress.error is not None:
                 progress.error = ErrorInfo.model_validate(
                     secrets.mask_value(progress.error.model_dump())
                 )
-        report = _finish(progress, cell, source_index, status, t_cell)
+        report = _finish(progress, cell, source_index, status, t_cell, usage)
         if source_index is not None:
             done += 1
             await emit(
@@ -334,12 +338,36 @@ def _cell_timed_out(
     return "timed_out"
 
 
+def _over_memory_limit(
+    progress: RunProgress, cell: NotebookNode, position: int, source_index: int | None
+) -> CellStatus:
+    """Record a cell stopped at the memory limit: the run fails with ``MemoryLimitError``,
+    and the cell shows why below what it printed."""
+    message = progress.memory.limit_message()
+    traceback = cell_traceback(cell)  # the interrupt, where the cell was
+    cell.setdefault("outputs", []).append(
+        nbformat.v4.new_output(
+            "error", ename="MemoryLimitError", evalue=message, traceback=[message]
+        )
+    )
+    progress.status = "failed"
+    progress.error_position = position
+    progress.error = ErrorInfo(
+        name="MemoryLimitError",
+        message=message,
+        cell_index=source_index,
+        traceback=numbered(traceback, cell.get("execution_count"), source_index),
+    )
+    return "error"
+
+
 def _finish(
     progress: RunProgress,
     cell: NotebookNode,
     source_index: int | None,
     status: CellStatus,
     t_cell: float,
+    usage: CellUsage,
 ) -> CellReport | None:
     if source_index is None:
         return None
@@ -347,6 +375,8 @@ def _finish(
         index=source_index,
         status=status,
         duration_seconds=round(time.perf_counter() - t_cell, 4),
+        peak_memory_bytes=usage.peak_memory_bytes,
+        cpu_seconds=usage.cpu_seconds,
         execution_count=cell.get("execution_count"),
         tags=list(cell.metadata.get("tags", [])),
     )

@@ -13,10 +13,13 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from notebook_jobs.blocks.sizes import size_text
 from notebook_jobs.tasks.engine.numbers import signed
 
 SLOWER_FACTOR = 2.0  # a cell this many times slower than before is flagged
 MIN_FLAGGED_SECONDS = 0.05  # below this, a cell's time is noise, not a slowdown
+GREW_FACTOR = 2.0  # a cell whose peak memory is this many times higher is flagged
+MIN_FLAGGED_GROWTH_BYTES = 32 * 1024 * 1024  # less growth than this is noise
 MAX_TEXT_DIFF_LINES = 40
 
 
@@ -71,9 +74,11 @@ def compare_runs(
 
     Returns:
         ``parameters`` and ``outputs`` (changed, added, removed; numeric deltas),
-        ``cells`` (status or time changed; ``slower`` when over ``SLOWER_FACTOR``
-        times and ``MIN_FLAGGED_SECONDS``), ``text`` (a unified diff per cell whose
-        text outputs changed) and ``files`` (added, removed, changed by checksum).
+        ``cells`` (status, time or memory changed; ``slower`` when over
+        ``SLOWER_FACTOR`` times and ``MIN_FLAGGED_SECONDS``, ``grew`` when its peak
+        memory is over ``GREW_FACTOR`` times and ``MIN_FLAGGED_GROWTH_BYTES`` more),
+        ``text`` (a unified diff per cell whose text outputs changed) and ``files``
+        (added, removed, changed by checksum).
 
     Example:
         >>> compare_runs({"parameters": {"n": 1}, "outputs": {"t": 1}},
@@ -92,7 +97,14 @@ def compare_runs(
             and seconds_b > SLOWER_FACTOR * seconds_a
             and seconds_b > MIN_FLAGGED_SECONDS
         )
-        if one.get("status") == two.get("status") and not slower:
+        memory_a, memory_b = one.get("peak_memory_bytes"), two.get("peak_memory_bytes")
+        grew = bool(
+            _numeric(memory_a)
+            and _numeric(memory_b)
+            and memory_b > GREW_FACTOR * memory_a
+            and memory_b - memory_a > MIN_FLAGGED_GROWTH_BYTES
+        )
+        if one.get("status") == two.get("status") and not slower and not grew:
             continue
         cells.append(
             {
@@ -100,6 +112,8 @@ def compare_runs(
                 "status": [one.get("status"), two.get("status")],
                 "seconds": [seconds_a, seconds_b],
                 "slower": slower,
+                "peak_memory_bytes": [memory_a, memory_b],
+                "grew": grew,
             }
         )
     texts_a, texts_b = cell_texts(notebooks[0]), cell_texts(notebooks[1])
@@ -173,14 +187,15 @@ def comparison_markdown(
         lines.append("")
     lines.append(f"## cells: {len(found['cells']) or 'none'} changed")
     if found["cells"]:
-        lines += ["", "| cell | status | seconds | |", "|---:|---|---|---|"]
+        lines += ["", "| cell | status | seconds | peak memory | |", "|---:|---|---|---|---|"]
         for cell in found["cells"]:
             seconds = " → ".join("" if s is None else f"{s:.3f}" for s in cell["seconds"])
             status = " → ".join(str(s) for s in cell["status"])
-            lines.append(
-                f"| {cell['index']} | {status} | {seconds} | "
-                f"{'**slower**' if cell['slower'] else ''} |"
+            memory = " → ".join(
+                "" if m is None else size_text(m) for m in cell.get("peak_memory_bytes") or []
             )
+            flags = " ".join(f"**{flag}**" for flag in ("slower", "grew") if cell.get(flag))
+            lines.append(f"| {cell['index']} | {status} | {seconds} | {memory} | {flags} |")
     lines.append("")
     lines.append(f"## text outputs: {len(found['text']) or 'none'} changed")
     for cell in found["text"]:

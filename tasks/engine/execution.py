@@ -18,6 +18,7 @@ the report of what ran: from here on a cancellation is a typed error of our tree
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -45,10 +46,8 @@ from notebook_jobs.tasks.engine.kernels.client import (
     StartedKernel,
     ensure_kernel_installed,
     kernel_pid,
-    measure_resources,
     move_kernel,
     new_kernel_manager,
-    sample_memory,
     shutdown_kernel,
     start_kernel,
 )
@@ -90,6 +89,7 @@ class KernelRun:
     start_timeout_seconds: float | None = None
     secrets: RunSecrets | None = None
     environment: dict[str, str] | None = None
+    memory_limit_bytes: int | None = None
     progress: RunProgress = field(default_factory=RunProgress)
     deadline_passed: bool = False
     deadline_cell: int | None = None  # running when it passed (None: the kernel was starting)
@@ -197,17 +197,22 @@ class KernelRun:
         progress = self.progress
         try:
             await self._start(client)
-            pid = kernel_pid(client)
-            sampler = asyncio.create_task(sample_memory(pid, progress.memory)) if pid else None
+            memory = progress.memory
+            memory.limit_bytes, memory.pid = self.memory_limit_bytes, kernel_pid(client)
+            watching = (
+                asyncio.create_task(memory.follow(self.km.interrupt_kernel, self._kill))
+                if memory.pid
+                else None
+            )
             total = sum(1 for _, index in plan if index is not None)
             try:
                 await run_plan(client, plan, total, progress, self.on_event, self.secrets)
             finally:
-                measured = measure_resources(pid, progress.memory) if pid else None
+                measured = memory.resources()
                 if measured is not None:
                     progress.resources = measured
-                if sampler:
-                    sampler.cancel()
+                if watching:
+                    watching.cancel()
         finally:
             if self.started is not None and self.started.retire and progress.status == "completed":
                 # a pooled kernel that finished cleanly: its pool stops it off the
@@ -217,6 +222,11 @@ class KernelRun:
                 # leave client.kc set: nbclient's own watcher task may still look at it
                 await shutdown_kernel(self.km, client.kc)
             await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
+
+    async def _kill(self) -> None:
+        """End the kernel now (a cell that went on past the memory limit's interrupt)."""
+        with contextlib.suppress(Exception):  # already gone
+            await self.km.shutdown_kernel(now=True)
 
     async def _run_until_deadline(
         self, client: CappedClient, plan: list[tuple[int, int | None]]
@@ -358,6 +368,7 @@ async def execute_notebook_async(
     start_timeout_seconds: float | None = None,
     secrets: RunSecrets | None = None,
     environment: dict[str, str] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
 
@@ -378,6 +389,8 @@ async def execute_notebook_async(
             the masked one, and the values masked in every output.
         environment: Variables the kernel gets on top of this process's environment
             (the caller's, for a run handed to a worker).
+        memory_limit_bytes: Resident memory the kernel's process tree may reach: the
+            cell that reaches it is stopped and the run fails (``kernels.memory``).
 
     Returns:
         The report; ``nb`` holds the executed (possibly partial) notebook.
@@ -400,5 +413,6 @@ async def execute_notebook_async(
         start_timeout_seconds=start_timeout_seconds,
         secrets=secrets,
         environment=environment,
+        memory_limit_bytes=memory_limit_bytes,
     )
     return await run.execute()

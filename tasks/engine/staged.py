@@ -61,6 +61,7 @@ class StagedNotebook:
         run_dir: Path,
         cwd: Path | None = None,
         start_timeout_seconds: float | None = None,
+        memory_limit_bytes: int | None = None,
         notes: list[str] | None = None,
         parameters: dict[str, Any] | None = None,
         secrets: RunSecrets | None = None,
@@ -77,6 +78,7 @@ class StagedNotebook:
         self.run_dir = run_dir
         self.cwd = cwd
         self.start_timeout_seconds = start_timeout_seconds
+        self.memory_limit_bytes = memory_limit_bytes
         self.notes = notes or []
         # what was injected, secrets as references (a `# secret: block` default included)
         self.parameters = parameters or {}
@@ -193,6 +195,7 @@ def stage(
         run_dir=run_dir,
         cwd=cwd,
         start_timeout_seconds=request.start_timeout_seconds,
+        memory_limit_bytes=request.memory_limit_bytes,
         notes=notes,
         parameters=parameters,
         secrets=secrets,

@@ -99,6 +99,20 @@ nb(
 
 nb(
     [
+        params("step_mib = 100  # what each growing cell adds\npause = 0.5  # seconds it then holds"),
+        new_code_cell(
+            "import time\n\nheld = []\n\n\ndef grow():\n"
+            "    held.append(b\"x\" * (step_mib * 1024 * 1024))  # written: resident\n"
+            "    time.sleep(pause)"
+        ),
+        *[new_code_cell("grow()") for _ in range(5)],
+        new_code_cell('print("held", len(held) * step_mib, "MiB")'),
+    ],
+    "tests/data/grows.ipynb",
+)
+
+nb(
+    [
         params("code = 0  # the exit code"),
         new_code_cell('print("before exit")'),
         new_code_cell("import sys\nsys.exit(code)"),

@@ -284,6 +284,39 @@ def test_an_unwritable_store_spills_and_exits_three(local: Local) -> None:
     assert spilled, list(local.home.rglob("*"))[:20]
 
 
+def test_a_memory_limit_stops_the_cell_that_reaches_it_and_loses_nothing(local: Local) -> None:
+    """``nbjobs run --memory-limit``: the run fails naming the cell, in one line; the
+    partial notebook and every cell's memory are stored; the kernel was interrupted, not
+    left to the OOM killer."""
+    done = local.nbjobs(
+        "run", str(DATA / "grows.ipynb"), "--memory-limit", "300MiB", "-p", "pause", "0.3",
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    error = result["error"]
+    assert (error["name"], error["cell_index"]) == ("MemoryLimitError", 4)
+    assert re.fullmatch(r"cell 4 used \d+ MiB of its 300 MiB limit", error["message"])
+    assert "KeyboardInterrupt" in error["traceback"]  # interrupted, not killed
+    cells = {c["index"]: c for c in result["cells"]}
+    assert [cells[i]["status"] for i in range(8)] == ["ok"] * 4 + ["error"] + ["not_run"] * 3
+    assert cells[2]["peak_memory_bytes"] < cells[3]["peak_memory_bytes"]
+    assert cells[4]["peak_memory_bytes"] >= 300 * 1024 * 1024
+    partial = json.loads(Path(result["artefacts"]["notebook"]).read_text())
+    stopped = [
+        c for c in partial["cells"] if c.get("metadata", {}).get("nbjobs", {}).get("index") == 4
+    ]
+    assert stopped[0]["outputs"][-1]["ename"] == "MemoryLimitError"
+    # the run's page: its state says why, its summary shows each cell's memory
+    api = local.api()
+    run = api.flow_run(result["flow_run_id"])
+    assert run["state"]["message"] == f"MemoryLimitError: {error['message']}"
+    summary = next(a["data"] for k, a in api.artifacts(run["id"]).items() if k.endswith("-summary"))
+    assert "| cell | status | seconds | peak memory | CPU s |" in summary
+    assert re.search(r"\| 4 \| error \| [\d.]+ \| \d+ MiB \| [\d.]+ \|", summary), summary
+
+
 def test_a_killed_worker_is_started_again(local: Local) -> None:
     before = local.status()
     psutil.Process(before["worker_pid"]).kill()

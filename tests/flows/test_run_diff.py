@@ -12,10 +12,11 @@ from uuid import UUID
 
 import pytest
 
-from notebook_jobs.tasks.engine.compare import compare_runs
+from notebook_jobs.tasks.engine.compare import compare_runs, comparison_markdown
 from tests.conftest import EXAMPLES, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+MIB = 1024 * 1024
 
 
 def test_the_comparison_itself() -> None:
@@ -35,6 +36,8 @@ def test_the_comparison_itself() -> None:
             {"index": 2, "status": "error", "duration_seconds": 0.01},
         ],
     }
+    a["cells"] += [{"index": 3, "status": "ok", "peak_memory_bytes": 100 * MIB}]  # type: ignore[operator]
+    b["cells"] += [{"index": 3, "status": "ok", "peak_memory_bytes": 250 * MIB}]  # type: ignore[operator]
     found = compare_runs(a, b, files=({"a.csv": "1", "b.csv": "2"}, {"a.csv": "9", "c.csv": "3"}))
     assert found["parameters"] == [{"name": "n", "a": 1, "b": 2, "change": "changed", "delta": 1}]
     assert found["outputs"] == [
@@ -42,10 +45,12 @@ def test_the_comparison_itself() -> None:
         {"name": "label", "a": "x", "b": None, "change": "removed"},
         {"name": "new", "a": None, "b": True, "change": "added"},
     ]
-    assert [(c["index"], c["status"], c["slower"]) for c in found["cells"]] == [
-        (1, ["ok", "ok"], True),  # 2.5 times slower
-        (2, ["ok", "error"], False),
+    assert [(c["index"], c["status"], c["slower"], c["grew"]) for c in found["cells"]] == [
+        (1, ["ok", "ok"], True, False),  # 2.5 times slower
+        (2, ["ok", "error"], False, False),
+        (3, ["ok", "ok"], False, True),  # 2.5 times the memory
     ]
+    assert "| 3 | ok → ok |  →  | 100 MiB → 250 MiB | **grew** |" in comparison_markdown(found)
     assert found["files"] == [
         {"name": "a.csv", "change": "changed"},
         {"name": "b.csv", "change": "removed"},

@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ import nbformat
 import pytest
 
 from notebook_jobs.blocks.exceptions import (
+    MemoryLimitError,
     NotebookExecutionError,
     SlurmJobError,
     SlurmSubmissionError,
 )
-from notebook_jobs.blocks.slurm import SlurmCluster
+from notebook_jobs.blocks.slurm import JOB_HEADROOM_MIB, SlurmCluster
 from notebook_jobs.tasks.engine.slurm.commands import JobStatus, SlurmCommands
 from notebook_jobs.tasks.engine.slurm.watch import outcome_report
 from notebook_jobs.tasks.engine.staged import stage
@@ -507,3 +509,35 @@ def test_a_resubmitted_job_gets_its_secret_again_and_none_is_left(tmp_path: Path
     assert not (tmp_path / "job" / "secrets.json").exists()
     job_files = [p.read_bytes() for p in (tmp_path / "job").rglob("*") if p.is_file()]
     assert job_files and not [data for data in job_files if value.encode() in data]
+
+
+def test_a_jobs_mem_limits_its_kernel_and_the_cell_that_reaches_it_is_named(
+    slurm_partition: str, prefect_server: str, tmp_path: Path
+) -> None:
+    """``--mem`` of the cluster block, less the job's own process, is the kernel's limit:
+    the cell that reaches it is stopped on the node, named, and its memory recorded."""
+    name = f"test-mem-{uuid.uuid4().hex[:8]}"
+    SlurmCluster(
+        work_dir=str(tmp_path / "shared"),
+        partition=slurm_partition,
+        memory="600M",
+        poll_interval_seconds=0.3,
+        max_poll_interval_seconds=2,
+    ).save(name)
+    state = run_flow(
+        notebook=str(DATA / "grows.ipynb"),
+        parameters={"pause": 0.5},
+        cluster=name,
+        store=str(tmp_path / "store"),
+    )
+    assert state.is_failed()
+    error = state_outcome(state)
+    assert isinstance(error, MemoryLimitError), error
+    limit = 600 - JOB_HEADROOM_MIB
+    assert str(error).endswith(f" of its {limit} MiB limit")
+    result = NotebookResult.model_validate(error.result)
+    assert result.slurm is not None and result.slurm.state == "FAILED"  # the job ended itself
+    assert result.error is not None and result.error.cell_index in (4, 5)  # ~50 + 100 a cell
+    ran = [c for c in result.cells if c.status in ("ok", "error")]
+    assert all(c.peak_memory_bytes for c in ran)
+    assert result.resources.peak_memory_bytes >= limit * 1024 * 1024  # type: ignore[operator]

@@ -63,9 +63,27 @@ def test_a_cell_growing_past_k_times_its_median_is_flagged() -> None:
     assert evaluate(condition, payload(cell3=40.0), history[:2]) is None  # too few runs yet
 
 
+GIB = 1024**3
+
+
+def test_memory_conditions_read_sizes_and_medians() -> None:
+    run = payload()
+    run["resources"] = {"peak_memory_bytes": 3 * GIB}
+    run["cells"][0]["peak_memory_bytes"] = GIB // 2
+    assert evaluate(parse_condition("peak_memory > 2GiB"), run) == "peak_memory = 3 GiB > 2 GiB"
+    assert evaluate(parse_condition("peak_memory > 4GiB"), run) is None
+    earlier = [{"cells": [{"index": 3, "peak_memory_bytes": GIB // 8}]}] * 3
+    assert (
+        evaluate(parse_condition("cells[3].peak_memory > 2x median"), run, earlier)
+        == "cells[3].peak_memory = 512 MiB > 2 x median 128 MiB (last 3 runs)"
+    )
+    assert evaluate(parse_condition("cells[3].peak_memory > 1GiB"), run) is None
+
+
 @pytest.mark.parametrize(
     "when",
     [
+        "peak_memory > 2 parsecs",
         "error_rate > 0.05",
         "outputs.x >> 1",
         "outputs.x > ",

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -27,7 +26,6 @@ from nbformat import NotebookNode
 
 from notebook_jobs.blocks.exceptions import KernelStartError, UnknownKernelError
 from notebook_jobs.tasks.engine.kernels.fork import use_forking_provisioner
-from notebook_jobs.tasks.models import Resources
 
 KERNEL_STARTUP_TIMEOUT_SECONDS = 60
 READY_POLL_SECONDS = 1.0
@@ -35,7 +33,6 @@ READY_POLL_SECONDS = 1.0
 IOPUB_POLL_SECONDS = 0.02
 # as nbclient does: no IPython history database, which concurrent kernels would lock
 KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:",)
-MEMORY_SAMPLE_INTERVAL_SECONDS = 0.2
 MAX_CELL_OUTPUT_BYTES = 5 * 1024 * 1024
 # how long a cell that overran its timeout has to answer the interrupt
 INTERRUPT_GRACE_SECONDS = 5.0
@@ -257,49 +254,6 @@ class CappedClient(NotebookClient):
             )
             outs.append(NotebookNode(output_type="stream", name="stderr", text=note))
         return None
-
-
-def _read_peak_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class MemoryPeak:
-    """The highest resident memory seen of a kernel and the processes it started."""
-
-    def __init__(self) -> None:
-        self.rss = 0
-
-
-def measure_resources(pid: int, peak: MemoryPeak) -> Resources | None:
-    """CPU time and peak memory of the kernel ``pid``, read before it is shut down."""
-    try:
-        process = psutil.Process(pid)
-        times = process.cpu_times()
-        cpu = times.user + times.system + times.children_user + times.children_system
-    except psutil.Error:
-        return None
-    highest = max(_read_peak_rss(pid), peak.rss)
-    return Resources(peak_memory_bytes=highest or None, cpu_seconds=round(cpu, 3))
-
-
-async def sample_memory(pid: int, peak: MemoryPeak) -> None:
-    """Track the memory of the kernel's process tree until the kernel is gone."""
-    # VmHWM gives the kernel's own peak; sampling adds the processes it spawns.
-    while True:
-        try:
-            root = psutil.Process(pid)
-            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            peak.rss = max(peak.rss, rss)
-        except psutil.Error:
-            return
-        await asyncio.sleep(MEMORY_SAMPLE_INTERVAL_SECONDS)
 
 
 async def shutdown_kernel(km: AsyncKernelManager, kc: Any | None) -> None:

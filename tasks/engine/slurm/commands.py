@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from notebook_jobs.blocks.exceptions import SlurmSubmissionError
+from notebook_jobs.blocks.sizes import parse_size
 
 SLURM_COMMAND_TIMEOUT_SECONDS = 60
 
@@ -42,6 +43,7 @@ class JobStatus:
     exit_code: int | None = None
     signal: int | None = None
     node: str | None = None
+    max_rss_bytes: int | None = None  # sacct's MaxRSS over the job's steps, once known
 
     @property
     def finished(self) -> bool:
@@ -49,27 +51,52 @@ class JobStatus:
         return self.state in FINAL_STATES
 
 
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList,MaxRSS"
+
+
 def parse_sacct(output: str, job_id: str) -> JobStatus | None:
-    """Read the job's own line of ``sacct --parsable2 --noheader -o JobID,State,ExitCode,NodeList``.
+    """Read ``sacct --parsable2 --noheader -o JobID,State,ExitCode,NodeList,MaxRSS``: the
+    job's own line, and the highest MaxRSS of its steps (``12.batch``...).
 
     Returns:
         The status, or ``None`` when sacct does not list the job (yet).
     """
+    found: JobStatus | None = None
+    highest: int | None = None
     for line in output.splitlines():
         fields = line.strip().split("|")
-        if len(fields) < 3 or fields[0] != job_id:
+        if len(fields) < 3:
+            continue
+        if fields[0].startswith(f"{job_id}.") and len(fields) > 4:
+            rss = _sacct_size(fields[4])
+            if rss is not None:
+                highest = max(highest or 0, rss)
+        if fields[0] != job_id:
             continue
         state = fields[1].split()[0].rstrip("+") if fields[1].strip() else "UNKNOWN"
         exit_code, _, signal = fields[2].partition(":")
         node = fields[3] if len(fields) > 3 and fields[3] not in ("", "None assigned") else None
-        return JobStatus(
+        found = JobStatus(
             job_id,
             state,
             int(exit_code) if exit_code.isdigit() else None,
             int(signal) if signal.isdigit() else None,
             node,
         )
-    return None
+    if found is not None and highest is not None:
+        found = replace(found, max_rss_bytes=highest)
+    return found
+
+
+def _sacct_size(text: str) -> int | None:
+    """sacct's ``123456K`` (units K, M, G, T of 1024; a bare number is bytes)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return parse_size(int(text) if text.isdigit() else text)
+    except ValueError:
+        return None
 
 
 def parse_squeue(output: str, job_id: str) -> JobStatus | None:
@@ -166,11 +193,10 @@ class SlurmCommands:
                 "sacct",
                 "-j",
                 job_id,
-                "-X",
                 "--parsable2",
                 "--noheader",
                 "-o",
-                "JobID,State,ExitCode,NodeList",
+                SACCT_FIELDS,
             ]
         )
         status = parse_sacct(done.stdout, job_id) if done.returncode == 0 else None

@@ -52,6 +52,7 @@ def write_job_spec(
     selected: set[int] | None,
     cell_timeout_seconds: float | None,
     timeout_seconds: float | None,
+    memory_limit_bytes: int | None = None,
 ) -> None:
     """Write ``job.json``: what the job runs, apart from the notebook itself."""
     spec: dict[str, Any] = {
@@ -60,6 +61,7 @@ def write_job_spec(
         "selected": sorted(selected) if selected is not None else None,
         "cell_timeout_seconds": cell_timeout_seconds,
         "timeout_seconds": timeout_seconds,
+        "memory_limit_bytes": memory_limit_bytes,
     }
     (job_dir / JOB_SPEC_NAME).write_text(json.dumps(spec, indent=2))
 
@@ -89,6 +91,8 @@ async def run_job(job_dir: Path) -> int:
             "total": event.total,
             "status": event.report.status if event.report else None,
             "duration_seconds": event.report.duration_seconds if event.report else None,
+            "peak_memory_bytes": event.report.peak_memory_bytes if event.report else None,
+            "cpu_seconds": event.report.cpu_seconds if event.report else None,
             "stdout": event.stdout,
             "stderr": event.stderr,
         }
@@ -108,6 +112,7 @@ async def run_job(job_dir: Path) -> int:
             timeout_seconds=spec["timeout_seconds"],
             on_event=on_event,
             secrets=secrets,
+            memory_limit_bytes=spec.get("memory_limit_bytes"),
         )
     )
     loop = asyncio.get_running_loop()

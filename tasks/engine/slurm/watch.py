@@ -311,6 +311,9 @@ def collect_job(
         stderr_tail=stderr_tail,
         running=running_cell(job_dir),
     )
+    if report.resources.peak_memory_bytes is None and status.max_rss_bytes:
+        # the job ended before the engine measured (OUT_OF_MEMORY, a kill): Slurm's figure
+        report.resources.peak_memory_bytes = status.max_rss_bytes
     if not (job_dir / EXECUTED_NAME).exists():
         logger.warning("the job wrote no notebook; storing the staged one, with no outputs")
         staged = nbformat.read(job_dir / STAGED_NAME, as_version=4)
@@ -329,6 +332,7 @@ def collect_job(
         attempts=attempts,
         stdout=tail(stdout, 50),
         stderr_tail=stderr_tail,
+        max_rss_bytes=status.max_rss_bytes,
     )
     return ExecutionOutcome(report=report, logs=logs, slurm=info)
 

@@ -53,6 +53,14 @@ def test_parse_sacct(line: str, state: str, exit_code: int, signal: int, node: s
     )
 
 
+def test_parse_sacct_takes_the_highest_maxrss_of_the_jobs_steps() -> None:
+    output = "12|OUT_OF_MEMORY|0:125|vm|\n12.batch|OUT_OF_MEMORY|0:125|vm|353224K\n"
+    output += "12.extern|COMPLETED|0:0|vm|0\n13.batch|COMPLETED|0:0|vm|9G\n"
+    status = parse_sacct(output, "12")
+    assert status is not None and status.state == "OUT_OF_MEMORY"
+    assert status.max_rss_bytes == 353224 * 1024
+
+
 def test_parse_sacct_ignores_other_jobs_and_steps() -> None:
     assert parse_sacct("13|COMPLETED|0:0|vm\n12.batch|FAILED|1:0|vm\n", "12") is None
 
