@@ -59,12 +59,16 @@ def test_a_run_in_a_subprocess_links_to_the_workers_files_and_logs_its_failure_o
             link = summary_links(summary)["result"]
             assert link.startswith(f"{files_url}/files/"), link
             documents[notebook] = fetch(link).json()
-        # (a subprocess's log records reach the API in batches, shortly after its state)
+        # (a subprocess's log records reach the API in batches, shortly after its state:
+        # wait for the flow run's last one, not its task's)
         records = wait_until(
             "the failed run's log records",
             lambda: (
                 (found := http_stack.api.logs(ran["raises"]))
-                and any("Finished in state Failed" in r["message"] for r in found)
+                and any(
+                    r["message"].startswith("Finished in state Failed") and not r["task_run_id"]
+                    for r in found
+                )
                 and found
             ),
             timeout=60,
