@@ -35,7 +35,9 @@ CELL = "total = sum(i * i for i in range(20_000))"  # about 2 ms
 
 def job_folder(cells: int, limit: int | None) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="nbjobs-memory-"))
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)] * cells)
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(CELL) for _ in range(cells)]
+    )
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(notebook, folder / STAGED_NAME)
     write_job_spec(
