@@ -111,6 +111,7 @@ def flow_parameters(args: argparse.Namespace, parameters: dict[str, Any]) -> dic
         "report_mode": args.report_mode,
         "start_timeout_seconds": args.start_timeout,
         "memory_limit": args.memory_limit,
+        "keep_failed_kernel": args.keep_failed_kernel,
         "strict_parameters": args.strict_parameters,
         "cache": args.cache or args.refresh,
         "cache_expiration_seconds": args.cache_expiration,
@@ -373,13 +374,21 @@ def run_handed_over(server: LocalServer, request: dict[str, Any], trigger: str) 
 
 
 def run_on_local_server(
-    args: argparse.Namespace, parameters: dict[str, Any], server: LocalServer
+    args: argparse.Namespace,
+    parameters: dict[str, Any],
+    server: LocalServer,
+    request: dict[str, Any] | None = None,
 ) -> int:
-    """``nbjobs run`` on the local server: the whole command, from request to exit code."""
-    try:
-        request = flow_parameters(args, parameters)
-    except exceptions.NotebookInputError as error:
-        return report_refusal(type(error).__name__, str(error), args.json)
+    """``nbjobs run`` on the local server: the whole command, from request to exit code.
+
+    ``request``: the run's arguments if made already (``nbjobs repair``'s), else they
+    come from ``args`` and ``parameters``.
+    """
+    if request is None:
+        try:
+            request = flow_parameters(args, parameters)
+        except exceptions.NotebookInputError as error:
+            return report_refusal(type(error).__name__, str(error), args.json)
     with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
         run_id, channel = hand_over(api, server, request, "cli")
         url = run_url(run_id, server.ui_url())

@@ -238,6 +238,7 @@ async def serve(
     poke_socket: Path | None = None,
     kernel_pool: int = 0,
     adhoc: bool | None = None,
+    keep_failed_seconds: float = 0.0,
 ) -> None:
     """Register the general deployment and run a worker for ``pool`` until stopped.
 
@@ -257,6 +258,8 @@ async def serve(
         adhoc: Register ``run-notebook/adhoc`` (True), leave it out and remove an
             earlier one (False), or decide from the API's address and auth (None,
             ``adhoc_decision``).
+        keep_failed_seconds: How long the kernel of a run that failed in a cell waits
+            for its repair (in-process only; a run's ``keep_failed_kernel`` wins).
     """
     from notebook_jobs.deployments.worker import InProcessWorker, SubprocessWorker
 
@@ -304,7 +307,11 @@ async def serve(
     worker_class = InProcessWorker if isolation == "in-process" else SubprocessWorker
     warming: asyncio.Future[None] | None = None
     # in-process runs share one executor; a subprocess per run makes its own
-    executor = LocalExecutor(pool_size=kernel_pool) if isolation == "in-process" else None
+    executor = (
+        LocalExecutor(pool_size=kernel_pool, keep_failed_seconds=keep_failed_seconds)
+        if isolation == "in-process"
+        else None
+    )
     if executor is not None:
         executor.prestart()  # the first request finds its kernel (and the fork server) ready
         warming = asyncio.ensure_future(asyncio.to_thread(warm_up_html))

@@ -167,13 +167,22 @@ def summary(document: dict[str, Any], url: str | None = None) -> str:
     if document.get("cached_from"):
         key = (document.get("cache") or {}).get("key", "")
         lines[0] += f", cached: the result of run {document['cached_from']} (key {key[:16]})"
+    repaired = document.get("repaired_from")
+    if repaired:
+        lines.append(
+            f"  repair of run {repaired['flow_run_id']} from cell {repaired['from_cell']} "
+            f"({repaired['mode']})"
+        )
     error = document.get("error")
     if error:
         where = f" in cell {error['cell_index']}" if error.get("cell_index") is not None else ""
         lines.append(f"  error{where}: {error['name']}: {error['message']}")
     cells = document.get("cells", [])
     ran = sum(1 for c in cells if c["status"] == "ok")
-    lines.append(f"  cells: {ran} of {len(cells)} ran ok")
+    again = sum(1 for c in cells if c.get("re_executed"))
+    lines.append(
+        f"  cells: {ran} of {len(cells)} ran ok" + (f" ({again} run again first)" if again else "")
+    )
     for name, value in document.get("outputs", {}).items():
         lines.append(f"  output {name} = {json.dumps(value)[:200]}")
     lines.append(f"  artefacts: {artefacts.get('prefix')}")
@@ -190,4 +199,9 @@ def summary(document: dict[str, Any], url: str | None = None) -> str:
         )
     if url:
         lines.append(f"  in the Prefect UI: {url}")
+    if error and error.get("cell_index") is not None and document.get("flow_run_id"):
+        lines.append(
+            f"  once fixed, go on from cell {error['cell_index']}: "
+            f"nbjobs repair {document['flow_run_id']}"
+        )
     return "\n".join(lines)

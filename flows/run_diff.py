@@ -56,7 +56,7 @@ def read_location(location: str) -> bytes:
     return Path(location.removeprefix("file://")).read_bytes()
 
 
-async def _result_of_run(run_id: str) -> dict[str, Any]:
+async def result_of_run(run_id: str) -> dict[str, Any]:
     async with get_client() as client:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
@@ -80,7 +80,7 @@ async def load_run(ref: str) -> tuple[dict[str, Any], NotebookNode | None, dict[
     try:
         if _RUN_ID.match(ref.strip().lower()):
             UUID(ref)
-            result = await _result_of_run(ref.strip().lower())
+            result = await result_of_run(ref.strip().lower())
         else:
             result = json.loads(await asyncio.to_thread(read_location, ref))
     except (OSError, ValueError, httpx.HTTPError) as error:

@@ -26,6 +26,7 @@ from notebook_jobs.blocks.keys import safe_key
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.blocks.store import ArtefactStore
 from notebook_jobs.flows.deployment_rules import RunOrigin
+from notebook_jobs.flows.repair import link_failed_run
 from notebook_jobs.flows.run_labels import (
     failure_tag,
     notebook_label,
@@ -45,6 +46,7 @@ from notebook_jobs.tasks.models import (
     ExecutionOutcome,
     NotebookRequest,
     NotebookResult,
+    Repaired,
     Resources,
     RunContext,
     Timings,
@@ -315,6 +317,15 @@ async def store_run(
         slurm=outcome.slurm,
         notes=notes,
         cache=caching if report.success else None,
+        repaired_from=(
+            Repaired(
+                flow_run_id=request.repair_of,
+                from_cell=request.from_cell or 0,
+                mode=report.repair_mode or "cold",
+            )
+            if request.repair_of
+            else None
+        ),
     )
     keys = {kind: artifact_key(staged.name, kind) for kind in ARTIFACT_KINDS}
     # the Parameters tab's update goes beside the artifacts, not after them
@@ -339,11 +350,16 @@ async def store_run(
             await showing
         except Exception as error:  # the Parameters tab is not worth a failed run
             logger.warning("could not show the parameters used on the flow run: %s", error)
+    if request.repair_of and flow_run.get_id():
+        try:  # the failed run's page links its repair
+            await link_failed_run(request.repair_of, run_id, staged.name, result.status)
+        except Exception as error:  # a link is not worth a failed repair
+            logger.warning("could not link run %s to its repair: %s", request.repair_of, error)
     if spilled is not None:
         raise ArtefactStoreError(
             notes[-1], store=artefact_store.spec, result=result.model_dump(mode="json")
         )
-    if not settings().keep_run_dirs:
+    if not settings().keep_run_dirs and not staged.kernel_kept:  # (a kept kernel's: with it)
         await asyncio.to_thread(remove_run_folder, run_dir, list(folder.logs.values()))
     return result
 

@@ -87,11 +87,17 @@ def run_name() -> str:
     if current and not MADE_UP_NAME.match(current):
         return str(current)
     given = flow_run.get_parameters()
+    repair_of = given.get("repair_of")
     return readable_name(
-        given.get("notebook"), given.get("parameters") or {}, flow_run.get_id(), given.get("name")
+        given.get("notebook") or ("repair" if repair_of else None),
+        given.get("parameters") or {},
+        flow_run.get_id(),
+        given.get("name"),
+        f"of {str(repair_of)[-ID_CHARS:]}" if repair_of else None,
     )
 
 
+REPAIR_TAG = "repair-of:"  # on a repair: the run it repairs
 UI_RUN_MESSAGE = "Run from the Prefect UI"  # the UI's Run buttons create runs with it
 
 
@@ -135,11 +141,16 @@ FAILED_TAG = "failed:"  # ``failed: cell 3 ValueError``, in the run page's heade
 
 
 async def label_run(
-    run_id: str, notebook: Any, name: str | None = None, tick: str | None = None
+    run_id: str,
+    notebook: Any,
+    name: str | None = None,
+    tick: str | None = None,
+    repair_of: str | None = None,
 ) -> tuple[str, list[str]]:
     """Tag the flow run with its notebook and trigger, so hundreds of runs stay browsable
     (and drop a ``failed:`` tag an earlier attempt of a retried run left). A scheduled or
     backfill run named by us gets the tick it is for in its name: ``report 2026-01-05 · 9c3f2a``.
+    A repair is tagged ``repair-of:<id>`` and named for the run it repairs.
 
     Returns:
         The trigger (``cli``, ``api``, ``ui``, ``schedule``, ``batch``), and the run's tags.
@@ -154,9 +165,15 @@ async def label_run(
                 first_message = min(states, key=lambda state: state.timestamp).message
         trigger = trigger_of(tags, deployment_id, first_message)
         wanted = [COMMON_TAG, f"notebook:{notebook_label(notebook, name)}", f"trigger:{trigger}"]
+        if repair_of:
+            wanted.append(f"{REPAIR_TAG}{repair_of}")
         labelled = [t for t in tags if not t.startswith(FAILED_TAG)]
         labelled += [tag for tag in wanted if tag not in labelled]
         renamed = _series_name(run_id, trigger, tick)
+        if repair_of and not renamed:
+            renamed = readable_name(
+                notebook, {}, run_id, name, f"repair of {repair_of[-ID_CHARS:]}"
+            )
         if labelled != tags or renamed:
             await client.update_flow_run(UUID(run_id), tags=labelled, name=renamed)
     context = FlowRunContext.get()
@@ -189,10 +206,14 @@ _labelling: ContextVar[asyncio.Future[tuple[str, list[str]]] | None] = ContextVa
 
 
 def start_labelling(
-    run_id: str, notebook: Any, name: str | None = None, tick: str | None = None
+    run_id: str,
+    notebook: Any,
+    name: str | None = None,
+    tick: str | None = None,
+    repair_of: str | None = None,
 ) -> asyncio.Future[tuple[str, list[str]]]:
     """Tag the run (``label_run``) beside it; ``run_trigger`` reads what it found."""
-    labelling = asyncio.ensure_future(label_run(run_id, notebook, name, tick))
+    labelling = asyncio.ensure_future(label_run(run_id, notebook, name, tick, repair_of))
     labelling.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen
     _labelling.set(labelling)
     return labelling

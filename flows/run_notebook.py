@@ -39,6 +39,7 @@ from notebook_jobs.flows.deployment_rules import (
     refused_parameter,
     run_deployment,
 )
+from notebook_jobs.flows.repair import repair_arguments
 from notebook_jobs.flows.run_ending import (
     announce,
     announce_refusal,
@@ -68,9 +69,9 @@ from notebook_jobs.tasks.engine.layout import (
     runs_root,
 )
 from notebook_jobs.tasks.engine.parameters import in_order
-from notebook_jobs.tasks.engine.run_context import tick_text
+from notebook_jobs.tasks.engine.run_context import duration_seconds, tick_text
 from notebook_jobs.tasks.events import read_alerts_ahead
-from notebook_jobs.tasks.executors import Executor, SlurmExecutor, process_executor
+from notebook_jobs.tasks.executors import Executor, process_executor
 from notebook_jobs.tasks.models import (
     CacheInfo,
     ExecutionOutcome,
@@ -85,6 +86,7 @@ from notebook_jobs.tasks.notebook import (
     stage_notebook,
 )
 from notebook_jobs.tasks.runtime import current_executor
+from notebook_jobs.tasks.slurm_executor import SlurmExecutor
 
 FLOW_NAME = "run-notebook"
 
@@ -101,7 +103,7 @@ def execute_task(retries: int) -> Task[..., Any]:
 
 @flow(name=FLOW_NAME, flow_run_name=run_name, log_prints=True)
 async def run_notebook(
-    notebook: str | dict[str, Any],
+    notebook: str | dict[str, Any] | None = None,
     parameters: dict[str, Any] | None = None,
     kernel: str | None = None,
     cells: str | list[int | str] | None = None,
@@ -122,12 +124,16 @@ async def run_notebook(
     refresh_cache: bool = False,
     cache_fingerprint: str | None = None,
     parameter_order: list[str] | None = None,
+    repair_of: str | None = None,
+    from_cell: int | None = None,
+    keep_failed_kernel: str | None = None,
 ) -> NotebookResult:
     """Run a notebook with parameters in a fresh kernel and store everything it produced.
 
     Args:
         notebook: A local path, an ``s3://`` URI, an ``http(s)://`` URL, or the
-            notebook's JSON itself.
+            notebook's JSON itself; with ``repair_of``, a fixed notebook (default: the
+            one the failed run ran).
         parameters: Values injected into the cell tagged ``parameters`` (JSON values).
         kernel: Kernel name; defaults to the notebook's own kernelspec.
         cells: Cells to run: indices, inclusive ranges (``"2-5"``) and tags.
@@ -164,6 +170,14 @@ async def run_notebook(
             JSON object keeps no order once a server on PostgreSQL has stored it
             (JSONB), so ``nbjobs run`` sends its command line's, as papermill injects
             them. Default: as received.
+        repair_of: A failed run's flow run id: this run repairs it, going on from its
+            failing cell with its notebook, parameters and options (those given here
+            win); the cells before are run again first (``flows/repair.py``).
+        from_cell: With ``repair_of``: the cell to go on from (default: the failed one).
+        keep_failed_kernel: How long this run's kernel, if the run fails in a cell, waits
+            alive in the worker for ``nbjobs repair`` to go on in it (``10m``, ``0`` not
+            at all); default: the worker's (``nbjobs serve --keep-failed-kernel``; the
+            local server's keeps them 10 minutes).
 
     Returns:
         The result; ``result.json`` in the store is the same document.
@@ -194,40 +208,24 @@ async def run_notebook(
         )
         if refused is not None:
             raise FixedParameterError(refused, deployment.name)
-    try:
-        memory_limit_bytes = parse_size(memory_limit) if memory_limit is not None else None
-    except ValueError as error:
-        raise NotebookInputError(f"memory_limit: {error}") from error
-    try:
-        request = NotebookRequest(
-            notebook=notebook,
-            parameters=in_order(merged_parameters(deployment, parameters), parameter_order),
-            kernel=kernel,
-            cells=cells,
-            cell_timeout_seconds=cell_timeout_seconds,
-            timeout_seconds=timeout_seconds,
-            store=store,
-            cluster=cluster,
-            input_files=input_files or [],
-            cwd=cwd,
-            language=language,
-            report_mode=report_mode,
-            start_timeout_seconds=start_timeout_seconds,
-            memory_limit_bytes=memory_limit_bytes,
-            strict_parameters=strict_parameters,
-            name=name,
-            cache=cache,
-            cache_expiration_seconds=cache_expiration_seconds,
-            refresh_cache=refresh_cache,
-            cache_fingerprint=cache_fingerprint,
+    arguments = {**given, "parameters": merged_parameters(deployment, parameters)}
+    if repair_of is not None:  # the failed run's arguments, with this run's on top
+        arguments, arguments["parameters"], arguments["from_cell"] = await repair_arguments(
+            repair_of, from_cell, given, parameters or {}, FLOW_DEFAULTS
         )
-    except ValidationError as error:
-        raise NotebookInputError(f"invalid run request: {error}") from error
+        arguments["repair_of"] = repair_of
+    request = run_request(arguments, parameter_order)
     run_id = flow_run.get_id() or str(uuid.uuid4())
     zone = schedule_zone(deployment)
     # tags and the alerts are API calls: made while the notebook runs, not before or after
     labelling = (
-        start_labelling(run_id, notebook, name, tick_text(expected_start().astimezone(zone)))
+        start_labelling(
+            run_id,
+            request.notebook,
+            request.name,
+            tick_text(expected_start().astimezone(zone)),
+            repair_of,
+        )
         if flow_run.get_id()
         else None
     )
@@ -237,13 +235,15 @@ async def run_notebook(
     try:
         reason = await skip_reason(deployment, zone) if deployment is not None else None
         if reason is not None:  # its overlap or catch-up policy says: not this tick
-            label = notebook_label(notebook, request.name)
+            label = notebook_label(request.notebook, request.name)
             return await skipped(reason, label, run_id, zone)  # type: ignore[return-value]
         context = run_context(deployment, await run_trigger(), zone)
         return await _run(request, run_id, t_start, started_at, origin, context)
     except (NotebookInputError, ArtefactStoreError, SlurmSubmissionError) as error:
         # ended before it had a result (else it was announced): alerts on failures see it
-        await announce_refusal(error, notebook_label(notebook, request.name), run_id, origin)
+        await announce_refusal(
+            error, notebook_label(request.notebook, request.name), run_id, origin
+        )
         raise
     finally:
         if labelling is not None:
@@ -251,6 +251,45 @@ async def run_notebook(
                 await labelling
             except Exception as error:  # a missing tag must not fail a run
                 logger.warning("could not tag the flow run: %s", error)
+
+
+def flow_arguments(request: NotebookRequest) -> dict[str, Any]:
+    """The flow's arguments for a request (``run_request``'s inverse): a batch's items."""
+    arguments = request.model_dump()
+    limit = arguments.pop("memory_limit_bytes")
+    arguments["memory_limit"] = f"{limit}B" if limit else None
+    keep = arguments.pop("keep_failed_kernel_seconds")
+    arguments["keep_failed_kernel"] = None if keep is None else f"{keep:g}s" if keep else "0"
+    return arguments
+
+
+def run_request(arguments: dict[str, Any], order: list[str] | None) -> NotebookRequest:
+    """The checked request from the flow's arguments (a repair's: the failed run's too).
+
+    Raises:
+        NotebookInputError: An argument the run cannot take, said in one line.
+    """
+    if arguments.get("notebook") is None:
+        raise NotebookInputError("notebook: required (unless repair_of names a failed run)")
+    fields = {k: v for k, v in arguments.items() if k in NotebookRequest.model_fields}
+    memory_limit = arguments.get("memory_limit")
+    try:
+        fields["memory_limit_bytes"] = parse_size(memory_limit) if memory_limit else None
+    except ValueError as error:
+        raise NotebookInputError(f"memory_limit: {error}") from error
+    keep = arguments.get("keep_failed_kernel")
+    try:
+        fields["keep_failed_kernel_seconds"] = (
+            None if keep is None else 0.0 if str(keep) == "0" else duration_seconds(str(keep))
+        )
+    except ValueError as error:
+        raise NotebookInputError(f"keep_failed_kernel: {error}") from error
+    fields["parameters"] = in_order(arguments.get("parameters") or {}, order)
+    fields["input_files"] = fields.get("input_files") or []
+    try:
+        return NotebookRequest(**fields)
+    except ValidationError as error:
+        raise NotebookInputError(f"invalid run request: {error}") from error
 
 
 # what a deployment that does not set a parameter fixes it to
@@ -292,6 +331,7 @@ async def _run(
         check_kernel=executor.checks_kernel_here,
         context=context.model_dump(mode="json"),
     )
+    staged.run_id = run_id  # a kernel kept for this run's repair is kept under it
     stage_seconds = time.perf_counter() - t_start
     caching: CacheInfo | None = None
     if request.cache:

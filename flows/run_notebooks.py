@@ -95,11 +95,11 @@ def batch_requests(
 
 async def _run_item(index: int, request: NotebookRequest) -> BatchItem:
     from notebook_jobs.flows.run_labels import notebook_label
-    from notebook_jobs.flows.run_notebook import run_notebook, run_outcome
+    from notebook_jobs.flows.run_notebook import flow_arguments, run_notebook, run_outcome
 
     # tagged when created, so the run needs no extra API call to tag itself
     with tags(f"notebook:{notebook_label(request.notebook, request.name)}", "trigger:batch"):
-        state = await run_notebook(**request.model_dump(), return_state=True)
+        state = await run_notebook(**flow_arguments(request), return_state=True)
     outcome = await run_outcome(state, request.store)
     if isinstance(outcome, BaseException):
         document = getattr(outcome, "result", None)

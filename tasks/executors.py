@@ -5,11 +5,12 @@ code for both. An executor takes a ``StagedNotebook``, runs it, leaves
 ``notebook.ipynb`` (complete or partial) in the run folder and returns one
 ``ExecutionOutcome``. Cell events reach the caller the same way from both.
 
-- ``LocalExecutor`` runs kernels on this machine. It owns its fork servers and its
-  kernel pools: a worker makes one for its whole life, a batch one for the batch (its
-  fork servers borrowed from the worker's, if any).
-- ``SlurmExecutor`` submits the run as a batch job to a ``SlurmCluster`` and owns the
-  ``SlurmCommands`` it speaks to it through.
+- ``LocalExecutor`` (here) runs kernels on this machine. It owns its fork servers, its
+  kernel pools and the kernels of failed runs kept for their repair: a worker makes one
+  for its whole life, a batch one for the batch (its fork servers borrowed from the
+  worker's, if any).
+- ``SlurmExecutor`` (``tasks/slurm_executor.py``) submits the run as a batch job to a
+  ``SlurmCluster`` and owns the ``SlurmCommands`` it speaks to it through.
 
 Whoever makes an executor hands it to runs explicitly, in its ``Runtime``
 (``tasks/runtime.py``: ``using_runtime``, or ``using_executor`` for the executor alone, a
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -38,10 +39,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from notebook_jobs.blocks.exceptions import RunCancelledError
 from notebook_jobs.blocks.settings import settings
-from notebook_jobs.blocks.slurm import SlurmCluster, kernel_memory_limit
 from notebook_jobs.tasks.engine.cells import EventCallback
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.kernels.client import (
+    StartedKernel,
     ensure_kernel_installed,
     environment_overrides,
     installed_kernels,
@@ -50,20 +51,13 @@ from notebook_jobs.tasks.engine.kernels.client import (
     needs_new_interpreter,
 )
 from notebook_jobs.tasks.engine.kernels.fork import ForkServers, fork_plan, forking_with
+from notebook_jobs.tasks.engine.kernels.kept import KeptKernel, KernelKeeper, release_folders
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
 from notebook_jobs.tasks.engine.layout import (
-    BATCH_SCRIPT_NAME,
-    EVENTS_NAME,
     EXECUTED_NAME,
-    SECRETS_NAME,
-    STAGED_NAME,
     run_folder,
 )
-from notebook_jobs.tasks.engine.secrets import RunSecrets
-from notebook_jobs.tasks.engine.slurm.commands import RETRYABLE_STATES, JobStatus, SlurmCommands
-from notebook_jobs.tasks.engine.slurm.job import write_job_spec
-from notebook_jobs.tasks.engine.slurm.script import render_batch_script
-from notebook_jobs.tasks.engine.slurm.watch import cancel_job, collect_job, follow_job
+from notebook_jobs.tasks.engine.resume import KeepKernel, resume_of
 from notebook_jobs.tasks.engine.staged import StagedNotebook
 from notebook_jobs.tasks.models import ExecutionOutcome
 
@@ -150,6 +144,9 @@ class LocalExecutor:
         fork_servers: Borrow these fork servers (another executor's) instead of owning.
         fork_ahead: Have its own fork servers fork each run's next kernel ahead
             (``ForkServers(ahead=True)``): for an owner without a pool.
+        keep_failed_seconds: How long the kernel of a run that failed in a cell waits,
+            alive, for that run's repair (``kernels.kept``); 0: not kept (a run's own
+            ``keep_failed_kernel_seconds`` decides for it, where there is a keeper).
 
     Example:
         >>> async with LocalExecutor(pool_size=2) as executor:
@@ -166,8 +163,10 @@ class LocalExecutor:
         fork: bool | None = None,
         fork_servers: ForkServers | None = None,
         fork_ahead: bool = False,
+        keep_failed_seconds: float = 0.0,
     ) -> None:
         self.pool_size = max(pool_size, 0)
+        self.keeper = KernelKeeper(keep_failed_seconds)
         self._owns_fork_servers = fork_servers is None
         if fork_servers is None and (
             fork if fork is not None else settings().kernel_launcher == "fork"
@@ -253,9 +252,10 @@ class LocalExecutor:
         environment = environment_overrides(caller_environment())
         # a kernel that must start with other interpreter settings than ours is spawned
         fresh = needs_new_interpreter(environment)
+        kept = self._kept_for(staged)
         with forking_with(None if fresh else self.fork_servers):
-            pool = None if fresh else self.pool(staged.kernel)
-            started = await pool.acquire() if pool else None
+            pool = None if fresh or kept else self.pool(staged.kernel)
+            started = kept.started if kept else await pool.acquire() if pool else None
             try:
                 report = await execute_notebook_async(
                     notebook,
@@ -271,14 +271,59 @@ class LocalExecutor:
                     secrets=staged.secrets,
                     environment=environment,
                     memory_limit_bytes=staged.memory_limit_bytes,
+                    re_executed_before=None if kept else staged.repair_from_cell,
+                    keep=self._keeping(staged, notebook, kept),
+                    resume=resume_of(staged, kept),
                 )
             except RunCancelledError as cancelled:
                 report = ExecutionOutcome.model_validate(cancelled.execution).report
+        if kept is not None and not staged.kernel_kept:  # its kernel has ended with this run
+            await release_folders(kept)
+        if staged.repair_of is not None:
+            report.repair_mode = "warm" if kept else "cold"
         # shielded: a second cancellation must not lose the partial notebook
         await asyncio.shield(
             asyncio.to_thread(nbformat.write, notebook, staged.run_dir / EXECUTED_NAME)
         )
         return ExecutionOutcome(report=report)
+
+    def _kept_for(self, staged: StagedNotebook) -> KeptKernel | None:
+        """A repair's kept kernel, moved into its working folder with the files it had."""
+        if staged.repair_of is None:
+            return None
+        kept = self.keeper.take(staged.repair_of, staged.kernel)
+        if kept is not None and kept.workdir != staged.workdir and kept.workdir.is_dir():
+            shutil.copytree(kept.workdir, staged.workdir, dirs_exist_ok=True, symlinks=True)
+        return kept
+
+    def _keeping(
+        self, staged: StagedNotebook, notebook: nbformat.NotebookNode, kept: KeptKernel | None
+    ) -> KeepKernel | None:
+        """What offers the kernel of ``staged``'s run to the keeper if the run fails in a
+        cell; None when it would not be kept."""
+        seconds = staged.keep_failed_seconds
+        if seconds is None:
+            seconds = self.keeper.seconds
+        if not seconds or staged.run_id is None:
+            return None
+        run_id = staged.run_id
+
+        def keep(started: StartedKernel, ipc_dir: Path) -> bool:
+            staged.kernel_kept = self.keeper.keep(
+                run_id,
+                KeptKernel(
+                    started=started,
+                    kernel=staged.kernel,
+                    workdir=staged.workdir,
+                    notebook=notebook,
+                    ipc_dir=kept.ipc_dir if kept else ipc_dir,
+                    run_dir=staged.run_dir,
+                ),
+                seconds,
+            )
+            return staged.kernel_kept
+
+        return keep
 
     async def close(self) -> None:
         """Stop the pools' kernels and, if owned, the fork servers.
@@ -286,6 +331,7 @@ class LocalExecutor:
         From another event loop than the pools' own (theirs has ended), their kernels
         are killed instead: the pools' tasks cannot be awaited any more.
         """
+        await self.keeper.close()
         pools, self._pools = list(self._pools.values()), {}
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             for pool in pools:
@@ -295,134 +341,3 @@ class LocalExecutor:
         self._loop = None
         if self._owns_fork_servers and self.fork_servers is not None:
             await asyncio.to_thread(self.fork_servers.close)
-
-
-def write_secrets(path: Path, secrets: RunSecrets) -> None:
-    """Write a job's secret parameters, readable by this user only (0600 before writing)."""
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(secrets.to_json())
-
-
-class SlurmExecutor:
-    """Runs the execute step as a Slurm job; owns the ``SlurmCommands`` it uses.
-
-    The job runs ``notebook_jobs.tasks.engine.slurm.job`` on a node: the same engine
-    as a local run. Resubmits after NODE_FAIL or PREEMPTED (up to
-    ``cluster.node_failure_retries``); cancels the job (``scancel``) only when the run
-    is cancelled, then waits for the job to write its partial notebook.
-
-    Example:
-        >>> executor = SlurmExecutor(SlurmCluster.load("hpc"))
-        >>> outcome = await executor.execute(staged)
-        >>> outcome.slurm.state
-        'COMPLETED'
-    """
-
-    checks_kernel_here = False
-
-    def __init__(self, cluster: SlurmCluster, commands: SlurmCommands | None = None) -> None:
-        self.cluster = cluster
-        self.commands = commands or SlurmCommands()
-
-    def __repr__(self) -> str:
-        return f"SlurmExecutor(work_dir={self.cluster.work_dir!r})"
-
-    def run_folder(self, run_key: str) -> Path:
-        # the job's folder must be on the filesystem the nodes share
-        return run_folder(run_key, self.cluster.work_dir)
-
-    def starting(self, staged: StagedNotebook) -> str:
-        return "submitting"
-
-    def _prepare(
-        self, staged: StagedNotebook, cell_timeout: float | None, timeout: float | None
-    ) -> Path:
-        job_dir = staged.run_dir
-        nbformat.write(staged.notebook, job_dir / STAGED_NAME)
-        write_job_spec(
-            job_dir,
-            kernel=staged.kernel,
-            cell_origin=staged.cell_origin,
-            selected=staged.selected,
-            cell_timeout_seconds=cell_timeout,
-            timeout_seconds=timeout,
-            memory_limit_bytes=staged.memory_limit_bytes or kernel_memory_limit(self.cluster),
-        )
-        script = job_dir / BATCH_SCRIPT_NAME
-        script.write_text(
-            render_batch_script(
-                self.cluster, job_dir=str(job_dir), job_name=f"nbjobs-{staged.name}"
-            )
-        )
-        return script
-
-    async def execute(
-        self,
-        staged: StagedNotebook,
-        *,
-        cell_timeout_seconds: float | None = None,
-        timeout_seconds: float | None = None,
-        on_event: EventCallback | None = None,
-        on_status: StatusCallback | None = None,
-        log: Any = None,
-    ) -> ExecutionOutcome:
-        logger = log or logging.getLogger("nbjobs.slurm")
-        status_to = on_status or (lambda text: None)
-        job_dir = staged.run_dir
-        script = await asyncio.to_thread(
-            self._prepare, staged, cell_timeout_seconds, timeout_seconds
-        )
-        try:
-            status, attempts = await self._follow(staged, script, on_event, status_to, logger)
-        finally:  # a job that never started leaves it: gone whatever happened
-            (job_dir / SECRETS_NAME).unlink(missing_ok=True)
-        return await asyncio.shield(
-            asyncio.to_thread(
-                collect_job,
-                staged.run_dir,
-                staged.kernel,
-                status,
-                attempts,
-                logger,
-                staged.secrets,
-            )
-        )
-
-    async def _follow(
-        self,
-        staged: StagedNotebook,
-        script: Path,
-        on_event: EventCallback | None,
-        status_to: StatusCallback,
-        logger: Any,
-    ) -> tuple[JobStatus, int]:
-        """Submit the job (again after a node failure) and follow it to its end."""
-        job_dir = staged.run_dir
-        attempts = 0
-        while True:
-            attempts += 1
-            (job_dir / EVENTS_NAME).unlink(missing_ok=True)
-            if staged.secrets is not None:  # each attempt's job reads it once and deletes it
-                await asyncio.to_thread(write_secrets, job_dir / SECRETS_NAME, staged.secrets)
-            job_id = await asyncio.to_thread(self.commands.submit, str(script))
-            status_to(f"Slurm job {job_id} submitted (attempt {attempts})")
-            try:
-                status = await follow_job(
-                    self.commands, self.cluster, job_id, job_dir, on_event, status_to, logger
-                )
-            except asyncio.CancelledError:
-                # The run is cancelled (and only then is the job): the job writes its
-                # partial notebook on SIGTERM, and is collected like any other.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    task.uncancel()
-                status = await asyncio.shield(
-                    cancel_job(self.commands, self.cluster, job_id, job_dir, logger)
-                )
-                break
-            if status.state in RETRYABLE_STATES and attempts <= self.cluster.node_failure_retries:
-                logger.warning("Slurm job %s ended %s; resubmitting", job_id, status.state)
-                continue
-            break
-        return status, attempts

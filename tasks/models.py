@@ -102,6 +102,24 @@ class NotebookRequest(BaseModel):
     start_timeout_seconds: float | None = Field(
         default=None, gt=0, description="Limit for the kernel to start; 60 s by default."
     )
+    repair_of: str | None = Field(
+        default=None,
+        description=(
+            "A failed run's flow run id: continue it from its failing cell (or from_cell), "
+            "with its notebook, parameters and options unless given here."
+        ),
+    )
+    from_cell: int | None = Field(
+        default=None, ge=0, description="With repair_of: the cell to continue from."
+    )
+    keep_failed_kernel_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "How long the kernel of this run, if it fails in a cell, waits alive for a "
+            "repair (nbjobs repair); default: the worker's (the local server's: 10 minutes)."
+        ),
+    )
     memory_limit_bytes: int | None = Field(
         default=None,
         gt=0,
@@ -159,6 +177,10 @@ class CellReport(BaseModel):
     )
     execution_count: int | None = None
     tags: list[str] = Field(default_factory=list)
+    re_executed: bool = Field(
+        default=False,
+        description="Run again by a cold repair to rebuild the failed run's state.",
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -194,6 +216,7 @@ class ExecutionReport(BaseModel):
     finished_at: datetime
     kernel_start_seconds: float | None = None
     execute_seconds: float = 0.0
+    repair_mode: Literal["warm", "cold"] | None = None  # a repair: how it went on
 
     @property
     def success(self) -> bool:
@@ -251,6 +274,19 @@ def summary_links(summary: str) -> dict[str, str]:
         {'result': 'https://s3/r.json'}
     """
     return {kind: url for kind, url in _SUMMARY_LINK.findall(summary)}
+
+
+class Repaired(BaseModel):
+    """What a repair continued: the failed run, the cell it went on from, and how."""
+
+    flow_run_id: str
+    from_cell: int
+    mode: Literal["warm", "cold"] = Field(
+        description=(
+            "warm: the failed run's kernel, kept alive, ran the rest; cold: the cells "
+            "before were run again first (marked re_executed)."
+        )
+    )
 
 
 class SlurmInfo(BaseModel):
@@ -367,6 +403,9 @@ class NotebookResult(BaseModel):
         description="The flow run whose result and artefacts this cached run returns.",
     )
     cache: CacheInfo | None = None
+    repaired_from: Repaired | None = Field(
+        default=None, description="The failed run this run repairs, and how."
+    )
 
 
 def error_for_result(result: NotebookResult) -> NotebookRunError | SlurmJobError:

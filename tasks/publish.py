@@ -50,11 +50,32 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
             "that run's artefacts.",
             "",
         ]
+    if result.repaired_from is not None:
+        repaired = result.repaired_from
+        failed_page = run_url(repaired.flow_run_id)
+        failed_run = (
+            f"[{repaired.flow_run_id}]({failed_page})"
+            if failed_page
+            else f"`{repaired.flow_run_id}`"
+        )
+        how = (
+            "in its kernel, kept alive"
+            if repaired.mode == "warm"
+            else "after running the cells before it again (marked re-executed)"
+        )
+        lines += [f"**Repair** of run {failed_run}, from cell {repaired.from_cell}, {how}.", ""]
     if result.error:
         where = f" in cell {result.error.cell_index}" if result.error.cell_index is not None else ""
         lines += [f"**{result.error.name}**{where}: {result.error.message}", ""]
         if result.error.traceback:
             lines += ["```", result.error.traceback[-3000:], "```", ""]
+        if result.error.cell_index is not None and result.flow_run_id:
+            lines += [
+                f"Once fixed, go on from cell {result.error.cell_index}: "
+                f"`nbjobs repair {result.flow_run_id}` (or run run-notebook with "
+                f'`"repair_of": "{result.flow_run_id}"`).',
+                "",
+            ]
     timings = result.timings
     lines += [
         f"Kernel `{result.kernel}`, {timings.total_seconds:.2f} s in all "
@@ -88,7 +109,8 @@ def summary_markdown(result: NotebookResult, notebook: NotebookNode | None = Non
         seconds = f"{cell.duration_seconds:.3f}" if cell.duration_seconds is not None else ""
         memory = size_text(cell.peak_memory_bytes) if cell.peak_memory_bytes else ""
         cpu = f"{cell.cpu_seconds:.2f}" if cell.cpu_seconds is not None else ""
-        lines.append(f"| {cell.index} | {cell.status} | {seconds} | {memory} | {cpu} |")
+        status = f"{cell.status} (re-executed)" if cell.re_executed else cell.status
+        lines.append(f"| {cell.index} | {status} | {seconds} | {memory} | {cpu} |")
     lines.append("")
     written = [(name, url) for name, url in links.items() if name.startswith(f"{FILES_FOLDER}/")]
     if result.artefacts.files:

@@ -4,6 +4,7 @@ One module per command, each with its arguments and its handler
 (``add_parser`` sets ``handler``); ``parser.py`` puts them together:
 
     nbjobs run NOTEBOOK [OUTPUT] [-p NAME VALUE]... [papermill's other options]   run.py
+    nbjobs repair RUN [--from-cell N] [--notebook FIXED] [-p NAME VALUE]...        repair.py
     nbjobs inspect NOTEBOOK [--json]                                              inspect.py
     nbjobs deploy NOTEBOOK --name NAME [--cron EXPR | --every DURATION] ...        deploy.py
     nbjobs diff RUN_A RUN_B [--json]                                              diff.py

@@ -113,6 +113,28 @@ def memory_size(text: str) -> str:
     return text
 
 
+def duration(text: str) -> float:
+    """An argparse ``type``: ``10m``, ``30s``, ``2h`` (or ``0``) in seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a duration; the message shows how to write one.
+    """
+    if text.strip() == "0":
+        return 0.0
+    from notebook_jobs.tasks.engine.run_context import duration_seconds
+
+    try:
+        return duration_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def duration_text(text: str) -> str:
+    """An argparse ``type``: a duration (``10m``, ``0``), checked, kept as text."""
+    duration(text)
+    return text
+
+
 MEMORY_LIMIT_HELP = (
     "memory the kernel and what it starts may use, e.g. 2GiB or 300MiB: the cell that "
     "reaches it is interrupted and the run fails with MemoryLimitError"

@@ -13,6 +13,7 @@ from notebook_jobs.deployments.cli import (
     deploy,
     diff,
     inspect,
+    repair,
     retry_uploads,
     run,
     serve,
@@ -21,7 +22,8 @@ from notebook_jobs.deployments.cli import (
 from notebook_jobs.deployments.cli.common import version
 
 # in the order `nbjobs --help` lists them
-COMMANDS = [run, inspect, deploy, diff, retry_uploads, serve, backfill, endpoints, alerts]
+COMMANDS = [run, repair, inspect, deploy, diff, retry_uploads, serve, backfill, endpoints]
+COMMANDS += [alerts]
 COMMANDS += [runs_command, server]
 
 

@@ -16,6 +16,7 @@ from notebook_jobs.blocks.exceptions import NotebookInputError
 from notebook_jobs.deployments.cli.common import (
     MEMORY_LIMIT_HELP,
     add_parameter_options,
+    duration_text,
     memory_size,
     request_parameters,
     use_local_server,
@@ -61,6 +62,14 @@ def add_parser(commands: Any) -> None:
         help="limit for any one cell, in seconds (the cell is interrupted)",
     )
     run.add_argument("--memory-limit", type=memory_size, metavar="SIZE", help=MEMORY_LIMIT_HELP)
+    run.add_argument(
+        "--keep-failed-kernel",
+        metavar="DURATION",
+        type=duration_text,
+        help="if the run fails in a cell, keep its kernel alive this long (e.g. 10m; 0: not "
+        "at all) for `nbjobs repair` to go on in it (default: the worker's; the local "
+        "server's keeps it 10 minutes)",
+    )
     run.add_argument(
         "--cache",
         action="store_true",
@@ -122,7 +131,15 @@ def handle(args: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     import asyncio
 
-    return asyncio.run(_run(args))
+    from notebook_jobs.deployments.client_run import flow_parameters
+
+    try:
+        request = flow_parameters(args, args.parameter_values)
+    except NotebookInputError as error:
+        from notebook_jobs.deployments.report import report_refusal
+
+        return report_refusal(type(error).__name__, str(error), args.json)
+    return asyncio.run(run_here(args, request))
 
 
 def _prepare_only(args: argparse.Namespace) -> int:
@@ -140,11 +157,11 @@ def _prepare_only(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def run_here(args: argparse.Namespace, request: dict[str, Any]) -> int:
+    """Run ``request`` in this process against the configured server, and report it."""
     from prefect import tags
 
     from notebook_jobs.blocks.exceptions import ArtefactStoreError
-    from notebook_jobs.deployments.client_run import flow_parameters
     from notebook_jobs.deployments.papermill_cli import wants_progress_bar
     from notebook_jobs.deployments.progress import CellProgressBar
     from notebook_jobs.deployments.report import report_refusal, report_run
@@ -152,10 +169,6 @@ async def _run(args: argparse.Namespace) -> int:
     from notebook_jobs.tasks.executors import LocalExecutor
     from notebook_jobs.tasks.runtime import Runtime, using_runtime
 
-    try:
-        request = flow_parameters(args, args.parameter_values)
-    except NotebookInputError as error:
-        return report_refusal(type(error).__name__, str(error), args.json)
     bar = CellProgressBar(enabled=wants_progress_bar(args))
     try:
         # one notebook, then the process exits: a fork server would cost more than it saves

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from notebook_jobs.deployments.cli.common import duration
 from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 WORKER_SETTINGS = {
@@ -49,6 +50,14 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="kernels kept started ahead of demand, one per run (0: off; in-process only; "
         "default: $NBJOBS_KERNEL_POOL, else 2)",
+    )
+    serve.add_argument(
+        "--keep-failed-kernel",
+        type=duration,
+        default=0.0,
+        metavar="DURATION",
+        help="keep the kernel of a run that failed in a cell alive this long (e.g. 10m), "
+        "for `nbjobs repair` to go on in it (in-process only; default: not kept)",
     )
     serve.add_argument(
         "--files-port",
@@ -115,6 +124,14 @@ def handle(args: argparse.Namespace) -> int:
         # environment, deployments/worker.py:with_files_url)
         with using_runtime(Runtime(files_url=files_url, shared_tls=True)):
             asyncio.run(
-                serve(args.pool, args.limit, args.isolation, socket, kernel_pool, args.adhoc)
+                serve(
+                    args.pool,
+                    args.limit,
+                    args.isolation,
+                    socket,
+                    kernel_pool,
+                    args.adhoc,
+                    args.keep_failed_kernel,
+                )
             )
     return EXIT_OK

@@ -34,11 +34,11 @@ from notebook_jobs.blocks.exceptions import KernelStartError, RunCancelledError
 from notebook_jobs.tasks.engine.cells import (
     EventCallback,
     RunProgress,
-    add_error_banners,
     clear_outputs,
     files_snapshot,
     run_plan,
 )
+from notebook_jobs.tasks.engine.finish import finish_notebook, mark_cells
 from notebook_jobs.tasks.engine.kernels.client import (
     KERNEL_STARTUP_TIMEOUT_SECONDS,
     MAX_CELL_OUTPUT_BYTES,
@@ -51,8 +51,8 @@ from notebook_jobs.tasks.engine.kernels.client import (
     shutdown_kernel,
     start_kernel,
 )
-from notebook_jobs.tasks.engine.outputs import read_scraps
-from notebook_jobs.tasks.engine.secrets import MIN_MASKED_CHARS, RunSecrets
+from notebook_jobs.tasks.engine.resume import KeepKernel, Resume, carry_earlier
+from notebook_jobs.tasks.engine.secrets import RunSecrets
 from notebook_jobs.tasks.models import (
     CellReport,
     ErrorInfo,
@@ -90,6 +90,9 @@ class KernelRun:
     secrets: RunSecrets | None = None
     environment: dict[str, str] | None = None
     memory_limit_bytes: int | None = None
+    re_executed_before: int | None = None  # a cold repair: cells before it run again
+    keep: KeepKernel | None = None  # offered the kernel of a run that failed in a cell
+    resume: Resume | None = None  # a warm repair: ``started`` is the failed run's kernel
     progress: RunProgress = field(default_factory=RunProgress)
     deadline_passed: bool = False
     deadline_cell: int | None = None  # running when it passed (None: the kernel was starting)
@@ -110,6 +113,8 @@ class KernelRun:
         started_at = datetime.now(timezone.utc)
         t_start = time.perf_counter()
         clear_outputs(self.nb)
+        if self.resume is not None:
+            carry_earlier(self.nb, self.origin, self.resume, self.progress.reports)
         plan = self._plan()
         client = self._client()
         cancelled = await self._run_until_deadline(client, plan)
@@ -133,12 +138,17 @@ class KernelRun:
 
     def _plan(self) -> list[tuple[int, int | None]]:
         """The code cells to run: (position in ``nb``, index in the input notebook); the
-        others are reported skipped."""
+        others are reported skipped (or, going on in a failed run's kernel, as they ran)."""
         plan: list[tuple[int, int | None]] = []
         for position, cell in enumerate(self.nb.cells):
             if cell.cell_type != "code":
                 continue
             source_index = self.origin[position]
+            if self.resume is not None and (
+                source_index in self.progress.reports
+                or (source_index is None and not self.resume.rerun_parameters)
+            ):
+                continue  # ran in the kernel before
             if source_index is None or self.selected is None or source_index in self.selected:
                 plan.append((position, source_index))
             else:
@@ -214,14 +224,26 @@ class KernelRun:
                 if watching:
                     watching.cancel()
         finally:
-            if self.started is not None and self.started.retire and progress.status == "completed":
+            kept = (
+                self.keep is not None
+                and progress.status == "failed"
+                and progress.memory.exceeded is None
+                and client.kc is not None
+                and self.keep(StartedKernel(self.km, client.kc), self.ipc_dir)  # type: ignore[arg-type]
+            )  # kept alive for a repair, its sockets with it
+            if kept:
+                pass
+            elif (
+                self.started is not None and self.started.retire and progress.status == "completed"
+            ):
                 # a pooled kernel that finished cleanly: its pool stops it off the
                 # critical path
                 self.started.retire()
             else:
                 # leave client.kc set: nbclient's own watcher task may still look at it
                 await shutdown_kernel(self.km, client.kc)
-            await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
+            if not kept:
+                await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
 
     async def _kill(self) -> None:
         """End the kernel now (a cell that went on past the memory limit's interrupt)."""
@@ -296,47 +318,10 @@ class KernelRun:
                     status="not_run",
                     tags=list(nb.cells[position].metadata.get("tags", [])),
                 )
-        for position, source_index in enumerate(self.origin):
-            report = progress.reports.get(source_index) if source_index is not None else None
-            meta: dict[str, Any] = {"index": source_index}
-            if report is not None:
-                meta.update(status=report.status, duration_seconds=report.duration_seconds)
-            nb.cells[position].metadata["nbjobs"] = meta
-
+        mark_cells(self.nb, self.origin, progress.reports, self.re_executed_before)
         after = await asyncio.to_thread(files_snapshot, self.workdir, progress.notes)
         written = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
-        if progress.status == "failed" and progress.error_position is not None:
-            # as papermill marks a failed run (and not a timed-out one, which it stops)
-            add_error_banners(
-                nb,
-                progress.error_position,
-                nb.cells[progress.error_position].get("execution_count"),
-            )
-        if secrets is not None:  # a cell cut short (timeout, cancel) was not masked yet
-            secrets.mask_notebook(nb)
-            if progress.error is not None:
-                progress.error = ErrorInfo.model_validate(
-                    secrets.mask_value(progress.error.model_dump())
-                )
-            if secrets.unmasked:
-                progress.notes.append(
-                    f"secret parameter(s) {', '.join(secrets.unmasked)} are shorter than "
-                    f"{MIN_MASKED_CHARS} characters and were not masked in the outputs"
-                )
-        outputs, scrap_notes = read_scraps(nb)
-        progress.notes.extend(scrap_notes)
-        if client._truncated:
-            progress.notes.append(
-                "output truncated in cell(s) "
-                + ", ".join(
-                    str(self.origin[p]) for p in sorted(client._truncated) if p < len(self.origin)
-                )
-            )
-        nb.metadata["nbjobs"] = {
-            "status": progress.status,
-            "kernel": self.kernel,
-            "error": progress.error.model_dump() if progress.error else None,
-        }
+        outputs = finish_notebook(self.nb, self.origin, progress, self.kernel, secrets, client)
         return ExecutionReport(
             status=progress.status,
             error=progress.error,
@@ -369,6 +354,9 @@ async def execute_notebook_async(
     secrets: RunSecrets | None = None,
     environment: dict[str, str] | None = None,
     memory_limit_bytes: int | None = None,
+    re_executed_before: int | None = None,
+    keep: KeepKernel | None = None,
+    resume: Resume | None = None,
 ) -> ExecutionReport:
     """Execute ``nb`` in place in a fresh kernel, with ``workdir`` as its working folder.
 
@@ -391,6 +379,11 @@ async def execute_notebook_async(
             (the caller's, for a run handed to a worker).
         memory_limit_bytes: Resident memory the kernel's process tree may reach: the
             cell that reaches it is stopped and the run fails (``kernels.memory``).
+        re_executed_before: A cold repair's cell: the cells before it that ran are
+            marked ``re_executed`` (in their report and their metadata).
+        keep: Offered the kernel (and its sockets' folder) when the run fails in a
+            cell; returns whether it took it (``kernels.kept``), else it is shut down.
+        resume: A warm repair: go on in ``started`` (a failed run's kernel).
 
     Returns:
         The report; ``nb`` holds the executed (possibly partial) notebook.
@@ -414,5 +407,8 @@ async def execute_notebook_async(
         secrets=secrets,
         environment=environment,
         memory_limit_bytes=memory_limit_bytes,
+        re_executed_before=re_executed_before,
+        keep=keep,
+        resume=resume,
     )
     return await run.execute()

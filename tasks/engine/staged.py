@@ -62,6 +62,9 @@ class StagedNotebook:
         cwd: Path | None = None,
         start_timeout_seconds: float | None = None,
         memory_limit_bytes: int | None = None,
+        repair_from_cell: int | None = None,
+        repair_of: str | None = None,
+        keep_failed_seconds: float | None = None,
         notes: list[str] | None = None,
         parameters: dict[str, Any] | None = None,
         secrets: RunSecrets | None = None,
@@ -79,6 +82,11 @@ class StagedNotebook:
         self.cwd = cwd
         self.start_timeout_seconds = start_timeout_seconds
         self.memory_limit_bytes = memory_limit_bytes
+        self.repair_from_cell = repair_from_cell  # a repair goes on from this cell
+        self.repair_of = repair_of  # ... of this failed run
+        self.keep_failed_seconds = keep_failed_seconds  # its kernel, if it fails: kept so long
+        self.run_id: str | None = None  # its flow run's, once known (a kept kernel's key)
+        self.kernel_kept = False  # its kernel was kept alive for a repair (its folder too)
         self.notes = notes or []
         # what was injected, secrets as references (a `# secret: block` default included)
         self.parameters = parameters or {}
@@ -196,6 +204,9 @@ def stage(
         cwd=cwd,
         start_timeout_seconds=request.start_timeout_seconds,
         memory_limit_bytes=request.memory_limit_bytes,
+        repair_from_cell=((request.from_cell or 0) if request.repair_of is not None else None),
+        repair_of=request.repair_of,
+        keep_failed_seconds=request.keep_failed_kernel_seconds,
         notes=notes,
         parameters=parameters,
         secrets=secrets,

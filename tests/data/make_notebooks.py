@@ -99,6 +99,17 @@ nb(
 
 nb(
     [
+        params('path = "input.txt"  # a file the notebook reads, beside it'),
+        new_code_cell("import random\n\nseed = random.random()  # state a repair must keep\nprint(seed)"),
+        new_code_cell(GLUE),
+        new_code_cell("with open(path) as f:\n    text = f.read()"),
+        new_code_cell('glue("seed", seed)\nglue("text", text)'),
+    ],
+    "tests/data/needs_file.ipynb",
+)
+
+nb(
+    [
         params("step_mib = 100  # what each growing cell adds\npause = 0.5  # seconds it then holds"),
         new_code_cell(
             "import time\n\nheld = []\n\n\ndef grow():\n"

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -315,6 +316,81 @@ def test_a_memory_limit_stops_the_cell_that_reaches_it_and_loses_nothing(local: 
     summary = next(a["data"] for k, a in api.artifacts(run["id"]).items() if k.endswith("-summary"))
     assert "| cell | status | seconds | peak memory | CPU s |" in summary
     assert re.search(r"\| 4 \| error \| [\d.]+ \| \d+ MiB \| [\d.]+ \|", summary), summary
+
+
+def printed_seed(notebook: Path) -> float:
+    """What cell 1 of ``needs_file.ipynb`` printed: the random state a repair keeps."""
+    cells = json.loads(notebook.read_text())["cells"]
+    (cell,) = [c for c in cells if c.get("metadata", {}).get("nbjobs", {}).get("index") == 1]
+    return float("".join(cell["outputs"][0]["text"]))
+
+
+def test_a_failed_run_goes_on_in_its_kept_kernel_and_cold_once_it_is_gone(
+    local: Local, tmp_path: Path
+) -> None:
+    """``nbjobs repair``: cell 3 fails for a missing file; the file is written; the repair
+    goes on in the kernel the worker kept (cell 1's random value is the same), and with
+    no kernel kept it runs cells 0 to 2 again first. The runs link each other."""
+    shutil.copy(DATA / "needs_file.ipynb", tmp_path)
+    notebook = tmp_path / "needs_file.ipynb"
+    done = local.nbjobs("run", str(notebook))
+    assert done.returncode == 1, done.stderr
+    found = re.search(r"once fixed, go on from cell 3: nbjobs repair ([0-9a-f-]{36})", done.stdout)
+    assert found, done.stdout
+    failed_id = found.group(1)
+    api = local.api()
+    failed_summary = next(
+        a["data"] for k, a in api.artifacts(failed_id).items() if k.endswith("-summary")
+    )
+    assert f"`nbjobs repair {failed_id}`" in failed_summary
+    failed = api.result(failed_id)
+    (tmp_path / "input.txt").write_text("fixed\n")
+
+    warm = local.nbjobs("repair", failed_id, "--json")
+    assert warm.returncode == 0, warm.stderr
+    repaired = json.loads(warm.stdout)
+    assert repaired["repaired_from"] == {"flow_run_id": failed_id, "from_cell": 3, "mode": "warm"}
+    assert repaired["notebook"] == "needs_file.ipynb"
+    assert repaired["outputs"]["text"] == "fixed\n"
+    seed = printed_seed(Path(failed["artefacts"]["notebook"]))
+    assert repaired["outputs"]["seed"] == seed  # the same kernel: cell 1 did not run again
+    assert [c["status"] for c in repaired["cells"]] == ["ok"] * 5
+    assert not any(c["re_executed"] for c in repaired["cells"])
+    # the notebook is whole: cell 1's output is the failed run's, cell 4's the repair's
+    assert printed_seed(Path(repaired["artefacts"]["notebook"])) == seed
+    # both runs say so: a tag and the summary on the repair, a link on the failed run
+    # (published after result.json, which the command reports: its run's end says done)
+    api.wait(repaired["flow_run_id"], 120)
+    assert f"repair-of:{failed_id}" in api.flow_run(repaired["flow_run_id"])["tags"]
+    summary = next(
+        a["data"]
+        for k, a in api.artifacts(repaired["flow_run_id"]).items()
+        if k.endswith("-summary")
+    )
+    assert f"**Repair** of run [{failed_id}]" in summary and "in its kernel, kept alive" in summary
+    links = api.request(
+        "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [failed_id]}}}
+    ).json()
+    assert any(repaired["flow_run_id"] in (a["data"] or "") for a in links)
+
+    # no kernel kept this time: the repair runs cells 0 to 2 again, then the rest
+    (tmp_path / "input.txt").unlink()
+    done = local.nbjobs("run", str(notebook), "--keep-failed-kernel", "0", "--json")
+    assert done.returncode == 1, done.stderr
+    second = json.loads(done.stdout)
+    (tmp_path / "input.txt").write_text("fixed again\n")
+    cold = local.nbjobs("repair", second["flow_run_id"], "--json")
+    assert cold.returncode == 0, cold.stderr
+    repaired = json.loads(cold.stdout)
+    assert repaired["repaired_from"]["mode"] == "cold"
+    assert [c["re_executed"] for c in repaired["cells"]] == [True] * 3 + [False] * 2
+    rebuilt = printed_seed(Path(repaired["artefacts"]["notebook"]))
+    assert (
+        repaired["outputs"]["seed"]
+        == rebuilt
+        != printed_seed(Path(second["artefacts"]["notebook"]))
+    )
+    assert repaired["outputs"]["text"] == "fixed again\n"
 
 
 def test_a_killed_worker_is_started_again(local: Local) -> None:

@@ -28,8 +28,8 @@ from notebook_jobs.blocks.slurm import JOB_HEADROOM_MIB, SlurmCluster
 from notebook_jobs.tasks.engine.slurm.commands import JobStatus, SlurmCommands
 from notebook_jobs.tasks.engine.slurm.watch import outcome_report
 from notebook_jobs.tasks.engine.staged import stage
-from notebook_jobs.tasks.executors import SlurmExecutor
 from notebook_jobs.tasks.models import ExecutionReport, NotebookRequest, NotebookResult
+from notebook_jobs.tasks.slurm_executor import SlurmExecutor
 from tests.conftest import DATA, EXAMPLES, run_flow, state_outcome
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

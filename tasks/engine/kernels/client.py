@@ -305,8 +305,9 @@ async def death_cause(client: NotebookClient) -> str:
     return ""
 
 
-def kernel_pid(client: NotebookClient) -> int | None:
-    provisioner = getattr(client.km, "provisioner", None)
+def kernel_pid(holder: NotebookClient | StartedKernel) -> int | None:
+    """The kernel's process id, from its client's (or started kernel's) manager."""
+    provisioner = getattr(holder.km, "provisioner", None)
     pid = getattr(provisioner, "pid", None)
     return int(pid) if pid else None
 

@@ -66,7 +66,7 @@ class MemoryWatch:
         """The tree's resident memory now (None once the kernel is gone); peaks updated."""
         if self.pid is None:
             return None
-        rss = _tree_rss(self.pid)
+        rss = tree_rss(self.pid)
         if rss is None:
             return None
         self.peak = max(self.peak, rss)
@@ -148,7 +148,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _tree_rss(pid: int) -> int | None:
+def tree_rss(pid: int) -> int | None:
     """Resident memory of the process and its descendants; None if it is gone.
 
     Read from ``/proc`` directly: psutil's ``children(recursive=True)`` reads every

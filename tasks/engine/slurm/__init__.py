@@ -6,5 +6,5 @@
 - ``job.py``: the job itself on a node (``python -m notebook_jobs.tasks.engine.slurm.job``).
 
 What a cluster is (partition, limits, container) is the ``SlurmCluster`` block in
-``blocks/slurm.py``; ``tasks/executors.py``'s ``SlurmExecutor`` puts these together.
+``blocks/slurm.py``; ``tasks/slurm_executor.py``'s ``SlurmExecutor`` puts these together.
 """

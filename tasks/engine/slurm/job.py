@@ -53,6 +53,7 @@ def write_job_spec(
     cell_timeout_seconds: float | None,
     timeout_seconds: float | None,
     memory_limit_bytes: int | None = None,
+    re_executed_before: int | None = None,
 ) -> None:
     """Write ``job.json``: what the job runs, apart from the notebook itself."""
     spec: dict[str, Any] = {
@@ -62,6 +63,7 @@ def write_job_spec(
         "cell_timeout_seconds": cell_timeout_seconds,
         "timeout_seconds": timeout_seconds,
         "memory_limit_bytes": memory_limit_bytes,
+        "re_executed_before": re_executed_before,
     }
     (job_dir / JOB_SPEC_NAME).write_text(json.dumps(spec, indent=2))
 
@@ -113,6 +115,7 @@ async def run_job(job_dir: Path) -> int:
             on_event=on_event,
             secrets=secrets,
             memory_limit_bytes=spec.get("memory_limit_bytes"),
+            re_executed_before=spec.get("re_executed_before"),
         )
     )
     loop = asyncio.get_running_loop()
