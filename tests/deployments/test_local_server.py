@@ -373,15 +373,16 @@ def test_a_failed_run_goes_on_in_its_kept_kernel_and_cold_once_it_is_gone(
     ).json()
     assert any(repaired["flow_run_id"] in (a["data"] or "") for a in links)
 
-    # no kernel kept this time: the repair runs cells 0 to 2 again, then the rest
+    # no kernel kept this time: the repair, asked over HTTP as the UI's Run form asks for
+    # it, runs cells 0 to 2 again, then the rest
     (tmp_path / "input.txt").unlink()
     done = local.nbjobs("run", str(notebook), "--keep-failed-kernel", "0", "--json")
     assert done.returncode == 1, done.stderr
     second = json.loads(done.stdout)
     (tmp_path / "input.txt").write_text("fixed again\n")
-    cold = local.nbjobs("repair", second["flow_run_id"], "--json")
-    assert cold.returncode == 0, cold.stderr
-    repaired = json.loads(cold.stdout)
+    repair_id = api.trigger("run-notebook", "adhoc", {"repair_of": second["flow_run_id"]})
+    assert api.wait(repair_id, 120)["state"]["type"] == "COMPLETED"
+    repaired = api.result(repair_id)
     assert repaired["repaired_from"]["mode"] == "cold"
     assert [c["re_executed"] for c in repaired["cells"]] == [True] * 3 + [False] * 2
     rebuilt = printed_seed(Path(repaired["artefacts"]["notebook"]))

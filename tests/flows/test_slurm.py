@@ -541,3 +541,25 @@ def test_a_jobs_mem_limits_its_kernel_and_the_cell_that_reaches_it_is_named(
     ran = [c for c in result.cells if c.status in ("ok", "error")]
     assert all(c.peak_memory_bytes for c in ran)
     assert result.resources.peak_memory_bytes >= limit * 1024 * 1024  # type: ignore[operator]
+
+
+def test_a_failed_job_is_repaired_cold_on_the_cluster(slurm_cluster: str, tmp_path: Path) -> None:
+    """No kernel outlives its job: a repair of a Slurm run runs the cells before the failed
+    one again, in a job of its own, marked re-executed, with the fixed notebook."""
+    store = str(tmp_path / "store")
+    failed = run_flow(notebook=str(DATA / "raises.ipynb"), cluster=slurm_cluster, store=store)
+    assert failed.is_failed()
+    failed_id = str(failed.state_details.flow_run_id)
+    fixed = nbformat.read(DATA / "raises.ipynb", as_version=4)
+    fixed.cells[3].source = 'print(f"value {value}")'  # cell 3 no longer raises
+    nbformat.write(fixed, tmp_path / "raises.ipynb")
+    state = run_flow(repair_of=failed_id, notebook=str(tmp_path / "raises.ipynb"))
+    assert state.is_completed(), state.message
+    result: NotebookResult = state_outcome(state)
+    assert result.repaired_from is not None
+    assert (result.repaired_from.mode, result.repaired_from.from_cell) == ("cold", 3)
+    assert result.slurm is not None and result.slurm.state == "COMPLETED"  # a job again
+    assert [c.re_executed for c in result.cells] == [True] * 3 + [False] * 2
+    executed = nbformat.read(result.artefacts.notebook, as_version=4)  # type: ignore[arg-type]
+    (cell,) = [c for c in executed.cells if c.metadata.get("nbjobs", {}).get("index") == 3]
+    assert cell.outputs[0]["text"] == "value 42\n"  # cell 2's value, run again on the node
