@@ -316,6 +316,16 @@ def test_a_memory_limit_stops_the_cell_that_reaches_it_and_loses_nothing(local: 
     summary = next(a["data"] for k, a in api.artifacts(run["id"]).items() if k.endswith("-summary"))
     assert "| cell | status | seconds | peak memory | CPU s |" in summary
     assert re.search(r"\| 4 \| error \| [\d.]+ \| \d+ MiB \| [\d.]+ \|", summary), summary
+    # a deployment's limit holds for every run of it, triggered over HTTP
+    done = local.nbjobs("deploy", str(DATA / "grows.ipynb"), "--name", "grows", "--memory-limit",
+                        "300MiB")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deployed = api.trigger("run-notebook", "grows", {"parameters": {"pause": 0.3}})
+    ended = api.wait(deployed, 120)
+    assert ended["state"]["type"] == "FAILED"
+    assert re.fullmatch(
+        r"MemoryLimitError: cell 4 used \d+ MiB of its 300 MiB limit", ended["state"]["message"]
+    )
 
 
 def printed_seed(notebook: Path) -> float:
