@@ -252,7 +252,7 @@ class LocalExecutor:
         environment = environment_overrides(caller_environment())
         # a kernel that must start with other interpreter settings than ours is spawned
         fresh = needs_new_interpreter(environment)
-        kept = self._kept_for(staged)
+        kept = await self._kept_for(staged)
         with forking_with(None if fresh else self.fork_servers):
             pool = None if fresh or kept else self.pool(staged.kernel)
             started = kept.started if kept else await pool.acquire() if pool else None
@@ -279,6 +279,8 @@ class LocalExecutor:
                 report = ExecutionOutcome.model_validate(cancelled.execution).report
         if kept is not None and not staged.kernel_kept:  # its kernel has ended with this run
             await release_folders(kept)
+        elif kept is not None and kept.run_dir is not None:  # kept again, for this run
+            await asyncio.to_thread(shutil.rmtree, kept.run_dir, ignore_errors=True)
         if staged.repair_of is not None:
             report.repair_mode = "warm" if kept else "cold"
         # shielded: a second cancellation must not lose the partial notebook
@@ -287,13 +289,16 @@ class LocalExecutor:
         )
         return ExecutionOutcome(report=report)
 
-    def _kept_for(self, staged: StagedNotebook) -> KeptKernel | None:
-        """A repair's kept kernel, moved into its working folder with the files it had."""
+    async def _kept_for(self, staged: StagedNotebook) -> KeptKernel | None:
+        """A repair's kept kernel, its files copied into the repair's working folder (the
+        kernel moves there when it starts the run)."""
         if staged.repair_of is None:
             return None
         kept = self.keeper.take(staged.repair_of, staged.kernel)
         if kept is not None and kept.workdir != staged.workdir and kept.workdir.is_dir():
-            shutil.copytree(kept.workdir, staged.workdir, dirs_exist_ok=True, symlinks=True)
+            await asyncio.to_thread(
+                shutil.copytree, kept.workdir, staged.workdir, dirs_exist_ok=True, symlinks=True
+            )
         return kept
 
     def _keeping(
