@@ -36,6 +36,7 @@ from notebook_jobs.deployments.papermill_cli import wants_progress_bar
 from notebook_jobs.deployments.report import refusal, report_refusal, report_run
 from notebook_jobs.tasks.ui_links import run_url
 
+KEEP_FAILED_KERNEL = "10m"  # `nbjobs run` on the local server: for `nbjobs repair`
 FLOW = "run-notebook"
 DEPLOYMENT = "adhoc"
 STATE_POLL_SECONDS = 0.05
@@ -389,6 +390,8 @@ def run_on_local_server(
             request = flow_parameters(args, parameters)
         except exceptions.NotebookInputError as error:
             return report_refusal(type(error).__name__, str(error), args.json)
+        # a run typed at a terminal is the one its user repairs next: its kernel waits
+        request.setdefault("keep_failed_kernel", KEEP_FAILED_KERNEL)
     with PrefectHTTP(server.api_url(), auth_string=server.auth_string()) as api:
         run_id, channel = hand_over(api, server, request, "cli")
         url = run_url(run_id, server.ui_url())

@@ -35,7 +35,6 @@ from notebook_jobs.deployments.processes import (
     wait_for,
 )
 
-KEEP_FAILED_KERNEL = "10m"  # a failed run's kernel waits this long for `nbjobs repair`
 DEFAULT_PORT = 4200
 FILES_PORT = 4280  # the worker's file server (local-store links)
 PORTS_TRIED = 20
@@ -270,8 +269,6 @@ class Launcher(ServerFolder):
                 str(self.socket),
                 "--files-fd",
                 str(files.fileno()),
-                "--keep-failed-kernel",
-                KEEP_FAILED_KERNEL,
             ]
             process = self._spawn(command, env, self.worker_log, (files.fileno(),))
         state.worker_pid = process.pid

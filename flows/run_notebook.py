@@ -176,8 +176,8 @@ async def run_notebook(
         from_cell: With ``repair_of``: the cell to go on from (default: the failed one).
         keep_failed_kernel: How long this run's kernel, if the run fails in a cell, waits
             alive in the worker for ``nbjobs repair`` to go on in it (``10m``, ``0`` not
-            at all); default: the worker's (``nbjobs serve --keep-failed-kernel``; the
-            local server's keeps them 10 minutes).
+            at all); default: the worker's (``nbjobs serve --keep-failed-kernel``, off
+            unless given). ``nbjobs run`` on the local server sends ``10m``.
 
     Returns:
         The result; ``result.json`` in the store is the same document.

@@ -117,7 +117,8 @@ class NotebookRequest(BaseModel):
         ge=0,
         description=(
             "How long the kernel of this run, if it fails in a cell, waits alive for a "
-            "repair (nbjobs repair); default: the worker's (the local server's: 10 minutes)."
+            "repair (nbjobs repair); default: the worker's (nbjobs run on the local "
+            "server sends 10 minutes)."
         ),
     )
     memory_limit_bytes: int | None = Field(

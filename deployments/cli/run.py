@@ -66,9 +66,8 @@ def add_parser(commands: Any) -> None:
         "--keep-failed-kernel",
         metavar="DURATION",
         type=duration_text,
-        help="if the run fails in a cell, keep its kernel alive this long (e.g. 10m; 0: not "
-        "at all) for `nbjobs repair` to go on in it (default: the worker's; the local "
-        "server's keeps it 10 minutes)",
+        help="if the run fails in a cell, keep its kernel alive this long (e.g. 30m; 0: not "
+        "at all) for `nbjobs repair` to go on in it (default on the local server: 10m)",
     )
     run.add_argument(
         "--cache",

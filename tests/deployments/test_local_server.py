@@ -383,14 +383,15 @@ def test_a_failed_run_goes_on_in_its_kept_kernel_and_cold_once_it_is_gone(
     ).json()
     assert any(repaired["flow_run_id"] in (a["data"] or "") for a in links)
 
-    # no kernel kept this time: the repair, asked over HTTP as the UI's Run form asks for
-    # it, runs cells 0 to 2 again, then the rest
+    # a run over HTTP keeps no kernel (only `nbjobs run` asks for it): its repair, asked
+    # over HTTP as the UI's Run form asks for it, runs cells 0 to 2 again, then the rest
     (tmp_path / "input.txt").unlink()
-    done = local.nbjobs("run", str(notebook), "--keep-failed-kernel", "0", "--json")
-    assert done.returncode == 1, done.stderr
-    second = json.loads(done.stdout)
+    run = {"notebook": str(notebook), "cwd": str(tmp_path)}
+    second_id = api.trigger("run-notebook", "adhoc", run)
+    assert api.wait(second_id, 120)["state"]["type"] == "FAILED"
+    second = api.result(second_id)
     (tmp_path / "input.txt").write_text("fixed again\n")
-    repair_id = api.trigger("run-notebook", "adhoc", {"repair_of": second["flow_run_id"]})
+    repair_id = api.trigger("run-notebook", "adhoc", {"repair_of": second_id})
     assert api.wait(repair_id, 120)["state"]["type"] == "COMPLETED"
     repaired = api.result(repair_id)
     assert repaired["repaired_from"]["mode"] == "cold"
