@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import psutil
 import pytest
 
@@ -403,6 +404,37 @@ def test_a_failed_run_goes_on_in_its_kept_kernel_and_cold_once_it_is_gone(
         != printed_seed(Path(second["artefacts"]["notebook"]))
     )
     assert repaired["outputs"]["text"] == "fixed again\n"
+
+
+def notebook_json(*sources: str) -> dict[str, Any]:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    return dict(notebook)
+
+
+def test_a_warm_repair_of_a_run_in_its_own_folder_keeps_the_files_it_wrote(local: Local) -> None:
+    """Over HTTP, a run in a folder of its own that asked to keep its kernel: the repair
+    (with a fixed notebook) goes on in that kernel, in a folder of its own, where the
+    files the first run wrote are too."""
+    assert local.nbjobs("server", "start").returncode == 0  # (when this test runs alone)
+    api = local.api()
+    broken = notebook_json(
+        'open("state.txt", "w").write("from cell 0")',
+        'raise RuntimeError("broken")',
+        'print(open("state.txt").read())',
+    )
+    failed_id = api.trigger(
+        "run-notebook", "adhoc", {"notebook": broken, "keep_failed_kernel": "10m"}
+    )
+    assert api.wait(failed_id, 120)["state"]["type"] == "FAILED"
+    fixed = notebook_json(broken["cells"][0]["source"], "pass", broken["cells"][2]["source"])
+    repair_id = api.trigger("run-notebook", "adhoc", {"repair_of": failed_id, "notebook": fixed})
+    assert api.wait(repair_id, 120)["state"]["type"] == "COMPLETED"
+    repaired = api.result(repair_id)
+    assert repaired["repaired_from"]["mode"] == "warm"
+    executed = json.loads(Path(repaired["artefacts"]["notebook"]).read_text())
+    (cell,) = [c for c in executed["cells"] if c["metadata"]["nbjobs"].get("index") == 2]
+    assert "".join(cell["outputs"][0]["text"]) == "from cell 0\n"
 
 
 def test_a_killed_worker_is_started_again(local: Local) -> None:
