@@ -231,19 +231,18 @@ class KernelRun:
                 and client.kc is not None
                 and self.keep(StartedKernel(self.km, client.kc), self.ipc_dir)  # type: ignore[arg-type]
             )  # kept alive for a repair, its sockets with it
-            if kept:
-                pass
-            elif (
-                self.started is not None and self.started.retire and progress.status == "completed"
-            ):
-                # a pooled kernel that finished cleanly: its pool stops it off the
-                # critical path
-                self.started.retire()
-            else:
-                # leave client.kc set: nbclient's own watcher task may still look at it
-                await shutdown_kernel(self.km, client.kc)
             if not kept:
-                await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
+                await self._end_kernel(client)
+
+    async def _end_kernel(self, client: CappedClient) -> None:
+        """The kernel is done with: a pooled one that finished cleanly goes back to its
+        pool to be stopped off the critical path; any other is shut down now."""
+        if self.started is not None and self.started.retire and self.progress.status == "completed":
+            self.started.retire()
+        else:
+            # leave client.kc set: nbclient's own watcher task may still look at it
+            await shutdown_kernel(self.km, client.kc)
+        await asyncio.to_thread(shutil.rmtree, self.ipc_dir, ignore_errors=True)
 
     async def _kill(self) -> None:
         """End the kernel now (a cell that went on past the memory limit's interrupt)."""

@@ -12,6 +12,7 @@ from nbformat import NotebookNode
 from notebook_jobs.tasks.engine.kernels.client import StartedKernel
 from notebook_jobs.tasks.engine.kernels.kept import KeptKernel
 from notebook_jobs.tasks.engine.staged import StagedNotebook
+from notebook_jobs.tasks.engine.staging import INJECTED_TAG
 from notebook_jobs.tasks.models import CellReport
 
 
@@ -71,15 +72,13 @@ def resume_of(staged: StagedNotebook, kept: KeptKernel | None) -> Resume | None:
     return Resume(
         from_cell=staged.repair_from_cell or 0,
         earlier=kept.notebook,
-        rerun_parameters=injected_source(staged.notebook, staged.cell_origin)
-        != injected_source(kept.notebook, None),
+        rerun_parameters=injected_source(staged.notebook) != injected_source(kept.notebook),
     )
 
 
-def injected_source(nb: NotebookNode, origin: list[int | None] | None) -> str | None:
-    """The source of the cell papermill injected (``injected-parameters``), if any."""
-    for position, cell in enumerate(nb.cells):
-        injected = origin[position] is None if origin is not None else False
-        if injected or "injected-parameters" in cell.metadata.get("tags", []):
+def injected_source(nb: NotebookNode) -> str | None:
+    """The source of the cell staging injected (tagged ``INJECTED_TAG``), if any."""
+    for cell in nb.cells:
+        if INJECTED_TAG in cell.metadata.get("tags", []):
             return str(cell.source)
     return None
