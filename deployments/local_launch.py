@@ -16,8 +16,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-
 from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.file_server import bind_first
@@ -31,6 +29,7 @@ from notebook_jobs.deployments.processes import (
     alive,
     listens_on,
     port_free,
+    started_at,
     stop_process_tree,
     wait_for,
 )
@@ -192,7 +191,7 @@ class Launcher(ServerFolder):
         state.port = port
         process = self._spawn(command, self._child_env(state, server=True), self.server_log)
         state.server_pid = process.pid
-        state.server_started = psutil.Process(process.pid).create_time()
+        state.server_started = started_at(process.pid)
         state.worker_pid = state.worker_started = None
         self._save(state)
         if login is not None:
@@ -209,7 +208,7 @@ class Launcher(ServerFolder):
         self.postgres.initialise(say)
         process = self._spawn(self.postgres.command(), dict(os.environ), self.postgres.log)
         state.postgres_pid = process.pid
-        state.postgres_started = psutil.Process(process.pid).create_time()
+        state.postgres_started = started_at(process.pid)
         self._save(state)
         try:
             self.postgres.wait_ready(process.pid, process.poll)
@@ -272,7 +271,7 @@ class Launcher(ServerFolder):
             ]
             process = self._spawn(command, env, self.worker_log, (files.fileno(),))
         state.worker_pid = process.pid
-        state.worker_started = psutil.Process(process.pid).create_time()
+        state.worker_started = started_at(process.pid)
         self._save(state)
         return state, process
 

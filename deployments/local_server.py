@@ -28,14 +28,13 @@ import contextlib
 import json
 import socket
 import subprocess
-import time
 from typing import Any
 
 from notebook_jobs.blocks.exceptions import LocalServerError
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.local_launch import Announce, Launcher
 from notebook_jobs.deployments.local_state import ServerState
-from notebook_jobs.deployments.processes import alive, port_taken, stop_process_tree
+from notebook_jobs.deployments.processes import alive, port_taken, stop_process_tree, uptime
 
 # a follower that hears nothing for this long asks the API whether the run ended
 FOLLOW_SILENCE_SECONDS = 2.0
@@ -240,7 +239,6 @@ class LocalServer(Launcher):
         postgres_up = alive(state.postgres_pid, state.postgres_started)
         database = self.database_of(state)
         running = server_up and self.running(state)
-        now = time.time()
         login: str | None = None
         if running and state.auth:
             with contextlib.suppress(LocalServerError):
@@ -252,13 +250,9 @@ class LocalServer(Launcher):
             "auth": state.auth,
             "login": login,
             "server_pid": state.server_pid if server_up else None,
-            "server_uptime_seconds": round(now - state.server_started, 1)
-            if server_up and state.server_started
-            else None,
+            "server_uptime_seconds": uptime(state.server_pid) if server_up else None,
             "worker_pid": state.worker_pid if worker_up else None,
-            "worker_uptime_seconds": round(now - state.worker_started, 1)
-            if worker_up and state.worker_started
-            else None,
+            "worker_uptime_seconds": uptime(state.worker_pid) if worker_up else None,
             "files_url": f"http://127.0.0.1:{state.files_port}"
             if worker_up and state.files_port
             else None,

@@ -75,7 +75,7 @@ class ServerState:
 
     port: int | None = None
     server_pid: int | None = None
-    server_started: float | None = None  # the process's create_time, against pid reuse
+    server_started: float | None = None  # processes.started_at, against pid reuse
     worker_pid: int | None = None
     worker_started: float | None = None
     files_port: int | None = None  # the worker's file server: local-store links open there

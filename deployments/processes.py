@@ -25,17 +25,53 @@ STOP_TIMEOUT_SECONDS = 20.0
 HEALTH_POLL_SECONDS = 0.25
 
 
+# A start time below this is seconds since boot (``started_at``); above it, seconds
+# since the epoch, as state.json kept it before (a server started by an older nbjobs).
+EPOCH_START_TIMES = 1e9
+
+
+def started_at(pid: int) -> float:
+    """When ``pid`` started, in seconds since the machine booted.
+
+    Not the epoch time ``create_time()`` gives alone: that adds the boot time the kernel
+    reports, which moves whenever the wall clock is set (NTP, a virtual machine resumed
+    after a pause). A CI machine resumed mid-run moved it by more than a second, and
+    every command then took the running server for a stranger with its pid.
+    """
+    return _since_boot(psutil.Process(pid))
+
+
+def _since_boot(process: psutil.Process) -> float:
+    began: float = process.create_time() - psutil.boot_time()  # one boot time, read now
+    return began
+
+
 def alive(pid: int | None, started: float | None) -> bool:
     """Whether ``pid`` is still the process we started (not a later one with its pid)."""
     if not pid:
         return False
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and (
-            started is None or abs(process.create_time() - started) < 1.0
-        )
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started is None:
+            return True
+        if started >= EPOCH_START_TIMES:
+            return bool(abs(process.create_time() - started) < 1.0)
+        return abs(_since_boot(process) - started) < 1.0
     except psutil.Error:
         return False
+
+
+def uptime(pid: int | None) -> float | None:
+    """Seconds since ``pid`` started, to a tenth; None if it is gone."""
+    if not pid:
+        return None
+    try:
+        began: float = psutil.Process(pid).create_time()  # the boot time as it is now
+        return round(time.time() - began, 1)
+    except psutil.Error:
+        return None
 
 
 def listens_on(pid: int | None, port: int | None) -> bool:

@@ -168,6 +168,16 @@ class Local:
         status: dict[str, Any] = json.loads(done.stdout)
         return status
 
+    def started(self) -> dict[str, Any]:
+        """The status of the running server, started here if no earlier test did: a
+        test that kills one of its processes never asks psutil for pid None, which is
+        the test's own process."""
+        done = self.nbjobs("server", "start")
+        assert done.returncode == 0, done.stderr
+        status = self.status()
+        assert status["server_pid"] and status["worker_pid"], status
+        return status
+
     def api(self) -> PrefectHTTP:
         """A client of the running local server, with its credentials."""
         status = self.status()

@@ -438,7 +438,7 @@ def test_a_warm_repair_of_a_run_in_its_own_folder_keeps_the_files_it_wrote(local
 
 
 def test_a_killed_worker_is_started_again(local: Local) -> None:
-    before = local.status()
+    before = local.started()
     psutil.Process(before["worker_pid"]).kill()
     psutil.Process(before["worker_pid"]).wait(30)
     done = local.nbjobs("run", str(EXAMPLES / "report.ipynb"))
@@ -450,7 +450,7 @@ def test_a_killed_worker_is_started_again(local: Local) -> None:
 
 
 def test_stop_leaves_no_process_behind_and_a_stale_pid_is_restarted(local: Local) -> None:
-    status = local.status()
+    status = local.started()
     pids = (status["server_pid"], status["worker_pid"], status["postgres_pid"])
     started = [psutil.Process(pid) for pid in pids]
     family = started + [child for p in started for child in p.children(recursive=True)]

@@ -9,6 +9,7 @@ nbjobs itself sets keeps the other account out. Then 16 ``nbjobs run`` at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,10 +17,10 @@ import subprocess
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -30,6 +31,7 @@ from tests.deployments.conftest import NBJOBS, RUN_TIMEOUT_SECONDS, Local, clean
 
 INTRUDER = "nbjobs-intruder"
 SYSTEM_PYTHON = "/usr/bin/python3"
+T = TypeVar("T")
 
 # What the other account runs: each probe says what it got, never raises.
 PROBES = textwrap.dedent(
@@ -116,14 +118,23 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     shutil.rmtree(open_folder, ignore_errors=True)
 
 
+def asked(processes: list[psutil.Process], what: Callable[[psutil.Process], list[T]]) -> list[T]:
+    """``what`` of each process that is still there when asked: a kernel's helper may
+    end (or wait as a zombie) between listing the worker's children and reading them."""
+    found: list[T] = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            found.extend(what(process))
+    return found
+
+
 def kernel_sockets(worker_pid: int) -> list[str]:
     """The Unix sockets the worker's kernels (and fork server) listen on."""
-    paths = set()
-    for process in psutil.Process(worker_pid).children(recursive=True):
-        for connection in process.net_connections(kind="unix"):
-            if connection.laddr:
-                paths.add(connection.laddr)
-    return sorted(paths)
+    connections = asked(
+        psutil.Process(worker_pid).children(recursive=True),
+        lambda process: process.net_connections(kind="unix"),
+    )
+    return sorted({connection.laddr for connection in connections if connection.laddr})
 
 
 def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> None:
@@ -148,16 +159,17 @@ def test_a_second_account_gets_nothing_and_leaves_no_trace(shared: Local) -> Non
     worker = psutil.Process(status["worker_pid"])
     listening = [
         connection.laddr
-        for process in [worker, *worker.children(recursive=True)]
-        for connection in process.net_connections(kind="inet")
+        for connection in asked(
+            [worker, *worker.children(recursive=True)],
+            lambda process: process.net_connections(kind="inet"),
+        )
         if connection.status == psutil.CONN_LISTEN
     ]
     assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
     # the kernels' connection files: the owner's alone, with a key (never an empty HMAC)
     connection_files = [
         argument
-        for process in worker.children(recursive=True)
-        for argument in process.cmdline()
+        for argument in asked(worker.children(recursive=True), psutil.Process.cmdline)
         if argument.endswith(".json")
     ]
     assert connection_files
@@ -244,7 +256,7 @@ def test_sixteen_runs_at_once_all_succeed_and_each_exists_once(shared: Local) ->
 
 
 def test_a_killed_postgresql_is_started_again_with_the_history(shared: Local) -> None:
-    before = shared.status()
+    before = shared.started()
     runs_before = shared.api().request("POST", "/flow_runs/count", json={}).json()
     psutil.Process(before["postgres_pid"]).kill()  # as the OOM killer would
     done = shared.nbjobs("run", str(EXAMPLES / "report.ipynb"))
