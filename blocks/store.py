@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -131,6 +132,35 @@ class ArtefactStore:
                 store=self.spec,
             ) from error
         return data
+
+    def delete_folder(self, key: str) -> int:
+        """Delete everything under ``key`` (a run's folder); how many files went."""
+        key = safe_key(key)
+        fs = self.filesystem
+        try:
+            if isinstance(fs, LocalFileSystem):
+                folder = Path(self.uri(key))
+                count = sum(1 for path in folder.rglob("*") if path.is_file())
+                if folder.exists():
+                    shutil.rmtree(folder)
+                return count
+            folder_key = "/".join(p for p in (str(fs.bucket_folder or "").strip("/"), key) if p)
+            client = fs.credentials.get_s3_client()
+            count = 0
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=fs.bucket_name, Prefix=folder_key + "/"
+            )
+            for page in pages:
+                objects = [{"Key": found["Key"]} for found in page.get("Contents", [])]
+                if objects:
+                    client.delete_objects(Bucket=fs.bucket_name, Delete={"Objects": objects})
+                    count += len(objects)
+            return count
+        except Exception as error:
+            raise ArtefactStoreError(
+                f"could not delete {key} from {self.root}: {type(error).__name__}: {error}",
+                store=self.spec,
+            ) from error
 
     def link(self, key: str) -> str:
         """A link a browser can open: presigned HTTPS for S3; for folders, a signed

@@ -257,12 +257,16 @@ class PrefectHTTP:
         tags: list[str] | None = None,
         work_queue_name: str | None = None,
         deployment_id: str | None = None,
+        name: str | None = None,
     ) -> str:
         """``POST /deployments/{id}/create_flow_run``; returns the new flow run's id.
 
         The same ``idempotency_key`` sent twice returns the same run instead of a second.
+        ``name``: the run's (default: Prefect makes one up).
         """
         body: dict[str, Any] = {"parameters": parameters}
+        if name:
+            body["name"] = name
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
         if tags:

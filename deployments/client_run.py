@@ -315,10 +315,20 @@ def _follow(
 
 
 def hand_over(
-    api: PrefectHTTP, server: LocalServer, request: dict[str, Any], trigger: str
+    api: PrefectHTTP,
+    server: LocalServer,
+    request: dict[str, Any],
+    trigger: str,
+    *,
+    name: str | None = None,
+    tags: tuple[str, ...] = (),
+    idempotency_key: str | None = None,
 ) -> tuple[str, socket.socket | None]:
     """Create a run of ``run-notebook/adhoc`` for the local worker, with this process's
     environment handed to it first; the run's id and the worker's connection.
+
+    ``name``, ``tags``: the run's, beside ``trigger:<trigger>``; ``idempotency_key``:
+    the caller's (the same key gives back the same run), else a new one.
 
     Raises:
         LocalServerError: The server refused the credentials, has no such deployment,
@@ -338,7 +348,7 @@ def hand_over(
             f"the local server has no {FLOW}/{DEPLOYMENT} deployment (deleted?); "
             "`nbjobs server stop` and run again: its worker registers it when it starts"
         ) from error
-    key = f"nbjobs-run-{uuid.uuid4()}"  # safe to send again
+    key = idempotency_key or f"nbjobs-run-{uuid.uuid4()}"  # safe to send again
     # the kernel gets this process's environment, as papermill's does
     channel = server.hand_over(caller_environment(), key)
     try:
@@ -346,9 +356,10 @@ def hand_over(
             FLOW,
             DEPLOYMENT,
             request,
-            tags=[f"trigger:{trigger}"],
+            tags=[f"trigger:{trigger}", *tags],
             deployment_id=deployment_id,
             idempotency_key=key,
+            name=name,
         )
     except APIError as error:
         if channel is not None:

@@ -46,7 +46,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.endswith(".dist-info/RECORD")}
-    assert {top for top in tops if not top.endswith(".dist-info")} == {"notebook_jobs"}
+    data = "notebook_jobs-0.1.0.data"
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"notebook_jobs", data}
+    # beside the package, only the Jupyter config that turns on our jupyter-scheduler
+    # backend (deployments/lab), installed as $PREFIX/etc/jupyter/...
+    assert [name for name in names if name.startswith(data)] == [
+        f"{data}/data/etc/jupyter/jupyter_jupyter_scheduler_config.json"
+    ]
     assert "notebook_jobs/tasks/engine/slurm/job.py" in names
     assert not [name for name in names if "__pycache__" in name]
 

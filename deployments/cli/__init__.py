@@ -51,7 +51,12 @@ from notebook_jobs.deployments.exit_codes import (
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbjobs`` console script: parse, run the command's handler,
     and turn an expected failure into one line and its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not getattr(args, "passes_on", None):  # only nbjobs lab hands arguments on
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        setattr(args, args.passes_on, unknown)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         code: int = args.handler(args)

@@ -13,6 +13,7 @@ from notebook_jobs.deployments.cli import (
     deploy,
     diff,
     inspect,
+    lab,
     repair,
     retry_uploads,
     run,
@@ -23,7 +24,7 @@ from notebook_jobs.deployments.cli.common import version
 
 # in the order `nbjobs --help` lists them
 COMMANDS = [run, repair, inspect, deploy, diff, retry_uploads, serve, backfill, endpoints]
-COMMANDS += [alerts]
+COMMANDS += [alerts, lab]
 COMMANDS += [runs_command, server]
 
 
