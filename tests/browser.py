@@ -83,6 +83,42 @@ class Page:
         )
         self.send("Input.insertText", text=value)
 
+    def fill(self, selector: str, value: str) -> None:
+        """Replace what the input ``selector`` holds with ``value``, typed, then leave
+        the field (forms check a field when it loses focus)."""
+        self.evaluate(
+            f"(() => {{ const field = document.querySelector({json.dumps(selector)});"
+            "field.focus(); field.select(); })()"
+        )
+        self.send("Input.insertText", text=value)
+        self.evaluate("document.activeElement.blur()")
+
+    def click(self, selector: str, text: str | None = None, timeout: float = 30) -> None:
+        """Click the middle of the first visible element ``selector`` (that says ``text``,
+        if given), with the mouse: a React button listens to the pointer, not to
+        ``element.click()``."""
+        find = (
+            f"(() => {{ const found = [...document.querySelectorAll({json.dumps(selector)})]"
+            f".find(e => e.getClientRects().length && ({json.dumps(text)} === null"
+            f" || e.innerText.trim() === {json.dumps(text)})); if (!found) return null;"
+            " found.scrollIntoView({block: 'center'}); const box = found.getBoundingClientRect();"
+            " return [box.x + box.width / 2, box.y + box.height / 2]; })()"
+        )
+        deadline = time.monotonic() + timeout
+        while (middle := self.evaluate(find)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing to click at {selector!r}")
+            time.sleep(0.25)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send(
+                "Input.dispatchMouseEvent",
+                type=kind,
+                x=middle[0],
+                y=middle[1],
+                button="left",
+                clickCount=1,
+            )
+
     def press_enter(self) -> None:
         for kind in ("keyDown", "keyUp"):
             self.send(

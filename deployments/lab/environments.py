@@ -87,7 +87,7 @@ class ComputeChoices(EnvironmentManager):  # type: ignore[misc]
         specs = KernelSpecManager().get_all_specs()
         own = RuntimeEnvironment(
             name=NOTEBOOK_KERNEL,
-            label="The notebook's kernel",
+            label=NOTEBOOK_KERNEL,
             description="each notebook in the kernel its metadata names, as nbjobs run does",
             file_extensions=["ipynb"],
             output_formats=list(OUTPUT_FORMATS),
@@ -99,8 +99,8 @@ class ComputeChoices(EnvironmentManager):  # type: ignore[misc]
         return [own] + [
             RuntimeEnvironment(
                 name=name,
-                label=specs[name]["spec"].get("display_name", name),
-                description=f"kernel {name}, run by notebook-jobs on Prefect",
+                label=name,  # the dialog selects by label and shows the name: the same
+                description=f"{specs[name]['spec'].get('display_name', name)} (kernel {name})",
                 file_extensions=["ipynb"],
                 output_formats=list(OUTPUT_FORMATS),
                 metadata={"kernel": name},

@@ -9,6 +9,7 @@ against Prefect's own API: the same runs, the same deployments.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from notebook_jobs.deployments.api import PrefectHTTP
-from tests.conftest import DATA, EXAMPLES
+from tests.browser import chromium as chromium_page
+from tests.conftest import DATA, EXAMPLES, service
 from tests.deployments.conftest import NBJOBS, Local, clean_env
 from tests.processes import free_port, stop
 
@@ -84,7 +86,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "JUPYTER_CONFIG_DIR": str(home / "jupyter-config"),
         "JUPYTER_DATA_DIR": str(home / "jupyter-data"),
         "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
     }
+    # no "get notified about Jupyter news?" toast over the screenshots
+    news = home / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     port = free_port()
     log = open(home / "lab.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
@@ -319,3 +326,47 @@ def test_runs_made_elsewhere_for_the_same_notebook_are_listed(lab: Lab) -> None:
     job = next(j for j in listed["jobs"] if j["job_id"] == run_id)
     assert job["input_filename"] == "report.ipynb"
     assert "trigger:cli" in job["tags"] and job["parameters"] == {"n": "1"}
+
+
+def test_the_dialog_creates_a_job_and_the_panel_shows_it_completed(lab: Lab) -> None:
+    """As a user does it: the notebook's toolbar button, the dialog filled and sent,
+    the Notebook Jobs panel reloaded until the job is Completed.
+
+    ``NBJOBS_SCREENSHOTS=docs`` keeps the screenshots for the docs (docs/jupyterlab.md).
+    """
+    chromium = service("chromium.sh", "Chromium")
+    shots = Path(os.environ.get("NBJOBS_SCREENSHOTS") or lab.local.home)
+    name = f"squares from the dialog {time.monotonic_ns() % 10_000}"
+    row = (
+        "[...document.querySelectorAll('tr')].map(r => r.innerText)"
+        f".find(t => t.includes({json.dumps(name)})) || ''"
+    )
+    with chromium_page(chromium, lab.local.home / "chromium") as page:
+        page.open(f"{lab.url}/lab/tree/report.ipynb?token={TOKEN}")
+        page.wait_for_text("Squares report", timeout=120)
+        page.click('jp-button[title="Create a job"]')  # the notebook toolbar's button
+        page.wait_for_text("Create Job")
+        page.wait_for_text("Local worker")  # our compute types came
+        page.fill("#jp-create-job-jobName", name)
+        page.click('button[title="Add new parameter"]')
+        page.fill('input[name="parameter-0-name"]', "n")
+        page.fill('input[name="parameter-0-value"]', "5")
+        page.screenshot(shots / "lab-create-job.png")
+        page.click("button", text="Create")
+        page.wait_for_text(f'Your job "{name}" has been created')
+        deadline = time.monotonic() + 120
+        while "Completed" not in page.evaluate(row):
+            assert time.monotonic() < deadline, page.evaluate(row) or page.text()[-2000:]
+            page.click("button", text="Reload")
+            time.sleep(1)
+        page.screenshot(shots / "lab-notebook-jobs.png")
+        assert "report.ipynb" in page.evaluate(row)
+        page.click("a", text=name)  # the job's page: its parameters, the run's UI link
+        text = page.wait_for_text("prefect-ui:")  # the page fills in once the job came
+        page.screenshot(shots / "lab-job-detail.png")
+        assert "prefect-ui:http://127.0.0.1:" in text and "trigger:jupyterlab" in text
+    # the same run in Prefect, with the dialog's parameter typed by the notebook
+    with lab.prefect() as api:
+        [run] = api.flow_runs({"flow_runs": {"name": {"any_": [name]}}})
+        assert run["state"]["type"] == "COMPLETED"
+        assert run["parameters"]["parameters"] == {"n": 5}
