@@ -112,3 +112,37 @@ def test_a_block_saved_with_values_it_cannot_hold_is_not_called_missing(tmp_path
         ArtefactStoreError, match="no S3Bucket or LocalFileSystem block named 'absent-store'"
     ):
         open_store("absent-store")
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_a_runs_folder_is_deleted_and_nothing_beside_it(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    spec = (
+        str(tmp_path / "store")
+        if kind == "folder"
+        else f"s3://{request.getfixturevalue('bucket')}/runs"
+    )
+    store = open_store(spec)
+    for key in (
+        "run-notebook/a/notebook.ipynb",
+        "run-notebook/a/files/x.csv",
+        "run-notebook/ab/keep",
+    ):
+        store.put_bytes(key, b"{}")
+    assert store.delete_folder("run-notebook/a") == 2
+    assert store.get_bytes("run-notebook/ab/keep") == b"{}"  # a prefix of its name: kept
+    with pytest.raises(ArtefactStoreError):
+        store.get_bytes("run-notebook/a/notebook.ipynb")
+    # JupyterLab's delete with delete_stored_outputs: by the run's store and prefix
+    pytest.importorskip("jupyter_scheduler", reason="notebook-jobs[jupyterlab] is not installed")
+    from jupyter_scheduler.exceptions import SchedulerError
+
+    from notebook_jobs.deployments.lab.files import delete_stored
+
+    run = {"parameters": {"store": spec}}
+    delete_stored(run, {"prefix": f"{store.root}/run-notebook/ab"})
+    with pytest.raises(ArtefactStoreError):
+        store.get_bytes("run-notebook/ab/keep")
+    with pytest.raises(SchedulerError, match="are not in its store"):
+        delete_stored(run, {"prefix": "/elsewhere/run-notebook/c"})

@@ -306,8 +306,13 @@ def test_a_job_definition_is_a_scheduled_deployment_paused_edited_and_deleted(la
     job = lab.until(f"jobs/{job_id}", lambda j: j["status"] in DONE)
     assert job["status"] == "COMPLETED" and job["job_definition_id"] == definition_id
     assert api.flow_run(job_id)["parameters"]["parameters"]["n"] == 3
-    # delete: the deployment goes; its runs' artefacts stay
+    # delete: the deployment goes, and its runs scheduled for later; what ran stays
+    stored = api.result(job_id)["artefacts"]
     lab.ok("DELETE", f"job_definitions/{definition_id}")
+    later = {"deployment_id": {"any_": [definition_id]}, "state": {"type": {"any_": ["SCHEDULED"]}}}
+    assert api.flow_runs({"flow_runs": later}) == []
+    assert api.flow_run(job_id)["state"]["type"] == "COMPLETED"
+    assert Path(stored["notebook"]).exists()
     status, _ = lab.call("GET", f"job_definitions/{definition_id}")
     assert status == 500
     assert definition_id not in [
