@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -331,6 +332,50 @@ def test_runs_made_elsewhere_for_the_same_notebook_are_listed(lab: Lab) -> None:
     job = next(j for j in listed["jobs"] if j["job_id"] == run_id)
     assert job["input_filename"] == "report.ipynb"
     assert "trigger:cli" in job["tags"] and job["parameters"] == {"n": "1"}
+
+
+def test_compute_types_are_a_queue_and_a_slurm_cluster_made_as_users_make_them(
+    lab: Lab, slurm_partition: str, tmp_path: Path
+) -> None:
+    status = lab.local.status()
+    with lab.prefect() as api:
+        api.request("POST", "/work_pools/notebook-jobs/queues", json={"name": "urgent"})
+    save = (
+        "from notebook_jobs.blocks.slurm import SlurmCluster\n"
+        f"SlurmCluster(work_dir={str(tmp_path / 'shared')!r}, partition={slurm_partition!r},"
+        " poll_interval_seconds=0.5, max_poll_interval_seconds=2).save('lab-slurm', overwrite=True)"
+    )
+    env = {
+        **lab.local.env,
+        "PREFECT_API_URL": status["api_url"],
+        "PREFECT_API_AUTH_STRING": status["login"],
+    }
+    done = subprocess.run([sys.executable, "-c", save], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    choices = lab.ok("GET", "runtime_environments")[0]["compute_types"]
+    assert choices[0] == "Local worker"
+    assert {"Queue: urgent", "Slurm: lab-slurm"} <= set(choices), choices
+    for compute in ("Queue: urgent", "Slurm: lab-slurm"):
+        job_id = lab.ok(
+            "POST",
+            "jobs",
+            {
+                "input_uri": "report.ipynb",
+                "runtime_environment_name": "notebook",
+                "name": f"on {compute}",
+                "parameters": {"n": "3"},
+                "compute_type": compute,
+            },
+        )["job_id"]
+        job = lab.until(f"jobs/{job_id}", lambda j: j["status"] in DONE, timeout=300)
+        assert job["status"] == "COMPLETED" and job["compute_type"] == compute, job
+        with lab.prefect() as api:
+            run = api.flow_run(job_id)
+            if compute.startswith("Queue"):
+                assert run["work_queue_name"] == "urgent"
+            else:
+                assert run["parameters"]["cluster"] == "lab-slurm"
+                assert api.result(job_id)["slurm"]["job_id"]  # it ran as a Slurm job
 
 
 def test_the_dialog_creates_a_job_and_the_panel_shows_it_completed(lab: Lab) -> None:
