@@ -153,7 +153,12 @@ class ArtefactStore:
             for page in pages:
                 objects = [{"Key": found["Key"]} for found in page.get("Contents", [])]
                 if objects:
-                    client.delete_objects(Bucket=fs.bucket_name, Delete={"Objects": objects})
+                    answer = client.delete_objects(
+                        Bucket=fs.bucket_name, Delete={"Objects": objects}
+                    )
+                    if answer.get("Errors"):  # reported, not raised, by S3
+                        first = answer["Errors"][0]
+                        raise RuntimeError(f"{first.get('Key')}: {first.get('Message')}")
                     count += len(objects)
             return count
         except Exception as error:

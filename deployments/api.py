@@ -301,6 +301,21 @@ class PrefectHTTP:
         ).json()
         return bool(answer.get("status") == "ACCEPT")
 
+    def cancel(self, run_id: str, message: str, state: str | None = None) -> None:
+        """Cancel a run that has not started outright; ask a running one's worker to
+        stop it (``CANCELLING``); leave one that has ended. ``state``: its state type if
+        the caller has just read it."""
+        state = state or (self.flow_run(run_id).get("state") or {}).get("type")
+        if state in FINAL_STATES:
+            return
+        # not forced: if a worker has started it meanwhile, the server refuses, and the
+        # run is asked to stop like any running one
+        if state in ("SCHEDULED", "PENDING") and self.set_state(
+            run_id, "CANCELLED", message, force=False
+        ):
+            return
+        self.set_state(run_id, "CANCELLING", message)
+
     def wait(self, run_id: str, timeout: float = 300.0) -> dict[str, Any]:
         """Poll a flow run until it is COMPLETED, FAILED, CANCELLED or CRASHED."""
         deadline = time.monotonic() + timeout

@@ -383,15 +383,9 @@ def cancel_backfill(api: PrefectHTTP, backfill_id: str) -> int:
             }
         }
     )
+    message = f"backfill {backfill_id} cancelled (nbjobs backfill --cancel)"
     for run in runs:
-        state = (run.get("state") or {}).get("type")
-        message = f"backfill {backfill_id} cancelled (nbjobs backfill --cancel)"
-        # a run not started yet ends at once; a running one's worker is asked to stop it
-        if not (
-            state in ("SCHEDULED", "PENDING")
-            and api.set_state(run["id"], "CANCELLED", message, force=False)
-        ):
-            api.set_state(run["id"], "CANCELLING", message)
+        api.cancel(run["id"], message, state=(run.get("state") or {}).get("type"))
     print(f"backfill {backfill_id}: {len(runs)} runs cancelled")
     return EXIT_OK
 

@@ -32,13 +32,15 @@ from notebook_jobs.deployments.exit_codes import (
     EXIT_INTERRUPTED,
 )
 from notebook_jobs.deployments.local_server import LocalServer
+from notebook_jobs.deployments.names import GENERAL_DEPLOYMENT
 from notebook_jobs.deployments.papermill_cli import wants_progress_bar
 from notebook_jobs.deployments.report import refusal, report_refusal, report_run
+from notebook_jobs.tasks.names import RUN_FLOW
 from notebook_jobs.tasks.ui_links import run_url
 
 KEEP_FAILED_KERNEL = "10m"  # `nbjobs run` on the local server: for `nbjobs repair`
-FLOW = "run-notebook"
-DEPLOYMENT = "adhoc"
+FLOW = RUN_FLOW
+DEPLOYMENT = GENERAL_DEPLOYMENT
 STATE_POLL_SECONDS = 0.05
 LOG_POLL_SECONDS = 0.25
 LOG_DRAIN_SECONDS = 0.5  # the worker ships logs every 0.25 s: the last ones follow the state
@@ -223,17 +225,7 @@ def follow(
 def _cancel(api: PrefectHTTP, run_id: str) -> None:
     """Cancel a run that has not started outright; ask a running one's worker to stop it."""
     print(f"nbjobs: cancelling run {run_id} (Ctrl-C again to leave it)", file=sys.stderr)
-    message = "cancelled from the command line (Ctrl-C)"
-    state = (api.flow_run(run_id).get("state") or {}).get("type")
-    if state in FINAL_STATES:
-        return
-    # not forced: if the worker has started it meanwhile, the server refuses, and the
-    # run is asked to stop (CANCELLING) like any running one
-    if state in ("SCHEDULED", "PENDING") and api.set_state(
-        run_id, "CANCELLED", message, force=False
-    ):
-        return
-    api.set_state(run_id, "CANCELLING", message)
+    api.cancel(run_id, "cancelled from the command line (Ctrl-C)")
 
 
 def follow_channel(

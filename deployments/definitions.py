@@ -35,14 +35,16 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema as callable_parameter_schema
 
 from notebook_jobs.blocks.exceptions import NotebookInputError, OptionError
+from notebook_jobs.deployments.names import GENERAL_DEPLOYMENT as GENERAL_DEPLOYMENT
+from notebook_jobs.deployments.names import JSON_TYPES
+from notebook_jobs.deployments.names import NOTEBOOK_TAG as NOTEBOOK_TAG
+from notebook_jobs.deployments.names import POOL_NAME as POOL_NAME
 from notebook_jobs.flows.deployment_rules import ALLOW_TAG
 from notebook_jobs.flows.run_notebook import FLOW_DEFAULTS, FLOW_NAME, run_notebook
 from notebook_jobs.flows.series import CATCH_UP_TAG, OVERLAP_TAG
 from notebook_jobs.tasks.engine.run_context import run_value_asked
 from notebook_jobs.tasks.engine.secrets import SECRET_KEY, reference, secret_declaration
 
-POOL_NAME = "notebook-jobs"
-GENERAL_DEPLOYMENT = "adhoc"
 ENTRYPOINT = "notebook_jobs.flows.run_notebook.run_notebook"
 ENTRYPOINTS = frozenset({ENTRYPOINT})
 # the notebook endpoints' gateway: a long run, cancelled to stop it (flows/serve_endpoints.py)
@@ -50,16 +52,6 @@ ENDPOINTS_ENTRYPOINT = "notebook_jobs.flows.serve_endpoints.run_endpoints"
 # one call of one endpoint as a job (flows/run_endpoint.py)
 ENDPOINT_JOB_ENTRYPOINT = "notebook_jobs.flows.run_endpoint.run_endpoint"
 IN_PROCESS_ENTRYPOINTS = ENTRYPOINTS | {ENDPOINTS_ENTRYPOINT, ENDPOINT_JOB_ENTRYPOINT}
-NOTEBOOK_TAG = "nbjobs-notebook"
-_JSON_TYPES = {
-    "int": "integer",
-    "float": "number",
-    "str": "string",
-    "bool": "boolean",
-    "list": "array",
-    "tuple": "array",
-    "dict": "object",
-}
 
 
 SECRET_SCHEMA: dict[str, Any] = {
@@ -97,7 +89,7 @@ def parameter_schema(
     for position, item in enumerate(declared):
         name = item["name"]
         prop: dict[str, Any] = {"title": name, "position": position}
-        json_type = _JSON_TYPES.get(item.get("type") or "")
+        json_type = JSON_TYPES.get(item.get("type") or "")
         if json_type == "number":
             prop["type"] = "number"
         elif json_type:

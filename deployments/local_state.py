@@ -56,8 +56,14 @@ def configured_api_url() -> str | None:
     ``$PREFECT_HOME/profiles.toml`` (``PREFECT_PROFILE`` or the file's ``active``), as
     Prefect itself resolves them. Read without importing Prefect.
     """
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
+    return configured_setting("PREFECT_API_URL")
+
+
+def configured_setting(name: str) -> str | None:
+    """A Prefect setting (``PREFECT_API_AUTH_STRING``, ``PREFECT_UI_URL``...) as Prefect
+    resolves it: the environment, else the active profile; read without Prefect."""
+    if os.environ.get(name):
+        return os.environ[name]
     home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
     path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
     try:
@@ -65,8 +71,8 @@ def configured_api_url() -> str | None:
     except (OSError, ValueError):  # TOMLDecodeError is a ValueError
         return None
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
-    return str(url) if url else None
+    value = profiles.get("profiles", {}).get(active, {}).get(name)
+    return str(value) if value else None
 
 
 @dataclass

@@ -27,7 +27,7 @@ HEALTH_POLL_SECONDS = 0.25
 
 # A start time below this is seconds since boot (``started_at``); above it, seconds
 # since the epoch, as state.json kept it before (a server started by an older nbjobs).
-EPOCH_START_TIMES = 1e9
+EPOCH_FLOOR_SECONDS = 1e9
 
 
 def started_at(pid: int) -> float:
@@ -56,7 +56,7 @@ def alive(pid: int | None, started: float | None) -> bool:
             return False
         if started is None:
             return True
-        if started >= EPOCH_START_TIMES:
+        if started >= EPOCH_FLOOR_SECONDS:
             return bool(abs(process.create_time() - started) < 1.0)
         return abs(_since_boot(process) - started) < 1.0
     except psutil.Error:

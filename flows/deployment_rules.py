@@ -24,8 +24,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 
 from notebook_jobs.flows.run_labels import current_deployment_id
 from notebook_jobs.tasks.models import ParameterSource
-
-ALLOW_TAG = "nbjobs-allow:"
+from notebook_jobs.tasks.names import ALLOW_TAG as ALLOW_TAG
 
 
 def opened_parameters(tags: list[str]) -> set[str]:

@@ -80,6 +80,7 @@ from notebook_jobs.tasks.models import (
     RunContext,
     Timings,
 )
+from notebook_jobs.tasks.names import RUN_FLOW
 from notebook_jobs.tasks.notebook import (
     execute_notebook,
     kernel_retries,
@@ -88,7 +89,7 @@ from notebook_jobs.tasks.notebook import (
 from notebook_jobs.tasks.runtime import current_executor
 from notebook_jobs.tasks.slurm_executor import SlurmExecutor
 
-FLOW_NAME = "run-notebook"
+FLOW_NAME = RUN_FLOW
 
 
 @functools.cache

@@ -48,10 +48,10 @@ from notebook_jobs.flows.run_labels import run_trigger
 from notebook_jobs.tasks.engine.run_context import logical_date, tick_text, zone_name, zone_of
 from notebook_jobs.tasks.history_table import HistoryRun
 from notebook_jobs.tasks.models import RunContext
+from notebook_jobs.tasks.names import CATCH_UP_TAG as CATCH_UP_TAG
+from notebook_jobs.tasks.names import OVERLAP_TAG as OVERLAP_TAG
 from notebook_jobs.tasks.ui_links import run_url
 
-OVERLAP_TAG = "on-overlap:"  # on-overlap:skip on a deployment
-CATCH_UP_TAG = "catch-up:"  # catch-up:none, catch-up:latest
 QUEUED_STATE = "AwaitingConcurrencySlot"  # Prefect's, for a run its deployment's limit holds
 
 

@@ -45,11 +45,11 @@ from notebook_jobs.tasks.history_table import (
     merged,
     without_defaults,
 )
+from notebook_jobs.tasks.names import NOTEBOOK_LABEL_TAG, RUN_FLOW
 from notebook_jobs.tasks.notebook import artifact_key
 from notebook_jobs.tasks.ui_links import artifact_url
 
-RUN_FLOW = "run-notebook"  # flows.run_notebook.FLOW_NAME (tasks import no flows)
-NOTEBOOK_TAG = "notebook:"
+NOTEBOOK_TAG = NOTEBOOK_LABEL_TAG
 FINISHED = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 HISTORY_KIND = "history"
 

@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from notebook_jobs.deployments.exit_codes import EXIT_BAD_INPUT
@@ -50,7 +49,8 @@ def handle(args: argparse.Namespace) -> int:
         )
     else:
         print(f"nbjobs: Notebook Jobs run on the Prefect server at {configured}", file=sys.stderr)
-    command = [str(Path(sys.executable).parent / "jupyter-lab"), *args.jupyter_args]
+    # jupyter lab as this interpreter's module: its script may be elsewhere (--user)
+    command = [sys.executable, "-m", "jupyterlab", *args.jupyter_args]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)

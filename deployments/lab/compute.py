@@ -13,7 +13,7 @@ from typing import Any
 
 from jupyter_scheduler.exceptions import SchedulerError
 
-from notebook_jobs.deployments.definitions import GENERAL_DEPLOYMENT, POOL_NAME
+from notebook_jobs.deployments.names import GENERAL_DEPLOYMENT, POOL_NAME
 
 LOCAL_WORKER = "Local worker"
 SLURM = "Slurm: "

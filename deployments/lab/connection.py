@@ -6,12 +6,11 @@ is stopped and started again (on another port, with new credentials).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.local_server import LocalServer
-from notebook_jobs.deployments.local_state import configured_api_url
+from notebook_jobs.deployments.local_state import configured_api_url, configured_setting
 from notebook_jobs.tasks.ui_links import run_url
 
 
@@ -41,8 +40,8 @@ def connect() -> Connection:
     """
     configured = configured_api_url()
     if configured is not None:
-        ui = configured.removesuffix("/").removesuffix("/api")
-        return Connection(configured, os.environ.get("PREFECT_API_AUTH_STRING"), ui, None)
+        ui = configured_setting("PREFECT_UI_URL") or configured.rstrip("/").removesuffix("/api")
+        return Connection(configured, configured_setting("PREFECT_API_AUTH_STRING"), ui, None)
     server = LocalServer()
     api_url = server.ensure()
     return Connection(api_url, server.auth_string(), server.ui_url(), server)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from jupyter_scheduler.exceptions import SchedulerError
@@ -24,25 +25,38 @@ from notebook_jobs.deployments.lab.job_definitions import (
     definitions_sort,
     deploy,
     describe_definition,
+    interval_of,
     notebook_path,
     schedule_of,
 )
-from notebook_jobs.deployments.lab.jobs import (
-    LAB_TRIGGER,
-    NOTEBOOK_KERNEL,
-    RUN_FLOW,
-    typed_parameters,
+from notebook_jobs.deployments.lab.jobs import LAB_TRIGGER, NOTEBOOK_KERNEL, typed_parameters
+from notebook_jobs.deployments.lab.plumbing import (
+    PAGE_SIZE,
+    SchedulerPlumbing,
+    offset_of,
+    start_now,
 )
-from notebook_jobs.deployments.lab.plumbing import PAGE, SchedulerPlumbing, start_now
+from notebook_jobs.deployments.names import JSON_TYPES
+from notebook_jobs.deployments.papermill_cli import refuse_local_plain_secrets
+from notebook_jobs.tasks.names import (
+    ALLOW_TAG,
+    CATCH_UP_TAG,
+    NOTEBOOK_LABEL_TAG,
+    OVERLAP_TAG,
+    RUN_FLOW,
+)
 
-_SCHEMA_TYPES = {
-    "integer": "int",
-    "number": "float",
-    "string": "str",
-    "boolean": "bool",
-    "array": "list",
-    "object": "dict",
-}
+EDITABLE = (
+    "schedule",
+    "timezone",
+    "parameters",
+    "runtime_environment_name",
+    "compute_type",
+    "input_uri",
+    "name",
+)
+# JSON schema types back to parameters cell types (array: a list, never a tuple)
+_SCHEMA_TYPES = {json: name for name, json in JSON_TYPES.items() if name != "tuple"}
 
 
 def declared_types(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -73,16 +87,20 @@ class DefinitionMethods(SchedulerPlumbing):
                 if error.status_code != 404:
                     raise
                 taken = None
-        if taken is not None and f"notebook:{path.stem}" not in (taken.get("tags") or []):
+        if taken is not None and f"{NOTEBOOK_LABEL_TAG}{path.stem}" not in (
+            taken.get("tags") or []
+        ):
             raise SchedulerError(
                 f"the job definition {name!r} runs another notebook; choose another name"
             )
         kernel = model.runtime_environment_name
+        parameters = typed_parameters(model.parameters, self._declared(str(path)))
+        refuse_local_plain_secrets(str(path), parameters)  # before any deployment keeps it
         return deploy(
             connection,
             notebook=str(path),
             name=name,
-            parameters=typed_parameters(model.parameters, self._declared(str(path))),
+            parameters=parameters,
             kernel=None if kernel == NOTEBOOK_KERNEL else kernel,
             compute=compute_of(model.compute_type),
             cron=model.schedule,
@@ -101,12 +119,13 @@ class DefinitionMethods(SchedulerPlumbing):
         with connection.client() as api:
             current = self._get(api, f"/deployments/{job_definition_id}", "job definition")
             shown = describe_definition(current)
+            # the Edit form sends the definition's file name back as input_uri: only
+            # another path is another notebook
+            shown_values = {**shown.dict(), "input_uri": shown.input_filename}
             changed = {
                 key: value
                 for key, value in given.items()
-                if key in ("schedule", "timezone", "parameters", "runtime_environment_name")
-                or key in ("compute_type", "input_uri", "name")
-                if value is not None and value != getattr(shown, key, None)
+                if key in EDITABLE and value is not None and value != shown_values.get(key)
             }
             if changed.get("name"):
                 raise SchedulerError(
@@ -128,8 +147,25 @@ class DefinitionMethods(SchedulerPlumbing):
         model: UpdateJobDefinition,
         changed: dict[str, Any],
     ) -> None:
-        """``nbjobs deploy`` again with what changed, the rest as deployed."""
+        """``nbjobs deploy`` again with what changed, the rest as deployed.
+
+        Raises:
+            SchedulerError: The deployment has settings the dialog cannot carry over.
+        """
+        kept_elsewhere = [
+            tag
+            for tag in current.get("tags") or []
+            if tag.startswith((ALLOW_TAG, OVERLAP_TAG, CATCH_UP_TAG))
+        ]
         stored = current.get("parameters") or {}
+        kept_elsewhere += [key for key in ("cache",) if stored.get(key)]
+        if current.get("concurrency_limit") or current.get("global_concurrency_limit"):
+            kept_elsewhere.append("a concurrency limit")
+        if kept_elsewhere:
+            raise SchedulerError(
+                f"{current['name']} has settings this form cannot keep "
+                f"({', '.join(kept_elsewhere)}); change it with nbjobs deploy"
+            )
         if "input_uri" in changed:
             notebook = str(notebook_path(self.root_dir, changed["input_uri"]))
             declared = self._declared(notebook)
@@ -141,7 +177,9 @@ class DefinitionMethods(SchedulerPlumbing):
             if "parameters" in changed
             else dict(stored.get("parameters") or {})
         )
+        refuse_local_plain_secrets(notebook, parameters)
         cron, zone = schedule_of(current)
+        every = interval_of(current) if "schedule" not in changed else None
         kernel = changed.get("runtime_environment_name", stored.get("kernel"))
         compute = (
             compute_of(changed["compute_type"])
@@ -159,8 +197,11 @@ class DefinitionMethods(SchedulerPlumbing):
             kernel=None if kernel == NOTEBOOK_KERNEL else kernel,
             compute=compute,
             cron=changed.get("schedule", cron),
+            every=every,
             timezone=changed.get("timezone", zone),
-            cwd=self.root_dir,
+            store=stored.get("store"),
+            memory_limit=stored.get("memory_limit"),
+            cwd=str(Path(notebook).parent) if Path(notebook).is_absolute() else self.root_dir,
         )
 
     async def delete_job_definition(self, job_definition_id: str) -> None:
@@ -188,19 +229,19 @@ class DefinitionMethods(SchedulerPlumbing):
         return await self._run(self._list_job_definitions, query)
 
     def _list_job_definitions(self, query: ListJobDefinitionsQuery) -> ListJobDefinitionsResponse:
-        offset = int(query.next_token or 0)
+        offset = offset_of(query.next_token)
         criteria = definitions_filter(query)
         with self.connection().client() as api:
             body = {
                 **criteria,
                 "sort": definitions_sort(query),
-                "limit": min(int(query.max_items or PAGE), PAGE),
+                "limit": min(int(query.max_items or PAGE_SIZE), PAGE_SIZE),
                 "offset": offset,
             }
             found = api.request("POST", "/deployments/filter", json=body, idempotent=True).json()
-            total = api.request("POST", "/deployments/count", json=criteria, idempotent=True)
+            counted = api.request("POST", "/deployments/count", json=criteria, idempotent=True)
         seen = offset + len(found)
-        count = int(total.json())
+        count = int(counted.json())
         return ListJobDefinitionsResponse(
             job_definitions=[describe_definition(d) for d in found],
             total_count=count,

@@ -18,10 +18,11 @@ from jupyter_scheduler.environments import EnvironmentManager, EnvironmentRetrie
 from jupyter_scheduler.models import RuntimeEnvironment
 
 from notebook_jobs.blocks.exceptions import APIError, LocalServerError
-from notebook_jobs.deployments.definitions import GENERAL_DEPLOYMENT, POOL_NAME
 from notebook_jobs.deployments.lab.compute import LOCAL_WORKER, POOL, QUEUE, SLURM
 from notebook_jobs.deployments.lab.connection import Connection, connect
-from notebook_jobs.deployments.lab.jobs import NOTEBOOK_KERNEL, OUTPUT_FORMATS, RUN_FLOW
+from notebook_jobs.deployments.lab.jobs import NOTEBOOK_KERNEL, OUTPUT_FORMATS
+from notebook_jobs.deployments.names import GENERAL_DEPLOYMENT, POOL_NAME
+from notebook_jobs.tasks.names import RUN_FLOW
 
 SLURM_BLOCK_TYPE = "slurm-cluster"  # blocks/slurm.py's _block_type_slug
 
@@ -35,7 +36,11 @@ def compute_choices(connection: Connection) -> list[str]:
     with connection.client() as api:
         pools = [
             d["name"].removeprefix(f"{GENERAL_DEPLOYMENT}-")
-            for d in _all(api, "/deployments/filter", {"flows": _flow()})
+            for d in _all(
+                api,
+                "/deployments/filter",
+                {"flows": _flow(), "deployments": {"name": {"like_": f"{GENERAL_DEPLOYMENT}-"}}},
+            )
             if d["name"].startswith(f"{GENERAL_DEPLOYMENT}-")
         ]
         queues = [
@@ -75,7 +80,7 @@ def _all(api: Any, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-class ComputeChoices(EnvironmentManager):  # type: ignore[misc]
+class KernelEnvironments(EnvironmentManager):  # type: ignore[misc]
     """Jupyter's kernels, each with our compute types."""
 
     async def list_environments(self) -> list[RuntimeEnvironment]:
@@ -84,7 +89,7 @@ class ComputeChoices(EnvironmentManager):  # type: ignore[misc]
             choices = await asyncio.to_thread(compute_choices, connection)
         except (LocalServerError, APIError) as error:
             raise EnvironmentRetrievalError(f"notebook-jobs: {error}") from None
-        specs = KernelSpecManager().get_all_specs()
+        specs = await asyncio.to_thread(KernelSpecManager().get_all_specs)
         own = RuntimeEnvironment(
             name=NOTEBOOK_KERNEL,
             label=NOTEBOOK_KERNEL,

@@ -13,23 +13,23 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path, PurePath
 from typing import Any
 
 from jupyter_scheduler.exceptions import SchedulerError
 from jupyter_scheduler.models import DescribeJobDefinition, ListJobDefinitionsQuery, SortDirection
 
-from notebook_jobs.deployments.definitions import NOTEBOOK_TAG, POOL_NAME
 from notebook_jobs.deployments.lab.compute import Compute, compute_label
 from notebook_jobs.deployments.lab.connection import Connection
 from notebook_jobs.deployments.lab.jobs import (
     NOTEBOOK_KERNEL,
-    NOTEBOOK_LABEL_TAG,
     OUTPUT_FORMATS,
-    RUN_FLOW,
     milliseconds,
     shown_value,
 )
+from notebook_jobs.deployments.names import NOTEBOOK_TAG, POOL_NAME
+from notebook_jobs.tasks.names import NOTEBOOK_LABEL_TAG, RUN_FLOW
 
 DEPLOY_TIMEOUT_SECONDS = 300.0  # a first deploy may start the local server
 _DEPLOYED = re.compile(r"^deployment \S+ \(([0-9a-f-]{36})\)", re.MULTILINE)
@@ -61,6 +61,15 @@ def schedule_of(deployment: dict[str, Any]) -> tuple[str | None, str | None]:
         if schedule.get("cron"):
             return schedule["cron"], schedule.get("timezone")
     return None, None
+
+
+def interval_of(deployment: dict[str, Any]) -> str | None:
+    """The deployment's interval schedule as ``nbjobs deploy --every`` takes it (``90s``)."""
+    for entry in deployment.get("schedules") or []:
+        interval = (entry.get("schedule") or {}).get("interval")
+        if interval:
+            return f"{float(interval):g}s"
+    return None
 
 
 def definition_filename(deployment: dict[str, Any]) -> str:
@@ -107,50 +116,54 @@ def deploy(
     cron: str | None,
     timezone: str | None,
     cwd: str,
+    every: str | None = None,
+    store: str | None = None,
+    memory_limit: str | None = None,
 ) -> str:
     """Make or update the deployment ``run-notebook/<name>`` with ``nbjobs deploy``;
-    its id.
+    its id. The parameters go in a file only this account can read, never on a command
+    line that ``ps`` shows to everyone.
 
     Raises:
-        SchedulerError: ``nbjobs deploy`` refused (its one-line message), or a queue was
-            chosen (a deployment goes to a pool: choose the pool).
+        SchedulerError: ``nbjobs deploy`` refused (its one-line message) or did not
+            finish in time, or a queue was chosen (a deployment goes to a pool).
     """
     if compute.queue is not None:
         raise SchedulerError(
             "a job definition runs in a pool, not a queue of it: choose Local worker, a "
             "Pool or a Slurm cluster"
         )
-    command = [
-        sys.executable,
-        "-m",
-        "notebook_jobs.deployments.cli",
-        "deploy",
-        notebook,
-        "--name",
-        name,
-        "-y",
-        json.dumps(parameters),
+    options = [
+        *(["--cron", cron] if cron else ["--every", every] if every else []),
+        *(["--timezone", timezone or "UTC"] if cron or every else []),
+        *(["--kernel", kernel] if kernel else []),
+        *(["--cluster", compute.cluster] if compute.cluster else []),
+        *(["--pool", compute.pool] if compute.pool != POOL_NAME else []),
+        *(["--store", store] if store else []),
+        *(["--memory-limit", memory_limit] if memory_limit else []),
     ]
-    if cron:
-        command += ["--cron", cron, "--timezone", timezone or "UTC"]
-    if kernel:
-        command += ["--kernel", kernel]
-    if compute.cluster:
-        command += ["--cluster", compute.cluster]
-    if compute.pool != POOL_NAME:
-        command += ["--pool", compute.pool]
     environment = {**os.environ, "PREFECT_API_URL": connection.api_url}
     if connection.auth_string:
         environment["PREFECT_API_AUTH_STRING"] = connection.auth_string
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd,
-        timeout=DEPLOY_TIMEOUT_SECONDS,
-        stdin=subprocess.DEVNULL,
-    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as given:  # mode 0600
+        json.dump(parameters, given)
+        given.flush()
+        command = [sys.executable, "-m", "notebook_jobs.deployments.cli", "deploy", notebook]
+        command += ["--name", name, "-f", given.name, *options]
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env=environment,
+                cwd=cwd,
+                timeout=DEPLOY_TIMEOUT_SECONDS,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise SchedulerError(
+                f"nbjobs deploy did not finish in {DEPLOY_TIMEOUT_SECONDS:.0f} s"
+            ) from None
     found = _DEPLOYED.search(done.stdout)
     if done.returncode != 0 or found is None:
         said = [line for line in done.stderr.splitlines() if line.startswith("nbjobs: ")]

@@ -24,9 +24,8 @@ from jupyter_scheduler.models import (
 
 from notebook_jobs.deployments.lab.compute import compute_label
 from notebook_jobs.deployments.papermill_args import resolve_type
+from notebook_jobs.tasks.names import NOTEBOOK_LABEL_TAG, RUN_FLOW
 
-RUN_FLOW = "run-notebook"
-NOTEBOOK_LABEL_TAG = "notebook:"  # every run's label (tasks/history.py)
 OUTPUT_FORMATS = ["ipynb", "html"]  # every run stores both (tasks/store/artefacts.py)
 LAB_TRIGGER = "jupyterlab"  # trigger:jupyterlab, beside trigger:cli, trigger:schedule
 NOTEBOOK_KERNEL = "notebook"  # the environment that runs each notebook in its own kernel
@@ -97,7 +96,7 @@ def describe_job(
     parameters = run.get("parameters") or {}
     deployment_id = run.get("deployment_id")
     created = milliseconds(run.get("expected_start_time")) or milliseconds(run["created"])
-    failed = status in (Status.FAILED, Status.STOPPED) and state.get("message")
+    says_why = status in (Status.FAILED, Status.STOPPED) and state.get("message")
     return DescribeJob(
         job_id=run["id"],
         name=run["name"],
@@ -118,7 +117,7 @@ def describe_job(
         start_time=milliseconds(run.get("start_time")),
         end_time=milliseconds(run.get("end_time")),
         status=status,
-        status_message=state.get("message") if failed else None,
+        status_message=state.get("message") if says_why else None,
     )
 
 
@@ -169,7 +168,7 @@ def typed_parameters(
     typed: dict[str, Any] = {}
     for name, text in (given or {}).items():
         kind = types.get(name)
-        typed[name] = _as(kind, name, str(text))
+        typed[name] = _typed_value(kind, name, str(text))
     return typed
 
 
@@ -181,7 +180,7 @@ EXPECTED_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _as(kind: str | None, name: str, text: str) -> Any:
+def _typed_value(kind: str | None, name: str, text: str) -> Any:
     if kind == "str":
         return text
     if kind == "bool":

@@ -12,12 +12,7 @@ from typing import Any, TypeVar
 from jupyter_scheduler.exceptions import SchedulerError
 from jupyter_scheduler.scheduler import BaseScheduler
 
-from notebook_jobs.blocks.exceptions import (
-    APIError,
-    ArtefactStoreError,
-    LocalServerError,
-    NotebookInputError,
-)
+from notebook_jobs.blocks.exceptions import APIError, NotebookJobError
 from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.lab.connection import Connection, connect
 from notebook_jobs.deployments.lab.job_definitions import definitions_filter
@@ -25,7 +20,19 @@ from notebook_jobs.deployments.light_commands import declared_parameters_light
 from notebook_jobs.deployments.local_server import LocalServer
 
 T = TypeVar("T")
-PAGE = 200  # the most runs or deployments the API answers at once
+PAGE_SIZE = 200  # the most runs or deployments the API answers at once
+
+
+def offset_of(token: str | None) -> int:
+    """A list's ``next_token`` (ours: how many came before) as an offset.
+
+    Raises:
+        SchedulerError: A token this backend never gave.
+    """
+    try:
+        return max(int(token or 0), 0)
+    except ValueError:
+        raise SchedulerError(f"next_token {token!r} is not one notebook-jobs gave") from None
 
 
 def start_now(local: LocalServer, run_id: str, channel: socket.socket | None = None) -> None:
@@ -57,7 +64,7 @@ class SchedulerPlumbing(BaseScheduler):  # type: ignore[misc]
         """``work(*args)`` in a thread, an expected failure as one-line ``SchedulerError``."""
         try:
             return await asyncio.to_thread(work, *args)
-        except (APIError, ArtefactStoreError, LocalServerError, NotebookInputError) as error:
+        except NotebookJobError as error:  # ours: each says what to fix in one line
             raise SchedulerError(str(error)) from None
 
     @staticmethod
@@ -70,8 +77,14 @@ class SchedulerPlumbing(BaseScheduler):  # type: ignore[misc]
             raise
         return found
 
-    def _definition_ids(self, api: PrefectHTTP) -> set[str]:
-        body = {**definitions_filter(), "limit": PAGE}
+    def _definition_ids(self, api: PrefectHTTP, runs: list[dict[str, Any]]) -> set[str]:
+        """Which of the deployments ``runs`` came from are job definitions."""
+        ids = {str(run["deployment_id"]) for run in runs if run.get("deployment_id")}
+        if not ids:
+            return set()
+        criteria = definitions_filter()
+        criteria["deployments"]["id"] = {"any_": sorted(ids)}
+        body = {**criteria, "limit": PAGE_SIZE}
         found = api.request("POST", "/deployments/filter", json=body, idempotent=True).json()
         return {d["id"] for d in found}
 
@@ -83,5 +96,3 @@ class SchedulerPlumbing(BaseScheduler):  # type: ignore[misc]
 
             declared = declared_parameters(parse_notebook(fetch_notebook_source(path)))
         return declared
-
-    # ----- jobs

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from jupyter_scheduler.exceptions import SchedulerError
 from jupyter_scheduler.executors import ExecutionManager
 from jupyter_scheduler.models import (
     CountJobsQuery,
@@ -28,7 +29,6 @@ from traitlets import Bool
 from traitlets import Type as TraitType
 
 from notebook_jobs.blocks.exceptions import APIError
-from notebook_jobs.deployments.api import FINAL_STATES, PrefectHTTP
 from notebook_jobs.deployments.client_run import hand_over, parameter_order
 from notebook_jobs.deployments.lab.compute import Compute, compute_of
 from notebook_jobs.deployments.lab.connection import Connection
@@ -38,7 +38,6 @@ from notebook_jobs.deployments.lab.job_definitions import notebook_path
 from notebook_jobs.deployments.lab.jobs import (
     LAB_TRIGGER,
     NOTEBOOK_KERNEL,
-    RUN_FLOW,
     STATE_TYPES,
     TOKEN_KEY,
     describe_job,
@@ -46,7 +45,14 @@ from notebook_jobs.deployments.lab.jobs import (
     runs_sort,
     typed_parameters,
 )
-from notebook_jobs.deployments.lab.plumbing import PAGE, start_now
+from notebook_jobs.deployments.lab.plumbing import PAGE_SIZE, offset_of, start_now
+from notebook_jobs.deployments.papermill_cli import refuse_local_plain_secrets
+from notebook_jobs.tasks.names import RUN_FLOW
+
+STOPPED_MESSAGE = "stopped from JupyterLab"
+# how long a deleted job's run may take to stop (its worker looks every second; a Slurm
+# job is cancelled with scancel) before the delete gives up and says so
+DELETE_WAIT_SECONDS = 30.0
 
 
 class PrefectRuns(ExecutionManager):  # type: ignore[misc]
@@ -110,6 +116,7 @@ class NotebookJobsScheduler(DefinitionMethods):
     def _create_job(self, model: CreateJob) -> str:
         path = notebook_path(self.root_dir, model.input_uri)
         parameters = typed_parameters(model.parameters, self._declared(str(path)))
+        refuse_local_plain_secrets(str(path), parameters)  # before any run can keep it
         compute = compute_of(model.compute_type)
         request: dict[str, Any] = {"notebook": str(path), "parameters": parameters}
         kernel = model.runtime_environment_name
@@ -163,19 +170,19 @@ class NotebookJobsScheduler(DefinitionMethods):
     def _list_jobs(self, query: ListJobsQuery) -> ListJobsResponse:
         if query.status and not STATE_TYPES[query.status]:
             return ListJobsResponse(jobs=[], total_count=0)  # Prefect has no such state
-        offset = int(query.next_token or 0)
+        offset = offset_of(query.next_token)
         criteria = runs_filter(query, now=datetime.now(timezone.utc))
         connection = self.connection()
         with connection.client() as api:
             body = {
                 **criteria,
                 "sort": runs_sort(query),
-                "limit": min(int(query.max_items or PAGE), PAGE),
+                "limit": min(int(query.max_items or PAGE_SIZE), PAGE_SIZE),
                 "offset": offset,
             }
             runs = api.request("POST", "/flow_runs/filter", json=body, idempotent=True).json()
             total = api.request("POST", "/flow_runs/count", json=criteria, idempotent=True).json()
-            definitions = self._definition_ids(api)
+            definitions = self._definition_ids(api, runs)
         jobs = [self._described(connection, run, definitions) for run in runs]
         seen = offset + len(runs)
         return ListJobsResponse(
@@ -203,14 +210,14 @@ class NotebookJobsScheduler(DefinitionMethods):
         return count
 
     async def get_job(self, job_id: str, job_files: bool | None = True) -> DescribeJob:
-        return await self._run(self.get_job_now, job_id, bool(job_files))
+        return await self._run(self.get_job_blocking, job_id, bool(job_files))
 
-    def get_job_now(self, job_id: str, job_files: bool = True) -> DescribeJob:
+    def get_job_blocking(self, job_id: str, job_files: bool = True) -> DescribeJob:
         """``get_job`` for a caller already in a thread (``files.StoredJobFiles``)."""
         connection = self.connection()
         with connection.client() as api:
             run = self._get(api, f"/flow_runs/{job_id}", "job")
-            definitions = self._definition_ids(api) if run.get("deployment_id") else set()
+            definitions = self._definition_ids(api, [run])
         job = describe_job(run, definitions=definitions, run_link=connection.run_link(job_id))
         if job_files:
             self.add_job_files(job)
@@ -221,41 +228,32 @@ class NotebookJobsScheduler(DefinitionMethods):
 
     def _stop_job(self, job_id: str) -> None:
         with self.connection().client() as api:
-            self._stop(api, job_id)
-
-    def _stop(self, api: PrefectHTTP, job_id: str) -> None:
-        """Cancel a run that has not started outright; ask a running one's worker to stop."""
-        run = self._get(api, f"/flow_runs/{job_id}", "job")
-        state = (run.get("state") or {}).get("type")
-        message = "stopped from JupyterLab"
-        if state in FINAL_STATES:
-            return
-        if state in ("SCHEDULED", "PENDING") and api.set_state(
-            job_id, "CANCELLED", message, force=False
-        ):
-            return
-        api.set_state(job_id, "CANCELLING", message)
+            self._get(api, f"/flow_runs/{job_id}", "job")  # one line if it is gone
+            api.cancel(job_id, STOPPED_MESSAGE)
 
     async def delete_job(self, job_id: str) -> None:
         await self._run(self._delete_job, job_id)
 
     def _delete_job(self, job_id: str) -> None:
+        """Stop the run and wait for it to end (its worker watches for the cancel), so
+        nothing runs or writes on once its record is gone; then delete it."""
         with self.connection().client() as api:
-            self._stop(api, job_id)
+            run = self._get(api, f"/flow_runs/{job_id}", "job")
+            api.cancel(job_id, STOPPED_MESSAGE, state=(run.get("state") or {}).get("type"))
+            try:
+                api.wait(job_id, timeout=DELETE_WAIT_SECONDS)
+            except TimeoutError:
+                raise SchedulerError(
+                    f"job {job_id} is still stopping after {DELETE_WAIT_SECONDS:.0f} s; "
+                    "delete it again once it shows Stopped"
+                ) from None
             if self.delete_stored_outputs:
-                self._delete_outputs(api, job_id)
+                delete_stored(run)
             try:
                 api.request("DELETE", f"/flow_runs/{job_id}")
             except APIError as error:
                 if error.status_code != 404:
                     raise
-
-    def _delete_outputs(self, api: PrefectHTTP, job_id: str) -> None:
-        try:
-            artefacts = api.result(job_id).get("artefacts") or {}
-        except LookupError:
-            return  # nothing was stored
-        delete_stored(self._get(api, f"/flow_runs/{job_id}", "job"), artefacts)
 
     def get_staging_paths(self, model: DescribeJob | DescribeJobDefinition) -> dict[str, str]:
         """Unused: outputs come from the run's store (``files.StoredJobFiles``)."""

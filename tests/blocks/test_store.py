@@ -134,15 +134,12 @@ def test_a_runs_folder_is_deleted_and_nothing_beside_it(
     assert store.get_bytes("run-notebook/ab/keep") == b"{}"  # a prefix of its name: kept
     with pytest.raises(ArtefactStoreError):
         store.get_bytes("run-notebook/a/notebook.ipynb")
-    # JupyterLab's delete with delete_stored_outputs: by the run's store and prefix
+    # JupyterLab's delete with delete_stored_outputs: the folder of the run's id, in
+    # the run's store (every attempt's), whatever its result.json says
     pytest.importorskip("jupyter_scheduler", reason="notebook-jobs[jupyterlab] is not installed")
-    from jupyter_scheduler.exceptions import SchedulerError
-
     from notebook_jobs.deployments.lab.files import delete_stored
 
-    run = {"parameters": {"store": spec}}
-    delete_stored(run, {"prefix": f"{store.root}/run-notebook/ab"})
+    store.put_bytes("run-notebook/ab/attempt-2/notebook.ipynb", b"{}")
+    assert delete_stored({"id": "ab", "parameters": {"store": spec}}) == 2
     with pytest.raises(ArtefactStoreError):
         store.get_bytes("run-notebook/ab/keep")
-    with pytest.raises(SchedulerError, match="are not in its store"):
-        delete_stored(run, {"prefix": "/elsewhere/run-notebook/c"})

@@ -79,8 +79,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """``nbjobs lab`` in a folder of notebooks, on a local server of its own."""
     home = tmp_path_factory.mktemp("lab-home")
     root = tmp_path_factory.mktemp("lab-root")
-    for notebook in (EXAMPLES / "report.ipynb", DATA / "sleeps.ipynb"):
+    for notebook in (EXAMPLES / "report.ipynb", DATA / "sleeps.ipynb", DATA / "secret.ipynb"):
         shutil.copy(notebook, root)
+    (root / "team").mkdir()
+    shutil.copy(EXAMPLES / "report.ipynb", root / "team" / "weekly.ipynb")
     env = {
         **clean_env(home),
         # the user's own Jupyter settings and state stay out; the environment's stay in
@@ -204,13 +206,21 @@ def test_bad_input_is_one_line_and_no_run(lab: Lab) -> None:
             "compute type 'GPU farm' is not one of notebook-jobs'",
         ),
         ({"input_uri": "../outside.ipynb"}, "is outside the Jupyter root"),
+        # a value typed for a `# secret` parameter never reaches Prefect
+        ({"input_uri": "secret.ipynb", "parameters": {"password": "hunter2"}}, "secret"),
     ]
     for fields, said in cases:
         status, answer = lab.call("POST", "jobs", {**base, **fields})
         assert status == 500 and said in answer["message"], answer
         assert "\n" not in answer["message"] and "Traceback" not in answer["message"]
+        assert "hunter2" not in answer["message"]
+    status, answer = lab.call("GET", "jobs?next_token=not-ours")
+    assert (
+        status == 500 and answer["message"] == "next_token 'not-ours' is not one notebook-jobs gave"
+    )
     with lab.prefect() as api:
         assert api.request("POST", "/flow_runs/count", json={}).json() == before
+        assert "hunter2" not in json.dumps(api.flow_runs({}))
 
 
 def test_stopping_a_running_job_cancels_its_flow_run_and_delete_keeps_the_store(
@@ -332,6 +342,101 @@ def test_runs_made_elsewhere_for_the_same_notebook_are_listed(lab: Lab) -> None:
     job = next(j for j in listed["jobs"] if j["job_id"] == run_id)
     assert job["input_filename"] == "report.ipynb"
     assert "trigger:cli" in job["tags"] and job["parameters"] == {"n": "1"}
+
+
+def test_deleting_a_running_job_stops_it_before_its_record_goes(lab: Lab) -> None:
+    job_id = lab.ok(
+        "POST",
+        "jobs",
+        {
+            "input_uri": "sleeps.ipynb",
+            "runtime_environment_name": "notebook",
+            "name": "deleted while it sleeps",
+            "parameters": {"seconds": "120"},
+        },
+    )["job_id"]
+    lab.until(f"jobs/{job_id}", lambda j: j["status"] == "IN_PROGRESS")
+    lab.ok("DELETE", f"jobs/{job_id}")
+    # the run ended (cancelled: its partial notebook stored) before the flow run went
+    folder = lab.local.home / "artefacts" / "run-notebook" / job_id
+    assert (folder / "notebook.ipynb").exists(), sorted(folder.parent.glob("*"))
+    status, _ = lab.call("GET", f"jobs/{job_id}")
+    assert status == 500
+
+
+def test_the_edit_form_keeps_a_notebook_in_a_subfolder_and_refuses_what_it_cannot_keep(
+    lab: Lab,
+) -> None:
+    definition_id = lab.ok(
+        "POST",
+        "job_definitions",
+        {
+            "input_uri": "team/weekly.ipynb",
+            "runtime_environment_name": "notebook",
+            "name": "weekly",
+            "schedule": "0 6 * * 1",
+            "timezone": "UTC",
+        },
+    )["job_definition_id"]
+    with lab.prefect() as api:
+        before = api.request("GET", f"/deployments/{definition_id}").json()
+        # the Edit form sends the file name back as input_uri, with the schedule
+        lab.ok(
+            "PATCH",
+            f"job_definitions/{definition_id}",
+            {"input_uri": "weekly.ipynb", "schedule": "0 7 * * 1", "timezone": "UTC"},
+        )
+        after = api.request("GET", f"/deployments/{definition_id}").json()
+        assert after["schedules"][0]["schedule"]["cron"] == "0 7 * * 1"
+        assert after["parameters"]["notebook"] == before["parameters"]["notebook"]
+    # a deployment with settings the form has no field for: edited with nbjobs deploy
+    done = lab.local.nbjobs(
+        "deploy",
+        str(lab.root / "report.ipynb"),
+        "--name",
+        "report-opened",
+        "--cron",
+        "0 6 * * *",
+        "--allow",
+        "timeout_seconds",
+    )
+    assert done.returncode == 0, done.stderr
+    [opened] = [
+        d
+        for d in lab.ok("GET", "job_definitions")["job_definitions"]
+        if d["name"] == "report-opened"
+    ]
+    status, answer = lab.call(
+        "PATCH", f"job_definitions/{opened['job_definition_id']}", {"schedule": "0 8 * * *"}
+    )
+    assert status == 500 and answer["message"] == (
+        "report-opened has settings this form cannot keep (nbjobs-allow:timeout_seconds); "
+        "change it with nbjobs deploy"
+    )
+    for made in (definition_id, opened["job_definition_id"]):
+        lab.ok("DELETE", f"job_definitions/{made}")
+
+
+def test_the_backend_imports_no_prefect_into_the_jupyter_server() -> None:
+    modules = ["scheduler", "environments", "files"]
+    code = (
+        "import sys\n"
+        + "".join(f"import notebook_jobs.deployments.lab.{m}\n" for m in modules)
+        + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_a_file_a_run_names_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    from jupyter_scheduler.exceptions import SchedulerError
+
+    from notebook_jobs.deployments.lab.files import inside
+
+    assert inside(tmp_path, "files/out.csv") == tmp_path / "files" / "out.csv"
+    for name in ("../../.bashrc", "/etc/passwd", "files/../../x"):
+        with pytest.raises(SchedulerError, match="outside its folder"):
+            inside(tmp_path, name)
 
 
 def test_compute_types_are_a_queue_and_a_slurm_cluster_made_as_users_make_them(
