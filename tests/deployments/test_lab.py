@@ -115,15 +115,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         cwd=root,
     )
     found = Lab(f"http://127.0.0.1:{port}", root, Local(home, env))
-    deadline = time.monotonic() + 240  # the first start of the local server comes first
-    while not _answers(found):
-        assert process.poll() is None, (home / "lab.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, (home / "lab.log").read_text()[-3000:]
-        time.sleep(0.5)
-    yield found
-    stop(process)
-    log.close()
-    found.local.nbjobs("server", "stop", timeout=120)
+    try:
+        deadline = time.monotonic() + 240  # the first start of the local server comes first
+        while not _answers(found):
+            assert process.poll() is None, (home / "lab.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (home / "lab.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield found
+    finally:  # a lab that never answered has started the local server all the same
+        stop(process)
+        log.close()
+        found.local.nbjobs("server", "stop", timeout=120)
 
 
 def _answers(lab: Lab) -> bool:
