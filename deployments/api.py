@@ -228,6 +228,14 @@ class PrefectHTTP:
             # jittered, so that many clients told "busy" at once do not come back at once
             backoff = min(BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             time.sleep(min(backoff * random.uniform(0.5, 1), left))
+        if 300 <= response.status_code < 400:
+            # not followed: a write redirected has done nothing (Prefect answers 307 to a
+            # path with a trailing slash), and a read redirected has no answer in it
+            raise APIError(
+                f"{method} {path}: HTTP {response.status_code}, a redirect, not followed: "
+                "the path is not one of the API's own",
+                status_code=response.status_code,
+            )
         if response.status_code >= 400:
             raise APIError(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:500]}",

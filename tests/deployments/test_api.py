@@ -141,3 +141,13 @@ def test_a_server_busy_past_the_deadline_is_one_line_naming_it() -> None:
     assert "HTTP 503" in message and "\n" not in message
     assert raised.value.status_code == 503
     assert len(fake.calls) >= 3 and set(fake.calls) == {"k"}
+
+
+def test_a_redirect_is_an_error_not_an_answer(prefect_server: str) -> None:
+    # Prefect answers 307 to a path with a trailing slash; the write behind it never
+    # happened, so a caller must not take the 307 for its 200
+    with PrefectHTTP(prefect_server) as api:
+        with pytest.raises(APIError, match="HTTP 307, a redirect, not followed") as refused:
+            api.request("POST", "/flow_runs/filter/", json={})
+        assert refused.value.status_code == 307
+        assert api.request("POST", "/flow_runs/filter", json={"limit": 1}).status_code == 200
