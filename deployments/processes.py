@@ -113,11 +113,16 @@ def last_error(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+# what a server says, in the last lines of its log, when its port was taken: uvicorn's
+# bind error, and Prefect's own check before it (``Port 4203 is already in use. Please
+# specify a different port with the `--port` flag.``, its line folded at 80 columns)
+PORT_TAKEN_SAYINGS = ("address already in use", "is already in use")
+
+
 def port_taken(error: LocalServerError) -> bool:
-    """Whether a server stopped while starting because its port was taken (uvicorn's
-    ``address already in use``, in the last lines of its log)."""
+    """Whether a server stopped while starting because its port was taken."""
     return error.log is not None and any(
-        "address already in use" in line.lower() for line in _tail(error.log, 40)
+        saying in line.lower() for line in _tail(error.log, 40) for saying in PORT_TAKEN_SAYINGS
     )
 
 
