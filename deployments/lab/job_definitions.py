@@ -18,13 +18,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from jupyter_scheduler.exceptions import SchedulerError
-from jupyter_scheduler.models import DescribeJobDefinition, ListJobDefinitionsQuery, SortDirection
+from jupyter_scheduler.models import DescribeJobDefinition, ListJobDefinitionsQuery
 
 from notebook_jobs.deployments.lab.compute import Compute, compute_label
 from notebook_jobs.deployments.lab.connection import Connection
 from notebook_jobs.deployments.lab.jobs import (
     NOTEBOOK_KERNEL,
     OUTPUT_FORMATS,
+    api_sort,
     milliseconds,
     shown_value,
 )
@@ -45,13 +46,8 @@ def definitions_filter(query: ListJobDefinitionsQuery | None = None) -> dict[str
 
 
 def definitions_sort(query: ListJobDefinitionsQuery) -> str:
-    field = query.sort_by[0] if query.sort_by else None
-    if field is None or field.name not in DEFINITION_SORTS:
-        return "CREATED_DESC"
-    name = DEFINITION_SORTS[field.name]
-    if name == "UPDATED":
-        return "UPDATED_DESC"  # the only way Prefect sorts by it
-    return f"{name}_{'ASC' if field.direction == SortDirection.asc else 'DESC'}"
+    """``/deployments/filter``'s sort for a job definitions query."""
+    return api_sort(query.sort_by, DEFINITION_SORTS, "CREATED_DESC", "UPDATED")
 
 
 def schedule_of(deployment: dict[str, Any]) -> tuple[str | None, str | None]:

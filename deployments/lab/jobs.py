@@ -19,6 +19,7 @@ from jupyter_scheduler.models import (
     DescribeJob,
     ListJobsQuery,
     SortDirection,
+    SortField,
     Status,
 )
 
@@ -140,15 +141,24 @@ def runs_filter(query: ListJobsQuery | None, *, now: datetime) -> dict[str, Any]
     return {"flows": {"name": {"any_": [RUN_FLOW]}}, "flow_runs": flow_runs}
 
 
-def runs_sort(query: ListJobsQuery) -> str:
-    """The API's sort for the query's first sort field (the API sorts by one)."""
-    field = query.sort_by[0] if query.sort_by else None
-    if field is None or field.name not in SORTS:
-        return "EXPECTED_START_TIME_DESC"
-    name = SORTS[field.name]
-    if name == "END_TIME":
-        return "END_TIME_DESC"  # the only way Prefect sorts by it
+def api_sort(
+    sort_by: list[SortField], sorts: dict[str, str], default: str, descending_only: str
+) -> str:
+    """Prefect's sort for a jupyter-scheduler query's first sort field (the API sorts by
+    one): ``sorts`` maps its fields to Prefect's names, ``default`` is the sort without
+    a known field, and ``descending_only`` the one name Prefect sorts one way only."""
+    field = sort_by[0] if sort_by else None
+    if field is None or field.name not in sorts:
+        return default
+    name = sorts[field.name]
+    if name == descending_only:
+        return f"{name}_DESC"
     return f"{name}_{'ASC' if field.direction == SortDirection.asc else 'DESC'}"
+
+
+def runs_sort(query: ListJobsQuery) -> str:
+    """``/flow_runs/filter``'s sort for a jobs query."""
+    return api_sort(query.sort_by, SORTS, "EXPECTED_START_TIME_DESC", "END_TIME")
 
 
 def typed_parameters(

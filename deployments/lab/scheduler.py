@@ -228,8 +228,8 @@ class NotebookJobsScheduler(DefinitionMethods):
 
     def _stop_job(self, job_id: str) -> None:
         with self.connection().client() as api:
-            self._get(api, f"/flow_runs/{job_id}", "job")  # one line if it is gone
-            api.cancel(job_id, STOPPED_MESSAGE)
+            run = self._get(api, f"/flow_runs/{job_id}", "job")  # one line if it is gone
+            api.cancel(job_id, STOPPED_MESSAGE, state=(run.get("state") or {}).get("type"))
 
     async def delete_job(self, job_id: str) -> None:
         await self._run(self._delete_job, job_id)
