@@ -8,6 +8,7 @@ HTTP server, not an in-process mock) so that other processes, the kernel and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import os
@@ -84,13 +85,38 @@ def local_executor() -> Iterator[Any]:
     asyncio.run(executor.close())
 
 
+# How often the session's Prefect server is started before its failure is the test's.
+HARNESS_STARTS = 3
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """One Prefect server (SQLite, a subprocess on 127.0.0.1) for the whole session."""
+    """One Prefect server (SQLite, a subprocess on 127.0.0.1) for the whole session.
+
+    Prefect's harness picks a free port, lets it go, and binds it again only once the
+    app is built, seconds later. In that gap another test worker's kernel, dask
+    scheduler or server can take the port; the harness then asks that stranger for
+    ``/health``, is hung up on, and gives up (CI saw "Server disconnected without
+    sending a response"). Such a start is stopped and tried again on a new port.
+    """
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with contextlib.ExitStack() as harness:
+        for start in range(1, HARNESS_STARTS + 1):
+            try:
+                harness.enter_context(prefect_test_harness(server_startup_timeout=60))
+                break
+            except httpx.HTTPError as error:
+                # The failed start leaves its server registered as the default one.
+                failed = SubprocessASGIServer._instances.pop(None, None)
+                if failed is not None:
+                    failed.stop()
+                if start == HARNESS_STARTS:
+                    raise
+                print(f"the test Prefect server did not start ({error}); trying a new port")
         yield str(PREFECT_API_URL.value())
 
 

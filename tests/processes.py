@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+# Below Linux's ephemeral range (32768-60999), where every bind to port 0 lands: the
+# kernels, dask schedulers and moto servers of other tests never take these ports in
+# the gap between choosing one and the server binding it.
+CHOSEN_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, from ``CHOSEN_PORTS``."""
+    for _ in range(100):
+        port = random.choice(CHOSEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on 127.0.0.1 in {CHOSEN_PORTS} after 100 tries")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
