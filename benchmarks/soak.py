@@ -66,6 +66,10 @@ SAMPLE_SECONDS = 10.0
 STORE_DOWN_SECONDS = 20.0
 BATCH_SIZE = 4
 BASELINE_RUNS = 10  # the worker's resting state is first sampled after these
+# At rest: the worker's children and open files unchanged over this many samples, a
+# second apart; given up on (the last sample stands) after SETTLE_SECONDS.
+STEADY_SAMPLES = 3
+SETTLE_SECONDS = 60.0
 
 
 class StoreGate:
@@ -422,7 +426,7 @@ class Soak:
         planned = self._started_sleeper("cancel", {"CANCELLED"})
         self.api.set_state(planned.run_id, "CANCELLING", "soak: cancelled mid-cell")
 
-    def _sample(self, started: float) -> None:
+    def _sample(self, started: float) -> dict[str, float] | None:
         try:
             process = psutil.Process(self.worker.pid)
             sample = {
@@ -434,21 +438,32 @@ class Soak:
                 "children": len(process.children(recursive=True)),
             }
         except psutil.Error:
-            return
+            return None
         self.samples.append(sample)
+        return sample
 
     def _idle_sample(self, timeout: float = 600) -> dict[str, float]:
-        """A sample of the worker at rest: no run waiting, its kernel pool full again.
+        """A sample of the worker at rest: no run waiting, and its children and open
+        files unchanged over ``STEADY_SAMPLES`` samples a second apart.
 
-        The baseline and the end are both taken so: in between, each pooled kernel the
-        worker holds (or is refilling) has its own sockets, and a sample taken mid-run
-        counts fewer or more of them.
+        The baseline and the end are both taken so. A run is final in the API a moment
+        before its worker has shut its kernel down and refilled its pool; each kernel
+        has its own process, sockets and threads, so a sample taken in that moment
+        counts one more or one fewer (CI once sampled the end 4 s after the last run,
+        on a busy machine, with one child too many). A leak stays through the wait.
         """
         deadline = time.monotonic() + timeout
         while self._waiting() and time.monotonic() < deadline:
             time.sleep(1.0)
-        time.sleep(2 * self.sample_seconds)
-        self._sample(self.started)
+        recent: list[tuple[float, float]] = []
+        settle = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < settle:
+            sample = self._sample(self.started)
+            if sample is not None:
+                recent = [*recent, (sample["children"], sample["fds"])][-STEADY_SAMPLES:]
+                if len(recent) == STEADY_SAMPLES and len(set(recent)) == 1:
+                    break
+            time.sleep(1.0)
         return self.samples[-1] if self.samples else {}
 
     # -- the end -------------------------------------------------------------------
