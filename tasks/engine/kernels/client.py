@@ -126,7 +126,11 @@ async def connect_client(km: AsyncKernelManager, timeout: float) -> AsyncKernelC
     ``kernel_info`` request on IOPub proves both channels connected, without the wait.
     """
     kc: AsyncKernelClient = km.client()
-    kc.start_channels()
+    # No heartbeat: a client made by its kernel manager asks the manager whether the
+    # kernel lives, so the heartbeat thread only costs a thread per kernel. And in
+    # jupyter_client 8.10 a heartbeat stopped as it starts (a kernel that dies at
+    # once) spins, opening sockets, until ZeroMQ says "Too many open files".
+    kc.start_channels(hb=False)
     deadline = time.monotonic() + timeout
     try:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ import pytest
 from notebook_jobs.blocks.exceptions import RunCancelledError, UnknownKernelError
 from notebook_jobs.tasks.engine.execution import execute_notebook_async
 from notebook_jobs.tasks.engine.fetch import fetch_notebook_source, parse_notebook
+from notebook_jobs.tasks.engine.kernels.client import (
+    new_kernel_manager,
+    shutdown_kernel,
+    start_kernel,
+)
 from notebook_jobs.tasks.engine.kernels.pool import KernelPool
 from notebook_jobs.tasks.engine.staging import inject_parameters
 from notebook_jobs.tasks.executors import LocalExecutor
@@ -143,6 +149,26 @@ def test_a_pool_that_cannot_start_kernels_says_so_and_hands_the_run_none(
     started, failed = asyncio.run(scenario())
     assert started is None and failed >= 1
     assert "could not start a 'broken' kernel: the kernel died before answering" in caplog.text
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_kernel_that_dies_at_once_leaves_no_thread_behind(
+    broken_kernel: str, tmp_path: Path
+) -> None:
+    """jupyter_client's heartbeat thread, stopped as it started, spun opening sockets
+    until ZeroMQ raised "Too many open files" in it (4 of 9 such starts, here); a client
+    now runs no heartbeat (its kernel manager knows whether the kernel lives)."""
+
+    async def starts() -> None:
+        for attempt in range(5):
+            km = new_kernel_manager(broken_kernel, tmp_path / f"k{attempt}")
+            with pytest.raises(RuntimeError, match="the kernel died before answering"):
+                await start_kernel(km, tmp_path)
+            await shutdown_kernel(km, None)
+
+    before = threading.active_count()
+    asyncio.run(starts())
+    assert threading.active_count() <= before
 
 
 @pytest.mark.usefixtures("prefect_server")
