@@ -156,6 +156,13 @@ class SubprocessWorker(ProcessWorker):
 
     job_configuration = SubprocessJobConfiguration
 
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        """Its own key in Prefect's registry of worker types. It serves pools of type
+        ``process`` (its ``type``), but must not take the place of Prefect's process
+        worker there (Prefect warned of that in every worker's log)."""
+        return "nbjobs-subprocess"
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -171,6 +178,12 @@ class InProcessWorker(ProcessWorker):
     subprocesses."""
 
     job_configuration = InProcessJobConfiguration
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        """Its own key in Prefect's registry of worker types (see ``SubprocessWorker``)."""
+        return "nbjobs-in-process"
+
     _entrypoints: dict[str, str | None]
     channel: RunChannel | None = None
 

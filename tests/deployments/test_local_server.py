@@ -92,6 +92,10 @@ def test_a_second_run_reuses_the_server_and_its_worker(local: Local) -> None:
         before["server_pid"],
         before["worker_pid"],
     )
+    # its log has no Python warning in it (Prefect's registry of worker types warned
+    # twice as the worker started, that our workers replaced its process worker)
+    worker_log = (local.home / "server" / "worker.log").read_text()
+    assert not re.findall(r"\w+Warning: .*", worker_log)
 
 
 def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) -> None:
