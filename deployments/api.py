@@ -37,6 +37,7 @@ from notebook_jobs.blocks.settings import settings
 BACKOFF_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 4.0
 POLL_INTERVAL_SECONDS = 0.5
+API_PAGE_SIZE = 200  # the most items a filter answers at once (Prefect's default limit)
 # a connection idle longer than this is opened afresh: Prefect's server closes idle
 # keep-alive connections after PREFECT_SERVER_API_KEEPALIVE_TIMEOUT (5 s by default)
 KEEPALIVE_SECONDS = 2.0
@@ -338,17 +339,22 @@ class PrefectHTTP:
             time.sleep(POLL_INTERVAL_SECONDS)
 
     def flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """``POST /flow_runs/filter`` with ``body``, every page (the API answers 200 at most)."""
+        """``POST /flow_runs/filter`` with ``body``, every page."""
+        return self.filter_all("/flow_runs/filter", body)
+
+    def filter_all(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """``POST`` ``body`` to one of the API's ``.../filter`` paths, every page (it
+        answers ``API_PAGE_SIZE`` at most)."""
         found: list[dict[str, Any]] = []
         while True:
             page = self.request(
                 "POST",
-                "/flow_runs/filter",
-                json={**body, "limit": 200, "offset": len(found)},
+                path,
+                json={**body, "limit": API_PAGE_SIZE, "offset": len(found)},
                 idempotent=True,  # a read
             ).json()
             found += page
-            if len(page) < 200:
+            if len(page) < API_PAGE_SIZE:
                 return found
 
     def logs(self, run_id: str, *, offset: int = 0) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from jupyter_scheduler.environments import EnvironmentManager, EnvironmentRetrie
 from jupyter_scheduler.models import RuntimeEnvironment
 
 from notebook_jobs.blocks.exceptions import APIError, LocalServerError
+from notebook_jobs.deployments.api import PrefectHTTP
 from notebook_jobs.deployments.lab.compute import LOCAL_WORKER, POOL, QUEUE, SLURM
 from notebook_jobs.deployments.lab.connection import Connection, connect
 from notebook_jobs.deployments.lab.jobs import NOTEBOOK_KERNEL, OUTPUT_FORMATS
@@ -70,14 +71,13 @@ def _flow() -> dict[str, Any]:
     return {"name": {"any_": [RUN_FLOW]}}
 
 
-def _all(api: Any, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _all(api: PrefectHTTP, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     try:
-        found: list[dict[str, Any]] = api.request("POST", path, json=body, idempotent=True).json()
+        return api.filter_all(path, body)
     except APIError as error:
         if error.status_code == 404:  # no such pool (a configured server without ours)
             return []
         raise
-    return found
 
 
 class KernelEnvironments(EnvironmentManager):  # type: ignore[misc]

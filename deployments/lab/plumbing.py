@@ -13,14 +13,14 @@ from jupyter_scheduler.exceptions import SchedulerError
 from jupyter_scheduler.scheduler import BaseScheduler
 
 from notebook_jobs.blocks.exceptions import APIError, NotebookJobError
-from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.deployments.api import API_PAGE_SIZE, PrefectHTTP
 from notebook_jobs.deployments.lab.connection import Connection, connect
 from notebook_jobs.deployments.lab.job_definitions import definitions_filter
 from notebook_jobs.deployments.light_commands import declared_parameters_light
 from notebook_jobs.deployments.local_server import LocalServer
 
 T = TypeVar("T")
-PAGE_SIZE = 200  # the most runs or deployments the API answers at once
+PAGE_SIZE = API_PAGE_SIZE  # a page of the lab's lists: the most the API answers at once
 
 
 def offset_of(token: str | None) -> int:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from notebook_jobs.blocks.exceptions import APIError
-from notebook_jobs.deployments.api import PrefectHTTP
+from notebook_jobs.deployments.api import API_PAGE_SIZE, PrefectHTTP
 
 
 def test_a_post_on_a_connection_the_server_closed_is_sent_on_a_new_one() -> None:
@@ -151,3 +151,17 @@ def test_a_redirect_is_an_error_not_an_answer(prefect_server: str) -> None:
             api.request("POST", "/flow_runs/filter/", json={})
         assert refused.value.status_code == 307
         assert api.request("POST", "/flow_runs/filter", json={"limit": 1}).status_code == 200
+
+
+def test_a_filter_is_read_to_its_last_page(prefect_server: str) -> None:
+    """The API answers 200 at most: the lab's compute types read one page, and a pool
+    with more queues than that lost the rest."""
+    pool = f"paged-{uuid.uuid4().hex[:6]}"
+    names = {f"q{n:03}" for n in range(API_PAGE_SIZE + 5)}
+    with PrefectHTTP(prefect_server) as api:
+        api.request("POST", "/work_pools/", json={"name": pool, "type": "process"})
+        for name in names:
+            api.request("POST", f"/work_pools/{pool}/queues", json={"name": name})
+        found = api.filter_all(f"/work_pools/{pool}/queues/filter", {})
+    assert {q["name"] for q in found} == names | {"default"}
+    assert len(found) == len(names) + 1  # each once, across the pages
