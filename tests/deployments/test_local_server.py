@@ -93,9 +93,11 @@ def test_a_second_run_reuses_the_server_and_its_worker(local: Local) -> None:
         before["worker_pid"],
     )
     # its log has no Python warning in it (Prefect's registry of worker types warned
-    # twice as the worker started, that our workers replaced its process worker)
+    # twice as the worker started, that our workers replaced its process worker), nor
+    # debugpy's about frozen modules, from the kernels' stderr
     worker_log = (local.home / "server" / "worker.log").read_text()
     assert not re.findall(r"\w+Warning: .*", worker_log)
+    assert "Debugger warning" not in worker_log
 
 
 def test_the_ui_url_answers_and_the_run_page_shows_the_notebook(local: Local) -> None:

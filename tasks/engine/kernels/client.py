@@ -46,6 +46,10 @@ KERNEL_ENV_DROPPED = frozenset(
         "PYTEST_CURRENT_TEST",
     }
 )
+# Unless set otherwise: debugpy, which ipykernel imports, otherwise tells stderr that
+# frozen modules may make it miss breakpoints. Nobody debugs a job's kernel, and the
+# four lines began every worker's log.
+KERNEL_ENV_DEFAULTS = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 # read when an interpreter starts (sys.path, hashing, the loader), not when a notebook
@@ -54,15 +58,15 @@ STARTUP_VARIABLE_PREFIXES = ("PYTHON", "LD_", "VIRTUAL_ENV", "CONDA_")
 
 
 def kernel_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The kernel's environment: ours (with ``overrides`` on top), less what would change
-    how the kernel behaves.
+    """The kernel's environment: ours (with ``overrides`` on top, over
+    ``KERNEL_ENV_DEFAULTS``), less what would change how the kernel behaves.
 
     Prefect's own credentials are not the notebook's business and would end up in a
     stored notebook that prints its environment. ``PYTEST_CURRENT_TEST`` makes
     ipykernel stop forwarding output written to file descriptor 1 (C extensions,
     ``os.write``), which a notebook job must keep.
     """
-    merged = {**os.environ, **(overrides or {})}
+    merged = {**KERNEL_ENV_DEFAULTS, **os.environ, **(overrides or {})}
     return {k: v for k, v in merged.items() if k not in KERNEL_ENV_DROPPED}
 
 
