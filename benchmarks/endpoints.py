@@ -97,7 +97,9 @@ def main() -> None:
             nbjobs = [str(BIN / "nbjobs")]
             code = "import sys\nfrom prefect.blocks.system import Secret\nSecret(value=sys.argv[1]).save('bench-password', overwrite=True)"
             subprocess.run([str(BIN / "python"), "-c", code, PASSWORD], env=env, check=True)
-            ours_port, bare_port = free_port(), free_port()
+            ours_port = free_port()
+            while (bare_port := free_port()) == ours_port:
+                pass
             subprocess.run(
                 [*nbjobs, "endpoints", "serve", str(NOTEBOOK), "--name", "bench",
                  "--port", str(ours_port), "--auth-secret", "bench-password"],

@@ -427,6 +427,13 @@ class Soak:
         self.api.set_state(planned.run_id, "CANCELLING", "soak: cancelled mid-cell")
 
     def _sample(self, started: float) -> dict[str, float] | None:
+        """Measure the worker now and keep the sample (``None`` if it is gone)."""
+        sample = self._measure(started)
+        if sample is not None:
+            self.samples.append(sample)
+        return sample
+
+    def _measure(self, started: float) -> dict[str, float] | None:
         try:
             process = psutil.Process(self.worker.pid)
             sample = {
@@ -439,31 +446,35 @@ class Soak:
             }
         except psutil.Error:
             return None
-        self.samples.append(sample)
         return sample
 
     def _idle_sample(self, timeout: float = 600) -> dict[str, float]:
-        """A sample of the worker at rest: no run waiting, and its children and open
-        files unchanged over ``STEADY_SAMPLES`` samples a second apart.
+        """A sample of the worker at rest, kept; its children and open files held still.
 
-        The baseline and the end are both taken so. A run is final in the API a moment
-        before its worker has shut its kernel down and refilled its pool; each kernel
-        has its own process, sockets and threads, so a sample taken in that moment
-        counts one more or one fewer (CI once sampled the end 4 s after the last run,
-        on a busy machine, with one child too many). A leak stays through the wait.
+        The baseline and the end are both taken so: once no run is waiting, after two
+        sampling intervals, and once ``STEADY_SAMPLES`` measurements a second apart
+        agree. A run is final in the API a moment before its worker has shut its
+        kernel down and refilled its pool; each kernel has its own process, sockets and
+        threads, so a sample taken in that moment counts one more or one fewer (a
+        baseline taken one kernel short made the end look like a leak of 23 fds). A
+        leak stays through the wait.
         """
         deadline = time.monotonic() + timeout
         while self._waiting() and time.monotonic() < deadline:
             time.sleep(1.0)
-        recent: list[tuple[float, float]] = []
+        time.sleep(2 * self.sample_seconds)
+        recent: list[dict[str, float]] = []
         settle = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < settle:
-            sample = self._sample(self.started)
-            if sample is not None:
-                recent = [*recent, (sample["children"], sample["fds"])][-STEADY_SAMPLES:]
-                if len(recent) == STEADY_SAMPLES and len(set(recent)) == 1:
+            measured = self._measure(self.started)
+            if measured is not None:
+                recent = [*recent, measured][-STEADY_SAMPLES:]
+                held = {(m["children"], m["fds"]) for m in recent}
+                if len(recent) == STEADY_SAMPLES and len(held) == 1:
                     break
             time.sleep(1.0)
+        if recent:
+            self.samples.append(recent[-1])
         return self.samples[-1] if self.samples else {}
 
     # -- the end -------------------------------------------------------------------

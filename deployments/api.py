@@ -343,8 +343,10 @@ class PrefectHTTP:
         return self.filter_all("/flow_runs/filter", body)
 
     def filter_all(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """``POST`` ``body`` to one of the API's ``.../filter`` paths, every page (it
-        answers ``API_PAGE_SIZE`` at most)."""
+        """``POST`` ``body`` to one of the API's ``.../filter`` paths; every page.
+
+        The API answers ``API_PAGE_SIZE`` items at most, from ``offset``.
+        """
         found: list[dict[str, Any]] = []
         while True:
             page = self.request(
@@ -363,7 +365,7 @@ class PrefectHTTP:
             "logs": {"flow_run_id": {"any_": [run_id]}},
             "sort": "TIMESTAMP_ASC",
             "offset": offset,
-            "limit": 200,
+            "limit": API_PAGE_SIZE,
         }
         records: list[dict[str, Any]] = self.request(
             "POST",

@@ -158,9 +158,11 @@ class SubprocessWorker(ProcessWorker):
 
     @classmethod
     def __dispatch_key__(cls) -> str:
-        """Its own key in Prefect's registry of worker types. It serves pools of type
-        ``process`` (its ``type``), but must not take the place of Prefect's process
-        worker there (Prefect warned of that in every worker's log)."""
+        """Its own key in Prefect's registry of worker types.
+
+        It serves pools of type ``process`` (its ``type``), but must not take the place
+        of Prefect's process worker there (Prefect warned of that in every worker's log).
+        """
         return "nbjobs-subprocess"
 
     async def run(

@@ -14,6 +14,7 @@ import http.server
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,10 @@ def prefect_server() -> Iterator[str]:
                     failed.stop()
                 if start == HARNESS_STARTS:
                     raise
-                print(f"the test Prefect server did not start ({error}); trying a new port")
+                warnings.warn(
+                    f"the test Prefect server did not start ({error}); trying a new port",
+                    stacklevel=1,
+                )
         yield str(PREFECT_API_URL.value())
 
 

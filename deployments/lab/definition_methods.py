@@ -18,6 +18,7 @@ from jupyter_scheduler.models import (
 )
 
 from notebook_jobs.blocks.exceptions import APIError
+from notebook_jobs.deployments.api import API_PAGE_SIZE
 from notebook_jobs.deployments.lab.compute import Compute, compute_of
 from notebook_jobs.deployments.lab.connection import Connection
 from notebook_jobs.deployments.lab.job_definitions import (
@@ -31,7 +32,6 @@ from notebook_jobs.deployments.lab.job_definitions import (
 )
 from notebook_jobs.deployments.lab.jobs import LAB_TRIGGER, NOTEBOOK_KERNEL, typed_parameters
 from notebook_jobs.deployments.lab.plumbing import (
-    PAGE_SIZE,
     SchedulerPlumbing,
     offset_of,
     start_now,
@@ -235,7 +235,7 @@ class DefinitionMethods(SchedulerPlumbing):
             body = {
                 **criteria,
                 "sort": definitions_sort(query),
-                "limit": min(int(query.max_items or PAGE_SIZE), PAGE_SIZE),
+                "limit": min(int(query.max_items or API_PAGE_SIZE), API_PAGE_SIZE),
                 "offset": offset,
             }
             found = api.request("POST", "/deployments/filter", json=body, idempotent=True).json()

@@ -20,7 +20,6 @@ from notebook_jobs.deployments.light_commands import declared_parameters_light
 from notebook_jobs.deployments.local_server import LocalServer
 
 T = TypeVar("T")
-PAGE_SIZE = API_PAGE_SIZE  # a page of the lab's lists: the most the API answers at once
 
 
 def offset_of(token: str | None) -> int:
@@ -84,7 +83,7 @@ class SchedulerPlumbing(BaseScheduler):  # type: ignore[misc]
             return set()
         criteria = definitions_filter()
         criteria["deployments"]["id"] = {"any_": sorted(ids)}
-        body = {**criteria, "limit": PAGE_SIZE}
+        body = {**criteria, "limit": API_PAGE_SIZE}
         found = api.request("POST", "/deployments/filter", json=body, idempotent=True).json()
         return {d["id"] for d in found}
 

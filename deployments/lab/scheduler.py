@@ -29,6 +29,7 @@ from traitlets import Bool
 from traitlets import Type as TraitType
 
 from notebook_jobs.blocks.exceptions import APIError
+from notebook_jobs.deployments.api import API_PAGE_SIZE
 from notebook_jobs.deployments.client_run import hand_over, parameter_order
 from notebook_jobs.deployments.lab.compute import Compute, compute_of
 from notebook_jobs.deployments.lab.connection import Connection
@@ -45,7 +46,7 @@ from notebook_jobs.deployments.lab.jobs import (
     runs_sort,
     typed_parameters,
 )
-from notebook_jobs.deployments.lab.plumbing import PAGE_SIZE, offset_of, start_now
+from notebook_jobs.deployments.lab.plumbing import offset_of, start_now
 from notebook_jobs.deployments.papermill_cli import refuse_local_plain_secrets
 from notebook_jobs.tasks.names import RUN_FLOW
 
@@ -177,7 +178,7 @@ class NotebookJobsScheduler(DefinitionMethods):
             body = {
                 **criteria,
                 "sort": runs_sort(query),
-                "limit": min(int(query.max_items or PAGE_SIZE), PAGE_SIZE),
+                "limit": min(int(query.max_items or API_PAGE_SIZE), API_PAGE_SIZE),
                 "offset": offset,
             }
             runs = api.request("POST", "/flow_runs/filter", json=body, idempotent=True).json()

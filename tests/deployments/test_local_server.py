@@ -95,7 +95,7 @@ def test_a_second_run_reuses_the_server_and_its_worker(local: Local) -> None:
     # its log has no Python warning in it (Prefect's registry of worker types warned
     # twice as the worker started, that our workers replaced its process worker), nor
     # debugpy's about frozen modules, from the kernels' stderr
-    worker_log = (local.home / "server" / "worker.log").read_text()
+    worker_log = Path(after["worker_log"]).read_text()
     assert not re.findall(r"\w+Warning: .*", worker_log)
     assert "Debugger warning" not in worker_log
 

@@ -144,17 +144,21 @@ class ForkingProvisioner(LocalProvisioner):
     async def send_signal(self, signum: int) -> None:
         if self._forked is None:
             return await super().send_signal(signum)
-        try:
-            os.killpg(self._forked, signum)
-        except OSError:
-            os.kill(self._forked, signum)
+        # A kernel already gone hears nothing, and that is no error, as for a spawned
+        # one (Popen ignores a signal once it has reaped its child). jupyter_client
+        # interrupts a kernel as it shuts it down: for a forked kernel that had died,
+        # ProcessLookupError broke off the shutdown and went to the log as a traceback.
+        with contextlib.suppress(ProcessLookupError):
+            try:
+                os.killpg(self._forked, signum)
+            except OSError:
+                os.kill(self._forked, signum)
 
     async def kill(self, restart: bool = False) -> None:
         if self._forked is None:
             await super().kill(restart)
         else:
-            with contextlib.suppress(ProcessLookupError):
-                await self.send_signal(signal.SIGKILL)
+            await self.send_signal(signal.SIGKILL)
         # jupyter_client asks whether the kernel is gone every 0.1 s after a kill: a
         # run's end would wait that long for what takes a few milliseconds
         deadline = time.monotonic() + KILL_WAIT_SECONDS
@@ -164,8 +168,7 @@ class ForkingProvisioner(LocalProvisioner):
     async def terminate(self, restart: bool = False) -> None:
         if self._forked is None:
             return await super().terminate(restart)
-        with contextlib.suppress(ProcessLookupError):
-            await self.send_signal(signal.SIGTERM)
+        await self.send_signal(signal.SIGTERM)
 
 
 def use_forking_provisioner(kernel_spec: Any) -> None:

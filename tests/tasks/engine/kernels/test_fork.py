@@ -19,6 +19,7 @@ import pytest
 from notebook_jobs.tasks.engine.kernels.client import (
     StartedKernel,
     kernel_environment,
+    kernel_pid,
     new_kernel_manager,
     shutdown_kernel,
     start_kernel,
@@ -147,6 +148,31 @@ def test_forked_kernels_are_interrupted_and_killed_like_any_other(
     content, code = asyncio.run(scenario())
     assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
     assert code == -signal.SIGKILL  # reported by the fork server, as Popen would
+
+
+def test_a_forked_kernel_that_died_shuts_down_without_an_error(
+    tmp_path: Path, servers: ForkServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """jupyter_client interrupts a kernel as it shuts it down. For a forked kernel
+    killed mid-run (the soak kills one), the interrupt raised ProcessLookupError: the
+    worker logged a traceback and the shutdown stopped before the fork server forgot
+    the kernel."""
+
+    async def scenario() -> None:
+        kernel = await started(servers, tmp_path)
+        pid = kernel_pid(kernel)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # gone, and reaped by its fork server
+        assert not psutil.pid_exists(pid)
+        await shutdown_kernel(kernel.km, kernel.kc)
+        assert not kernel.km.has_kernel  # the whole shutdown ran: the kernel was waited for
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 def test_kernels_do_not_outlive_their_fork_server(tmp_path: Path) -> None:
