@@ -13,7 +13,6 @@ import asyncio
 import logging
 import re
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +214,7 @@ async def execute_notebook(
 
 
 _exporters = threading.local()
+SCRAP_MIMETYPE_PREFIX = "application/scrapbook.scrap."  # scrapbook's glue
 
 
 def _html_exporter() -> Any:
@@ -225,7 +225,31 @@ def _html_exporter() -> Any:
         from nbconvert import HTMLExporter  # imported late: the import costs ~0.3 s
 
         exporter = _exporters.html = HTMLExporter()
+        exporter.register_preprocessor(_without_scraps, enabled=True)
     return exporter
+
+
+def _without_scraps(notebook: Any, resources: Any) -> tuple[Any, Any]:
+    """The notebook to render, less scrapbook's glued scraps (an nbconvert preprocessor).
+
+    A scrap's mimetype is for scrapbook to read back and has no HTML form: nbconvert
+    rendered nothing for it and warned, in every worker's log. The warning was hidden
+    with ``warnings.catch_warnings``, which is not thread-safe: two runs rendering at
+    once restored each other's filters, and it came through.
+    """
+    for cell in notebook.cells:
+        outputs = []
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if data is not None:
+                for mimetype in [m for m in data if m.startswith(SCRAP_MIMETYPE_PREFIX)]:
+                    del data[mimetype]
+                if not data:
+                    continue
+            outputs.append(output)
+        if "outputs" in cell:
+            cell.outputs = outputs
+    return notebook, resources
 
 
 def warm_up_html() -> None:
@@ -239,10 +263,7 @@ def render_html(run_dir: Path) -> Path | None:
     source = run_dir / EXECUTED_NAME
     if not source.exists():
         return None
-    with warnings.catch_warnings():
-        # glued scraps have no HTML representation; nbconvert warns about each
-        warnings.simplefilter("ignore", UserWarning)
-        body, _ = _html_exporter().from_filename(str(source))
+    body, _ = _html_exporter().from_filename(str(source))
     target = run_dir / HTML_NAME
     target.write_text(body, encoding="utf-8")
     return target
