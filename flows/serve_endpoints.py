@@ -37,7 +37,7 @@ from notebook_jobs.tasks.engine.gateway import (
     USER_ENV,
     gateway_command,
 )
-from notebook_jobs.tasks.engine.kernels.client import KERNEL_ENV_DEFAULTS
+from notebook_jobs.tasks.engine.kernels.client import kernel_environment
 
 FLOW_NAME = "serve-endpoints"
 DEFAULT_PORT = 8890
@@ -92,10 +92,8 @@ async def run_endpoints(
     source = await asyncio.to_thread(fetch_notebook_source, notebook)
     parsed = await asyncio.to_thread(parse_notebook, source)
     endpoints = find_endpoints(parsed)
-    env = {
-        **KERNEL_ENV_DEFAULTS,
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-    }
+    # the kernels' environment, as for any run's kernel, less all of Prefect's settings
+    env = {k: v for k, v in kernel_environment().items() if not k.startswith("PREFECT_")}
     if auth_secret:
         secret: Secret[str] = await Secret.aload(auth_secret)
         env[PASSWORD_ENV] = str(secret.get())

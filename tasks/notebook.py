@@ -25,6 +25,7 @@ from notebook_jobs.blocks.exceptions import KernelDiedError, SecretParameterErro
 from notebook_jobs.blocks.settings import settings
 from notebook_jobs.tasks.engine.cells import CellEvent
 from notebook_jobs.tasks.engine.layout import EXECUTED_NAME, HTML_NAME
+from notebook_jobs.tasks.engine.outputs import SCRAP_PREFIX
 from notebook_jobs.tasks.engine.staged import StagedNotebook, stage
 from notebook_jobs.tasks.executors import Executor
 from notebook_jobs.tasks.models import ExecutionOutcome, NotebookRequest
@@ -214,7 +215,6 @@ async def execute_notebook(
 
 
 _exporters = threading.local()
-SCRAP_MIMETYPE_PREFIX = "application/scrapbook.scrap."  # scrapbook's glue
 
 
 def _html_exporter() -> Any:
@@ -242,7 +242,7 @@ def _without_scraps(notebook: Any, resources: Any) -> tuple[Any, Any]:
         for output in cell.get("outputs", []):
             data = output.get("data")
             if data is not None:
-                for mimetype in [m for m in data if m.startswith(SCRAP_MIMETYPE_PREFIX)]:
+                for mimetype in [m for m in data if m.startswith(SCRAP_PREFIX)]:
                     del data[mimetype]
                 if not data:
                     continue

@@ -24,7 +24,7 @@ from nbformat import NotebookNode
 
 SCRAP_JSON_MIME = "application/scrapbook.scrap.json+json"
 SCRAP_TEXT_MIME = "application/scrapbook.scrap.text+json"
-_SCRAP_PREFIX = "application/scrapbook.scrap."
+SCRAP_PREFIX = "application/scrapbook.scrap."
 
 
 def read_scraps(nb: NotebookNode) -> tuple[dict[str, Any], list[str]]:
@@ -41,7 +41,7 @@ def read_scraps(nb: NotebookNode) -> tuple[dict[str, Any], list[str]]:
             if output.get("output_type") not in ("display_data", "execute_result"):
                 continue
             for mime, payload in output.get("data", {}).items():
-                if not mime.startswith(_SCRAP_PREFIX) or not isinstance(payload, dict):
+                if not mime.startswith(SCRAP_PREFIX) or not isinstance(payload, dict):
                     continue
                 name = payload.get("name")
                 if not isinstance(name, str):
@@ -73,7 +73,7 @@ _DISPLAY_NAME = re.compile(r"^cell-(\d+)-(\d+)\.([\w.+-]+)$")
 def _extension(mime: str) -> str | None:
     if mime in DISPLAY_EXTENSIONS:
         return DISPLAY_EXTENSIONS[mime]
-    if mime.startswith("application/") and not mime.startswith(_SCRAP_PREFIX):
+    if mime.startswith("application/") and not mime.startswith(SCRAP_PREFIX):
         return re.sub(r"[^\w.-]+", "-", mime.removeprefix("application/"))
     return None
 
