@@ -214,6 +214,19 @@ class DefinitionMethods(SchedulerPlumbing):
             except APIError as error:
                 if error.status_code != 404:
                     raise
+            # Prefect deletes the deployment's scheduled runs with it, but its scheduler
+            # service, mid-pass as the deployment went, can still insert a few (CI saw
+            # three): they would wait for a deployment that is gone
+            later: dict[str, Any] = {
+                "deployment_id": {"any_": [job_definition_id]},
+                "state": {"type": {"any_": ["SCHEDULED"]}},
+            }
+            for run in api.flow_runs({"flow_runs": later}):
+                try:
+                    api.request("DELETE", f"/flow_runs/{run['id']}")
+                except APIError as error:
+                    if error.status_code != 404:
+                        raise
 
     async def get_job_definition(self, job_definition_id: str) -> DescribeJobDefinition:
         return await self._run(self._get_job_definition, job_definition_id)
